@@ -1,0 +1,1 @@
+"""Capture, transport, dispatch, overlay and event log of timesformer-stream."""

@@ -1,0 +1,25 @@
+"""One small hierarchy of errors whose messages are one line for the user.
+
+Every message names the offending value (file, URL, key) and what to do about
+it; the command line prints ``str(error)`` and exits with code 2.
+"""
+
+
+class PipelineError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """A config file, key or command-line flag is wrong."""
+
+
+class CheckpointError(PipelineError):
+    """A checkpoint is missing, unreadable, unsafe or of the wrong shape."""
+
+
+class SourceError(PipelineError):
+    """A video source cannot be opened or read."""
+
+
+class ProtocolError(PipelineError):
+    """A message on a socket is malformed; it is dropped and counted."""

@@ -1,0 +1,1 @@
+"""The TimeSformer model, its checkpoint formats, and the inference worker."""

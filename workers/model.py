@@ -1,0 +1,344 @@
+"""Checkpoint formats: ``load_model`` reads official, Hugging Face and our own files; ``save_model`` writes ours.
+
+Whatever the format, the architecture is read from the weights (which keys exist and
+their shapes), so a checkpoint never needs a matching config to load. Loading never
+unpickles anything but tensors.
+"""
+
+import json
+import pickle
+import re
+import zipfile
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from loguru import logger
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from streamer.errors import CheckpointError
+from workers.timesformer import TimeSformer, TimeSformerConfig
+
+FORMAT_NAME = "timesformer-stream"
+FORMAT_VERSION = "1"
+KINETICS400_LABELS = Path(__file__).resolve().parent / "data" / "kinetics400_labels.txt"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How frames must be prepared for a checkpoint: pixel statistics (0..1 units), crop side, window shape."""
+
+    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+    size: int = 224
+    num_frames: int = 8
+    frame_interval: int = 32
+
+
+# Hugging Face key → official key, applied in order (the official names are ours).
+HF_KEY_RULES = [
+    (r"^timesformer\.embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^timesformer\.embeddings\.cls_token$", "cls_token"),
+    (r"^timesformer\.embeddings\.position_embeddings$", "pos_embed"),
+    (r"^timesformer\.embeddings\.time_embeddings$", "time_embed"),
+    (r"^timesformer\.encoder\.layer\.(\d+)\.", r"blocks.\1."),
+    (r"^timesformer\.layernorm\.", "norm."),
+    (r"^classifier\.", "head."),
+    (r"\.temporal_attention\.attention\.qkv\.", ".temporal_attn.qkv."),
+    (r"\.temporal_attention\.output\.dense\.", ".temporal_attn.proj."),
+    (r"\.temporal_layernorm\.", ".temporal_norm1."),
+    (r"\.temporal_dense\.", ".temporal_fc."),
+    (r"\.attention\.attention\.qkv\.", ".attn.qkv."),
+    (r"\.attention\.output\.dense\.", ".attn.proj."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+    (r"\.intermediate\.dense\.", ".mlp.fc1."),
+    (r"\.output\.dense\.", ".mlp.fc2."),
+]
+
+
+def hf_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename Hugging Face ``TimesformerForVideoClassification`` keys to the official ones."""
+    renamed = {}
+    for key, tensor in state.items():
+        for pattern, repl in HF_KEY_RULES:
+            key = re.sub(pattern, repl, key)
+        renamed[key] = tensor
+    return renamed
+
+
+def official_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`hf_to_official` (used to write Hugging Face folders in tests and tools)."""
+    inverse = [
+        ("patch_embed.proj.", "timesformer.embeddings.patch_embeddings.projection."),
+        ("cls_token", "timesformer.embeddings.cls_token"),
+        ("pos_embed", "timesformer.embeddings.position_embeddings"),
+        ("time_embed", "timesformer.embeddings.time_embeddings"),
+        ("norm.", "timesformer.layernorm."),
+        ("head.", "classifier."),
+    ]
+    block_parts = [
+        (".temporal_attn.qkv.", ".temporal_attention.attention.qkv."),
+        (".temporal_attn.proj.", ".temporal_attention.output.dense."),
+        (".temporal_norm1.", ".temporal_layernorm."),
+        (".temporal_fc.", ".temporal_dense."),
+        (".attn.qkv.", ".attention.attention.qkv."),
+        (".attn.proj.", ".attention.output.dense."),
+        (".norm1.", ".layernorm_before."),
+        (".norm2.", ".layernorm_after."),
+        (".mlp.fc1.", ".intermediate.dense."),
+        (".mlp.fc2.", ".output.dense."),
+    ]
+    out = {}
+    for key, tensor in state.items():
+        match = re.match(r"^blocks\.(\d+)(\..*)$", key)
+        if match:
+            rest = match.group(2)
+            for old, new in block_parts:
+                if rest.startswith(old):
+                    rest = new + rest[len(old):]
+                    break
+            key = f"timesformer.encoder.layer.{match.group(1)}{rest}"
+        else:
+            for old, new in inverse:
+                if key.startswith(old):
+                    key = new + key[len(old):]
+                    break
+        out[key] = tensor
+    return out
+
+
+def infer_config(state: dict[str, torch.Tensor], source: str, **overrides) -> TimeSformerConfig:
+    """Read the architecture from the weights' names and shapes; ``overrides`` win."""
+    required = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{source}: not a TimeSformer checkpoint (no {missing[0]!r} among its weights)")
+    dim = state["cls_token"].shape[-1]
+    proj = state["patch_embed.proj.weight"]                     # (D, C, p, p)
+    grid = round((state["pos_embed"].shape[1] - 1) ** 0.5)
+    if "blocks.0.temporal_attn.qkv.weight" in state:
+        attention_type = "divided_space_time"
+    elif "time_embed" in state:
+        attention_type = "joint_space_time"
+    else:
+        attention_type = "space_only"
+    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+    head = state.get("head.weight")
+    inferred = dict(
+        img_size=grid * proj.shape[-1],
+        patch_size=proj.shape[-1],
+        in_chans=proj.shape[1],
+        num_classes=head.shape[0] if head is not None else 0,
+        num_frames=state["time_embed"].shape[1] if "time_embed" in state else 8,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=max(1, dim // 64),
+        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        attention_type=attention_type,
+    )
+    known = {f.name for f in fields(TimeSformerConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise CheckpointError(f"{source}: unknown override {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    try:
+        return TimeSformerConfig(**{**inferred, **overrides})
+    except ValueError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+
+
+def native_low_precision(dtype: torch.dtype) -> bool:
+    """Whether this CPU multiplies ``dtype`` matrices in hardware (else they run far slower than fp32)."""
+    flags = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+    wanted = flags["bf16" if dtype == torch.bfloat16 else "fp16"]
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: trust the request
+    return any(re.search(rf"\b{flag}\b", cpuinfo) for flag in wanted)
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    """A torch.save zip or a raw pickle (protocol 2+ starts with 0x80), as opposed to unrelated bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK") or head[:1] == b"\x80"
+
+
+def _read_official(path: Path) -> tuple[dict, list[str] | None]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found or _starts_like_pickle(path):
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{path}: refused: it holds Python objects{what}, not only tensors, and loading it could run code; "
+                "re-save its state_dict with torch.save or convert it to safetensors"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (neither a torch.save zip nor a pickle)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model_state"), dict):
+        state = ckpt["model_state"]
+    elif isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        state = ckpt["state_dict"]
+    elif isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        state = ckpt
+    else:
+        raise CheckpointError(f"{path}: not a TimeSformer checkpoint (no 'model_state' dict of tensors inside)")
+    clean = {}
+    for key, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        key = re.sub(r"^(module\.)?(model\.)?", "", key)
+        clean[key] = tensor
+    return clean, None
+
+
+def _read_hf(folder: Path) -> tuple[dict, dict, list[str] | None, Preprocess]:
+    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder}: a folder, but not a Hugging Face model (no config.json)")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
+    if weights_path.is_file():
+        state = _read_safetensors(weights_path)
+    elif (folder / "pytorch_model.bin").is_file():
+        state, _ = _read_official(folder / "pytorch_model.bin")
+    else:
+        raise CheckpointError(f"{folder}: no model.safetensors (or pytorch_model.bin) beside config.json")
+    id2label = config.get("id2label") or {}
+    labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
+    hf_arch = {"num_heads": config.get("num_attention_heads")}
+    pre = Preprocess(size=int(config.get("image_size", 224)), num_frames=int(config.get("num_frames", 8)))
+    processor = folder / "preprocessor_config.json"
+    if processor.is_file():
+        proc = json.loads(processor.read_text())
+        if "image_mean" in proc and "image_std" in proc:
+            pre = replace(pre, mean=tuple(proc["image_mean"]), std=tuple(proc["image_std"]))
+    return hf_to_official(state), {k: v for k, v in hf_arch.items() if v is not None}, labels, pre
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def _read_ours(path: Path) -> tuple[dict, dict, list[str] | None, Preprocess]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    state = _read_safetensors(path)
+    if meta.get("format") != FORMAT_NAME:  # plain safetensors of official or HF keys
+        if any(k.startswith("timesformer.") for k in state):
+            state = hf_to_official(state)
+        state = {re.sub(r"^(module\.)?(model\.)?", "", k): v for k, v in state.items()}
+        return state, {}, None, Preprocess()
+    try:
+        arch = json.loads(meta.get("config", "{}"))
+        labels = json.loads(meta["labels"]) if "labels" in meta else None
+        pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in json.loads(meta.get("preprocess", "{}")).items()})
+    except (json.JSONDecodeError, TypeError) as err:
+        raise CheckpointError(f"{path}: metadata is damaged ({err}); re-save the model with save_model") from None
+    return state, {"num_heads": arch["num_heads"]} if "num_heads" in arch else {}, labels, pre
+
+
+def read_checkpoint(path: str | Path, **overrides) -> tuple[dict, TimeSformerConfig, list[str] | None, Preprocess]:
+    """Read weights, architecture, labels and preprocessing from any supported format (no model built)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no such file or folder; pass an official .pyth/.pth, a Hugging Face folder or a .safetensors file"
+        )
+    if path.is_dir():
+        state, arch, labels, pre = _read_hf(path)
+    elif path.suffix == ".safetensors":
+        state, arch, labels, pre = _read_ours(path)
+    else:
+        (state, labels), arch, pre = _read_official(path), {}, Preprocess()
+    config = infer_config(state, str(path), **{**arch, **overrides})
+    if "num_frames" in overrides or "img_size" in overrides:
+        pre = replace(pre, num_frames=config.num_frames, size=config.img_size)
+    if labels is None and config.num_classes == 400:
+        labels = KINETICS400_LABELS.read_text().splitlines()
+    if labels is not None and len(labels) != config.num_classes:
+        raise CheckpointError(f"{path}: {len(labels)} labels for a head of {config.num_classes} classes")
+    return state, config, labels, pre
+
+
+def load_model(
+    path: str | Path, *, device: str | torch.device = "cpu", precision: str = "fp32", compile: bool = False,
+    **overrides,
+) -> TimeSformer:
+    """Load any supported checkpoint into an eval-mode :class:`TimeSformer` on ``device``.
+
+    Args:
+        path: official ``.pyth``/``.pth``, Hugging Face folder, or our ``.safetensors``.
+        device: where the model runs; input must be float32 on that device.
+        precision: ``"fp32"`` (exact) or ``"bf16"``/``"fp16"`` (fast paths; on a CPU without
+            hardware support for that type, fp32 is kept, since it would run several times slower).
+        compile: wrap the forward in ``torch.compile`` (first call compiles).
+        overrides: any :class:`TimeSformerConfig` field (e.g. ``num_heads``, ``num_frames``).
+    Returns:
+        The model, with ``.labels`` (list or None), ``.preprocess`` and ``.precision`` set.
+    """
+    if precision not in PRECISIONS:
+        raise CheckpointError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    state, config, labels, pre = read_checkpoint(path, **overrides)
+    model = TimeSformer(config)
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [f"{k} is {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
+                 for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if problems:
+        raise CheckpointError(f"{path}: weights do not fit the architecture read from them ({problems[0]})")
+    model.load_state_dict(state)
+    dtype = PRECISIONS[precision]
+    device = torch.device(device)
+    if dtype != torch.float32 and device.type == "cpu" and not native_low_precision(dtype):
+        logger.warning(f"{precision} requested, but this CPU has no {precision} matrix units: running fp32 instead")
+        precision, dtype = "fp32", torch.float32
+    model = model.to(device=device, dtype=dtype).eval()
+    if precision != "fp32":
+        model.fuse()  # exact up to rounding; kept off the fp32 path so fp32 stays bit-faithful
+    model.labels, model.preprocess, model.precision = labels, pre, precision
+    if compile:
+        model.forward = torch.compile(model.forward, dynamic=False)
+    return model
+
+
+def save_model(model: TimeSformer, path: str | Path, *, labels: list[str] | None = None,
+               preprocess: Preprocess | None = None) -> Path:
+    """Write our single-file format: safetensors weights + architecture, labels, preprocessing as metadata."""
+    path = Path(path)
+    labels = labels if labels is not None else getattr(model, "labels", None)
+    preprocess = preprocess or getattr(model, "preprocess", None) or Preprocess(
+        size=model.config.img_size, num_frames=model.config.num_frames)
+    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()
+             if ".temporal_out." not in k}  # the fused inference projection is derived, not stored
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "config": json.dumps(asdict(model.config)),
+        "preprocess": json.dumps(asdict(preprocess)),
+    }
+    if labels is not None:
+        meta["labels"] = json.dumps(list(labels))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)  # atomic: a crash mid-save never leaves a half checkpoint
+    return path
