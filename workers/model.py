@@ -342,3 +342,9 @@ def save_model(model: TimeSformer, path: str | Path, *, labels: list[str] | None
     save_file(state, str(tmp), metadata=meta)
     tmp.replace(path)  # atomic: a crash mid-save never leaves a half checkpoint
     return path
+
+
+def describe_checkpoint(path: str | Path) -> tuple[Preprocess, list[str] | None]:
+    """Preprocessing and labels of a checkpoint, checked for loadability (raises CheckpointError)."""
+    _, config, labels, pre = read_checkpoint(path)
+    return pre, labels or [str(i) for i in range(config.num_classes)]

@@ -1,0 +1,166 @@
+"""Model speed: ours vs Hugging Face `transformers`, same weights, same input, interleaved in one run.
+
+    python bench/model.py                 # tiny and base, batch 1 and 8, writes BENCHMARKS.md section
+    python bench/model.py --sizes tiny --batches 1 --budget 20
+
+Each cell is the median of repeated forwards, the variants taking turns so that load from
+other processes hits all of them alike; speed is reported as ratios against transformers fp32.
+"""
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import write_section  # noqa: E402
+from tests.hf_models import make_hf_folder  # noqa: E402
+from workers.model import load_model, native_low_precision  # noqa: E402
+
+SIZES = {"tiny": dict(hidden_size=192, layers=12, heads=3), "base": dict(hidden_size=768, layers=12, heads=12)}
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """FLOP/s of a large square matrix product (best of torch.mm and F.linear, which take different
+    kernels for bf16): the ceiling any model can reach here."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    best = 0.0
+    for product in (lambda: a @ b, lambda: torch.nn.functional.linear(a, b)):
+        product()
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or count < 2:
+            product()
+            count += 1
+        best = max(best, 2 * n**3 * count / (time.perf_counter() - start))
+    return best
+
+
+def model_flops(model, x) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+def time_interleaved(variants: dict, budget_s: float, min_reps: int = 2) -> dict[str, float]:
+    """Median seconds per forward of each variant, taking turns until the budget is spent."""
+    times = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up
+        fn()
+    start = time.perf_counter()
+    while True:
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        reps = len(next(iter(times.values())))
+        if reps >= min_reps and time.perf_counter() - start > budget_s:
+            break
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def bench_size(size: str, batches: list[int], budget_s: float, workdir: Path) -> list[dict]:
+    folder = workdir / size
+    hf = make_hf_folder(folder, "divided_space_time", num_labels=400, image_size=224, patch_size=16,
+                        num_frames=8, **SIZES[size])
+    hf_bf16 = make_hf_folder(workdir / f"{size}-copy", "divided_space_time", num_labels=400, image_size=224,
+                             patch_size=16, num_frames=8, **SIZES[size]).to(torch.bfloat16)
+    ours = load_model(folder)
+    fast = load_model(folder, precision="bf16")
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, 3, 8, 224, 224)
+        pixels, pixels_bf16 = x.permute(0, 2, 1, 3, 4).contiguous(), x.permute(0, 2, 1, 3, 4).to(torch.bfloat16)
+        outputs = {}
+
+        def run(name, fn):
+            def call():
+                with torch.no_grad():
+                    outputs[name] = fn().float()
+            return call
+
+        variants = {
+            "transformers fp32": run("transformers fp32", lambda: hf(pixel_values=pixels).logits),
+            "transformers bf16": run("transformers bf16", lambda: hf_bf16(pixel_values=pixels_bf16).logits),
+            "ours fp32": run("ours fp32", lambda: ours(x)),
+            f"ours precision=bf16 (runs {fast.precision})": run("fast", lambda: fast(x)),
+        }
+        seconds = time_interleaved(variants, budget_s)
+        flops = model_flops(ours, x)
+        exact = outputs["ours fp32"]
+        rows.append(dict(
+            size=size, batch=batch, seconds=seconds, flops=flops,
+            max_abs_diff_fp32=(exact - outputs["transformers fp32"]).abs().max().item(),
+            top1_agree_fast=(outputs["fast"].argmax(-1) == exact.argmax(-1)).float().mean().item(),
+            top1_agree_hf_bf16=(outputs["transformers bf16"].argmax(-1) == exact.argmax(-1)).float().mean().item(),
+            fast_precision=fast.precision,
+        ))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def render(rows: list[dict], peaks: dict[str, float], args) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [
+        f"Command: `python bench/model.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"native bf16 matmul: {native_low_precision(torch.bfloat16)}  ",
+        f"Date: {datetime.date.today().isoformat()}  ",
+        f"Matrix-multiply peak measured in this run (2048² torch.mm): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s",
+        "",
+        "| model | batch | variant | ms / clip | × transformers fp32 | × transformers bf16 | % of peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        base, hf_bf16 = row["seconds"]["transformers fp32"], row["seconds"]["transformers bf16"]
+        for name, sec in row["seconds"].items():
+            dtype = "bf16" if ("bf16" in name and "runs fp32" not in name) else "fp32"
+            pct = 100 * row["flops"] / sec / peaks[dtype]
+            lines.append(f"| {row['size']} | {row['batch']} | {name} | {1000 * sec / row['batch']:.1f} | "
+                         f"{base / sec:.2f} | {hf_bf16 / sec:.2f} | {pct:.0f}% |")
+    lines += ["", "| model | batch | GFLOP / clip | max abs logit diff ours fp32 vs transformers fp32 | "
+                  "top-1 agreement fast path vs fp32 | top-1 agreement transformers bf16 vs fp32 |",
+              "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['size']} | {row['batch']} | {row['flops'] / row['batch'] / 1e9:.1f} | "
+                     f"{row['max_abs_diff_fp32']:.2e} | {100 * row['top1_agree_fast']:.0f}% | "
+                     f"{100 * row['top1_agree_hf_bf16']:.0f}% |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "base"], choices=list(SIZES))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--budget", type=float, default=30.0, help="seconds of timing per cell (after warm-up)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(
+        torch.bfloat16, n=2048 if native_low_precision(torch.bfloat16) else 1024)}  # 2048² mm takes ~1 min without
+    print({k: f"{v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()}, flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            rows += bench_size(size, args.batches, args.budget, Path(tmp))
+    text = render(rows, peaks, args)
+    print(text)
+    if not args.no_write:
+        write_section("Model: ours vs transformers (CPU)", text)
+
+
+if __name__ == "__main__":
+    main()

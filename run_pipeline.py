@@ -1,0 +1,107 @@
+"""Real-time action recognition on live video: ``python run_pipeline.py`` runs the demo.
+
+    python run_pipeline.py                                   # synthetic demo, shipped model, until Ctrl-C
+    python run_pipeline.py --source 0                        # webcam
+    python run_pipeline.py --source rtsp://cam/stream --headless --events actions.jsonl
+    python run_pipeline.py --source clip.mp4 --offline --events out.jsonl   # every window, as fast as possible
+    python run_pipeline.py --config configs/multihost.toml --role worker    # one stage alone
+
+Usage errors (bad flag, config, checkpoint or source) print one line and exit with code 2.
+"""
+
+import argparse
+import os
+import sys
+
+from streamer.errors import PipelineError
+
+USAGE_ERROR = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        """One line and exit code 2, as for every other usage error."""
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="TOML config (default: configs/default.toml)")
+    p.add_argument("--source", action="append", default=[], metavar="SRC",
+                   help="webcam index or /dev/videoN, rtsp://..., a video file, or synthetic: (repeatable)")
+    p.add_argument("--checkpoint", help="official .pyth/.pth, Hugging Face folder, or .safetensors")
+    p.add_argument("--headless", action="store_true", help="no window")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after this long")
+    p.add_argument("--events", metavar="FILE", help="append predictions and action events here (JSON lines)")
+    p.add_argument("--output", metavar="FILE.mp4", help="write the annotated video here")
+    p.add_argument("--offline", action="store_true", help="read files as fast as the workers go; drop no window")
+    p.add_argument("--workers", type=int, help="number of worker processes")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="model precision (bf16: the fast path)")
+    p.add_argument("--role", choices=["capture", "dispatcher", "worker", "overlay"],
+                   help="run one stage alone (multi-host setups); endpoints come from the config")
+    p.add_argument("--index", type=int, default=0, help="with --role: which source or worker")
+    return p.parse_args(argv)
+
+
+def has_display() -> bool:
+    """A window needs a display server; without one the overlay would abort the process."""
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from streamer.config import Overrides, load_config
+    from streamer.supervisor import configure_logging
+    from workers.model import describe_checkpoint
+
+    configure_logging()
+    try:
+        flags = Overrides(
+            config=args.config, sources=tuple(args.source), checkpoint=args.checkpoint,
+            headless=args.headless or not has_display(), duration=args.duration, events=args.events,
+            output=args.output, offline=args.offline, workers=args.workers, device=args.device,
+            precision=args.precision,
+        )
+        config = load_config(flags, describe_checkpoint)
+        if args.role:
+            return run_role(config, args.role, args.index)
+        from streamer.supervisor import Supervisor
+
+        return Supervisor(config).run()
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def run_role(config, role: str, index: int) -> int:
+    """One stage in this process, for setups that spread the stages over hosts."""
+    import multiprocessing as mp
+    import signal
+
+    from streamer import capture, dispatcher, overlay
+    from streamer.errors import ConfigError
+    from workers import worker
+
+    stop = mp.get_context("spawn").Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if role == "dispatcher":
+        return dispatcher.run(config.dispatch, stop)
+    if role == "overlay":
+        if config.overlay is None:
+            raise ConfigError("--role overlay needs a window or --output FILE.mp4")
+        return overlay.run(config.overlay, stop)
+    stages = config.captures if role == "capture" else config.workers
+    if not 0 <= index < len(stages):
+        raise ConfigError(f"--index {index}: the config has {len(stages)} {role}(s)")
+    if role == "capture":
+        return capture.run(stages[index], stop)
+    return worker.run(stages[index], stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Capture stage: one source → stamped, model-size frames in a ring buffer → windows to the dispatcher.
+
+Frames are converted and resized once (``to_model_frame``) on arrival. A window goes out
+every ``hop`` source frames. Live: windows are sent and forgotten (the dispatcher keeps
+only the newest). Offline: capture waits for the dispatcher's credit before sending
+more, so nothing is dropped and a file is read only as fast as the workers go.
+"""
+
+import multiprocessing.synchronize
+import time
+
+import cv2
+import zmq
+from loguru import logger
+
+from streamer import messages
+from streamer.config import CaptureConfig
+from streamer.errors import ProtocolError
+from streamer.frames import to_model_frame
+from streamer.messages import Credit, DisplayFrame, Status, Window
+from streamer.ringbuffer import RingBuffer, WindowSchedule, window_span
+from streamer.sources import SourceConfig, SourceLost, open_source
+
+OFFLINE_IN_FLIGHT = 2  # windows a file may be ahead of the workers in offline mode
+
+
+def _display_image(bgr, width: int):
+    """A copy of the frame no wider than ``width`` for the overlay (full-size frames are costly on the wire)."""
+    h, w = bgr.shape[:2]
+    if w <= width:
+        return bgr
+    return cv2.resize(bgr, (width, round(h * width / w)), interpolation=cv2.INTER_AREA)
+
+
+def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
+    """Read the source until it ends or ``stop`` is set; return 0 at a file's end."""
+    ctx = zmq.Context()
+    out = ctx.socket(zmq.DEALER)
+    out.setsockopt(zmq.LINGER, 2000)
+    out.setsockopt(zmq.SNDHWM, 4)
+    out.connect(config.endpoints.windows)
+    display = None
+    if config.display:
+        display = ctx.socket(zmq.PUB)
+        display.setsockopt(zmq.LINGER, 0)
+        display.setsockopt(zmq.SNDHWM, 2)
+        display.connect(config.endpoints.display)
+
+    def status(kind: str, detail: str) -> None:
+        messages.send(out, Status(kind=kind, stream=config.stream, detail=detail[:2000], ts=time.time()))
+
+    source = open_source(SourceConfig(spec=config.source, realtime=not config.offline,
+                                      open_timeout_s=config.open_timeout_s, read_timeout_s=config.read_timeout_s))
+    logger.info(f"capture {config.stream}: {source.kind} source open at {source.fps:.1f} fps")
+    ring = RingBuffer(window_span(config.num_frames, config.frame_interval), config.size, config.size)
+    schedule = WindowSchedule(config.num_frames, config.frame_interval, config.hop)
+    seq, credits, segment, lost = 0, OFFLINE_IN_FLIGHT, 0, False
+    try:
+        while not stop.is_set():
+            try:
+                frame = source.read()
+            except SourceLost as err:
+                if not lost:
+                    logger.warning(f"capture {config.stream}: {err}")
+                lost = True
+                continue
+            for kind, detail in source.events():
+                status(kind, detail)
+                if kind == "source_lost":
+                    ring.reset()
+                    schedule.reset()
+                lost = kind == "source_lost"
+            if frame is None:
+                status("end_of_stream", f"{config.stream}: last frame was {ring.newest}")
+                logger.info(f"capture {config.stream}: end of source after frame {ring.newest}")
+                return 0
+            if frame.segment != segment:  # a reconnect: never let a window span the gap
+                segment = frame.segment
+                ring.reset()
+                schedule.reset()
+            ring.push(frame.index, frame.ts, to_model_frame(frame.bgr, config.size))
+            if display is not None:
+                image = _display_image(frame.bgr, config.display_width)
+                messages.send(display, DisplayFrame(config.stream, frame.index, frame.ts, image), zmq.NOBLOCK)
+            if not schedule.due(frame.index):
+                continue
+            window = ring.window(config.num_frames, config.frame_interval)
+            if window is None:
+                continue
+            indices, stamps, frames = window
+            if config.offline:
+                credits = _wait_for_credit(out, credits, stop)
+                if credits is None:
+                    break
+            messages.send(out, Window(config.stream, seq, indices, stamps, frames, time.time()))
+            seq += 1
+    finally:
+        source.close()
+        if display is not None:
+            display.close(linger=0)
+        out.close()
+        ctx.term()
+    return 0
+
+
+def _wait_for_credit(sock: zmq.Socket, credits: int, stop) -> int | None:
+    """Offline flow control: block until the dispatcher has taken an earlier window (None: stopping)."""
+    while credits <= 0:
+        if stop.is_set():
+            return None
+        if sock.poll(200):
+            try:
+                msg = messages.recv(sock)
+            except ProtocolError as err:
+                logger.warning(f"capture: dropped a malformed message from the dispatcher ({err})")
+                continue
+            if isinstance(msg, Credit):
+                credits += msg.n
+    return credits - 1

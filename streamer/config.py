@@ -1,0 +1,346 @@
+"""The pipeline's configuration: one TOML file plus command-line overrides → one frozen config per stage.
+
+``load_config`` is the only reader of the file; every stage gets its own small frozen
+dataclass and reads nothing else (no globals, no environment). Every bad value raises a
+:class:`ConfigError` whose message names the file, the key and what is allowed.
+"""
+
+import ipaddress
+import tempfile
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+from streamer.errors import ConfigError
+from streamer.events import EventConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "default.toml"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """ZeroMQ addresses. ``windows``/``work``/``results`` are bound by the dispatcher, ``display`` by the overlay."""
+
+    windows: str
+    work: str
+    results: str
+    display: str
+
+
+@dataclass(frozen=True)
+class Security:
+    """Binding beyond loopback needs CurveZMQ keys, or an explicit opt-in to plaintext."""
+
+    allow_plaintext: bool = False
+    server_secret_key: str = ""
+    server_public_key: str = ""
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """One source → windows for the dispatcher (and display frames for the overlay)."""
+
+    stream: str
+    source: str
+    endpoints: Endpoints
+    size: int
+    num_frames: int
+    frame_interval: int
+    hop: int
+    offline: bool = False
+    display: bool = False
+    display_width: int = 640
+    open_timeout_s: float = 5.0
+    read_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    """The hub: newest window per stream to ready workers; results to the event log and the overlay."""
+
+    endpoints: Endpoints
+    streams: tuple[str, ...]
+    finite_streams: tuple[str, ...]
+    labels: tuple[str, ...]
+    offline: bool = False
+    events_path: str | None = None
+    events: EventConfig = field(default_factory=EventConfig)
+    heartbeat_timeout_s: float = 30.0
+    status_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """One inference process: the model, where it runs, how many windows it takes at once."""
+
+    name: str
+    endpoints: Endpoints
+    checkpoint: str
+    device: str = "cpu"
+    precision: str = "bf16"
+    max_batch: int = 4
+    threads: int = 0
+    top_k: int = 5
+    delay_s: float = 0.0  # added to every forward: simulates a slower model (overload tests and benchmarks)
+    index: int = 0            # picks the GPU round robin
+    workers_on_host: int = 1  # CPU workers share the cores evenly
+
+
+@dataclass(frozen=True)
+class OverlayConfig:
+    """Newest frame + newest result per stream → a window, an annotated video, or both."""
+
+    endpoints: Endpoints
+    streams: tuple[str, ...]
+    window: bool = True
+    output: str | None = None
+    fps: float = 30.0
+    top_k: int = 5
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything ``run_pipeline.py`` starts, built once from the file and the flags."""
+
+    captures: tuple[CaptureConfig, ...]
+    dispatch: DispatchConfig
+    workers: tuple[WorkerConfig, ...]
+    overlay: OverlayConfig | None
+    duration_s: float = 0.0
+    security: Security = field(default_factory=Security)
+    source_file: str = ""
+
+
+def _get(table: dict, key: str, kind, default, where: str):
+    value = table.get(key, default)
+    if value is None or kind is None:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _check_endpoint(address: str, where: str, security: Security) -> str:
+    """Loopback and ipc:// only, unless keys are configured or plaintext is explicitly allowed."""
+    parsed = urlparse(address)
+    if parsed.scheme == "ipc":
+        return address
+    if parsed.scheme != "tcp" or not parsed.hostname or not parsed.port:
+        raise ConfigError(f"{where}: endpoint {address!r} must look like tcp://127.0.0.1:5555 or ipc:///path")
+    host = parsed.hostname
+    loopback = host == "localhost"
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+    if not loopback and not security.server_secret_key and not security.allow_plaintext:
+        raise ConfigError(
+            f"{where}: endpoint {address!r} is reachable from other hosts; set [security] keys "
+            "(python -m streamer.keys DIR) or allow_plaintext = true"
+        )
+    return address
+
+
+def default_endpoints() -> Endpoints:
+    """Private ipc:// sockets in a fresh folder, so pipelines running side by side never collide."""
+    folder = Path(tempfile.mkdtemp(prefix="tss-"))
+    return Endpoints(*(f"ipc://{folder / name}" for name in ("windows", "work", "results", "display")))
+
+
+def stream_name(source: str, index: int, taken: set[str]) -> str:
+    """A short readable name for a source: file stem, camera host, 'webcam0', 'synthetic'."""
+    if source.startswith("synthetic:"):
+        base = "synthetic"
+    elif source.startswith("rtsp://"):
+        base = urlparse(source).hostname or "rtsp"
+    elif source.isdigit() or source.startswith("/dev/video"):
+        base = "webcam" + source.rsplit("video", 1)[-1]
+    else:
+        base = Path(source).stem or f"source{index}"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    taken.add(name)
+    return name
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line flags; None means 'as the config file says'."""
+
+    config: str | None = None
+    sources: tuple[str, ...] = ()
+    checkpoint: str | None = None
+    headless: bool = False
+    duration: float | None = None
+    events: str | None = None
+    output: str | None = None
+    offline: bool = False
+    workers: int | None = None
+    device: str | None = None
+    precision: str | None = None
+
+
+def read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; pass an existing TOML file to --config") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read it ({err})") from None
+
+
+KNOWN = {
+    "model": {"checkpoint", "device", "precision", "num_frames", "frame_interval", "hop", "max_batch", "threads",
+              "delay_s"},
+    "pipeline": {"workers", "offline", "headless", "duration", "heartbeat_timeout_s"},
+    "events": {"path", "smoothing", "start_threshold", "end_threshold", "top_k"},
+    "overlay": {"window", "output", "fps", "display_width"},
+    "endpoints": {"windows", "work", "results", "display"},
+    "security": {"allow_plaintext", "server_secret_key", "server_public_key"},
+    "sources": {"spec", "name", "open_timeout_s", "read_timeout_s"},
+}
+
+
+def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
+    """Build every stage's config from the TOML file and the flags.
+
+    Args:
+        flags: command-line overrides.
+        preprocess_of: ``checkpoint path -> (Preprocess, labels)``; reads the checkpoint's metadata
+            (it raises CheckpointError for a bad checkpoint, before any process starts).
+    """
+    path = Path(flags.config) if flags.config else DEFAULT_CONFIG
+    raw = read_toml(path)
+    where = str(path)
+    for section, value in raw.items():
+        if section not in KNOWN:
+            raise ConfigError(f"{where}: unknown section [{section}]; known: {', '.join(sorted(KNOWN))}")
+        tables = value if isinstance(value, list) else [value]
+        for table in tables:
+            if not isinstance(table, dict):
+                raise ConfigError(f"{where}: [{section}] must be a table")
+            unknown = sorted(set(table) - KNOWN[section])
+            if unknown:
+                raise ConfigError(f"{where}: unknown key '{unknown[0]}' in [{section}]; "
+                                  f"known: {', '.join(sorted(KNOWN[section]))}")
+    model = raw.get("model", {})
+    pipe = raw.get("pipeline", {})
+    ev = raw.get("events", {})
+    ov = raw.get("overlay", {})
+    sec = raw.get("security", {})
+    where_model = f"{where} [model]"
+
+    checkpoint = flags.checkpoint or _get(model, "checkpoint", str, "models/demo.safetensors", where_model)
+    if not Path(checkpoint).is_absolute() and not Path(checkpoint).exists() and (REPO / checkpoint).exists():
+        checkpoint = str(REPO / checkpoint)
+    preprocess, labels = preprocess_of(checkpoint)
+
+    num_frames = _get(model, "num_frames", int, preprocess.num_frames, where_model)
+    frame_interval = _get(model, "frame_interval", int, preprocess.frame_interval, where_model)
+    hop = _get(model, "hop", int, max(1, frame_interval), where_model)
+    for key, value in (("num_frames", num_frames), ("frame_interval", frame_interval), ("hop", hop)):
+        if value < 1:
+            raise ConfigError(f"{where_model}: '{key}' must be at least 1, got {value}")
+
+    security = Security(
+        allow_plaintext=_get(sec, "allow_plaintext", bool, False, f"{where} [security]"),
+        server_secret_key=_get(sec, "server_secret_key", str, "", f"{where} [security]"),
+        server_public_key=_get(sec, "server_public_key", str, "", f"{where} [security]"),
+    )
+    ep_table = raw.get("endpoints", {})
+    defaults = default_endpoints()
+    endpoints = Endpoints(**{
+        name: _check_endpoint(_get(ep_table, name, str, getattr(defaults, name), f"{where} [endpoints]"),
+                              f"{where} [endpoints] {name}", security)
+        for name in ("windows", "work", "results", "display")
+    })
+
+    source_tables = raw.get("sources", [])
+    if not isinstance(source_tables, list):
+        raise ConfigError(f"{where}: sources must be an array of tables: [[sources]] spec = \"...\"")
+    if flags.sources:
+        source_tables = [{"spec": s} for s in flags.sources]
+    if not source_tables:
+        raise ConfigError(f"{where}: no sources; add [[sources]] spec = \"synthetic:\" or pass --source")
+
+    offline = flags.offline or _get(pipe, "offline", bool, False, f"{where} [pipeline]")
+    headless = flags.headless or _get(pipe, "headless", bool, False, f"{where} [pipeline]")
+    output = flags.output or _get(ov, "output", str, None, f"{where} [overlay]") or None
+    window = not headless and _get(ov, "window", bool, True, f"{where} [overlay]")
+    want_overlay = window or bool(output)
+
+    taken: set[str] = set()
+    captures, finite = [], []
+    from streamer.sources import parse_source  # validates the spec; sources imports cv2, so import late
+
+    for i, table in enumerate(source_tables):
+        spec = _get(table, "spec", str, None, f"{where} [[sources]] #{i + 1}")
+        if spec is None:
+            raise ConfigError(f"{where}: [[sources]] #{i + 1} has no 'spec'")
+        kind = parse_source(spec)
+        name = table.get("name") or stream_name(spec, i, taken)
+        if kind == "file":
+            finite.append(name)
+        captures.append(CaptureConfig(
+            stream=name, source=spec, endpoints=endpoints, size=preprocess.size, num_frames=num_frames,
+            frame_interval=frame_interval, hop=hop, offline=offline, display=want_overlay,
+            display_width=_get(ov, "display_width", int, 640, f"{where} [overlay]"),
+            open_timeout_s=_get(table, "open_timeout_s", float, 5.0, f"{where} [[sources]]"),
+            read_timeout_s=_get(table, "read_timeout_s", float, 5.0, f"{where} [[sources]]"),
+        ))
+    if offline and len(finite) != len(captures):
+        raise ConfigError("--offline reads files as fast as the workers take them; every source must be a file")
+    streams = tuple(c.stream for c in captures)
+
+    try:
+        events = EventConfig(
+            smoothing=_get(ev, "smoothing", int, 3, f"{where} [events]"),
+            start_threshold=_get(ev, "start_threshold", float, 0.6, f"{where} [events]"),
+            end_threshold=_get(ev, "end_threshold", float, 0.4, f"{where} [events]"),
+            top_k=_get(ev, "top_k", int, 5, f"{where} [events]"),
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{where} [events]: {err}") from None
+    events_path = flags.events or _get(ev, "path", str, None, f"{where} [events]") or None
+
+    dispatch = DispatchConfig(
+        endpoints=endpoints, streams=streams, finite_streams=tuple(finite), labels=tuple(labels or ()),
+        offline=offline, events_path=events_path, events=events,
+        heartbeat_timeout_s=_get(pipe, "heartbeat_timeout_s", float, 30.0, f"{where} [pipeline]"),
+    )
+    n_workers = flags.workers or _get(pipe, "workers", int, 1, f"{where} [pipeline]")
+    if n_workers < 1:
+        raise ConfigError(f"{where} [pipeline]: 'workers' must be at least 1, got {n_workers}")
+    precision = flags.precision or _get(model, "precision", str, "bf16", where_model)
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"{where_model}: 'precision' must be fp32, bf16 or fp16, got {precision!r}")
+    device = flags.device or _get(model, "device", str, "auto", where_model)
+    if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
+        raise ConfigError(f"{where_model}: 'device' must be auto, cpu, cuda or cuda:N, got {device!r}")
+    worker = WorkerConfig(
+        name="worker-0", endpoints=endpoints, checkpoint=checkpoint, device=device, precision=precision,
+        max_batch=_get(model, "max_batch", int, 4, where_model), threads=_get(model, "threads", int, 0, where_model),
+        top_k=events.top_k, delay_s=_get(model, "delay_s", float, 0.0, where_model),
+    )
+    if not 1 <= worker.max_batch <= 64:
+        raise ConfigError(f"{where_model}: 'max_batch' must be 1..64, got {worker.max_batch}")
+    workers = tuple(replace(worker, name=f"worker-{i}", index=i, workers_on_host=n_workers) for i in range(n_workers))
+
+    overlay = OverlayConfig(
+        endpoints=endpoints, streams=streams, window=window, output=output,
+        fps=_get(ov, "fps", float, 30.0, f"{where} [overlay]"), top_k=min(events.top_k, 5),
+    ) if want_overlay else None
+    duration = flags.duration if flags.duration is not None else _get(pipe, "duration", float, 0.0,
+                                                                       f"{where} [pipeline]")
+    if duration < 0:
+        raise ConfigError(f"--duration must be zero (run until stopped) or positive, got {duration}")
+    return PipelineConfig(captures=tuple(captures), dispatch=dispatch, workers=workers, overlay=overlay,
+                          duration_s=duration, security=security, source_file=where)

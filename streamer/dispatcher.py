@@ -1,0 +1,232 @@
+"""Dispatcher stage: the hub between captures, workers, the event log and the overlay.
+
+Workers pull: a worker says "ready for n" and gets at once the newest waiting window of
+up to n streams (one message, batched across streams). Live, each stream keeps only its
+newest window; an overtaken one is dropped and counted, so no window waits longer than
+one inference. Offline, windows queue and each taken window returns a credit to its
+capture, so nothing is dropped. Results become event-log lines here, as they arrive.
+"""
+
+import collections
+import multiprocessing.synchronize
+import time
+from dataclasses import dataclass, field
+
+import zmq
+from loguru import logger
+
+from streamer import messages
+from streamer.config import DispatchConfig
+from streamer.errors import ProtocolError
+from streamer.events import ActionTracker, EventLog, prediction_line
+from streamer.messages import Batch, Credit, Heartbeat, ResultBatch, Status, Window, WorkRequest
+
+
+@dataclass
+class Counters:
+    """What the once-a-second status line reports, reset after each line."""
+
+    windows_in: int = 0
+    dropped: int = 0
+    predicted: int = 0
+    malformed: int = 0
+    forward_ms: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class WorkerState:
+    identity: bytes
+    name: str
+    waiting_for: int = 0          # windows it asked for and has not been sent
+    last_seen: float = 0.0
+    busy_since: float | None = None
+
+
+class Dispatcher:
+    """The dispatch state machine, separate from the socket loop so its rules are easy to follow."""
+
+    def __init__(self, config: DispatchConfig) -> None:
+        self.config = config
+        self.pending: dict[str, collections.deque[Window]] = {}
+        self.capture_of: dict[str, bytes] = {}
+        self.workers: dict[bytes, WorkerState] = {}
+        self.counters = Counters()
+        self.total_dropped = 0
+        self.ended: set[str] = set()
+        self.outstanding: dict[str, int] = collections.Counter()   # windows of a stream at workers
+
+    def add_window(self, identity: bytes, window: Window) -> None:
+        self.capture_of[window.stream] = identity
+        queue = self.pending.setdefault(window.stream, collections.deque())
+        self.counters.windows_in += 1
+        if queue and not self.config.offline:
+            self.counters.dropped += len(queue)
+            self.total_dropped += len(queue)
+            queue.clear()
+        queue.append(window)
+
+    def next_batch(self, limit: int) -> list[Window]:
+        """The newest (live) or oldest (offline) window of up to ``limit`` streams, oldest-waiting streams first."""
+        ready = [q for q in self.pending.values() if q]
+        ready.sort(key=lambda q: q[0].sent_ts)
+        batch = []
+        for queue in ready[:limit]:
+            window = queue.popleft()
+            batch.append(window)
+            self.outstanding[window.stream] += 1
+        return batch
+
+    def finished(self) -> bool:
+        """Every stream is finite, has ended, and has nothing waiting or at a worker."""
+        streams = set(self.config.streams)
+        return (bool(streams) and streams == set(self.config.finite_streams) and self.ended >= streams
+                and not any(self.pending.get(s) for s in streams) and not any(self.outstanding[s] for s in streams))
+
+
+def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
+    """Serve until ``stop`` is set, or until every file source has ended and been predicted (returns 0)."""
+    ctx = zmq.Context()
+    captures = ctx.socket(zmq.ROUTER)
+    workers = ctx.socket(zmq.ROUTER)
+    results = ctx.socket(zmq.PUB)
+    for sock in (captures, workers, results):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_ARRAY_BYTES)
+    captures.bind(config.endpoints.windows)
+    workers.bind(config.endpoints.work)
+    results.bind(config.endpoints.results)
+    log = EventLog(config.events_path)
+    tracker = ActionTracker(config.events, config.labels or None)
+    state = Dispatcher(config)
+    poller = zmq.Poller()
+    poller.register(captures, zmq.POLLIN)
+    poller.register(workers, zmq.POLLIN)
+    last_status = time.monotonic()
+    logger.info(f"dispatcher: serving {len(config.streams)} stream(s), events → {config.events_path or 'nowhere'}")
+
+    def write_status(status: Status) -> None:
+        line = {"kind": status.kind, "stream": status.stream, "detail": status.detail, "ts": status.ts}
+        if status.kind != "end_of_stream":
+            log.write(line)
+        messages.send(results, status)
+        if status.kind == "source_lost":
+            for event in tracker.reset(status.stream):
+                log.write(event)
+
+    def dispatch() -> None:
+        for worker in state.workers.values():
+            if worker.waiting_for <= 0 or worker.busy_since is not None:
+                continue
+            batch = state.next_batch(worker.waiting_for)
+            if not batch:
+                return
+            worker.waiting_for, worker.busy_since = 0, time.time()
+            workers.send_multipart([worker.identity, *messages.encode(Batch(tuple(batch)))], copy=False)
+            if config.offline:
+                for window in batch:
+                    identity = state.capture_of.get(window.stream)
+                    if identity is not None:
+                        captures.send_multipart([identity, *messages.encode(Credit(window.stream, 1))])
+
+    try:
+        while not stop.is_set():
+            events = dict(poller.poll(100))
+            if captures in events:
+                for _ in range(64):
+                    try:
+                        identity, *parts = captures.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    try:
+                        msg = messages.decode(parts)
+                    except ProtocolError as err:
+                        state.counters.malformed += 1
+                        logger.debug(f"dispatcher: dropped malformed capture message ({err})")
+                        continue
+                    if isinstance(msg, Window):
+                        state.add_window(identity.bytes, msg)
+                    elif isinstance(msg, Status):
+                        if msg.kind == "end_of_stream":
+                            state.ended.add(msg.stream)
+                        write_status(msg)
+                    else:
+                        state.counters.malformed += 1
+            if workers in events:
+                for _ in range(64):
+                    try:
+                        identity, *parts = workers.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    try:
+                        msg = messages.decode(parts)
+                    except ProtocolError as err:
+                        state.counters.malformed += 1
+                        logger.debug(f"dispatcher: dropped malformed worker message ({err})")
+                        continue
+                    key = identity.bytes
+                    now = time.time()
+                    if isinstance(msg, WorkRequest):
+                        worker = state.workers.setdefault(key, WorkerState(key, msg.worker))
+                        worker.waiting_for, worker.busy_since, worker.last_seen = msg.max_batch, None, now
+                    elif isinstance(msg, Heartbeat):
+                        if key in state.workers:
+                            state.workers[key].last_seen = now
+                    elif isinstance(msg, ResultBatch):
+                        if key in state.workers:
+                            state.workers[key].last_seen = now
+                        for result in msg.results:
+                            state.outstanding[result.stream] = max(0, state.outstanding[result.stream] - 1)
+                            line = prediction_line(result, time.time())
+                            log.write(line)
+                            smoothed, action_events = tracker.update(result)
+                            for event in action_events:
+                                log.write(event)
+                            state.counters.predicted += 1
+                            state.counters.forward_ms.append(result.timings.get("forward_ms", 0.0))
+                            state.counters.latency_ms.append(line["latency_ms"])
+                            messages.send(results, result)
+                    else:
+                        state.counters.malformed += 1
+            _forget_silent_workers(state, config, log)
+            dispatch()
+            if state.finished():
+                logger.info("dispatcher: every file source ended and its last window is predicted")
+                return 0
+            now = time.monotonic()
+            if now - last_status >= config.status_interval_s:
+                _log_status(state, now - last_status)
+                last_status = now
+    finally:
+        for event in tracker.reset_all():
+            log.write(event)
+        log.close()
+        for sock in (captures, workers, results):
+            sock.close(linger=0)
+        ctx.term()
+    return 0
+
+
+def _forget_silent_workers(state: Dispatcher, config: DispatchConfig, log: EventLog) -> None:
+    """A worker silent for longer than the heartbeat timeout is gone; its windows are stale, not re-sent."""
+    now = time.time()
+    for key, worker in list(state.workers.items()):
+        if now - worker.last_seen > config.heartbeat_timeout_s:
+            del state.workers[key]
+            logger.warning(f"dispatcher: {worker.name} silent for {config.heartbeat_timeout_s:g} s; forgetting it")
+            log.write({"kind": "worker_lost", "stream": "", "detail": worker.name, "ts": now})
+            if worker.busy_since is not None:
+                state.outstanding.clear()
+
+
+def _log_status(state: Dispatcher, seconds: float) -> None:
+    c = state.counters
+    if c.windows_in or c.predicted or c.malformed:
+        def median(values):
+            return sorted(values)[len(values) // 2] if values else 0.0
+        logger.info(
+            f"windows in {c.windows_in / seconds:.1f}/s, predicted {c.predicted / seconds:.1f}/s, "
+            f"dropped {c.dropped} (total {state.total_dropped}), inference {median(c.forward_ms):.0f} ms, "
+            f"latency {median(c.latency_ms):.0f} ms" + (f", malformed {c.malformed}" if c.malformed else "")
+        )
+    state.counters = Counters()

@@ -1,0 +1,161 @@
+"""Overlay stage: newest frame + newest smoothed result of each stream → a window and/or an annotated video.
+
+Frames arrive on the display socket (bound here, captures connect), results and source
+status on the dispatcher's results socket. Drawing runs at ``fps``; a stream with no frame
+yet shows a placeholder. The video file is finished properly on stop, so it stays playable.
+"""
+
+import collections
+import multiprocessing.synchronize
+import time
+
+import cv2
+import numpy as np
+import zmq
+from loguru import logger
+
+from streamer import messages
+from streamer.config import OverlayConfig
+from streamer.errors import ProtocolError
+from streamer.messages import DisplayFrame, Result, Status
+from streamer.overlay_draw import draw_panel, placeholder, tile
+
+SMOOTHING = 3  # results averaged for the panel, so labels do not flicker
+
+
+class StreamView:
+    """What the overlay knows of one stream."""
+
+    def __init__(self, top_k: int) -> None:
+        self.frame: np.ndarray | None = None
+        self.arrivals: collections.deque[float] = collections.deque(maxlen=30)
+        self.recent: collections.deque[Result] = collections.deque(maxlen=SMOOTHING)
+        self.latency_ms: float | None = None
+        self.status: str | None = None
+        self.top_k = top_k
+
+    def top(self) -> list[tuple[str, float]]:
+        """Labels of the mean of the last few results' top-k, best first."""
+        scores: dict[str, float] = collections.defaultdict(float)
+        for result in self.recent:
+            for label, prob in result.top:
+                scores[label] += prob / len(self.recent)
+        return sorted(scores.items(), key=lambda kv: -kv[1])[: self.top_k]
+
+    def fps(self) -> float:
+        if len(self.arrivals) < 2:
+            return 0.0
+        return (len(self.arrivals) - 1) / max(1e-6, self.arrivals[-1] - self.arrivals[0])
+
+
+def compose(views: dict[str, StreamView]) -> np.ndarray:
+    """One annotated image: a single stream as is, several as a grid."""
+    images = []
+    for name, view in views.items():
+        frame = view.frame if view.frame is not None else placeholder(640, 360, f"{name}: waiting for frames")
+        images.append(draw_panel(frame.copy(), name, view.top(), view.fps(), view.latency_ms, view.status))
+    return images[0] if len(images) == 1 else tile(images)
+
+
+class VideoOut:
+    """An mp4 whose size is fixed by its first frame; later frames are letterboxed to it."""
+
+    def __init__(self, path: str, fps: float) -> None:
+        self.path, self.fps = path, fps
+        self.writer: cv2.VideoWriter | None = None
+        self.size: tuple[int, int] | None = None
+
+    def write(self, image: np.ndarray) -> None:
+        if self.writer is None:
+            self.size = (image.shape[1] // 2 * 2, image.shape[0] // 2 * 2)
+            self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+            if not self.writer.isOpened():
+                raise OSError(f"cannot write video {self.path}")
+        if (image.shape[1], image.shape[0]) != self.size:
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        self.writer.write(image)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+
+
+def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event) -> int:
+    ctx = zmq.Context()
+    frames = ctx.socket(zmq.SUB)
+    frames.setsockopt(zmq.SUBSCRIBE, b"")
+    frames.setsockopt(zmq.RCVHWM, 4)
+    frames.setsockopt(zmq.LINGER, 0)
+    frames.setsockopt(zmq.MAXMSGSIZE, messages.MAX_ARRAY_BYTES)
+    frames.bind(config.endpoints.display)
+    results = ctx.socket(zmq.SUB)
+    results.setsockopt(zmq.SUBSCRIBE, b"")
+    results.setsockopt(zmq.LINGER, 0)
+    results.setsockopt(zmq.MAXMSGSIZE, messages.MAX_ARRAY_BYTES)
+    results.connect(config.endpoints.results)
+    views = {name: StreamView(config.top_k) for name in config.streams}
+    video = VideoOut(config.output, config.fps) if config.output else None
+    show = config.window
+    poller = zmq.Poller()
+    poller.register(frames, zmq.POLLIN)
+    poller.register(results, zmq.POLLIN)
+    period, next_draw, malformed = 1.0 / config.fps, time.monotonic(), 0
+    try:
+        while not stop.is_set():
+            events = dict(poller.poll(max(1, int(1000 * (next_draw - time.monotonic())))))
+            for sock in (frames, results):
+                while sock in events:
+                    try:
+                        msg = messages.decode(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+                    except zmq.Again:
+                        break
+                    except ProtocolError:
+                        malformed += 1
+                        continue
+                    view = views.get(getattr(msg, "stream", ""))
+                    if view is None:
+                        continue
+                    if isinstance(msg, DisplayFrame):
+                        view.frame = msg.image
+                        view.arrivals.append(time.monotonic())
+                    elif isinstance(msg, Result):
+                        view.recent.append(msg)
+                        view.latency_ms = 1000 * (time.time() - msg.frame_ts)
+                    elif isinstance(msg, Status):
+                        view.status = None if msg.kind == "source_restored" else msg.kind.replace("_", " ")
+            if time.monotonic() < next_draw:
+                continue
+            next_draw += period
+            if next_draw < time.monotonic():
+                next_draw = time.monotonic() + period
+            if all(v.frame is None for v in views.values()):
+                continue
+            image = compose(views)
+            if video is not None:
+                video.write(image)
+            if show:
+                show = _show(image)
+    finally:
+        if video is not None:
+            video.close()
+        if config.window:
+            cv2.destroyAllWindows()
+        frames.close(linger=0)
+        results.close(linger=0)
+        ctx.term()
+    return 0
+
+
+def _show(image: np.ndarray) -> bool:
+    """Draw in an OpenCV window; False (and one log line) when there is no display to draw on."""
+    try:
+        cv2.imshow("timesformer-stream", image)
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            logger.info("overlay: window closed with q/Esc; the pipeline goes on (Ctrl-C stops it)")
+            cv2.destroyAllWindows()
+            return False
+        return True
+    except cv2.error as err:
+        logger.warning(f"overlay: no display to draw on ({str(err).strip().splitlines()[-1][:100]}); "
+                       "running without a window (use --headless, or --output FILE.mp4 to save the overlay)")
+        return False

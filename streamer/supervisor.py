@@ -1,0 +1,195 @@
+"""Supervisor: start the stages a config names as processes, restart one that dies, stop them all cleanly.
+
+A stage that exits with code 2 hit a usage error (bad source, bad checkpoint) and the whole
+pipeline stops with that one line. A file capture that ends (code 0) is not restarted.
+Any other exit is a crash: the stage is restarted with a backoff that grows while it keeps
+crashing (1 s doubling to 30 s) and is reported in the log and the event log.
+"""
+
+import multiprocessing as mp
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import zmq
+from loguru import logger
+
+from streamer import messages
+from streamer.config import PipelineConfig
+from streamer.errors import PipelineError
+from streamer.messages import Status
+
+USAGE_ERROR = 2
+STOP_GRACE_S = 3.0
+HEALTHY_AFTER_S = 30.0
+WORKER_READY_TIMEOUT_S = 120.0  # a stage up this long has its crash backoff reset
+
+
+def configure_logging() -> None:
+    logger.remove()
+    logger.add(sys.stderr, format="{time:HH:mm:ss.SSS} | {level: <7} | {message}", level="INFO",
+               backtrace=False, diagnose=False)
+
+
+def _child(target: Callable, args: tuple, stop, errors, ready) -> None:
+    """Process entry: Ctrl-C goes to the supervisor only; a usage error leaves one line and exit code 2."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    configure_logging()
+    try:
+        code = target(*args, stop, **({"ready": ready} if ready is not None else {}))
+    except PipelineError as err:
+        errors.put(str(err))
+        sys.exit(USAGE_ERROR)
+    except Exception:
+        logger.exception("stage crashed")
+        sys.exit(1)
+    sys.exit(code or 0)
+
+
+@dataclass
+class Stage:
+    name: str
+    target: Callable
+    args: tuple
+    restart: bool = True            # False: a clean exit (file end) is final
+    process: mp.Process | None = None
+    started: float = 0.0
+    crashes: int = 0
+    next_start: float = 0.0
+    done: bool = False
+    ready: object = None            # an Event the stage sets once it can serve (workers, after warm-up)
+    started_once: bool = True       # captures wait (False) until a worker is warm
+
+
+class Supervisor:
+    def __init__(self, config: PipelineConfig) -> None:
+        from streamer import capture, dispatcher, overlay
+        from workers import worker
+
+        self.config = config
+        self.ctx = mp.get_context("spawn")
+        self.stop = self.ctx.Event()
+        self.errors = self.ctx.Queue()
+        self.stages = [Stage("dispatcher", dispatcher.run, (config.dispatch,))]
+        self.stages += [Stage(w.name, worker.run, (w,), ready=self.ctx.Event()) for w in config.workers]
+        if config.overlay is not None:
+            self.stages.append(Stage("overlay", overlay.run, (config.overlay,)))
+        self.stages += [Stage(f"capture {c.stream}", capture.run, (c,), started_once=False) for c in config.captures]
+        self._zmq = zmq.Context()
+        self._notify = self._zmq.socket(zmq.DEALER)
+        self._notify.setsockopt(zmq.LINGER, 0)
+        self._notify.connect(config.dispatch.endpoints.windows)
+
+    def _start(self, stage: Stage) -> None:
+        stage.process = self.ctx.Process(target=_child, args=(stage.target, stage.args, self.stop, self.errors,
+                                                              stage.ready),
+                                         name=stage.name, daemon=False)
+        stage.process.start()
+        stage.started = time.monotonic()
+
+    def _report(self, kind: str, detail: str) -> None:
+        logger.warning(detail)
+        try:
+            messages.send(self._notify, Status(kind=kind, stream="", detail=detail, ts=time.time()), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def run(self) -> int:
+        """Run until Ctrl-C/SIGTERM, the duration, the end of every file source, or a usage error."""
+        stop_requested: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
+        deadline = time.monotonic() + self.config.duration_s if self.config.duration_s > 0 else None
+        for stage in self.stages:
+            if stage.started_once:
+                self._start(stage)
+        begun, sources_started = time.monotonic(), False
+        try:
+            while not stop_requested:
+                if deadline is not None and time.monotonic() >= deadline:
+                    logger.info(f"--duration {self.config.duration_s:g} s reached; stopping")
+                    return 0
+                if not sources_started and self._a_worker_is_ready(begun):
+                    sources_started = True
+                    for stage in self.stages:
+                        if not stage.started_once:
+                            stage.started_once = True
+                            self._start(stage)
+                finished, failure = self._check()
+                if failure is not None:
+                    print(f"error: {failure}", file=sys.stderr, flush=True)
+                    return USAGE_ERROR
+                if finished:
+                    return 0
+                time.sleep(0.05)
+            logger.info("stop requested; stopping every stage")
+            return 0
+        finally:
+            self.shutdown()
+
+    def _a_worker_is_ready(self, begun: float) -> bool:
+        """Sources start once a model is warm, so the first windows are not dropped while it loads."""
+        waited = time.monotonic() - begun
+        if any(s.ready is not None and s.ready.is_set() for s in self.stages):
+            logger.info(f"a worker is ready after {waited:.1f} s; starting the sources")
+            return True
+        if waited > WORKER_READY_TIMEOUT_S:
+            logger.warning(f"no worker ready after {WORKER_READY_TIMEOUT_S:g} s; starting the sources anyway")
+            return True
+        return False
+
+    def _check(self) -> tuple[bool, str | None]:
+        """(pipeline finished, usage error message); restarts crashed stages."""
+        now = time.monotonic()
+        for stage in self.stages:
+            if stage.done or not stage.started_once:
+                continue
+            proc = stage.process
+            if proc is None:
+                if now >= stage.next_start:
+                    self._start(stage)
+                    self._report(f"{stage.name.split()[0].split('-')[0]}_restarted",
+                                 f"{stage.name} restarted after crash {stage.crashes}")
+                continue
+            if proc.is_alive():
+                if now - stage.started > HEALTHY_AFTER_S:
+                    stage.crashes = 0
+                continue
+            exitcode = proc.exitcode
+            proc.join()
+            stage.process = None
+            if exitcode == USAGE_ERROR:
+                try:
+                    return False, self.errors.get(timeout=1.0)
+                except Exception:
+                    return False, f"{stage.name} stopped with a usage error"
+            if exitcode == 0 and stage.name == "dispatcher":
+                return True, None
+            if exitcode == 0 and stage.name.startswith("capture"):
+                stage.done = True
+                continue
+            stage.crashes += 1
+            delay = min(30.0, 2.0 ** (stage.crashes - 1))
+            stage.next_start = now + delay
+            logger.warning(f"{stage.name} died (exit code {exitcode}); restarting in {delay:g} s")
+        return False, None
+
+    def shutdown(self) -> None:
+        """Ask every stage to stop, wait a little, then terminate and kill what is left."""
+        self.stop.set()
+        deadline = time.monotonic() + STOP_GRACE_S
+        procs = [s.process for s in self.stages if s.process is not None]
+        for proc in procs:
+            proc.join(timeout=max(0.05, deadline - time.monotonic()))
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=1.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=1.0)
+        self._notify.close(linger=0)
+        self._zmq.term()

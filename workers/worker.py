@@ -1,0 +1,126 @@
+"""Worker stage: load the model once, warm it up, then ask the dispatcher for windows and answer with results.
+
+Per batch: uint8 windows → one tensor → to the device → float and normalise there →
+forward on the fast path → softmax → top-k, with the time each step took.
+"""
+
+import multiprocessing.synchronize
+import os
+import time
+
+import numpy as np
+import torch
+import zmq
+from loguru import logger
+
+from streamer import messages
+from streamer.config import WorkerConfig
+from streamer.errors import ProtocolError
+from streamer.messages import Batch, Result, ResultBatch, WorkRequest
+from workers.model import load_model
+from workers.preprocess import to_model_input
+
+HEARTBEAT_S = 1.0
+
+
+def pick_device(requested: str, index: int) -> torch.device:
+    """``auto``: GPU ``index mod count`` when CUDA exists (round robin over workers), else the CPU."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{index % torch.cuda.device_count()}")
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def cpu_threads(requested: int, workers_on_cpu: int) -> int:
+    """Cores shared evenly among CPU workers (intra-op threads beyond a core each only contend)."""
+    if requested > 0:
+        return requested
+    return max(1, (os.cpu_count() or 1) // max(1, workers_on_cpu))
+
+
+class Predictor:
+    """The model and the steps around it, independent of sockets (the benchmarks use it directly)."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.device = pick_device(config.device, config.index)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(config.threads, config.workers_on_host))
+        self.model = load_model(config.checkpoint, device=self.device, precision=config.precision)
+        self.labels = self.model.labels or [str(i) for i in range(self.model.config.num_classes)]
+        self.pre = self.model.preprocess
+        self.top_k = min(config.top_k, len(self.labels))
+        self.delay_s = config.delay_s
+
+    def warm_up(self) -> float:
+        """One forward at the real input size, so the first live window is not the slow one."""
+        start = time.perf_counter()
+        frames = np.zeros((1, self.pre.num_frames, self.pre.size, self.pre.size, 3), np.uint8)
+        self.predict(frames)
+        return time.perf_counter() - start
+
+    @torch.inference_mode()
+    def predict(self, frames: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """(B, T, H, W, 3) uint8 → (B, classes) float32 probabilities and the step timings in ms."""
+        t0 = time.perf_counter()
+        batch = torch.from_numpy(frames).to(self.device, non_blocking=True)
+        x = to_model_input(batch, self.pre.mean, self.pre.std)
+        t1 = time.perf_counter()
+        probs = self.model(x).softmax(dim=-1).cpu().numpy()
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        t2 = time.perf_counter()
+        return probs, {"preprocess_ms": 1000 * (t1 - t0), "forward_ms": 1000 * (t2 - t1)}
+
+    def results(self, batch: Batch, worker: str) -> ResultBatch:
+        received = time.time()
+        frames = np.stack([w.frames for w in batch.windows])             # (B, T, H, W, 3)
+        probs, timings = self.predict(frames)
+        out = []
+        for window, p in zip(batch.windows, probs):
+            top = np.argsort(-p)[: self.top_k]
+            out.append(Result(
+                stream=window.stream, seq=window.seq, frame_index=window.frame_indices[-1],
+                frame_ts=window.frame_ts[-1], probs=p.astype(np.float32),
+                top=tuple((self.labels[i], float(p[i])) for i in top), worker=worker,
+                timings={"queue_ms": 1000 * max(0.0, received - window.sent_ts), **timings,
+                         "batch_size": float(len(batch.windows))},
+            ))
+        return ResultBatch(tuple(out))
+
+
+def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event,
+        ready: multiprocessing.synchronize.Event | None = None) -> int:
+    """Serve batches until ``stop`` is set; set ``ready`` once warm."""
+    predictor = Predictor(config)
+    seconds = predictor.warm_up()
+    logger.info(f"{config.name}: {predictor.model.config.attention_type} model on {predictor.device} "
+                f"({predictor.model.precision}), warm-up {1000 * seconds:.0f} ms")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_ARRAY_BYTES)
+    sock.connect(config.endpoints.work)
+    messages.send(sock, WorkRequest(config.name, config.max_batch))
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.is_set():
+            if not sock.poll(int(HEARTBEAT_S * 1000)):
+                # Re-asking is idempotent and lets a restarted dispatcher learn about us.
+                messages.send(sock, WorkRequest(config.name, config.max_batch))
+                continue
+            try:
+                msg = messages.recv(sock)
+            except ProtocolError as err:
+                logger.warning(f"{config.name}: dropped a malformed message ({err})")
+                messages.send(sock, WorkRequest(config.name, config.max_batch))
+                continue
+            if not isinstance(msg, Batch):
+                continue
+            messages.send(sock, predictor.results(msg, config.name))
+            messages.send(sock, WorkRequest(config.name, config.max_batch))
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    return 0
