@@ -1,0 +1,210 @@
+"""End to end: run_pipeline.py as a user runs it, with real processes, sockets, video files and checkpoints."""
+
+import json
+import re
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streamer.ringbuffer import WindowSchedule
+from tests.conftest import make_video
+from workers.model import Preprocess, save_model
+from workers.timesformer import TimeSformer, TimeSformerConfig
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["left", "right", "still"]
+PRE = Preprocess(size=32, num_frames=4, frame_interval=2)
+HOP = 4
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    model = TimeSformer(TimeSformerConfig(img_size=32, patch_size=8, num_classes=3, num_frames=4, embed_dim=32,
+                                          depth=1, num_heads=2))
+    return save_model(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", labels=LABELS, preprocess=PRE)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return make_video(tmp_path_factory.mktemp("video") / "clip.avi", num_frames=60)
+
+
+def write_config(path: Path, checkpoint: Path, *, delay_s: float = 0.0, max_batch: int = 4, hop: int = HOP) -> Path:
+    path.write_text(f"""
+[model]
+checkpoint = "{checkpoint}"
+precision = "fp32"
+hop = {hop}
+max_batch = {max_batch}
+delay_s = {delay_s}
+threads = 1
+
+[[sources]]
+spec = "synthetic:"
+""")
+    return path
+
+
+def run(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run_pipeline.py", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def due_indices(num_frames_in_file: int, hop: int = HOP) -> list[int]:
+    schedule = WindowSchedule(PRE.num_frames, PRE.frame_interval, hop)
+    return [i for i in range(num_frames_in_file) if schedule.due(i)]
+
+
+def check_prediction_contract(line: dict) -> None:
+    assert line["kind"] == "prediction"
+    assert isinstance(line["stream"], str) and line["stream"]
+    assert isinstance(line["frame_index"], int)
+    assert isinstance(line["frame_ts"], float) and abs(line["frame_ts"] - time.time()) < 600
+    assert isinstance(line["latency_ms"], (int, float)) and line["latency_ms"] >= 0
+    top = line["top"]
+    assert top and all(isinstance(lab, str) and 0.0 <= p <= 1.0 for lab, p in top)
+    assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+    assert {lab for lab, _ in top} <= set(LABELS)
+
+
+def test_file_source_headless_writes_contract_lines_and_stops_at_end(tmp_path, checkpoint, video):
+    events = tmp_path / "events.jsonl"
+    config = write_config(tmp_path / "c.toml", checkpoint)
+    proc = run("--config", config, "--source", video, "--headless", "--events", events, "--duration", 60)
+    assert proc.returncode == 0, proc.stderr
+    lines = read_lines(events)
+    predictions = [line for line in lines if line["kind"] == "prediction"]
+    assert predictions, proc.stderr
+    for line in predictions:
+        check_prediction_contract(line)
+        assert line["stream"] == "clip"
+    indices = [line["frame_index"] for line in predictions]
+    due = due_indices(60)
+    assert set(indices) <= set(due), "a prediction's frame_index is not the last frame of a window"
+    assert indices == sorted(indices)
+    assert indices[-1] == due[-1], "the pipeline stopped before the file's last window was predicted"
+    stamps = [line["frame_ts"] for line in predictions]
+    assert stamps == sorted(stamps)
+    # Played at its own 30 fps: 60 frames take about 2 s of capture time.
+    span = (stamps[-1] - stamps[0]) / max(1, indices[-1] - indices[0])
+    assert 1 / 45 < span < 1 / 20
+
+
+def test_offline_drops_no_window(tmp_path, checkpoint, video):
+    events = tmp_path / "events.jsonl"
+    config = write_config(tmp_path / "c.toml", checkpoint, delay_s=0.05, max_batch=1)
+    proc = run("--config", config, "--source", video, "--offline", "--headless", "--events", events)
+    assert proc.returncode == 0, proc.stderr
+    indices = [line["frame_index"] for line in read_lines(events) if line["kind"] == "prediction"]
+    assert indices == due_indices(60)
+
+
+def test_overload_keeps_latency_bounded_and_counts_drops(tmp_path, checkpoint):
+    """A model far slower than the windows: old windows are dropped, latency stays about one inference."""
+    long_video = make_video(tmp_path / "long.avi", num_frames=150)
+    events = tmp_path / "events.jsonl"
+    inference_s = 0.5
+    config = write_config(tmp_path / "c.toml", checkpoint, delay_s=inference_s, hop=2)
+    proc = run("--config", config, "--source", long_video, "--headless", "--events", events)
+    assert proc.returncode == 0, proc.stderr
+    predictions = [line for line in read_lines(events) if line["kind"] == "prediction"]
+    offered = len(due_indices(150, hop=2))
+    assert len(predictions) < offered / 2, "nothing was dropped although the model is 7x too slow"
+    totals = [int(n) for n in re.findall(r"dropped \d+ \(total (\d+)\)", proc.stderr)]
+    assert totals and totals[-1] > 0, "drops are not counted in the status line"
+    # Queueing every window would reach ~(75 - 10) × 0.5 s ≈ 30 s by the end; newest-only stays near
+    # one inference waited plus one run (2 × 0.5 s) and start-up jitter.
+    latencies = [line["latency_ms"] for line in predictions[2:]]
+    assert max(latencies) < 4 * inference_s * 1000, latencies
+
+
+def test_two_streams_are_batched_in_one_worker(tmp_path, checkpoint, video):
+    events = tmp_path / "events.jsonl"
+    config = write_config(tmp_path / "c.toml", checkpoint, delay_s=0.2, max_batch=4)
+    proc = run("--config", config, "--source", video, "--source", video, "--headless", "--events", events)
+    assert proc.returncode == 0, proc.stderr
+    predictions = [line for line in read_lines(events) if line["kind"] == "prediction"]
+    assert {line["stream"] for line in predictions} == {"clip", "clip-2"}
+    assert any(line["timings"]["batch_size"] == 2 for line in predictions)
+
+
+def test_sigterm_stops_every_process_and_leaves_whole_lines(tmp_path, checkpoint):
+    long_video = make_video(tmp_path / "long.avi", num_frames=900)
+    events = tmp_path / "events.jsonl"
+    output = tmp_path / "annotated.mp4"
+    config = write_config(tmp_path / "c.toml", checkpoint)
+    proc = subprocess.Popen([sys.executable, "run_pipeline.py", "--config", str(config), "--source", str(long_video),
+                             "--headless", "--events", str(events), "--output", str(output)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (events.exists() and "prediction" in events.read_text()):
+            time.sleep(0.2)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 4  # dispatcher, worker, overlay, capture (+ multiprocessing's tracker)
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        proc.wait(timeout=10)
+        assert time.monotonic() - start < 5.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    for line in events.read_text().splitlines():
+        json.loads(line)
+    import cv2
+
+    capture = cv2.VideoCapture(str(output))
+    ok, frame = capture.read()
+    assert ok and frame.shape[0] > 0, "the annotated video is not playable after SIGTERM"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--checkpoint", "/nonexistent/model.pyth"], "model.pyth: no such file"),
+    (["--config", "/nonexistent/c.toml"], "c.toml: config file not found"),
+    (["--source", "/nonexistent/clip.mp4"], "clip.mp4"),
+    (["--source", "http://example.com/x"], "http://example.com/x"),
+    (["--duration", "soon"], "--duration"),
+    (["--no-such-flag"], "--no-such-flag"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, message, checkpoint):
+    proc = run("--headless", *(["--checkpoint", checkpoint] if "--checkpoint" not in args else []), *args,
+               timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[model\ncheckpoint = 1", "not valid TOML"),
+    ("[model]\ncheckpiont = 'x'", "unknown key 'checkpiont'"),
+    ("[pipeline]\nworkers = 'two'", "'workers' must be int"),
+    ("[endpoints]\nwork = 'tcp://0.0.0.0:5555'", "reachable from other hosts"),
+])
+def test_bad_config_is_one_line_and_exit_2(tmp_path, content, message, checkpoint):
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    proc = run("--config", config, "--checkpoint", checkpoint, "--source", "synthetic:", "--headless", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "bad.toml" in lines[0], proc.stderr
+
+
+def test_bad_checkpoint_file_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "broken.pyth"
+    bad.write_bytes(os.urandom(256))
+    proc = run("--checkpoint", bad, "--headless", timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "broken.pyth" in proc.stderr
