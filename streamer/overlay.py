@@ -48,12 +48,20 @@ class StreamView:
         return (len(self.arrivals) - 1) / max(1e-6, self.arrivals[-1] - self.arrivals[0])
 
 
+MIN_WIDTH = 640  # small sources are enlarged so the label panel leaves most of the picture visible
+
+
 def compose(views: dict[str, StreamView]) -> np.ndarray:
     """One annotated image: a single stream as is, several as a grid."""
     images = []
     for name, view in views.items():
         frame = view.frame if view.frame is not None else placeholder(640, 360, f"{name}: waiting for frames")
-        images.append(draw_panel(frame.copy(), name, view.top(), view.fps(), view.latency_ms, view.status))
+        if frame.shape[1] < MIN_WIDTH:
+            scale = MIN_WIDTH / frame.shape[1]
+            frame = cv2.resize(frame, (MIN_WIDTH, round(frame.shape[0] * scale)), interpolation=cv2.INTER_LINEAR)
+        else:
+            frame = frame.copy()
+        images.append(draw_panel(frame, name, view.top(), view.fps(), view.latency_ms, view.status))
     return images[0] if len(images) == 1 else tile(images)
 
 
