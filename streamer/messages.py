@@ -1,0 +1,572 @@
+"""Everything that travels between processes, and the one encode/decode pair for it.
+
+A message is a ZeroMQ multipart message: frame 0 is a small UTF-8 JSON header
+``{"v": 1, "type": ..., fields...}``; every following frame is the raw bytes of
+one array (uint8 images, float32 probabilities), sent without copying. Nothing
+is ever pickled. :func:`decode` trusts nothing: every field is type- and
+range-checked and every size is bounded before it is used, so a hostile or
+broken peer costs one :class:`~streamer.errors.ProtocolError`, never a crash
+or a large allocation.
+
+Usage::
+
+    sock.send_multipart(encode(msg), copy=False)
+    msg = decode(sock.recv_multipart(copy=False))  # arrays are read-only views
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import zmq
+
+from streamer.errors import ProtocolError
+
+VERSION = 1
+
+# Bounds, checked before anything is allocated or trusted.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_WINDOW_FRAMES = 64  # frames in one window
+MAX_IMAGE_SIDE = 4096  # pixels, height and width
+MAX_BATCH = 64  # windows in a Batch, results in a ResultBatch, n of a request or credit
+MAX_CLASSES = 100_000
+MAX_TOP = 1000  # (label, prob) pairs in a Result
+MAX_TIMINGS = 32  # entries in Result.timings
+MAX_NAME = 256  # characters of a stream, worker, label, kind or timing name
+MAX_DETAIL = 2048  # characters of Status.detail
+MAX_INDEX = 2**63 - 1  # frame indices and sequence numbers
+MAX_ARRAY_BYTES = 512 * 1024 * 1024  # one array frame; also a sane zmq.MAXMSGSIZE
+MAX_PARTS = 1 + MAX_BATCH
+
+U8 = np.dtype("|u1")
+F32 = np.dtype("<f4")
+
+
+# ---------------------------------------------------------------------------
+# Message types
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """``num_frames`` RGB model-size frames of one stream, oldest first.
+
+    Args:
+        stream: stream name.
+        seq: per-stream window counter of the capture that made it.
+        frame_indices: source frame index of each frame, strictly increasing.
+        frame_ts: capture time (Unix seconds) of each frame.
+        frames: (T, H, W, 3) uint8 RGB.
+        sent_ts: when capture sent it (Unix seconds), for queue timings.
+    """
+
+    stream: str
+    seq: int
+    frame_indices: tuple[int, ...]
+    frame_ts: tuple[float, ...]
+    frames: np.ndarray
+    sent_ts: float
+
+
+@dataclass(frozen=True)
+class WorkRequest:
+    """A worker asks for up to ``max_batch`` windows; it doubles as its heartbeat."""
+
+    worker: str
+    max_batch: int
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Windows for one worker, newest of several streams, in one message."""
+
+    windows: tuple[Window, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """A worker's prediction for one window.
+
+    Args:
+        stream, seq: of the window.
+        frame_index, frame_ts: source index and capture time of the window's last frame.
+        probs: (classes,) float32 softmax probabilities.
+        top: ``(label, prob)`` pairs, best first.
+        worker: name of the worker that ran it.
+        timings: milliseconds per step (``queue_ms``, ``preprocess_ms``, ``forward_ms``, ...).
+    """
+
+    stream: str
+    seq: int
+    frame_index: int
+    frame_ts: float
+    probs: np.ndarray
+    top: tuple[tuple[str, float], ...]
+    worker: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class ResultBatch:
+    """A worker's results for one batch, in one message."""
+
+    results: tuple[Result, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class DisplayFrame:
+    """A full-size frame for the overlay: (H, W, 3) uint8 BGR as decoded."""
+
+    stream: str
+    index: int
+    ts: float
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class Status:
+    """Something a user should hear about: ``source_lost``, ``source_restored``, ``worker_restarted``..."""
+
+    kind: str
+    stream: str
+    detail: str
+    ts: float
+
+
+@dataclass(frozen=True)
+class Credit:
+    """Offline mode, dispatcher → capture: "I took ``n`` of your windows, send more"."""
+
+    stream: str
+    n: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """I am alive."""
+
+    sender: str
+    ts: float
+
+
+Message = Window | WorkRequest | Batch | Result | ResultBatch | DisplayFrame | Status | Credit | Heartbeat
+
+
+# ---------------------------------------------------------------------------
+# Field checks, shared by encode (catch a bad message at its sender) and decode
+# ---------------------------------------------------------------------------
+
+
+class _Fields:
+    """Takes the fields out of one JSON object, each checked; ``done()`` refuses leftovers."""
+
+    def __init__(self, obj: Any, where: str) -> None:
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        self._obj = obj
+        self._where = where
+        self._taken: set[str] = set()
+
+    def raw(self, key: str) -> Any:
+        if key not in self._obj:
+            raise ProtocolError(f"{self._where}: missing field {key!r}")
+        self._taken.add(key)
+        return self._obj[key]
+
+    def text(self, key: str, max_len: int = MAX_NAME, empty: bool = False) -> str:
+        return _text(self.raw(key), f"{self._where}.{key}", max_len, empty)
+
+    def integer(self, key: str, lo: int, hi: int) -> int:
+        return _int(self.raw(key), f"{self._where}.{key}", lo, hi)
+
+    def number(self, key: str) -> float:
+        return _float(self.raw(key), f"{self._where}.{key}")
+
+    def items(self, key: str, max_len: int) -> list:
+        value = self.raw(key)
+        if not isinstance(value, list):
+            raise ProtocolError(f"{self._where}.{key}: expected a list, got {type(value).__name__}")
+        if len(value) > max_len:
+            raise ProtocolError(f"{self._where}.{key}: {len(value)} items, at most {max_len} allowed")
+        return value
+
+    def mapping(self, key: str, max_len: int) -> dict:
+        value = self.raw(key)
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{self._where}.{key}: expected an object, got {type(value).__name__}")
+        if len(value) > max_len:
+            raise ProtocolError(f"{self._where}.{key}: {len(value)} entries, at most {max_len} allowed")
+        return value
+
+    def done(self) -> None:
+        extra = set(self._obj) - self._taken
+        if extra:
+            raise ProtocolError(f"{self._where}: unexpected field {sorted(extra)[0]!r}")
+
+
+def _text(value: Any, where: str, max_len: int, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"{where}: expected a string, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise ProtocolError(f"{where}: string of {len(value)} characters, at most {max_len} allowed")
+    if not value and not empty:
+        raise ProtocolError(f"{where}: empty string")
+    # Rejects control characters (log lines stay one line) and lone surrogates
+    # (they could not be written out as UTF-8 later).
+    if not value.isprintable():
+        raise ProtocolError(f"{where}: string has non-printable characters")
+    return value
+
+
+def _int(value: Any, where: str, lo: int, hi: int) -> int:
+    if type(value) is not int:  # bool is an int subclass: refused too
+        raise ProtocolError(f"{where}: expected an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ProtocolError(f"{where}: {value} outside [{lo}, {hi}]")
+    return value
+
+
+def _float(value: Any, where: str) -> float:
+    if type(value) not in (int, float):
+        raise ProtocolError(f"{where}: expected a number, got {type(value).__name__}")
+    result = float(value)  # ints beyond float range raise OverflowError
+    if not math.isfinite(result):
+        raise ProtocolError(f"{where}: {value!r} is not finite")
+    return result
+
+
+def _shape(value: Any, where: str, limits: Sequence[tuple[int, int]]) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) != len(limits):
+        raise ProtocolError(f"{where}: expected a shape of {len(limits)} integers")
+    return tuple(_int(v, f"{where}[{i}]", lo, hi) for i, (v, (lo, hi)) in enumerate(zip(value, limits)))
+
+
+_WINDOW_SHAPE = ((1, MAX_WINDOW_FRAMES), (1, MAX_IMAGE_SIDE), (1, MAX_IMAGE_SIDE), (3, 3))
+_IMAGE_SHAPE = ((1, MAX_IMAGE_SIDE), (1, MAX_IMAGE_SIDE), (3, 3))
+
+
+def _array(buf: memoryview, shape: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
+    """A read-only view of ``buf`` as ``shape``; its size must match exactly."""
+    expected = math.prod(shape) * dtype.itemsize
+    if expected > MAX_ARRAY_BYTES:
+        raise ProtocolError(f"{where}: declared {expected} bytes, at most {MAX_ARRAY_BYTES} allowed")
+    if buf.nbytes != expected:
+        raise ProtocolError(f"{where}: frame has {buf.nbytes} bytes, shape {list(shape)} needs {expected}")
+    array = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    array.flags.writeable = False
+    return array
+
+
+def _outgoing(array: Any, dtype: np.dtype, ndim: int, where: str) -> np.ndarray:
+    """The array as it goes on the wire: C-contiguous ``dtype`` (no copy if it already is)."""
+    if not isinstance(array, np.ndarray) or array.ndim != ndim:
+        raise ProtocolError(f"{where}: expected a {ndim}-d numpy array")
+    if array.dtype.kind != dtype.kind or array.dtype.itemsize != dtype.itemsize:
+        raise ProtocolError(f"{where}: expected dtype {dtype.name}, got {array.dtype.name}")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------
+# Per-type conversion: message → (header fields, arrays) and back
+# ---------------------------------------------------------------------------
+
+
+def _window_header(w: Window) -> tuple[dict, np.ndarray]:
+    frames = _outgoing(w.frames, U8, 4, "window.frames")
+    head = {
+        "stream": w.stream,
+        "seq": _as_int(w.seq),
+        "frame_indices": [_as_int(i) for i in w.frame_indices],
+        "frame_ts": [float(t) for t in w.frame_ts],
+        "shape": list(frames.shape),
+        "sent_ts": float(w.sent_ts),
+    }
+    return head, frames
+
+
+def _window_meta(obj: Any, where: str) -> tuple[dict, tuple[int, ...]]:
+    """Checked window fields (all but frames) and the declared frames shape."""
+    f = _Fields(obj, where)
+    shape = _shape(f.raw("shape"), f"{where}.shape", _WINDOW_SHAPE)
+    indices = f.items("frame_indices", MAX_WINDOW_FRAMES)
+    stamps = f.items("frame_ts", MAX_WINDOW_FRAMES)
+    if len(indices) != shape[0] or len(stamps) != shape[0]:
+        raise ProtocolError(f"{where}: {shape[0]} frames but {len(indices)} indices and {len(stamps)} timestamps")
+    indices = tuple(_int(v, f"{where}.frame_indices[{i}]", 0, MAX_INDEX) for i, v in enumerate(indices))
+    if any(b <= a for a, b in zip(indices, indices[1:])):
+        raise ProtocolError(f"{where}.frame_indices: not strictly increasing")
+    meta = {
+        "stream": f.text("stream"),
+        "seq": f.integer("seq", 0, MAX_INDEX),
+        "frame_indices": indices,
+        "frame_ts": tuple(_float(v, f"{where}.frame_ts[{i}]") for i, v in enumerate(stamps)),
+        "sent_ts": f.number("sent_ts"),
+    }
+    f.done()
+    return meta, shape
+
+
+def _result_header(r: Result) -> tuple[dict, np.ndarray]:
+    probs = _outgoing(r.probs, F32, 1, "result.probs")
+    head = {
+        "stream": r.stream,
+        "seq": _as_int(r.seq),
+        "frame_index": _as_int(r.frame_index),
+        "frame_ts": float(r.frame_ts),
+        "classes": int(probs.shape[0]),
+        "top": [[label, float(p)] for label, p in r.top],
+        "worker": r.worker,
+        "timings": {k: float(v) for k, v in r.timings.items()},
+    }
+    return head, probs
+
+
+def _result_meta(obj: Any, where: str) -> tuple[dict, int]:
+    f = _Fields(obj, where)
+    classes = f.integer("classes", 1, MAX_CLASSES)
+    top = []
+    for i, pair in enumerate(f.items("top", min(MAX_TOP, classes))):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ProtocolError(f"{where}.top[{i}]: expected [label, probability]")
+        top.append((_text(pair[0], f"{where}.top[{i}][0]", MAX_NAME), _float(pair[1], f"{where}.top[{i}][1]")))
+    timings = {}
+    for key, value in f.mapping("timings", MAX_TIMINGS).items():
+        timings[_text(key, f"{where}.timings key", MAX_NAME)] = _float(value, f"{where}.timings[{key!r}]")
+    meta = {
+        "stream": f.text("stream"),
+        "seq": f.integer("seq", 0, MAX_INDEX),
+        "frame_index": f.integer("frame_index", 0, MAX_INDEX),
+        "frame_ts": f.number("frame_ts"),
+        "top": tuple(top),
+        "worker": f.text("worker"),
+        "timings": timings,
+    }
+    f.done()
+    return meta, classes
+
+
+def _probs(buf: memoryview, classes: int, where: str) -> np.ndarray:
+    probs = _array(buf, (classes,), F32, where)
+    if not np.isfinite(probs).all():
+        raise ProtocolError(f"{where}: probabilities are not all finite")
+    return probs
+
+
+def _as_int(value: Any) -> Any:
+    """numpy integers as ints for JSON; anything else is left for the checks to refuse."""
+    return int(value) if isinstance(value, np.integer) else value
+
+
+def _encode_fields(msg: Message) -> tuple[dict, list[np.ndarray]]:
+    """Header fields (without v/type) and array frames of one message."""
+    if isinstance(msg, Window):
+        head, frames = _window_header(msg)
+        return head, [frames]
+    if isinstance(msg, Batch):
+        pairs = [_window_header(w) for w in msg.windows]
+        return {"windows": [h for h, _ in pairs]}, [a for _, a in pairs]
+    if isinstance(msg, Result):
+        head, probs = _result_header(msg)
+        return head, [probs]
+    if isinstance(msg, ResultBatch):
+        pairs = [_result_header(r) for r in msg.results]
+        return {"results": [h for h, _ in pairs]}, [a for _, a in pairs]
+    if isinstance(msg, DisplayFrame):
+        image = _outgoing(msg.image, U8, 3, "display.image")
+        head = {"stream": msg.stream, "index": _as_int(msg.index), "ts": float(msg.ts), "shape": list(image.shape)}
+        return head, [image]
+    if isinstance(msg, WorkRequest):
+        return {"worker": msg.worker, "max_batch": _as_int(msg.max_batch)}, []
+    if isinstance(msg, Status):
+        return {"kind": msg.kind, "stream": msg.stream, "detail": msg.detail, "ts": float(msg.ts)}, []
+    if isinstance(msg, Credit):
+        return {"stream": msg.stream, "n": _as_int(msg.n)}, []
+    if isinstance(msg, Heartbeat):
+        return {"sender": msg.sender, "ts": float(msg.ts)}, []
+    raise ProtocolError(f"cannot encode a {type(msg).__name__}: not a message type")
+
+
+def _decode_window(h: dict, bufs: list[memoryview]) -> Window:
+    meta, shape = _window_meta(h, "window")
+    _expect_frames(bufs, 1)
+    return Window(frames=_array(bufs[0], shape, U8, "window.frames"), **meta)
+
+
+def _decode_batch(h: dict, bufs: list[memoryview]) -> Batch:
+    f = _Fields(h, "batch")
+    items = f.items("windows", MAX_BATCH)
+    f.done()
+    metas = [_window_meta(obj, f"batch.windows[{i}]") for i, obj in enumerate(items)]
+    _expect_frames(bufs, len(metas))
+    return Batch(tuple(
+        Window(frames=_array(buf, shape, U8, f"batch.windows[{i}].frames"), **meta)
+        for i, ((meta, shape), buf) in enumerate(zip(metas, bufs))
+    ))
+
+
+def _decode_result(h: dict, bufs: list[memoryview]) -> Result:
+    meta, classes = _result_meta(h, "result")
+    _expect_frames(bufs, 1)
+    return Result(probs=_probs(bufs[0], classes, "result.probs"), **meta)
+
+
+def _decode_result_batch(h: dict, bufs: list[memoryview]) -> ResultBatch:
+    f = _Fields(h, "result_batch")
+    items = f.items("results", MAX_BATCH)
+    f.done()
+    metas = [_result_meta(obj, f"result_batch.results[{i}]") for i, obj in enumerate(items)]
+    _expect_frames(bufs, len(metas))
+    return ResultBatch(tuple(
+        Result(probs=_probs(buf, classes, f"result_batch.results[{i}].probs"), **meta)
+        for i, ((meta, classes), buf) in enumerate(zip(metas, bufs))
+    ))
+
+
+def _decode_display(h: dict, bufs: list[memoryview]) -> DisplayFrame:
+    f = _Fields(h, "display")
+    shape = _shape(f.raw("shape"), "display.shape", _IMAGE_SHAPE)
+    stream, index, ts = f.text("stream"), f.integer("index", 0, MAX_INDEX), f.number("ts")
+    f.done()
+    _expect_frames(bufs, 1)
+    return DisplayFrame(stream, index, ts, _array(bufs[0], shape, U8, "display.image"))
+
+
+def _decode_work_request(h: dict, bufs: list[memoryview]) -> WorkRequest:
+    f = _Fields(h, "work_request")
+    msg = WorkRequest(f.text("worker"), f.integer("max_batch", 1, MAX_BATCH))
+    f.done()
+    _expect_frames(bufs, 0)
+    return msg
+
+
+def _decode_status(h: dict, bufs: list[memoryview]) -> Status:
+    f = _Fields(h, "status")
+    msg = Status(f.text("kind"), f.text("stream", empty=True), f.text("detail", MAX_DETAIL, empty=True), f.number("ts"))
+    f.done()
+    _expect_frames(bufs, 0)
+    return msg
+
+
+def _decode_credit(h: dict, bufs: list[memoryview]) -> Credit:
+    f = _Fields(h, "credit")
+    msg = Credit(f.text("stream"), f.integer("n", 1, MAX_BATCH))
+    f.done()
+    _expect_frames(bufs, 0)
+    return msg
+
+
+def _decode_heartbeat(h: dict, bufs: list[memoryview]) -> Heartbeat:
+    f = _Fields(h, "heartbeat")
+    msg = Heartbeat(f.text("sender"), f.number("ts"))
+    f.done()
+    _expect_frames(bufs, 0)
+    return msg
+
+
+def _expect_frames(bufs: list[memoryview], n: int) -> None:
+    if len(bufs) != n:
+        raise ProtocolError(f"expected {n} array frame(s) after the header, got {len(bufs)}")
+
+
+_TYPES: dict[type, str] = {
+    Window: "window",
+    WorkRequest: "work_request",
+    Batch: "batch",
+    Result: "result",
+    ResultBatch: "result_batch",
+    DisplayFrame: "display",
+    Status: "status",
+    Credit: "credit",
+    Heartbeat: "heartbeat",
+}
+_DECODERS: dict[str, Callable[[dict, list[memoryview]], Message]] = {
+    "window": _decode_window,
+    "work_request": _decode_work_request,
+    "batch": _decode_batch,
+    "result": _decode_result,
+    "result_batch": _decode_result_batch,
+    "display": _decode_display,
+    "status": _decode_status,
+    "credit": _decode_credit,
+    "heartbeat": _decode_heartbeat,
+}
+
+
+# ---------------------------------------------------------------------------
+# The pair
+# ---------------------------------------------------------------------------
+
+
+def encode(msg: Message) -> list[bytes | np.ndarray]:
+    """Multipart frames for ``msg``: JSON header, then its arrays (not copied).
+
+    The message is checked as :func:`decode` would check it, so a bad message
+    fails at its sender with a :class:`ProtocolError`.
+    """
+    try:
+        fields, arrays = _encode_fields(msg)
+        kind = _TYPES[type(msg)]
+        _DECODERS[kind](dict(fields), [memoryview(a).cast("B") for a in arrays])  # the receiver's checks
+        head = {"v": VERSION, "type": kind, **fields}
+        header = json.dumps(head, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from None
+    if len(header) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"{type(msg).__name__} header is {len(header)} bytes, at most {MAX_HEADER_BYTES} allowed")
+    return [header, *arrays]
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _buffer(part: Any, i: int) -> memoryview:
+    try:
+        view = part.buffer if isinstance(part, zmq.Frame) else memoryview(part)
+        return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    except (TypeError, ValueError, AttributeError):
+        raise ProtocolError(f"frame {i} is not a contiguous byte buffer") from None
+
+
+def decode(parts: Sequence[bytes | zmq.Frame | memoryview]) -> Message:
+    """The message in ``parts``; raises :class:`ProtocolError` (and nothing else) if malformed.
+
+    Arrays in the result are read-only views on the received buffers.
+    """
+    if not isinstance(parts, (list, tuple)) or not 1 <= len(parts) <= MAX_PARTS:
+        count = len(parts) if isinstance(parts, (list, tuple)) else "no"
+        raise ProtocolError(f"{count} frames; a message has 1 to {MAX_PARTS}")
+    bufs = [_buffer(part, i) for i, part in enumerate(parts)]
+    if bufs[0].nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header is {bufs[0].nbytes} bytes, at most {MAX_HEADER_BYTES} allowed")
+    try:
+        head = json.loads(bytes(bufs[0]).decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 and bad JSON are both ValueErrors
+        raise ProtocolError(f"header is not JSON: {str(exc)[:80]}") from None
+    if not isinstance(head, dict):
+        raise ProtocolError(f"header is a JSON {type(head).__name__}, expected an object")
+    version = head.pop("v", None)
+    if type(version) is not int or version != VERSION:
+        raise ProtocolError(f"protocol version {str(version)[:20]!r}, expected {VERSION}")
+    kind = head.pop("type", None)
+    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
+    if decoder is None:
+        raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
+    try:
+        return decoder(head, bufs[1:])
+    except OverflowError:  # an integer too large for a float
+        raise ProtocolError(f"{kind}: a number is out of range") from None
+
+
+def send(socket: zmq.Socket, msg: Message, flags: int = 0) -> None:
+    """Send ``msg`` on ``socket`` without copying its arrays."""
+    socket.send_multipart(encode(msg), flags=flags, copy=False)
+
+
+def recv(socket: zmq.Socket, flags: int = 0) -> Message:
+    """Receive and decode one message; raises :class:`ProtocolError` if it is malformed."""
+    return decode(socket.recv_multipart(flags=flags, copy=False))

@@ -1,0 +1,271 @@
+"""Predictions → event log lines: hysteresis, contract fields, and lines that survive SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamer.errors import ConfigError, ProtocolError
+from streamer.events import PAGE, ActionTracker, EventConfig, EventLog, prediction_line
+from streamer.messages import Result
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["abseiling", "air drumming", "archery"]
+
+
+def result(p_first: float, index: int, stream: str = "cam0", ts: float | None = None) -> Result:
+    """A result where the first label has ``p_first`` and the other two share the rest."""
+    rest = (1.0 - p_first) / 2
+    probs = np.array([p_first, rest, rest], np.float32)
+    top = tuple(sorted(zip(LABELS, map(float, probs)), key=lambda lp: -lp[1]))
+    return Result(stream, index, index * 8, ts if ts is not None else 1000.0 + index, probs, top, "w0",
+                  {"queue_ms": 1.0, "preprocess_ms": 2.0, "forward_ms": 30.0})
+
+
+def run(tracker: ActionTracker, firsts: list[float], stream: str = "cam0") -> list[tuple]:
+    """Feed results; return (kind, label, result seq) for every event."""
+    events = []
+    for seq, p in enumerate(firsts):
+        _, new = tracker.update(result(p, seq, stream))
+        events += [(e["kind"], e["label"], e["frame_index"] // 8) for e in new]
+    return events
+
+
+def test_hysteresis_starts_at_start_threshold_and_ends_below_end_threshold() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
+    events = run(tracker, [0.5, 0.65, 0.5, 0.41, 0.4, 0.39, 0.55, 0.59, 0.6, 0.9])
+    assert events == [("start", "abseiling", 1), ("end", "abseiling", 5), ("start", "abseiling", 8)]
+    assert tracker.active("cam0") == "abseiling"
+
+
+def test_smoothing_ignores_a_single_spike_and_follows_a_sustained_rise() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=3), LABELS)
+    assert run(tracker, [0.1, 0.1, 0.9, 0.1, 0.1]) == []
+    tracker = ActionTracker(EventConfig(smoothing=3), LABELS)
+    # moving averages: .1 .1 .37 .63 .9 .63 .37
+    assert run(tracker, [0.1, 0.1, 0.9, 0.9, 0.9, 0.1, 0.1]) == [("start", "abseiling", 3), ("end", "abseiling", 6)]
+
+
+def test_a_new_action_ends_the_active_one_before_it_starts() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=1, start_threshold=0.5, end_threshold=0.2), LABELS)
+    _, events = tracker.update(result(0.7, 0))
+    assert [(e["kind"], e["label"]) for e in events] == [("start", "abseiling")]
+    probs = np.array([0.3, 0.6, 0.1], np.float32)  # abseiling still above its end threshold
+    _, events = tracker.update(Result("cam0", 1, 8, 1001.0, probs, (), "w0", {}))
+    assert [(e["kind"], e["label"]) for e in events] == [("end", "abseiling"), ("start", "air drumming")]
+    assert events[0]["score"] == pytest.approx(0.3) and events[1]["score"] == pytest.approx(0.6)
+
+
+def test_streams_are_tracked_independently() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
+    assert run(tracker, [0.9], "cam0") == [("start", "abseiling", 0)]
+    assert run(tracker, [0.1, 0.1], "cam1") == []
+    assert tracker.active("cam0") == "abseiling" and tracker.active("cam1") is None
+
+
+def test_event_dicts_carry_the_contract_fields() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
+    smoothed, events = tracker.update(result(0.8, 4))
+    assert smoothed[0] == ("abseiling", pytest.approx(0.8)) and len(smoothed) == 3
+    (event,) = events
+    assert event == {"kind": "start", "stream": "cam0", "label": "abseiling", "frame_index": 32,
+                     "frame_ts": 1004.0, "score": pytest.approx(0.8)}
+    assert type(event["frame_index"]) is int and type(event["frame_ts"]) is float and type(event["score"]) is float
+
+
+def test_smoothed_top_is_best_first_and_limited_to_top_k() -> None:
+    labels = [f"l{i}" for i in range(10)]
+    tracker = ActionTracker(EventConfig(smoothing=2, top_k=3), labels)
+    p1 = np.linspace(0.0, 1.0, 10, dtype=np.float32)
+    p1 /= p1.sum()
+    tracker.update(Result("s", 0, 0, 1.0, p1, (), "w", {}))
+    top, _ = tracker.update(Result("s", 1, 1, 2.0, p1[::-1].copy(), (), "w", {}))
+    smoothed = (p1 + p1[::-1]) / 2
+    assert len(top) == 3 and [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+    assert top[0][1] == pytest.approx(float(smoothed.max()))
+
+
+def test_reset_ends_the_active_action_and_forgets_the_history() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=3), LABELS)
+    run(tracker, [0.9, 0.9, 0.9])
+    assert tracker.reset("cam1") == []
+    (event,) = tracker.reset("cam0")
+    assert (event["kind"], event["label"], event["frame_index"]) == ("end", "abseiling", 16)
+    assert tracker.active("cam0") is None and tracker.reset("cam0") == []
+    assert run(tracker, [0.9]) == [("start", "abseiling", 0)]  # no history left to average with
+    assert [e["stream"] for e in tracker.reset_all()] == ["cam0"]
+
+
+def test_a_late_result_changes_nothing() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
+    tracker.update(result(0.1, 5, ts=1005.0))
+    top, events = tracker.update(result(0.95, 4, ts=1004.0))  # finished after a newer one
+    assert events == [] and top[0][0] != "abseiling"
+    _, events = tracker.update(result(0.95, 1, ts=1005.0 - 3600))  # a restarted source: accepted
+    assert [e["kind"] for e in events] == ["start"]
+
+
+def test_a_result_whose_class_count_differs_from_the_labels_is_a_protocol_error() -> None:
+    tracker = ActionTracker(EventConfig(), LABELS)
+    with pytest.raises(ProtocolError, match="4 classes"):
+        tracker.update(Result("cam0", 0, 0, 1.0, np.full(4, 0.25, np.float32), (), "w0", {}))
+
+
+def test_labels_default_to_class_numbers() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=1), None)
+    _, events = tracker.update(result(0.9, 0))
+    assert events[0]["label"] == "class_0"
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"smoothing": 0}, "smoothing = 0"),
+    ({"top_k": 0}, "top_k = 0"),
+    ({"start_threshold": 1.5}, "start_threshold = 1.5"),
+    ({"end_threshold": "0.3"}, "end_threshold = '0.3'"),
+    ({"start_threshold": 0.5, "end_threshold": 0.7}, "end_threshold = 0.7"),
+])
+def test_event_config_refuses_bad_values_naming_them(kwargs, words) -> None:
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        EventConfig(**kwargs)
+
+
+def test_prediction_line_carries_every_contract_field_with_the_right_types(tmp_path: Path) -> None:
+    r = result(0.7, 3)
+    line = prediction_line(r, now=r.frame_ts + 0.25)
+    with EventLog(tmp_path / "events.jsonl") as log:
+        log.write(line)
+    parsed = json.loads((tmp_path / "events.jsonl").read_text())
+    assert parsed["kind"] == "prediction" and parsed["stream"] == "cam0"
+    assert type(parsed["frame_index"]) is int and parsed["frame_index"] == 24
+    assert type(parsed["frame_ts"]) is float and parsed["frame_ts"] == r.frame_ts
+    assert parsed["latency_ms"] == pytest.approx(250.0)
+    top = parsed["top"]
+    assert all(isinstance(lab, str) and isinstance(p, float) and len(pair) == 2 for pair in top for lab, p in [pair])
+    assert [p for _, p in top] == sorted((p for _, p in top), reverse=True) and top[0][0] == "abseiling"
+    assert parsed["seq"] == 3 and parsed["worker"] == "w0" and parsed["timings"]["forward_ms"] == 30.0
+
+
+def test_event_log_appends_and_none_path_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "sub" / "events.jsonl"
+    with EventLog(path) as log:
+        log.write({"kind": "start", "label": "café"})
+    with EventLog(path) as log:
+        log.write({"kind": "end"})
+    assert [json.loads(x)["kind"] for x in path.read_text(encoding="utf-8").splitlines()] == ["start", "end"]
+    with EventLog(None, stdout=True) as log:
+        log.write({"kind": "prediction"})
+    assert json.loads(capsys.readouterr().out) == {"kind": "prediction"}
+
+
+def test_opening_a_log_cuts_a_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"kind":"a"}\n{"kind":"b"}\n{"kind":"pred')
+    with EventLog(path) as log:
+        log.write({"kind": "c"})
+    assert [json.loads(x)["kind"] for x in path.read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_an_unwritable_log_path_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="file/events.jsonl"):
+        EventLog(tmp_path / "file" / "events.jsonl")
+
+
+WRITER = textwrap.dedent("""
+    import random, sys
+    from streamer.events import EventLog, prediction_line
+    from streamer.messages import Result
+    import numpy as np
+    log = EventLog(sys.argv[1])
+    count, rng = int(sys.argv[2]), random.Random(int(sys.argv[3]))
+    probs = np.full(3, 1 / 3, np.float32)
+    i = 0
+    while count < 0 or i < count:
+        label = "état " * rng.randrange(1, 600)  # lines from ~200 bytes to a page (4 KiB), non-ASCII
+        r = Result("cam0", i, i, 1000.0 + i, probs, ((label, 0.5),), "w0", {"forward_ms": 1.0})
+        log.write(prediction_line(r, 1000.5 + i))
+        i += 1
+    print("done", flush=True)
+    sys.stdin.read()  # wait to be killed
+""")
+
+
+def _writer(path: Path, count: int, seed: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(count), str(seed)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _lines(path: Path) -> list[dict]:
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), f"file ends with a half line: {data[-80:]!r}"
+    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
+
+
+@pytest.mark.timeout(60)
+def test_sigkill_while_writing_leaves_only_whole_lines(tmp_path: Path) -> None:
+    for seed in range(3):
+        path = tmp_path / f"events{seed}.jsonl"
+        proc = _writer(path, -1, seed)
+        try:
+            deadline = time.monotonic() + 20
+            while (not path.exists() or path.stat().st_size < 2_000_000) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert proc.poll() is None, "writer died on its own"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        lines = [x for x in _lines(path) if x["kind"] != "pad"]
+        assert len(lines) > 100
+        assert [x["seq"] for x in lines] == list(range(len(lines)))
+
+
+def test_no_line_of_a_page_or_less_crosses_a_page_boundary(tmp_path: Path) -> None:
+    # The kernel stops a write between pages on SIGKILL: this is what keeps lines whole.
+    path = tmp_path / "events.jsonl"
+    rng = np.random.default_rng(3)
+    with EventLog(path) as log:
+        for i in range(2000):
+            log.write({"kind": "prediction", "seq": i, "x": "é" * int(rng.integers(10, 2000))})
+    data, offset, kinds = path.read_bytes(), 0, []
+    for raw in data.split(b"\n")[:-1]:
+        size = len(raw) + 1
+        assert offset // PAGE == (offset + size - 1) // PAGE, f"line at {offset} ({size} bytes) crosses a page"
+        kinds.append(json.loads(raw)["kind"])
+        offset += size
+    assert kinds.count("prediction") == 2000 and set(kinds) <= {"prediction", "pad"}
+
+
+@pytest.mark.timeout(60)
+def test_no_written_line_is_lost_when_the_writer_is_killed(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    proc = _writer(path, 777, 5)
+    try:
+        assert proc.stdout.readline().strip() == "done"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert [x["seq"] for x in _lines(path) if x["kind"] != "pad"] == list(range(777))
+
+
+@pytest.mark.timeout(60)
+def test_two_processes_appending_to_one_log_never_mix_lines(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    procs = [_writer(path, 1500, seed) for seed in (1, 2)]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "done"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert len([x for x in _lines(path) if x["kind"] != "pad"]) == 3000
