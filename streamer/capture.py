@@ -62,14 +62,16 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
             except SourceLost as err:
                 if not lost:
                     logger.warning(f"capture {config.stream}: {err}")
-                lost = True
-                continue
+                lost, frame = True, False
             for kind, detail in source.events():
                 status(kind, detail)
+                logger.warning(f"capture {config.stream}: {kind.replace('_', ' ')}: {detail}")
                 if kind == "source_lost":
                     ring.reset()
                     schedule.reset()
                 lost = kind == "source_lost"
+            if frame is False:  # still reconnecting
+                continue
             if frame is None:
                 status("end_of_stream", f"{config.stream}: last frame was {ring.newest}")
                 logger.info(f"capture {config.stream}: end of source after frame {ring.newest}")

@@ -33,13 +33,13 @@ def configure_logging() -> None:
                backtrace=False, diagnose=False)
 
 
-def _child(target: Callable, args: tuple, stop, errors, ready) -> None:
+def _child(target: Callable, args: tuple, stop, errors, heartbeat) -> None:
     """Process entry: Ctrl-C goes to the supervisor only; a usage error leaves one line and exit code 2."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     configure_logging()
     try:
-        code = target(*args, stop, **({"ready": ready} if ready is not None else {}))
+        code = target(*args, stop, **({"heartbeat": heartbeat} if heartbeat is not None else {}))
     except PipelineError as err:
         errors.put(str(err))
         sys.exit(USAGE_ERROR)
@@ -60,7 +60,7 @@ class Stage:
     crashes: int = 0
     next_start: float = 0.0
     done: bool = False
-    ready: object = None            # an Event the stage sets once it can serve (workers, after warm-up)
+    heartbeat: object = None        # workers: shared Unix time of their last sign of life, 0 until warm
     started_once: bool = True       # captures wait (False) until a worker is warm
 
 
@@ -74,7 +74,7 @@ class Supervisor:
         self.stop = self.ctx.Event()
         self.errors = self.ctx.Queue()
         self.stages = [Stage("dispatcher", dispatcher.run, (config.dispatch,))]
-        self.stages += [Stage(w.name, worker.run, (w,), ready=self.ctx.Event()) for w in config.workers]
+        self.stages += [Stage(w.name, worker.run, (w,), heartbeat=self.ctx.Value("d", 0.0)) for w in config.workers]
         if config.overlay is not None:
             self.stages.append(Stage("overlay", overlay.run, (config.overlay,)))
         self.stages += [Stage(f"capture {c.stream}", capture.run, (c,), started_once=False) for c in config.captures]
@@ -84,11 +84,14 @@ class Supervisor:
         self._notify.connect(config.dispatch.endpoints.windows)
 
     def _start(self, stage: Stage) -> None:
+        if stage.heartbeat is not None:
+            stage.heartbeat.value = 0.0
         stage.process = self.ctx.Process(target=_child, args=(stage.target, stage.args, self.stop, self.errors,
-                                                              stage.ready),
+                                                              stage.heartbeat),
                                          name=stage.name, daemon=False)
         stage.process.start()
         stage.started = time.monotonic()
+        logger.info(f"{stage.name} started (pid {stage.process.pid})")
 
     def _report(self, kind: str, detail: str) -> None:
         logger.warning(detail)
@@ -133,7 +136,7 @@ class Supervisor:
     def _a_worker_is_ready(self, begun: float) -> bool:
         """Sources start once a model is warm, so the first windows are not dropped while it loads."""
         waited = time.monotonic() - begun
-        if any(s.ready is not None and s.ready.is_set() for s in self.stages):
+        if any(s.heartbeat is not None and s.heartbeat.value > 0 for s in self.stages):
             logger.info(f"a worker is ready after {waited:.1f} s; starting the sources")
             return True
         if waited > WORKER_READY_TIMEOUT_S:
@@ -154,6 +157,11 @@ class Supervisor:
                     self._report(f"{stage.name.split()[0].split('-')[0]}_restarted",
                                  f"{stage.name} restarted after crash {stage.crashes}")
                 continue
+            if proc.is_alive() and self._hung(stage):
+                self._report(f"{stage.name.split('-')[0]}_hung", f"{stage.name} sent no heartbeat for "
+                             f"{self.config.dispatch.heartbeat_timeout_s:g} s; killing it")
+                proc.kill()
+                proc.join(timeout=5.0)
             if proc.is_alive():
                 if now - stage.started > HEALTHY_AFTER_S:
                     stage.crashes = 0
@@ -176,6 +184,12 @@ class Supervisor:
             stage.next_start = now + delay
             logger.warning(f"{stage.name} died (exit code {exitcode}); restarting in {delay:g} s")
         return False, None
+
+    def _hung(self, stage: Stage) -> bool:
+        """A warm worker whose heartbeat is older than the timeout (stuck in a call, deadlocked)."""
+        if stage.heartbeat is None or stage.heartbeat.value <= 0:
+            return False
+        return time.time() - stage.heartbeat.value > self.config.dispatch.heartbeat_timeout_s
 
     def shutdown(self) -> None:
         """Ask every stage to stop, wait a little, then terminate and kill what is left."""

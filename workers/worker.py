@@ -89,9 +89,12 @@ class Predictor:
         return ResultBatch(tuple(out))
 
 
-def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event,
-        ready: multiprocessing.synchronize.Event | None = None) -> int:
-    """Serve batches until ``stop`` is set; set ``ready`` once warm."""
+def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat=None) -> int:
+    """Serve batches until ``stop`` is set.
+
+    ``heartbeat`` (a shared double from the supervisor) gets the time after warm-up and
+    after every batch or idle second; the supervisor kills a worker whose heartbeat stops.
+    """
     predictor = Predictor(config)
     seconds = predictor.warm_up()
     logger.info(f"{config.name}: {predictor.model.config.attention_type} model on {predictor.device} "
@@ -102,10 +105,10 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event,
     sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_ARRAY_BYTES)
     sock.connect(config.endpoints.work)
     messages.send(sock, WorkRequest(config.name, config.max_batch))
-    if ready is not None:
-        ready.set()
     try:
         while not stop.is_set():
+            if heartbeat is not None:
+                heartbeat.value = time.time()
             if not sock.poll(int(HEARTBEAT_S * 1000)):
                 # Re-asking is idempotent and lets a restarted dispatcher learn about us.
                 messages.send(sock, WorkRequest(config.name, config.max_batch))

@@ -1,0 +1,177 @@
+"""Pipeline benchmarks: overhead, overload and batching, each against the alternative in the same run.
+
+    python bench/pipeline.py                          # all three, writes a BENCHMARKS.md section
+    python bench/pipeline.py --overload-seconds 60    # a shorter overload run
+
+- overhead: latency from a frame's capture to its event line, minus the forward time, at 224×224×8;
+- overload: a model slower than the windows (a fixed delay per forward); p50/p99 latency over the run,
+  per minute, for the pipeline and for the naive single-thread loop (read, buffer, infer, draw);
+- batching: 8 synthetic streams into one worker, windows/s with max_batch=8 vs max_batch=1.
+"""
+
+import argparse
+import datetime
+import json
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.report import write_section  # noqa: E402
+from streamer.frames import to_model_frame  # noqa: E402
+from streamer.ringbuffer import RingBuffer, WindowSchedule, window_span  # noqa: E402
+from streamer.synthetic import SyntheticStream  # noqa: E402
+from workers.model import Preprocess, load_model, save_model  # noqa: E402
+from workers.preprocess import to_model_input  # noqa: E402
+from workers.timesformer import TimeSformer, TimeSformerConfig  # noqa: E402
+
+PRE = Preprocess(size=224, num_frames=8, frame_interval=4)
+
+
+def make_checkpoint(folder: Path, embed_dim: int = 64, depth: int = 2) -> Path:
+    """A small 224×224×8 TimeSformer: fast forward, so what is measured is the pipeline around it."""
+    torch.manual_seed(0)
+    model = TimeSformer(TimeSformerConfig(img_size=224, patch_size=16, num_classes=10, num_frames=8,
+                                          embed_dim=embed_dim, depth=depth, num_heads=max(1, embed_dim // 64)))
+    return save_model(model, folder / "bench.safetensors", labels=[f"class {i}" for i in range(10)], preprocess=PRE)
+
+
+def run_pipeline(folder: Path, checkpoint: Path, seconds: float, *, streams: int = 1, delay_s: float = 0.0,
+                 max_batch: int = 4, hop: int = 8) -> list[dict]:
+    """Run run_pipeline.py headless on synthetic sources; return its prediction lines."""
+    config = folder / f"bench-{time.monotonic_ns()}.toml"
+    sources = "".join(f'\n[[sources]]\nspec = "synthetic:{i}"\nname = "s{i}"\n' for i in range(streams))
+    config.write_text(f"""
+[model]
+checkpoint = "{checkpoint}"
+precision = "fp32"
+hop = {hop}
+max_batch = {max_batch}
+delay_s = {delay_s}
+{sources}""")
+    events = folder / f"events-{time.monotonic_ns()}.jsonl"
+    subprocess.run([sys.executable, "run_pipeline.py", "--config", str(config), "--headless", "--events", str(events),
+                    "--duration", str(seconds)], cwd=REPO, check=True, capture_output=True, timeout=seconds + 180)
+    return [line for line in map(json.loads, events.read_text().splitlines()) if line["kind"] == "prediction"]
+
+
+def naive_loop(checkpoint: Path, seconds: float, delay_s: float, hop: int = 8) -> list[float]:
+    """What many demos do: one thread reads a frame, buffers it, and runs the model inline when a window is due.
+
+    The camera keeps producing at its rate into the driver's queue (a thread here), so when
+    inference is slower than the frames, the loop works on older and older frames.
+    """
+    model = load_model(checkpoint)
+    frames: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    stream = SyntheticStream(seed=0, width=320, height=240, fps=30.0)
+
+    def camera() -> None:
+        start, n = time.monotonic(), 0
+        while not stop.is_set():
+            bgr, _ = stream.next_frame()
+            frames.put((n, time.time(), bgr))
+            n += 1
+            time.sleep(max(0.0, start + n / 30.0 - time.monotonic()))
+
+    threading.Thread(target=camera, daemon=True).start()
+    ring = RingBuffer(window_span(PRE.num_frames, PRE.frame_interval), PRE.size, PRE.size)
+    schedule = WindowSchedule(PRE.num_frames, PRE.frame_interval, hop)
+    latencies, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        index, ts, bgr = frames.get()
+        ring.push(index, ts, to_model_frame(bgr, PRE.size))
+        if schedule.due(index) and (window := ring.window(PRE.num_frames, PRE.frame_interval)) is not None:
+            x = to_model_input(torch.from_numpy(window[2][None]), PRE.mean, PRE.std)
+            with torch.inference_mode():
+                model(x).softmax(-1)
+            time.sleep(delay_s)
+            latencies.append(1000 * (time.time() - window[1][-1]))
+    stop.set()
+    return latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def per_minute(lines: list[dict], key=lambda line: line["latency_ms"]) -> str:
+    if not lines:
+        return "-"
+    t0 = lines[0]["frame_ts"]
+    buckets: dict[int, list[float]] = {}
+    for line in lines:
+        buckets.setdefault(int((line["frame_ts"] - t0) // 60), []).append(key(line))
+    return ", ".join(f"{pct(v, 99):.0f}" for _, v in sorted(buckets.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--overhead-seconds", type=float, default=30)
+    parser.add_argument("--overload-seconds", type=float, default=300)
+    parser.add_argument("--batching-seconds", type=float, default=30)
+    parser.add_argument("--delay", type=float, default=0.5, help="seconds added to each forward in the overload run")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        ckpt = make_checkpoint(folder)
+
+        lines = run_pipeline(folder, ckpt, args.overhead_seconds)[3:]   # skip the first, warm-up lines
+        overhead = [line["latency_ms"] - line["timings"]["forward_ms"] for line in lines]
+        forward = [line["timings"]["forward_ms"] for line in lines]
+        out += ["### Overhead (1 synthetic stream, 30 fps, 224×224×8 windows, hop 8)", "",
+                "| | p50 ms | p99 ms |", "|---|---|---|",
+                f"| latency − forward (pipeline overhead) | {pct(overhead, 50):.1f} | {pct(overhead, 99):.1f} |",
+                f"| forward | {pct(forward, 50):.1f} | {pct(forward, 99):.1f} |",
+                f"| capture → event line | {pct([x['latency_ms'] for x in lines], 50):.1f} | "
+                f"{pct([x['latency_ms'] for x in lines], 99):.1f} |", ""]
+        print("\n".join(out), flush=True)
+
+        lines = run_pipeline(folder, ckpt, args.overload_seconds, delay_s=args.delay, hop=4)[3:]
+        inference = statistics.median(line["timings"]["forward_ms"] for line in lines)
+        naive = naive_loop(ckpt, min(args.overload_seconds, 60), args.delay, hop=4)
+        latencies = [line["latency_ms"] for line in lines]
+        out += [f"### Overload ({args.delay:g} s added to every forward; windows offered at 7.5/s)", "",
+                "| | run s | one inference ms | p50 latency ms | p99 latency ms | p99 per minute | "
+                "p99 / inference |", "|---|---|---|---|---|---|---|",
+                f"| pipeline | {args.overload_seconds:g} | {inference:.0f} | {pct(latencies, 50):.0f} | "
+                f"{pct(latencies, 99):.0f} | {per_minute(lines)} | {pct(latencies, 99) / inference:.2f} |",
+                f"| naive single-thread loop | {min(args.overload_seconds, 60):g} | {inference:.0f} | "
+                f"{pct(naive, 50):.0f} | {pct(naive, 99):.0f} | (grows without bound) | "
+                f"{pct(naive, 99) / inference:.2f} |", ""]
+        print("\n".join(out[-6:]), flush=True)
+
+        rates = {}
+        for max_batch in (1, 8):
+            lines = run_pipeline(folder, make_checkpoint(folder, embed_dim=192, depth=4), args.batching_seconds,
+                                 streams=8, max_batch=max_batch, hop=4)
+            stamps = sorted(line["frame_ts"] for line in lines)
+            rates[max_batch] = len(lines) / max(1e-9, args.batching_seconds - 10)
+            rates[max_batch] = len([s for s in stamps if s >= stamps[0] + 5]) / max(1e-9, stamps[-1] - stamps[0] - 5)
+        out += ["### Batching (8 synthetic streams, one worker, width 192 depth 4 at 224×224×8)", "",
+                "| max_batch | windows/s |", "|---|---|",
+                f"| 1 | {rates[1]:.1f} |", f"| 8 | {rates[8]:.1f} |", "",
+                f"Batched / unbatched: **{rates[8] / rates[1]:.2f}×**", ""]
+    machine = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   "unknown CPU")
+    text = "\n".join([f"Command: `python bench/pipeline.py {' '.join(sys.argv[1:])}`  ",
+                      f"Machine: {machine}, 2 cores, torch {torch.__version__}  ",
+                      f"Date: {datetime.date.today().isoformat()}", "", *out])
+    print(text)
+    if not args.no_write:
+        write_section("Pipeline: overhead, overload, batching", text)
+
+
+if __name__ == "__main__":
+    main()
