@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--offline", action="store_true", help="read files as fast as the workers go; drop no window")
     p.add_argument("--workers", type=int, help="number of worker processes")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="model precision (bf16: the fast path)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"],
+                   help="bf16: the fast path on GPUs and CPUs with bf16 units; int8: on other CPUs")
     p.add_argument("--role", choices=["capture", "dispatcher", "worker", "overlay"],
                    help="run one stage alone (multi-host setups); endpoints come from the config")
     p.add_argument("--index", type=int, default=0, help="with --role: which source or worker")
@@ -86,6 +87,9 @@ def run_role(config, role: str, index: int) -> int:
     from streamer.errors import ConfigError
     from workers import worker
 
+    if not config.fixed_endpoints:
+        raise ConfigError(f"{config.source_file}: --role needs an [endpoints] table, so that the separately "
+                          "started stages find each other (see configs/multihost.toml)")
     stop = mp.get_context("spawn").Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -73,6 +73,7 @@ def bench_size(size: str, batches: list[int], budget_s: float, workdir: Path) ->
                              patch_size=16, num_frames=8, **SIZES[size]).to(torch.bfloat16)
     ours = load_model(folder)
     fast = load_model(folder, precision="bf16")
+    int8 = load_model(folder, precision="int8")
     rows = []
     for batch in batches:
         x = torch.randn(batch, 3, 8, 224, 224)
@@ -90,6 +91,7 @@ def bench_size(size: str, batches: list[int], budget_s: float, workdir: Path) ->
             "transformers bf16": run("transformers bf16", lambda: hf_bf16(pixel_values=pixels_bf16).logits),
             "ours fp32": run("ours fp32", lambda: ours(x)),
             f"ours precision=bf16 (runs {fast.precision})": run("fast", lambda: fast(x)),
+            "ours precision=int8": run("int8", lambda: int8(x)),
         }
         slow_bf16 = not native_low_precision(torch.bfloat16) and size == "base" and batch > 1
         if slow_bf16:  # emulated bf16 takes minutes per call here: time it once, apart from the others
@@ -108,6 +110,7 @@ def bench_size(size: str, batches: list[int], budget_s: float, workdir: Path) ->
             max_abs_diff_fp32=(exact - outputs["transformers fp32"]).abs().max().item(),
             top1_agree_fast=(outputs["fast"].argmax(-1) == exact.argmax(-1)).float().mean().item(),
             top1_agree_hf_bf16=(outputs["transformers bf16"].argmax(-1) == exact.argmax(-1)).float().mean().item(),
+            top1_agree_int8=(outputs["int8"].argmax(-1) == exact.argmax(-1)).float().mean().item(),
             fast_precision=fast.precision,
         ))
         print(rows[-1], flush=True)
@@ -140,12 +143,12 @@ def render(rows: list[dict], peaks: dict[str, float], args) -> str:
             lines.append(f"| {row['size']} | {row['batch']} | {name} | {1000 * sec / row['batch']:.1f} | "
                          f"{base / sec:.2f} | {hf_bf16 / sec:.2f} | {pct:.0f}% |")
     lines += ["", "| model | batch | GFLOP / clip | max abs logit diff ours fp32 vs transformers fp32 | "
-                  "top-1 agreement fast path vs fp32 | top-1 agreement transformers bf16 vs fp32 |",
-              "|---|---|---|---|---|---|"]
+                  "top-1 agreement fast path vs fp32 | int8 vs fp32 | transformers bf16 vs fp32 |",
+              "|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['size']} | {row['batch']} | {row['flops'] / row['batch'] / 1e9:.1f} | "
                      f"{row['max_abs_diff_fp32']:.2e} | {100 * row['top1_agree_fast']:.0f}% | "
-                     f"{100 * row['top1_agree_hf_bf16']:.0f}% |")
+                     f"{100 * row['top1_agree_int8']:.0f}% | {100 * row['top1_agree_hf_bf16']:.0f}% |")
     return "\n".join(lines)
 
 

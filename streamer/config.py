@@ -111,6 +111,7 @@ class PipelineConfig:
     duration_s: float = 0.0
     security: Security = field(default_factory=Security)
     source_file: str = ""
+    fixed_endpoints: bool = False  # the file names them (needed when stages run as separate commands)
 
 
 def _get(table: dict, key: str, kind, default, where: str):
@@ -320,8 +321,8 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     if n_workers < 1:
         raise ConfigError(f"{where} [pipeline]: 'workers' must be at least 1, got {n_workers}")
     precision = flags.precision or _get(model, "precision", str, "bf16", where_model)
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"{where_model}: 'precision' must be fp32, bf16 or fp16, got {precision!r}")
+    if precision not in ("fp32", "bf16", "fp16", "int8"):
+        raise ConfigError(f"{where_model}: 'precision' must be fp32, bf16, fp16 or int8, got {precision!r}")
     device = flags.device or _get(model, "device", str, "auto", where_model)
     if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
         raise ConfigError(f"{where_model}: 'device' must be auto, cpu, cuda or cuda:N, got {device!r}")
@@ -343,4 +344,5 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     if duration < 0:
         raise ConfigError(f"--duration must be zero (run until stopped) or positive, got {duration}")
     return PipelineConfig(captures=tuple(captures), dispatch=dispatch, workers=workers, overlay=overlay,
-                          duration_s=duration, security=security, source_file=where)
+                          duration_s=duration, security=security, source_file=where,
+                          fixed_endpoints="endpoints" in raw)

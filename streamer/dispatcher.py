@@ -55,6 +55,7 @@ class Dispatcher:
         self.total_dropped = 0
         self.ended: set[str] = set()
         self.outstanding: dict[str, int] = collections.Counter()   # windows of a stream at workers
+        self.first_seen = False
 
     def add_window(self, identity: bytes, window: Window) -> None:
         self.capture_of[window.stream] = identity
@@ -182,6 +183,13 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
                             smoothed, action_events = tracker.update(result)
                             for event in action_events:
                                 log.write(event)
+                                logger.info(f"{event['stream']}: {event['kind']} {event['label']!r} "
+                                            f"(score {event['score']:.2f}, frame {event['frame_index']})")
+                            if state.counters.predicted == 0 and not state.first_seen:
+                                state.first_seen = True
+                                label, prob = result.top[0]
+                                logger.info(f"first prediction: {result.stream} {label!r} {prob:.0%}, "
+                                            f"{line['latency_ms']:.0f} ms after its last frame was captured")
                             state.counters.predicted += 1
                             state.counters.forward_ms.append(result.timings.get("forward_ms", 0.0))
                             state.counters.latency_ms.append(line["latency_ms"])
