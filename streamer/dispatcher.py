@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import zmq
 from loguru import logger
 
-from streamer import messages
+from streamer import messages, sockets
 from streamer.config import DispatchConfig
 from streamer.errors import ProtocolError
 from streamer.events import ActionTracker, EventLog, prediction_line
@@ -87,16 +87,10 @@ class Dispatcher:
 
 def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
     """Serve until ``stop`` is set, or until every file source has ended and been predicted (returns 0)."""
-    ctx = zmq.Context()
-    captures = ctx.socket(zmq.ROUTER)
-    workers = ctx.socket(zmq.ROUTER)
-    results = ctx.socket(zmq.PUB)
-    for sock in (captures, workers, results):
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_ARRAY_BYTES)
-    captures.bind(config.endpoints.windows)
-    workers.bind(config.endpoints.work)
-    results.bind(config.endpoints.results)
+    ctx = sockets.Context()
+    captures = sockets.make_socket(ctx, zmq.ROUTER, config.endpoints.windows, bind=True, security=config.security)
+    workers = sockets.make_socket(ctx, zmq.ROUTER, config.endpoints.work, bind=True, security=config.security)
+    results = sockets.make_socket(ctx, zmq.PUB, config.endpoints.results, bind=True, security=config.security)
     log = EventLog(config.events_path)
     tracker = ActionTracker(config.events, config.labels or None)
     state = Dispatcher(config)
@@ -130,72 +124,54 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
                     if identity is not None:
                         captures.send_multipart([identity, *messages.encode(Credit(window.stream, 1))])
 
+    def on_result(result) -> None:
+        state.outstanding[result.stream] = max(0, state.outstanding[result.stream] - 1)
+        line = prediction_line(result, time.time())
+        log.write(line)
+        try:
+            _, action_events = tracker.update(result)
+        except ProtocolError as err:  # e.g. a worker with another model's classes
+            state.counters.malformed += 1
+            logger.debug(f"dispatcher: result not tracked ({err})")
+            action_events = []
+        for event in action_events:
+            log.write(event)
+            logger.info(f"{event['stream']}: {event['kind']} {event['label']!r} "
+                        f"(score {event['score']:.2f}, frame {event['frame_index']})")
+        if not state.first_seen:
+            state.first_seen = True
+            label, prob = result.top[0]
+            logger.info(f"first prediction: {result.stream} {label!r} {prob:.0%}, "
+                        f"{line['latency_ms']:.0f} ms after its last frame was captured")
+        state.counters.predicted += 1
+        state.counters.forward_ms.append(result.timings.get("forward_ms", 0.0))
+        state.counters.latency_ms.append(line["latency_ms"])
+        messages.send(results, result)
+
     try:
         while not stop.is_set():
             events = dict(poller.poll(100))
-            if captures in events:
-                for _ in range(64):
-                    try:
-                        identity, *parts = captures.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    try:
-                        msg = messages.decode(parts)
-                    except ProtocolError as err:
-                        state.counters.malformed += 1
-                        logger.debug(f"dispatcher: dropped malformed capture message ({err})")
-                        continue
-                    if isinstance(msg, Window):
-                        state.add_window(identity.bytes, msg)
-                    elif isinstance(msg, Status):
-                        if msg.kind == "end_of_stream":
-                            state.ended.add(msg.stream)
-                        write_status(msg)
-                    else:
-                        state.counters.malformed += 1
-            if workers in events:
-                for _ in range(64):
-                    try:
-                        identity, *parts = workers.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    try:
-                        msg = messages.decode(parts)
-                    except ProtocolError as err:
-                        state.counters.malformed += 1
-                        logger.debug(f"dispatcher: dropped malformed worker message ({err})")
-                        continue
-                    key = identity.bytes
-                    now = time.time()
-                    if isinstance(msg, WorkRequest):
-                        worker = state.workers.setdefault(key, WorkerState(key, msg.worker))
-                        worker.waiting_for, worker.busy_since, worker.last_seen = msg.max_batch, None, now
-                    elif isinstance(msg, Heartbeat):
-                        if key in state.workers:
-                            state.workers[key].last_seen = now
-                    elif isinstance(msg, ResultBatch):
-                        if key in state.workers:
-                            state.workers[key].last_seen = now
-                        for result in msg.results:
-                            state.outstanding[result.stream] = max(0, state.outstanding[result.stream] - 1)
-                            line = prediction_line(result, time.time())
-                            log.write(line)
-                            smoothed, action_events = tracker.update(result)
-                            for event in action_events:
-                                log.write(event)
-                                logger.info(f"{event['stream']}: {event['kind']} {event['label']!r} "
-                                            f"(score {event['score']:.2f}, frame {event['frame_index']})")
-                            if state.counters.predicted == 0 and not state.first_seen:
-                                state.first_seen = True
-                                label, prob = result.top[0]
-                                logger.info(f"first prediction: {result.stream} {label!r} {prob:.0%}, "
-                                            f"{line['latency_ms']:.0f} ms after its last frame was captured")
-                            state.counters.predicted += 1
-                            state.counters.forward_ms.append(result.timings.get("forward_ms", 0.0))
-                            state.counters.latency_ms.append(line["latency_ms"])
-                            messages.send(results, result)
-                    else:
-                        state.counters.malformed += 1
+            for identity, msg in _receive(captures if captures in events else None, state.counters):
+                if isinstance(msg, Window):
+                    state.add_window(identity, msg)
+                elif isinstance(msg, Status):
+                    if msg.kind == "end_of_stream":
+                        state.ended.add(msg.stream)
+                    write_status(msg)
+                else:
+                    state.counters.malformed += 1
+            for identity, msg in _receive(workers if workers in events else None, state.counters):
+                now = time.time()
+                if isinstance(msg, WorkRequest):
+                    worker = state.workers.setdefault(identity, WorkerState(identity, msg.worker))
+                    worker.waiting_for, worker.busy_since, worker.last_seen = msg.max_batch, None, now
+                elif isinstance(msg, (Heartbeat, ResultBatch)):
+                    if identity in state.workers:
+                        state.workers[identity].last_seen = now
+                    for result in getattr(msg, "results", ()):
+                        on_result(result)
+                else:
+                    state.counters.malformed += 1
             _forget_silent_workers(state, config, log)
             dispatch()
             if state.finished():
@@ -213,6 +189,22 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
             sock.close(linger=0)
         ctx.term()
     return 0
+
+
+def _receive(sock: zmq.Socket | None, counters: Counters, limit: int = 64):
+    """Up to ``limit`` waiting messages of a ROUTER socket as ``(identity, message)``; malformed ones counted."""
+    for _ in range(limit if sock is not None else 0):
+        try:
+            identity, *parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        try:
+            msg = messages.decode(parts)
+        except ProtocolError as err:
+            counters.malformed += 1
+            logger.debug(f"dispatcher: dropped a malformed message ({err})")
+            continue
+        yield identity.bytes, msg
 
 
 def _forget_silent_workers(state: Dispatcher, config: DispatchConfig, log: EventLog) -> None:
