@@ -13,7 +13,7 @@ import cv2
 import zmq
 from loguru import logger
 
-from streamer import messages
+from streamer import messages, sockets
 from streamer.config import CaptureConfig
 from streamer.errors import ProtocolError
 from streamer.frames import to_model_frame
@@ -34,17 +34,13 @@ def _display_image(bgr, width: int):
 
 def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     """Read the source until it ends or ``stop`` is set; return 0 at a file's end."""
-    ctx = zmq.Context()
-    out = ctx.socket(zmq.DEALER)
-    out.setsockopt(zmq.LINGER, 2000)
-    out.setsockopt(zmq.SNDHWM, 4)
-    out.connect(config.endpoints.windows)
+    ctx = sockets.Context()
+    out = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.windows, bind=False, security=config.security,
+                              options={zmq.LINGER: 2000, zmq.SNDHWM: 4})
     display = None
     if config.display:
-        display = ctx.socket(zmq.PUB)
-        display.setsockopt(zmq.LINGER, 0)
-        display.setsockopt(zmq.SNDHWM, 2)
-        display.connect(config.endpoints.display)
+        display = sockets.make_socket(ctx, zmq.PUB, config.endpoints.display, bind=False,
+                                      security=config.security, options={zmq.SNDHWM: 2})
 
     def status(kind: str, detail: str) -> None:
         messages.send(out, Status(kind=kind, stream=config.stream, detail=detail[:2000], ts=time.time()))
@@ -57,19 +53,22 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     seq, credits, segment, lost = 0, OFFLINE_IN_FLIGHT, 0, False
     try:
         while not stop.is_set():
+            silent = None  # a read that timed out without the source saying why
             try:
                 frame = source.read()
             except SourceLost as err:
-                if not lost:
-                    logger.warning(f"capture {config.stream}: {err}")
-                lost, frame = True, False
-            for kind, detail in source.events():
+                frame, silent = False, err
+            events = source.events()
+            for kind, detail in events:
                 status(kind, detail)
                 logger.warning(f"capture {config.stream}: {kind.replace('_', ' ')}: {detail}")
                 if kind == "source_lost":
                     ring.reset()
                     schedule.reset()
                 lost = kind == "source_lost"
+            if silent is not None and not lost and not events:  # one line per outage; the source's reason first
+                logger.warning(f"capture {config.stream}: {silent}")
+                lost = True
             if frame is False:  # still reconnecting
                 continue
             if frame is None:

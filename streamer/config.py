@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from streamer.errors import ConfigError
 from streamer.events import EventConfig
+from streamer.keys import KEY_CHARS, is_z85_key, read_key_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "default.toml"
@@ -31,11 +32,42 @@ class Endpoints:
 
 @dataclass(frozen=True)
 class Security:
-    """Binding beyond loopback needs CurveZMQ keys, or an explicit opt-in to plaintext."""
+    """Binding beyond loopback needs CurveZMQ keys, or an explicit opt-in to plaintext.
+
+    Keys are Z85 text, read by ``load_config`` from the files ``python -m streamer.keys`` makes.
+    With keys every socket is encrypted (``streamer.sockets``): binding stages prove they hold
+    the server secret, connecting stages use the client pair, and a binding stage accepts only
+    clients whose public key is in ``allowed_clients``. Secrets stay out of ``repr``.
+    """
 
     allow_plaintext: bool = False
-    server_secret_key: str = ""
     server_public_key: str = ""
+    server_secret_key: str = field(default="", repr=False)  # only hosts that bind need it
+    client_public_key: str = ""
+    client_secret_key: str = field(default="", repr=False)
+    allowed_clients: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        keys = {"server_public_key": self.server_public_key, "server_secret_key": self.server_secret_key,
+                "client_public_key": self.client_public_key, "client_secret_key": self.client_secret_key}
+        keys.update({f"allowed_clients[{i}]": key for i, key in enumerate(self.allowed_clients)})
+        for name, key in keys.items():
+            if key and not is_z85_key(key):
+                raise ConfigError(f"[security] {name}: not a {KEY_CHARS}-character Z85 key")
+        if any(keys.values()):
+            missing = [name for name in ("server_public_key", "client_public_key", "client_secret_key")
+                       if not keys[name]]
+            if missing:
+                raise ConfigError(f"[security] with keys also needs {missing[0]}; "
+                                  "python -m streamer.keys DIR prints every line")
+            if self.server_secret_key and not self.allowed_clients:
+                raise ConfigError("[security] server_secret_key needs allowed_clients: the client public keys "
+                                  "the binding stages accept")
+
+    @property
+    def curve(self) -> bool:
+        """Keys are configured: every socket uses CurveZMQ."""
+        return bool(self.server_public_key)
 
 
 @dataclass(frozen=True)
@@ -54,6 +86,7 @@ class CaptureConfig:
     display_width: int = 640
     open_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
+    security: Security = field(default_factory=Security)
 
 
 @dataclass(frozen=True)
@@ -69,6 +102,7 @@ class DispatchConfig:
     events: EventConfig = field(default_factory=EventConfig)
     heartbeat_timeout_s: float = 30.0
     status_interval_s: float = 1.0
+    security: Security = field(default_factory=Security)
 
 
 @dataclass(frozen=True)
@@ -86,6 +120,7 @@ class WorkerConfig:
     delay_s: float = 0.0  # added to every forward: simulates a slower model (overload tests and benchmarks)
     index: int = 0            # picks the GPU round robin
     workers_on_host: int = 1  # CPU workers share the cores evenly
+    security: Security = field(default_factory=Security)
 
 
 @dataclass(frozen=True)
@@ -98,6 +133,7 @@ class OverlayConfig:
     output: str | None = None
     fps: float = 30.0
     top_k: int = 5
+    security: Security = field(default_factory=Security)
 
 
 @dataclass(frozen=True)
@@ -139,12 +175,68 @@ def _check_endpoint(address: str, where: str, security: Security) -> str:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = False
-    if not loopback and not security.server_secret_key and not security.allow_plaintext:
+    if not loopback and not security.curve and not security.allow_plaintext:
         raise ConfigError(
             f"{where}: endpoint {address!r} is reachable from other hosts; set [security] keys "
             "(python -m streamer.keys DIR) or allow_plaintext = true"
         )
     return address
+
+
+def _key_path(value: str, base: Path) -> Path:
+    """As given (relative to the working folder), else relative to the config file's folder."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists() or not (base / path).exists():
+        return path
+    return base / path
+
+
+def _allowed_clients(value, where: str, base: Path) -> tuple[str, ...]:
+    """Public keys from files and folders (every ``*.key`` in a folder), in order, without repeats."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+        raise ConfigError(f"{where}: 'allowed_clients' must be a key file, a folder of .key files, "
+                          f"or a list of them; got {value!r}")
+    keys: list[str] = []
+    for item in items:
+        path = _key_path(item, base)
+        files = sorted(path.glob("*.key")) if path.is_dir() else [path]
+        if not files:
+            raise ConfigError(f"{where}: allowed_clients folder {str(path)!r} holds no .key files")
+        for file in files:
+            public, _ = read_key_file(file, secret=False, where=f"{where} allowed_clients")
+            if public not in keys:
+                keys.append(public)
+    return tuple(keys)
+
+
+def load_security(table: dict, where: str, base: Path) -> Security:
+    """The ``[security]`` table: key files → Z85 keys, each file error naming the file and the key."""
+    allow_plaintext = _get(table, "allow_plaintext", bool, False, where)
+    paths = {name: _get(table, name, str, "", where)
+             for name in ("server_public_key", "server_secret_key", "client_secret_key")}
+    allowed = table.get("allowed_clients", [])
+    if not any(paths.values()) and not allowed:
+        return Security(allow_plaintext=allow_plaintext)
+    if not paths["server_public_key"] and not paths["server_secret_key"]:
+        raise ConfigError(f"{where}: keys need server_public_key (the server.key file); "
+                          "python -m streamer.keys DIR prints every line")
+    if not paths["client_secret_key"]:
+        raise ConfigError(f"{where}: keys need client_secret_key (the client.key_secret file): every host "
+                          "connects somewhere; python -m streamer.keys DIR prints every line")
+    keys = {name: read_key_file(_key_path(value, base), secret=name.endswith("secret_key"),
+                                where=f"{where} {name}")
+            for name, value in paths.items() if value}
+    server_public = keys.get("server_public_key", ("", ""))[0]
+    server_public_of_secret, server_secret = keys.get("server_secret_key", ("", ""))
+    if server_public and server_public_of_secret and server_public != server_public_of_secret:
+        raise ConfigError(f"{where}: server_public_key {paths['server_public_key']!r} is not the public half of "
+                          f"server_secret_key {paths['server_secret_key']!r}")
+    client_public, client_secret = keys["client_secret_key"]
+    allowed_keys = _allowed_clients(allowed, where, base) if allowed else (client_public,)
+    return Security(allow_plaintext=allow_plaintext, server_public_key=server_public or server_public_of_secret,
+                    server_secret_key=server_secret, client_public_key=client_public,
+                    client_secret_key=client_secret, allowed_clients=allowed_keys)
 
 
 def default_endpoints() -> Endpoints:
@@ -205,7 +297,8 @@ KNOWN = {
     "events": {"path", "smoothing", "start_threshold", "end_threshold", "top_k"},
     "overlay": {"window", "output", "fps", "display_width"},
     "endpoints": {"windows", "work", "results", "display"},
-    "security": {"allow_plaintext", "server_secret_key", "server_public_key"},
+    "security": {"allow_plaintext", "server_public_key", "server_secret_key", "client_secret_key",
+                 "allowed_clients"},
     "sources": {"spec", "name", "open_timeout_s", "read_timeout_s"},
 }
 
@@ -251,11 +344,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         if value < 1:
             raise ConfigError(f"{where_model}: '{key}' must be at least 1, got {value}")
 
-    security = Security(
-        allow_plaintext=_get(sec, "allow_plaintext", bool, False, f"{where} [security]"),
-        server_secret_key=_get(sec, "server_secret_key", str, "", f"{where} [security]"),
-        server_public_key=_get(sec, "server_public_key", str, "", f"{where} [security]"),
-    )
+    security = load_security(sec, f"{where} [security]", path.parent)
     ep_table = raw.get("endpoints", {})
     defaults = default_endpoints()
     endpoints = Endpoints(**{
@@ -296,6 +385,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
             display_width=_get(ov, "display_width", int, 640, f"{where} [overlay]"),
             open_timeout_s=_get(table, "open_timeout_s", float, 5.0, f"{where} [[sources]]"),
             read_timeout_s=_get(table, "read_timeout_s", float, 5.0, f"{where} [[sources]]"),
+            security=security,
         ))
     if offline and len(finite) != len(captures):
         raise ConfigError("--offline reads files as fast as the workers take them; every source must be a file")
@@ -316,6 +406,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         endpoints=endpoints, streams=streams, finite_streams=tuple(finite), labels=tuple(labels or ()),
         offline=offline, events_path=events_path, events=events,
         heartbeat_timeout_s=_get(pipe, "heartbeat_timeout_s", float, 30.0, f"{where} [pipeline]"),
+        security=security,
     )
     n_workers = flags.workers or _get(pipe, "workers", int, 1, f"{where} [pipeline]")
     if n_workers < 1:
@@ -329,7 +420,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     worker = WorkerConfig(
         name="worker-0", endpoints=endpoints, checkpoint=checkpoint, device=device, precision=precision,
         max_batch=_get(model, "max_batch", int, 4, where_model), threads=_get(model, "threads", int, 0, where_model),
-        top_k=events.top_k, delay_s=_get(model, "delay_s", float, 0.0, where_model),
+        top_k=events.top_k, delay_s=_get(model, "delay_s", float, 0.0, where_model), security=security,
     )
     if not 1 <= worker.max_batch <= 64:
         raise ConfigError(f"{where_model}: 'max_batch' must be 1..64, got {worker.max_batch}")
@@ -337,7 +428,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
 
     overlay = OverlayConfig(
         endpoints=endpoints, streams=streams, window=window, output=output,
-        fps=_get(ov, "fps", float, 30.0, f"{where} [overlay]"), top_k=min(events.top_k, 5),
+        fps=_get(ov, "fps", float, 30.0, f"{where} [overlay]"), top_k=min(events.top_k, 5), security=security,
     ) if want_overlay else None
     duration = flags.duration if flags.duration is not None else _get(pipe, "duration", float, 0.0,
                                                                        f"{where} [pipeline]")

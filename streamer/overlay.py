@@ -14,7 +14,7 @@ import numpy as np
 import zmq
 from loguru import logger
 
-from streamer import messages
+from streamer import messages, sockets
 from streamer.config import OverlayConfig
 from streamer.errors import ProtocolError
 from streamer.messages import DisplayFrame, Result, Status
@@ -89,18 +89,11 @@ class VideoOut:
 
 
 def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event) -> int:
-    ctx = zmq.Context()
-    frames = ctx.socket(zmq.SUB)
-    frames.setsockopt(zmq.SUBSCRIBE, b"")
-    frames.setsockopt(zmq.RCVHWM, 4)
-    frames.setsockopt(zmq.LINGER, 0)
-    frames.setsockopt(zmq.MAXMSGSIZE, messages.MAX_ARRAY_BYTES)
-    frames.bind(config.endpoints.display)
-    results = ctx.socket(zmq.SUB)
-    results.setsockopt(zmq.SUBSCRIBE, b"")
-    results.setsockopt(zmq.LINGER, 0)
-    results.setsockopt(zmq.MAXMSGSIZE, messages.MAX_ARRAY_BYTES)
-    results.connect(config.endpoints.results)
+    ctx = sockets.Context()
+    frames = sockets.make_socket(ctx, zmq.SUB, config.endpoints.display, bind=True, security=config.security,
+                                 options={zmq.SUBSCRIBE: b"", zmq.RCVHWM: 4})
+    results = sockets.make_socket(ctx, zmq.SUB, config.endpoints.results, bind=False, security=config.security,
+                                  options={zmq.SUBSCRIBE: b""})
     views = {name: StreamView(config.top_k) for name in config.streams}
     video = VideoOut(config.output, config.fps) if config.output else None
     show = config.window

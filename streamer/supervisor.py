@@ -16,7 +16,7 @@ from typing import Callable
 import zmq
 from loguru import logger
 
-from streamer import messages
+from streamer import messages, sockets
 from streamer.config import PipelineConfig
 from streamer.errors import PipelineError
 from streamer.messages import Status
@@ -78,10 +78,9 @@ class Supervisor:
         if config.overlay is not None:
             self.stages.append(Stage("overlay", overlay.run, (config.overlay,)))
         self.stages += [Stage(f"capture {c.stream}", capture.run, (c,), started_once=False) for c in config.captures]
-        self._zmq = zmq.Context()
-        self._notify = self._zmq.socket(zmq.DEALER)
-        self._notify.setsockopt(zmq.LINGER, 0)
-        self._notify.connect(config.dispatch.endpoints.windows)
+        self._zmq = sockets.Context()
+        self._notify = sockets.make_socket(self._zmq, zmq.DEALER, config.dispatch.endpoints.windows, bind=False,
+                                           security=config.security)
 
     def _start(self, stage: Stage) -> None:
         if stage.heartbeat is not None:

@@ -13,7 +13,7 @@ import torch
 import zmq
 from loguru import logger
 
-from streamer import messages
+from streamer import messages, sockets
 from streamer.config import WorkerConfig
 from streamer.errors import ProtocolError
 from streamer.messages import Batch, Result, ResultBatch, WorkRequest
@@ -99,11 +99,8 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
     seconds = predictor.warm_up()
     logger.info(f"{config.name}: {predictor.model.config.attention_type} model on {predictor.device} "
                 f"({predictor.model.precision}), warm-up {1000 * seconds:.0f} ms")
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, messages.MAX_ARRAY_BYTES)
-    sock.connect(config.endpoints.work)
+    ctx = sockets.Context()
+    sock = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.work, bind=False, security=config.security)
     messages.send(sock, WorkRequest(config.name, config.max_batch))
     try:
         while not stop.is_set():
