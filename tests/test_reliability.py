@@ -114,7 +114,7 @@ def test_malformed_messages_are_dropped_and_real_traffic_still_flows(tmp_path, c
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.connect(endpoint)
-            for i in range(5000):
+            for i in range(10_000):
                 kind = i % 5
                 if kind == 0:
                     parts = [rng.bytes(int(rng.integers(0, 200)))]

@@ -102,6 +102,7 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
     ctx = sockets.Context()
     sock = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.work, bind=False, security=config.security)
     messages.send(sock, WorkRequest(config.name, config.max_batch))
+    malformed, last_warning = 0, 0.0
     try:
         while not stop.is_set():
             if heartbeat is not None:
@@ -113,8 +114,10 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
             try:
                 msg = messages.recv(sock)
             except ProtocolError as err:
-                logger.warning(f"{config.name}: dropped a malformed message ({err})")
-                messages.send(sock, WorkRequest(config.name, config.max_batch))
+                malformed += 1
+                if time.monotonic() - last_warning > 10:  # one line per 10 s, however many arrive
+                    logger.warning(f"{config.name}: dropping malformed messages ({malformed} so far; last: {err})")
+                    last_warning = time.monotonic()
                 continue
             if not isinstance(msg, Batch):
                 continue
