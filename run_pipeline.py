@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             precision=args.precision,
         )
         config = load_config(flags, describe_checkpoint)
+        preflight(config)
         if args.role:
             return run_role(config, args.role, args.index)
         from streamer.supervisor import Supervisor
@@ -76,6 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return USAGE_ERROR
+
+
+def preflight(config) -> None:
+    """Open every camera and file once before any stage starts, so an unreachable camera or an
+    unreadable file is one error line (SourceError) rather than a stage failing after start-up."""
+    from streamer.sources import SourceConfig, open_source
+
+    for capture in config.captures:
+        if capture.source.startswith("synthetic:"):
+            continue
+        source = open_source(SourceConfig(spec=capture.source, realtime=False, open_timeout_s=capture.open_timeout_s,
+                                          read_timeout_s=capture.read_timeout_s, reconnect=False))
+        source.close()
 
 
 def run_role(config, role: str, index: int) -> int:

@@ -405,6 +405,10 @@ class _LiveSource(VideoSource):
             while not self._queue:
                 if self.state is SourceState.ENDED:
                     return None
+                if self.state is SourceState.LOST and self._events:
+                    # The reader thread has reported the loss: let the caller pass it on now,
+                    # not when the read timeout runs out (the camera may be back by then).
+                    raise SourceLost(f"{self.name} lost; reconnecting")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise SourceLost(f"no frame from {self.name} for {self.config.read_timeout_s:g} s; reconnecting")

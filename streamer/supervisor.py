@@ -62,6 +62,7 @@ class Stage:
     done: bool = False
     heartbeat: object = None        # workers: shared Unix time of their last sign of life, 0 until warm
     started_once: bool = True       # captures wait (False) until a worker is warm
+    starts: int = 0
 
 
 class Supervisor:
@@ -90,6 +91,7 @@ class Supervisor:
                                          name=stage.name, daemon=False)
         stage.process.start()
         stage.started = time.monotonic()
+        stage.starts += 1
         logger.info(f"{stage.name} started (pid {stage.process.pid})")
 
     def _report(self, kind: str, detail: str) -> None:
@@ -168,7 +170,7 @@ class Supervisor:
             exitcode = proc.exitcode
             proc.join()
             stage.process = None
-            if exitcode == USAGE_ERROR:
+            if exitcode == USAGE_ERROR and stage.starts == 1:  # later, e.g. a camera still down: a crash
                 try:
                     return False, self.errors.get(timeout=1.0)
                 except Exception:
