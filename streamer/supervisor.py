@@ -61,7 +61,7 @@ class Stage:
     next_start: float = 0.0
     done: bool = False
     heartbeat: object = None        # workers: shared Unix time of their last sign of life, 0 until warm
-    started_once: bool = True       # captures wait (False) until a worker is warm
+    enabled: bool = True            # captures start disabled, enabled once a worker is warm
     starts: int = 0
 
 
@@ -78,7 +78,7 @@ class Supervisor:
         self.stages += [Stage(w.name, worker.run, (w,), heartbeat=self.ctx.Value("d", 0.0)) for w in config.workers]
         if config.overlay is not None:
             self.stages.append(Stage("overlay", overlay.run, (config.overlay,)))
-        self.stages += [Stage(f"capture {c.stream}", capture.run, (c,), started_once=False) for c in config.captures]
+        self.stages += [Stage(f"capture {c.stream}", capture.run, (c,), enabled=False) for c in config.captures]
         self._zmq = sockets.Context()
         self._notify = sockets.make_socket(self._zmq, zmq.DEALER, config.dispatch.endpoints.windows, bind=False,
                                            security=config.security)
@@ -108,7 +108,7 @@ class Supervisor:
             signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
         deadline = time.monotonic() + self.config.duration_s if self.config.duration_s > 0 else None
         for stage in self.stages:
-            if stage.started_once:
+            if stage.enabled:
                 self._start(stage)
         begun, sources_started = time.monotonic(), False
         try:
@@ -119,8 +119,8 @@ class Supervisor:
                 if not sources_started and self._a_worker_is_ready(begun):
                     sources_started = True
                     for stage in self.stages:
-                        if not stage.started_once:
-                            stage.started_once = True
+                        if not stage.enabled:
+                            stage.enabled = True
                             self._start(stage)
                 finished, failure = self._check()
                 if failure is not None:
@@ -149,7 +149,7 @@ class Supervisor:
         """(pipeline finished, usage error message); restarts crashed stages."""
         now = time.monotonic()
         for stage in self.stages:
-            if stage.done or not stage.started_once:
+            if stage.done or not stage.enabled:
                 continue
             proc = stage.process
             if proc is None:
