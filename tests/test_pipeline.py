@@ -217,3 +217,16 @@ def test_bad_checkpoint_file_is_one_line_and_exit_2(tmp_path):
     proc = run("--checkpoint", bad, "--headless", timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "broken.pyth" in proc.stderr
+
+
+def test_default_demo_runs_with_the_shipped_model(tmp_path):
+    """`python run_pipeline.py` as a newcomer runs it (headless here, no display): synthetic actions named live."""
+    from streamer.synthetic import CLASSES
+
+    events = tmp_path / "events.jsonl"
+    proc = run("--headless", "--duration", 25, "--events", events, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    predictions = [line for line in read_lines(events) if line["kind"] == "prediction"]
+    assert len(predictions) >= 10, proc.stderr
+    assert all(line["stream"] == "demo" and line["top"][0][0] in CLASSES for line in predictions)
+    assert "first prediction" in proc.stderr
