@@ -45,6 +45,14 @@ def window(stream: str = "cam", seq: int = 0) -> Window:
     return Window(stream, seq, (0, 2, 4, 6), (1.0, 2.0, 3.0, 4.0), frames, time.time())
 
 
+def stop_stage(proc, stop) -> None:
+    """Ask a stage process to stop as the supervisor does; kill it if it does not."""
+    stop.set()
+    proc.join(timeout=10)
+    if proc.is_alive():
+        proc.kill()
+
+
 def _run_worker(config, stop):
     from workers import worker
     worker.run(config, stop)
@@ -89,10 +97,7 @@ def test_worker_survives_malformed_batches_then_answers_a_real_one(tmp_path, che
         assert [r.stream for r in answer.results] == ["cam", "cam2"]
         assert proc.is_alive()
     finally:
-        stop.set()
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
+        stop_stage(proc, stop)
         router.close()
         ctx.term()
 
@@ -132,10 +137,7 @@ def test_overlay_survives_malformed_frames_and_results_then_draws(tmp_path):
             time.sleep(1 / 30)
         assert proc.is_alive()
     finally:
-        stop.set()
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
+        stop_stage(proc, stop)
         display.close()
         results.close()
         ctx.term()
