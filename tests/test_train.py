@@ -1,0 +1,145 @@
+"""workers.train: learns on a tiny real dataset, checkpoints our format, resumes, fine-tunes a Hugging Face model."""
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from streamer import synthetic
+from workers import train
+from workers.model import load_model
+
+TINY = ["--img-size", "16", "--patch-size", "8", "--embed-dim", "32", "--depth", "1", "--heads", "2",
+        "--num-frames", "4", "--frame-interval", "2", "--batch-size", "8", "--workers", "0", "--threads", "1",
+        "--warmup", "5", "--bar-interval", "60"]
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, frames[0].shape[1::-1])
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
+@pytest.fixture(scope="module")
+def two_class_list(tmp_path_factory) -> Path:
+    """A list file of 'path label' lines: dark clips with a bright moving square vs. bright clips."""
+    root = tmp_path_factory.mktemp("clips")
+    lines = []
+    for i in range(3):
+        for label, level in (("dark", 40), ("bright", 210)):
+            frames = []
+            for t in range(20):
+                frame = np.full((24, 32, 3), level, np.uint8)
+                cv2.rectangle(frame, (4 + t % 10, 8), (10 + t % 10, 14), (255 - level,) * 3, -1)
+                frames.append(frame)
+            write_video(root / f"{label}{i}.mp4", frames)
+            lines.append(f"{label}{i}.mp4 {label}")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return root / "train.txt"
+
+
+def log_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.timeout(120)
+def test_short_run_lowers_loss_and_writes_checkpoint_load_model_reads(tmp_path, two_class_list):
+    out = tmp_path / "run"
+    args = ["--data", str(two_class_list), "--val-data", str(two_class_list), "--out", str(out),
+            "--epochs", "3", "--steps-per-epoch", "12", "--lr", "3e-3", *TINY]
+    assert train.main(args) == 0
+    log = log_lines(out)
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert log[-1]["val_top1"] == 1.0
+    model = load_model(out / "best.safetensors")
+    assert model.labels == ["bright", "dark"]
+    assert (model.preprocess.size, model.preprocess.num_frames, model.preprocess.frame_interval) == (16, 4, 2)
+    assert model(torch.zeros(1, 3, 4, 16, 16)).shape == (1, 2)
+    resume = torch.load(out / "resume.pt", map_location="cpu", weights_only=True)
+    assert resume["step"] == 36 and "state" in resume["optimizer"]
+
+
+@pytest.mark.timeout(120)
+def test_resume_continues_from_saved_epoch_and_step(tmp_path, two_class_list):
+    out = tmp_path / "run"
+    common = ["--data", str(two_class_list), "--out", str(out), "--steps-per-epoch", "4", *TINY]
+    assert train.main([*common, "--epochs", "1"]) == 0
+    first = torch.load(out / "resume.pt", map_location="cpu", weights_only=True)
+    assert train.main([*common, "--epochs", "2", "--resume"]) == 0
+    log = log_lines(out)
+    assert [(r["epoch"], r["step"]) for r in log] == [(1, 4), (2, 8)]
+    second = torch.load(out / "resume.pt", map_location="cpu", weights_only=True)
+    assert not torch.equal(first["model"]["head.weight"], second["model"]["head.weight"])
+
+
+def test_from_scratch_time_embedding_starts_as_unit_sinusoids():
+    args = train.parse_args(["--data", "synthetic", "--out", "x", "--embed-dim", "32", "--heads", "2", "--num-frames", "8"])
+    model, pre = train.build_model(args, synthetic.CLASSES)
+    table = model.time_embed.detach()[0]  # (T, D)
+    assert table.abs().max() <= 1.0 and table.abs().max() > 0.9
+    assert not torch.allclose(table[0], table[1])
+    assert pre.num_frames == 8 and pre.frame_interval == 4 and pre.size == 48
+
+
+def test_synthetic_clips_are_labelled_by_their_last_frame_and_match_window_shape():
+    spec = train.ClipSpec(size=24, num_frames=4, frame_interval=3)
+    clips = train.synthetic_clips(1, spec, cut_p=1.0, per_scene=2)  # every clip straddles a cut
+    for _ in range(4):
+        clip, label = next(clips)
+        assert clip.shape == (4, 24, 24, 3) and clip.dtype == np.uint8
+        assert 0 <= label < len(synthetic.CLASSES)
+
+
+@pytest.mark.timeout(120)
+def test_fine_tune_from_hugging_face_folder_replaces_head(tmp_path, two_class_list):
+    from transformers import TimesformerConfig, TimesformerForVideoClassification
+
+    config = TimesformerConfig(image_size=16, patch_size=8, num_channels=3, num_frames=4, hidden_size=32,
+                               num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                               id2label={i: f"k{i}" for i in range(5)}, label2id={f"k{i}": i for i in range(5)})
+    torch.manual_seed(0)
+    hf = TimesformerForVideoClassification(config)
+    hf.save_pretrained(tmp_path / "hf")
+    before = load_model(tmp_path / "hf")
+    assert before.labels == [f"k{i}" for i in range(5)]
+    out = tmp_path / "ft"
+    args = ["--data", str(two_class_list), "--init", str(tmp_path / "hf"), "--out", str(out), "--epochs", "1",
+            "--steps-per-epoch", "2", "--batch-size", "4", "--lr", "1e-5", "--frame-interval", "2",
+            "--workers", "0", "--warmup", "1", "--bar-interval", "60"]
+    assert train.main(args) == 0
+    tuned = load_model(out / "last.safetensors")
+    assert tuned.labels == ["bright", "dark"]
+    assert tuned.head.weight.shape == (2, 32)
+    # the backbone is the Hugging Face model's, only nudged by two tiny steps
+    qkv_before, qkv_after = before.blocks[0].attn.qkv.weight, tuned.blocks[0].attn.qkv.weight
+    assert torch.allclose(qkv_before, qkv_after, atol=1e-3)
+    assert tuned.preprocess.frame_interval == 2 and tuned.preprocess.num_frames == 4
+
+
+def test_bad_arguments_exit_2():
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["--data", "synthetic", "--out", "x", "--embed-dim", "30", "--heads", "4"])
+    assert exit_info.value.code == 2
+
+
+def test_motion_init_marks_changed_patches_and_nothing_static():
+    args = train.parse_args(["--data", "synthetic", "--out", "x", "--img-size", "32", "--embed-dim", "64",
+                             "--heads", "4", "--motion-init"])
+    model, _ = train.build_model(args, synthetic.CLASSES)
+    clip = torch.randn(1, 3, 1, 32, 32).repeat(1, 1, 8, 1, 1)  # a static clip with a busy background
+    clip[:, :, 5:, 8:16, 8:16] += 2.0  # patch (1, 1) changes at frame 5
+    tokens, batch, frames = model.embed(clip)
+    with torch.no_grad():
+        patches = model.blocks[0].temporal(tokens, batch, frames)  # (1, N·T, D), time fastest
+    hd = 64 // 4
+    energy = patches[0, :, hd:2 * hd].reshape(16, 8, hd).norm(dim=-1)  # (patch, frame)
+    assert energy[5, 5] > 1.0  # the change, at the frame it happens
+    others = torch.ones(16, dtype=torch.bool)
+    others[5] = False
+    assert energy[others].max() < 1e-4  # unchanged patches: exactly nothing, whatever the background
+    assert energy[5, 1:5].max() < 0.1 * energy[5, 5]  # the changed patch before its change: (almost) nothing

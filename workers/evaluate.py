@@ -1,0 +1,294 @@
+"""Top-1/top-5 accuracy and a confusion matrix on the same windows the pipeline makes.
+
+A window is ``num_frames`` frames taken every ``frame_interval`` source frames; one
+ends every ``hop`` frames, the first as soon as a whole window exists; its label is
+the label of its last frame. Data may be synthetic videos rendered from seeds, a
+rendered ``.mp4`` beside its ``.labels.json``, a folder of clips laid out one folder
+per class, or a list file of ``path label`` lines (paths relative to the list file).
+
+    python -m workers.evaluate --checkpoint models/demo.safetensors --synthetic-seeds 1000 1001 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from streamer.errors import CheckpointError, ConfigError, PipelineError, SourceError
+from streamer.frames import to_model_frame
+from streamer import synthetic
+from workers.preprocess import to_model_input
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How windows are cut from a stream of frames (the pipeline's capture settings)."""
+
+    num_frames: int
+    frame_interval: int
+    hop: int
+
+    @property
+    def span(self) -> int:
+        """Source frames from a window's first frame to its last, inclusive."""
+        return (self.num_frames - 1) * self.frame_interval + 1
+
+
+def window_ends(num_video_frames: int, spec: WindowSpec) -> list[int]:
+    """Last-frame indices of the pipeline's windows over a video of ``num_video_frames`` frames.
+
+    A clip shorter than one window still yields one window (its frames clamped to the clip).
+    """
+    first = spec.span - 1
+    if num_video_frames <= first:
+        return [num_video_frames - 1] if num_video_frames > 0 else []
+    return list(range(first, num_video_frames, spec.hop))
+
+
+def window_indices(end: int, spec: WindowSpec) -> list[int]:
+    """Source indices of the window ending at ``end``, oldest first, clamped at 0."""
+    return [max(0, end - (spec.num_frames - 1 - k) * spec.frame_interval) for k in range(spec.num_frames)]
+
+
+@dataclass
+class WindowSet:
+    """Windows ready for the model and their true class indices."""
+
+    frames: np.ndarray  # (N, T, size, size, 3) uint8 RGB
+    targets: np.ndarray  # (N,) int64
+    ends: np.ndarray  # (N,) last-frame index of each window in its video
+
+
+def windows_from_frames(frames: list[np.ndarray], labels: list[int], spec: WindowSpec) -> WindowSet:
+    """Cut windows from a video's model frames (each already through ``to_model_frame``)."""
+    ends = window_ends(len(frames), spec)
+    stack = np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
+    windows = np.stack([stack[window_indices(e, spec)] for e in ends]) if ends else np.zeros((0, spec.num_frames) + stack.shape[1:], np.uint8)
+    return WindowSet(windows, np.asarray([labels[e] for e in ends], np.int64), np.asarray(ends, np.int64))
+
+
+def synthetic_windows(seed: int, seconds: float, size: int, spec: WindowSpec, classes: list[str],
+                      width: int = 320, height: int = 240, fps: float = 30.0) -> WindowSet:
+    """Windows of the synthetic video ``seed`` rendered in memory (the same pixels as the live source)."""
+    num = max(1, round(seconds * fps))
+    segs = synthetic.segments_for(seed, num, fps)
+    needed = sorted({i for e in window_ends(num, spec) for i in window_indices(e, spec)})
+    frames: list[np.ndarray] = [np.zeros((size, size, 3), np.uint8)] * num  # only the needed ones are drawn
+    for i in needed:
+        frames[i] = to_model_frame(synthetic.render_frame(synthetic.segment_at(segs, i), i, width, height), size)
+    per_frame = [classes.index(label) for label in synthetic.frame_labels(
+        [{"start_frame": s.start_frame, "end_frame": s.end_frame, "label": s.label} for s in segs], num)]
+    return windows_from_frames(frames, per_frame, spec)
+
+
+def read_frames(path: Path, size: int) -> list[np.ndarray]:
+    """Every frame of a video file, through ``to_model_frame``."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise SourceError(f"{path}: cannot open this video; check the path and that OpenCV can decode it")
+    frames = []
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            frames.append(to_model_frame(bgr, size))
+    finally:
+        capture.release()
+    if not frames:
+        raise SourceError(f"{path}: no frames could be decoded; the file is empty or damaged")
+    return frames
+
+
+def labelled_videos(data: Path) -> list[tuple[Path, str]]:
+    """``(video, label)`` pairs from a class-per-folder tree or a ``path label`` list file."""
+    if data.is_dir():
+        pairs = [(video, folder.name) for folder in sorted(p for p in data.iterdir() if p.is_dir())
+                 for video in sorted(folder.iterdir()) if video.suffix.lower() in VIDEO_SUFFIXES]
+        if not pairs:
+            raise ConfigError(f"{data}: no videos found; expected one sub-folder per class holding video files")
+        return pairs
+    if not data.is_file():
+        raise ConfigError(f"{data}: no such file or folder; pass a class-per-folder tree or a 'path label' list file")
+    pairs = []
+    for number, line in enumerate(data.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            raise ConfigError(f"{data}:{number}: expected 'path label', got {line!r}")
+        path = Path(parts[0])
+        pairs.append((path if path.is_absolute() else data.parent / path, parts[1]))
+    if not pairs:
+        raise ConfigError(f"{data}: the list file holds no 'path label' lines")
+    return pairs
+
+
+def class_names(pairs: list[tuple[Path, str]]) -> list[str]:
+    """Sorted distinct labels (a list file may give integer indices instead: kept as text)."""
+    return sorted({label for _, label in pairs}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+
+
+def dataset_windows(data: Path, size: int, spec: WindowSpec, classes: list[str]) -> WindowSet:
+    """Windows of a folder, a list file, or one rendered ``.mp4`` with its ``.labels.json``."""
+    if data.suffix.lower() in VIDEO_SUFFIXES:
+        labels_file = synthetic.labels_path(data)
+        if not labels_file.is_file():
+            raise ConfigError(f"{data}: a single video needs its labels beside it in {labels_file.name}")
+        frames = read_frames(data, size)
+        names = synthetic.frame_labels(synthetic.read_labels(labels_file), len(frames))
+        return windows_from_frames(frames, [_class_index(n, classes, data) for n in names], spec)
+    sets = []
+    for video, label in labelled_videos(data):
+        frames = read_frames(video, size)
+        sets.append(windows_from_frames(frames, [_class_index(label, classes, video)] * len(frames), spec))
+    return concat(sets)
+
+
+def _class_index(label: str | None, classes: list[str], where: Path) -> int:
+    if label in classes:
+        return classes.index(label)
+    if label is not None and label.isdigit() and int(label) < len(classes):
+        return int(label)
+    raise ConfigError(f"{where}: label {label!r} is not one of the model's {len(classes)} classes")
+
+
+def concat(sets: list[WindowSet]) -> WindowSet:
+    return WindowSet(np.concatenate([s.frames for s in sets]), np.concatenate([s.targets for s in sets]),
+                     np.concatenate([s.ends for s in sets]))
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, frames: np.ndarray, mean, std, batch_size: int = 64) -> torch.Tensor:
+    """Logits (N, classes) float32 on the CPU for uint8 windows (N, T, H, W, 3)."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(frames), batch_size):
+        batch = torch.from_numpy(frames[start:start + batch_size]).to(device)
+        out.append(model(to_model_input(batch, mean, std)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@dataclass(frozen=True)
+class Scores:
+    top1: float
+    top5: float
+    confusion: np.ndarray  # (classes, classes): rows true, columns predicted
+    count: int
+
+
+def score(logits: torch.Tensor, targets: np.ndarray, num_classes: int) -> Scores:
+    """Top-1, top-5 (top-k with k = min(5, classes)) and the confusion matrix."""
+    targets_t = torch.as_tensor(targets)
+    top = logits.topk(min(5, num_classes), dim=1).indices
+    pred = top[:, 0]
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (targets, pred.numpy()), 1)
+    n = max(1, len(targets))
+    return Scores(float((pred == targets_t).sum()) / n, float((top == targets_t[:, None]).any(1).sum()) / n,
+                  confusion, len(targets))
+
+
+def format_confusion(confusion: np.ndarray, labels: list[str]) -> str:
+    """The confusion matrix as text: one row per true class, recall at the end."""
+    width = max(5, len(str(confusion.max())) + 1)
+    short = [label[:12] for label in labels]
+    name_w = max(len(s) for s in short) + 1
+    lines = [" " * name_w + "".join(f"{i:>{width}}" for i in range(len(labels))) + "  recall"]
+    for i, row in enumerate(confusion):
+        recall = row[i] / row.sum() if row.sum() else float("nan")
+        lines.append(f"{short[i]:<{name_w}}" + "".join(f"{v:>{width}}" for v in row) + f"  {recall:6.1%}  ({i})")
+    return "\n".join(lines)
+
+
+def draw_confusion(confusion: np.ndarray, labels: list[str], path: Path, title: str = "") -> Path:
+    """Save the row-normalised confusion matrix as a PNG, drawn with OpenCV."""
+    n, cell, left, top = len(labels), 44, 190, 60
+    rows = confusion.sum(1, keepdims=True).clip(min=1)
+    frac = confusion / rows
+    image = np.full((top + n * cell + 170, left + n * cell + 20, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(image, title or "confusion (rows: true, columns: predicted)", (10, 25), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    for i in range(n):
+        cv2.putText(image, labels[i][:22], (5, top + i * cell + cell // 2 + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        for j in range(n):
+            shade = int(255 * (1 - frac[i, j]))
+            colour = (255, shade, shade) if i == j else (shade, shade, 255)
+            x, y = left + j * cell, top + i * cell
+            cv2.rectangle(image, (x, y), (x + cell - 1, y + cell - 1), colour, -1)
+            cv2.rectangle(image, (x, y), (x + cell - 1, y + cell - 1), (200, 200, 200), 1)
+            if confusion[i, j]:
+                text_colour = (255, 255, 255) if frac[i, j] > 0.6 else (0, 0, 0)
+                cv2.putText(image, str(confusion[i, j]), (x + 3, y + cell // 2 + 5), font, 0.4, text_colour, 1, cv2.LINE_AA)
+    for j in range(n):  # column labels, written vertically below the grid
+        label = np.full((22, 165, 3), 255, np.uint8)
+        cv2.putText(label, labels[j][:22], (2, 15), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        label = cv2.rotate(label, cv2.ROTATE_90_COUNTERCLOCKWISE)
+        x, y = left + j * cell + (cell - 22) // 2, top + n * cell + 3
+        image[y:y + 165, x:x + 22] = label
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image):
+        raise ConfigError(f"{path}: could not write the confusion PNG; check the folder is writable")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="any checkpoint load_model reads")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", type=Path, help="class-per-folder tree, 'path label' list file, or a rendered .mp4")
+    data.add_argument("--synthetic-seeds", type=int, nargs="+", help="render synthetic videos with these seeds")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each synthetic video")
+    parser.add_argument("--width", type=int, default=320, help="synthetic frame width")
+    parser.add_argument("--height", type=int, default=240, help="synthetic frame height")
+    parser.add_argument("--hop", type=int, default=0, help="source frames between windows (default frame_interval)")
+    parser.add_argument("--frame-interval", type=int, default=0, help="override the checkpoint's frame_interval")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--png", type=Path, default=Path("confusion.png"), help="where to save the confusion matrix")
+    args = parser.parse_args(argv)
+    if args.hop < 0 or args.frame_interval < 0 or args.batch_size < 1 or args.seconds <= 0:
+        parser.error("--hop, --frame-interval must be ≥ 0, --batch-size ≥ 1, --seconds > 0")
+    try:
+        from workers.model import load_model  # heavy import after argument checks
+
+        model = load_model(args.checkpoint, device=args.device, precision=args.precision)
+        pre = model.preprocess
+        if model.labels is None:
+            raise CheckpointError(f"{args.checkpoint}: holds no class names; evaluation needs them to match labels")
+        interval = args.frame_interval or pre.frame_interval
+        spec = WindowSpec(pre.num_frames, interval, args.hop or interval)
+        started = time.perf_counter()
+        if args.synthetic_seeds:
+            windows = concat([synthetic_windows(s, args.seconds, pre.size, spec, model.labels, args.width, args.height)
+                              for s in args.synthetic_seeds])
+        else:
+            windows = dataset_windows(args.data, pre.size, spec, model.labels)
+        logits = predict(model, windows.frames, pre.mean, pre.std, args.batch_size)
+        result = score(logits, windows.targets, len(model.labels))
+        elapsed = time.perf_counter() - started
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_confusion(result.confusion, model.labels))
+    print(f"windows: {result.count} ({spec.num_frames} frames every {spec.frame_interval}, hop {spec.hop})  "
+          f"top-1: {result.top1:.2%}  top-5: {result.top5:.2%}  ({elapsed:.1f} s)")
+    draw_confusion(result.confusion, model.labels, args.png,
+                   f"top-1 {result.top1:.1%}  top-5 {result.top5:.1%}  on {result.count} windows")
+    print(f"confusion matrix saved to {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

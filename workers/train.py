@@ -1,0 +1,485 @@
+"""Train a TimeSformer from scratch or fine-tune any checkpoint ``load_model`` reads.
+
+Data: ``synthetic`` (endless clips from ``streamer.synthetic``), a folder of clips
+laid out one folder per class, or a list file of ``path label`` lines. Clips are
+sampled exactly like the pipeline's windows (``num_frames`` frames every
+``frame_interval`` source frames) and go through the same ``to_model_frame``.
+Each epoch writes ``last.safetensors`` (our format, with labels and preprocessing),
+``best.safetensors`` (best held-out top-1) and ``resume.pt`` (tensors and numbers
+only, read back with ``weights_only=True``).
+
+    python -m workers.train --data synthetic --out runs/demo --epochs 20
+    python -m workers.train --data clips/ --init k400.pyth --out runs/ft --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from streamer import synthetic
+from streamer.errors import CheckpointError, ConfigError, PipelineError
+from streamer.frames import to_model_frame
+from workers import evaluate
+from workers.preprocess import to_model_input
+
+TRAIN_STREAM = 0x7EA1  # synthetic training scenes come from rng([TRAIN_STREAM, seed, n]); test videos never do
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What one training clip looks like to the model."""
+
+    size: int
+    num_frames: int
+    frame_interval: int
+
+    @property
+    def span(self) -> int:
+        return (self.num_frames - 1) * self.frame_interval + 1
+
+
+# ---------------------------------------------------------------- data
+
+
+def synthetic_clips(seed: int, spec: ClipSpec, cut_p: float, per_scene: int = 6,
+                    easy_p=lambda: 0.0) -> Iterator[tuple[np.ndarray, int]]:
+    """Endless ``(clip uint8 (T, size, size, 3), class)`` from fresh random scene pairs.
+
+    Each scene pair is a segment and the one before it; a clip ends inside the second
+    and is labelled by it. With probability ``cut_p`` the clip is made to straddle the
+    cut, so the model learns what the pipeline scores: the label of a window's last frame.
+    ``easy_p()`` is the current share of plain, noise-free scenes (the curriculum).
+    """
+    counter = 0
+    while True:
+        rng = np.random.default_rng([TRAIN_STREAM, seed, counter])
+        counter += 1
+        fps = 30.0 if rng.uniform() < 0.8 else 25.0
+        easy = bool(rng.uniform() < easy_p())
+        first = synthetic.sample_segment(rng, 0, fps, easy=easy)
+        second = synthetic.sample_segment(rng, first.end_frame + 1, fps, easy=easy)
+        segs = [first, second]
+        short = int(rng.integers(spec.size, 3 * spec.size + 1))
+        aspect = float(rng.choice([1.0, 4 / 3, 16 / 9]))
+        width, height = (round(short * aspect), short) if rng.uniform() < 0.8 else (short, round(short * aspect))
+        for _ in range(per_scene):
+            if rng.uniform() < cut_p:
+                end = second.start_frame + int(rng.integers(0, spec.span - 1))
+            else:
+                end = int(rng.integers(second.start_frame, second.end_frame + 1))
+            indices = [max(0, end - (spec.num_frames - 1 - k) * spec.frame_interval) for k in range(spec.num_frames)]
+            frames = [to_model_frame(f, spec.size) for f in synthetic.render_clip(segs, indices, width, height)]
+            yield np.stack(frames), synthetic.CLASSES.index(second.label)
+
+
+def video_clips(pairs: list[tuple[Path, int]], seed: int, spec: ClipSpec) -> Iterator[tuple[np.ndarray, int]]:
+    """Endless random windows of labelled video files (decoded once, kept as model frames)."""
+    cache: dict[Path, np.ndarray] = {}
+    rng = np.random.default_rng([TRAIN_STREAM, seed])
+    while True:
+        for i in rng.permutation(len(pairs)):
+            path, label = pairs[i]
+            if path not in cache:
+                cache[path] = np.stack(evaluate.read_frames(path, spec.size))
+            frames = cache[path]
+            end = int(rng.integers(min(spec.span - 1, len(frames) - 1), len(frames)))
+            clip = frames[[max(0, end - (spec.num_frames - 1 - k) * spec.frame_interval) for k in range(spec.num_frames)]]
+            yield augment(clip, rng), label
+
+
+def augment(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Same random brightness/contrast and a small shifted crop for every frame of a clip (order kept)."""
+    size = clip.shape[1]
+    pad = max(1, size // 16)
+    padded = np.pad(clip, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    dy, dx = rng.integers(0, 2 * pad + 1, 2)
+    out = padded[:, dy:dy + size, dx:dx + size].astype(np.float32)
+    out = (out - 128) * rng.uniform(0.8, 1.2) + 128 + rng.uniform(-20, 20)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+class ClipStream(torch.utils.data.IterableDataset):
+    """Endless clips; each DataLoader worker draws from its own seed."""
+
+    def __init__(self, source: str, pairs: list[tuple[Path, int]], seed: int, spec: ClipSpec, cut_p: float) -> None:
+        super().__init__()
+        self.source, self.pairs, self.seed, self.spec, self.cut_p = source, pairs, seed, spec, cut_p
+        self.easy = mp.Value("d", 0.0, lock=False)  # shared with worker processes; the loop sets it
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        seed = self.seed * 1000 + (info.id if info else 0)
+        cv2.setNumThreads(1)
+        clips = synthetic_clips(seed, self.spec, self.cut_p, easy_p=lambda: self.easy.value) \
+            if self.source == "synthetic" else \
+            video_clips(self.pairs, seed, self.spec)
+        for clip, label in clips:
+            yield torch.from_numpy(clip), label
+
+
+# ---------------------------------------------------------------- model
+
+
+def sinusoid_table(length: int, dim: int) -> torch.Tensor:
+    """(1, length, dim) unit-scale sin/cos features of position (as in 'Attention is all you need')."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(100.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return table[None]
+
+
+def time_frequencies(count: int) -> torch.Tensor:
+    """Angular steps (radians per frame) spread so that no two frames of a window look alike."""
+    return torch.linspace(0.3, 2.8, count)
+
+
+@torch.no_grad()
+def motion_init(model, scale: float = 1.5) -> None:
+    """Start block 0's temporal step as a frame-difference detector.
+
+    Width layout at init, in head-width bands: ``[content A | difference | content B | time]``.
+    Time features are quadruples ``(sin, cos, -sin, -cos)``: zero mean and constant energy,
+    so the layer norm treats a patch identically in every frame. Head 0 attends to frame
+    t-1 and head 1 to frame t itself (query = key rotated back one frame, or not); both
+    copy content A, and ``temporal_fc`` writes their difference into the difference band.
+    A static background then gives exactly zero there, whatever its colour or texture, and
+    motion is visible in one token from the first step of training.
+    """
+    cfg = model.config
+    dim, heads = cfg.embed_dim, cfg.num_heads
+    hd = dim // heads
+    if hd % 4 or heads < 4:
+        raise ConfigError(f"motion init needs ≥ 4 heads of a width divisible by 4, got {dim} / {heads} heads")
+    band_a, band_d, time = slice(0, hd), slice(hd, 2 * hd), slice(dim - hd, dim)
+    freqs = time_frequencies(hd // 4)
+    t = torch.arange(cfg.num_frames, dtype=torch.float32)[:, None]
+    table = torch.zeros(cfg.num_frames, dim)
+    for k, part in enumerate((torch.sin(t * freqs), torch.cos(t * freqs), -torch.sin(t * freqs), -torch.cos(t * freqs))):
+        table[:, time.start + k::4] = part
+    model.time_embed.copy_(table[None])
+    for band in (band_d, time):
+        model.patch_embed.proj.weight[band] = 0
+        model.patch_embed.proj.bias[band] = 0
+        model.pos_embed[..., band] = 0
+    # per frequency: (sin, cos) of frame t → of frame t-1, on the first two of each quadruple
+    back, same = torch.zeros(hd, hd), torch.zeros(hd, hd)
+    for j, w in enumerate(freqs.tolist()):
+        c, s_ = math.cos(w), math.sin(w)
+        back[4 * j:4 * j + 2, 4 * j:4 * j + 2] = torch.tensor([[c, -s_], [s_, c]])
+        same[4 * j:4 * j + 2, 4 * j:4 * j + 2] = torch.eye(2)
+    block = model.blocks[0]
+    qkv = torch.zeros(3 * dim, dim)
+    for h, rotation in ((0, back), (1, same)):
+        qkv[h * hd:(h + 1) * hd, time] = scale * rotation                    # queries
+        qkv[dim + h * hd: dim + (h + 1) * hd, time] = scale * same           # keys
+        qkv[2 * dim + h * hd: 2 * dim + (h + 1) * hd, band_a] = torch.eye(hd)  # values: content A
+    block.temporal_attn.qkv.weight.copy_(qkv)
+    block.temporal_attn.qkv.bias.zero_()
+    block.temporal_attn.proj.weight.copy_(torch.eye(dim))
+    block.temporal_attn.proj.bias.zero_()
+    fc = torch.zeros(dim, dim)
+    fc[band_d, hd:2 * hd] = torch.eye(hd)   # + frame t
+    fc[band_d, 0:hd] = -torch.eye(hd)       # - frame t-1
+    block.temporal_fc.weight.copy_(fc)
+    block.temporal_fc.bias.zero_()
+
+
+@torch.no_grad()
+def pooling_init(model, gain: float = 2.0) -> None:
+    """Give the head a motion-energy signal at step 0 (after :func:`motion_init`).
+
+    Block 0's MLP turns each difference d into |d| (GELU(kd) + GELU(-kd)) in the third band;
+    block 1's spatial attention (uniform: zero query/key) pools that band over the frame into
+    cls. Every other residual branch starts at zero (spatial projections, later MLPs and
+    temporal steps), so nothing random drowns the signal; all of it is trained from there.
+    """
+    cfg = model.config
+    dim, hd = cfg.embed_dim, cfg.embed_dim // cfg.num_heads
+    band_d, band_m = slice(hd, 2 * hd), slice(2 * hd, 3 * hd)
+    model.patch_embed.proj.weight[band_m] = 0
+    model.patch_embed.proj.bias[band_m] = 0
+    model.pos_embed[..., band_m] = 0
+    for i, block in enumerate(model.blocks):
+        block.attn.qkv.weight[: 2 * dim] = 0  # uniform spatial attention
+        block.attn.qkv.bias[: 2 * dim] = 0
+        block.attn.proj.weight.zero_()
+        block.attn.proj.bias.zero_()
+        if i > 0:
+            for layer in (block.mlp.fc2, block.temporal_fc):
+                layer.weight.zero_()
+                layer.bias.zero_()
+    mlp = model.blocks[0].mlp
+    fc1, fc2 = mlp.fc1.weight, mlp.fc2.weight
+    fc1[:2 * hd] = 0
+    mlp.fc1.bias[:2 * hd] = 0
+    fc1[:hd, band_d] = gain * torch.eye(hd)
+    fc1[hd:2 * hd, band_d] = -gain * torch.eye(hd)
+    fc2.zero_()
+    mlp.fc2.bias.zero_()
+    fc2[band_m, :hd] = torch.eye(hd)
+    fc2[band_m, hd:2 * hd] = torch.eye(hd)
+    # A fixed, zero-mean cls token sets the final layer norm's scale, so the pooled motion
+    # energy reaches the head with its magnitude (still vs. moving) instead of normalised away.
+    model.cls_token.zero_()
+    model.cls_token[..., : hd] = torch.tensor([1.0, -1.0]).repeat(hd // 2)
+    model.pos_embed[:, 0] = 0
+    if len(model.blocks) > 1:
+        attn = model.blocks[1].attn
+        attn.qkv.weight[2 * dim:] = 0
+        attn.qkv.bias[2 * dim:] = 0
+        attn.qkv.weight[2 * dim + band_m.start: 2 * dim + band_m.stop, band_m] = torch.eye(hd)
+        attn.proj.weight[band_m, band_m] = torch.eye(hd)
+
+
+def build_model(args: argparse.Namespace, labels: list[str]):
+    """A fresh TimeSformer (sinusoidal time embedding) or a loaded one with its head fitted to ``labels``."""
+    from workers.model import Preprocess, load_model
+    from workers.timesformer import TimeSformer, TimeSformerConfig
+
+    if args.init:
+        overrides = {k: v for k, v in (("num_frames", args.num_frames), ("img_size", args.img_size)) if v}
+        model = load_model(args.init, **overrides)
+        pre = model.preprocess
+        if model.labels != labels:
+            dim = model.config.embed_dim
+            model.head = nn.Linear(dim, len(labels))
+            nn.init.trunc_normal_(model.head.weight, std=0.02)
+            nn.init.zeros_(model.head.bias)
+            from dataclasses import replace
+            model.config = replace(model.config, num_classes=len(labels))
+        pre = Preprocess(mean=tuple(pre.mean), std=tuple(pre.std), size=model.config.img_size,
+                         num_frames=model.config.num_frames, frame_interval=args.frame_interval or pre.frame_interval)
+        model = model.float().train()
+        return model, pre
+    config = TimeSformerConfig(
+        img_size=args.img_size or 48, patch_size=args.patch_size, num_classes=len(labels),
+        num_frames=args.num_frames or 8, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads,
+        drop_path_rate=args.drop_path,
+    )
+    model = TimeSformer(config)
+    with torch.no_grad():
+        model.time_embed.copy_(sinusoid_table(config.num_frames, config.embed_dim))
+    if args.motion_init:
+        motion_init(model)
+        pooling_init(model)
+    pre = Preprocess(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), size=config.img_size,
+                     num_frames=config.num_frames, frame_interval=args.frame_interval or 4)
+    return model, pre
+
+
+def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float) -> list[dict]:
+    """AdamW groups: no decay on embeddings, norms and biases; the head (and final norm) at its own rate.
+
+    A faster head reads the features the body already has while the body changes slowly;
+    with Adam every weight moves about ``lr`` a step, so a fast body scrambles them early.
+    """
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        head = name.startswith(("head.", "norm."))
+        decay = param.ndim >= 2 and "embed" not in name and "token" not in name
+        groups.setdefault((head, decay), []).append(param)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0,
+             "lr_mult": head_lr_mult if head else 1.0} for (head, decay), params in sorted(groups.items())]
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up to ``peak``, then cosine decay to 1% of it."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ---------------------------------------------------------------- loop
+
+
+def held_out(args: argparse.Namespace, labels: list[str], pre, pairs_val) -> evaluate.WindowSet | None:
+    """Windows of data never used in training: synthetic seeds from ``--val-seeds`` or ``--val-data``."""
+    spec = evaluate.WindowSpec(pre.num_frames, pre.frame_interval, args.val_hop or pre.frame_interval)
+    if args.data == "synthetic":
+        return evaluate.concat([evaluate.synthetic_windows(s, args.val_seconds, pre.size, spec, labels)
+                                for s in args.val_seeds])
+    if args.val_data:
+        return evaluate.dataset_windows(args.val_data, pre.size, spec, labels)
+    return None
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    if args.data == "synthetic":
+        labels, pairs = list(synthetic.CLASSES), []
+    else:
+        videos = evaluate.labelled_videos(Path(args.data))
+        labels = evaluate.class_names(videos)
+        pairs = [(p, labels.index(l)) for p, l in videos]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    resume_file = out / "resume.pt"
+    model, pre = build_model(args, labels)
+    state = {"epoch": 0, "step": 0, "best": -1.0}
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, args.head_lr_mult), lr=args.lr)
+    if args.resume and resume_file.is_file():
+        saved = torch.load(resume_file, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = {k: saved[k] for k in state}
+        print(f"resumed from {resume_file} at epoch {state['epoch']}, step {state['step']}", flush=True)
+    elif args.resume:
+        print(f"no {resume_file} yet: starting fresh", flush=True)
+    model.to(device)
+    spec = ClipSpec(pre.size, pre.num_frames, pre.frame_interval)
+    val = held_out(args, labels, pre, pairs)
+    stream = ClipStream(args.data if args.data == "synthetic" else "videos", pairs, args.seed + 7919 * state["epoch"],
+                        spec, args.cut_p)
+    loader = torch.utils.data.DataLoader(
+        stream,
+        batch_size=args.batch_size, num_workers=args.workers, persistent_workers=False,
+        prefetch_factor=4 if args.workers else None)
+    batches = iter(loader)
+    total = args.epochs * args.steps_per_epoch
+    log = (out / "log.jsonl").open("a")
+    summary = {}
+    while state["epoch"] < args.epochs:
+        model.train()
+        seen, correct, loss_sum, started = 0, 0, 0.0, time.perf_counter()
+        bar = tqdm(range(args.steps_per_epoch), desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
+                   mininterval=args.bar_interval, file=sys.stderr)
+        for _ in bar:
+            clips, targets = next(batches)
+            lr = lr_at(state["step"], total, args.warmup, args.lr)
+            stream.easy.value = max(0.0, 1.0 - state["step"] / args.easy_steps) if args.easy_steps else 0.0
+            frozen = state["step"] < args.freeze_body_steps  # linear probe first, then fine-tune all
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0 if frozen and group["lr_mult"] == 1.0 else lr * group["lr_mult"]
+            x = to_model_input(clips.to(device), pre.mean, pre.std)
+            targets = targets.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            state["step"] += 1
+            seen += len(targets)
+            correct += int((logits.argmax(1) == targets).sum())
+            loss_sum += float(loss.detach()) * len(targets)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}", lr=f"{lr:.1e}", refresh=False)
+        state["epoch"] += 1
+        record = {"epoch": state["epoch"], "step": state["step"], "train_loss": loss_sum / seen,
+                  "train_acc": correct / seen, "clips_per_s": seen / (time.perf_counter() - started)}
+        if val is not None:
+            model.eval()
+            scores = evaluate.score(evaluate.predict(model, val.frames, pre.mean, pre.std), val.targets, len(labels))
+            record.update(val_top1=scores.top1, val_top5=scores.top5, val_windows=scores.count)
+            print(evaluate.format_confusion(scores.confusion, labels), file=sys.stderr, flush=True)
+        save_checkpoints(model, optimizer, state, record, labels, pre, out)
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        print(json.dumps(record), flush=True)
+        summary = record
+    return summary
+
+
+def save_checkpoints(model, optimizer, state: dict, record: dict, labels: list[str], pre, out: Path) -> None:
+    """last/best checkpoints in our format and an atomic resume file."""
+    from workers.model import save_model
+
+    model.labels, model.preprocess = labels, pre
+    save_model(model, out / "last.safetensors", labels=labels, preprocess=pre)
+    metric = record.get("val_top1", record["train_acc"])
+    if metric >= state["best"]:
+        state["best"] = metric
+        save_model(model, out / "best.safetensors", labels=labels, preprocess=pre)
+    tmp = out / "resume.pt.tmp"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, tmp)
+    tmp.replace(out / "resume.pt")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="'synthetic', a class-per-folder tree, or a 'path label' list file")
+    parser.add_argument("--val-data", type=Path, help="held-out folder or list file (for folder/list data)")
+    parser.add_argument("--out", required=True, help="folder for checkpoints and log.jsonl")
+    parser.add_argument("--init", help="fine-tune from this checkpoint (official, Hugging Face folder, ours)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt if it exists")
+    arch = parser.add_argument_group("architecture (from scratch)")
+    arch.add_argument("--img-size", type=int, default=0, help="model input side (default 48, or the checkpoint's)")
+    arch.add_argument("--patch-size", type=int, default=8)
+    arch.add_argument("--embed-dim", type=int, default=96)
+    arch.add_argument("--depth", type=int, default=4)
+    arch.add_argument("--heads", type=int, default=4)
+    arch.add_argument("--num-frames", type=int, default=0, help="frames per window (default 8, or the checkpoint's)")
+    arch.add_argument("--frame-interval", type=int, default=0, help="source frames between window frames (default 4)")
+    arch.add_argument("--motion-init", action="store_true",
+                      help="start block 0 as a frame-difference detector whose motion energy is pooled into cls")
+    arch.add_argument("--drop-path", type=float, default=0.0)
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=20)
+    opt.add_argument("--steps-per-epoch", type=int, default=200)
+    opt.add_argument("--batch-size", type=int, default=32)
+    opt.add_argument("--lr", type=float, default=1e-3)
+    opt.add_argument("--weight-decay", type=float, default=0.05)
+    opt.add_argument("--head-lr-mult", type=float, default=1.0, help="learning-rate factor for the head")
+    opt.add_argument("--freeze-body-steps", type=int, default=0,
+                     help="train only the head (and final norm) for this many steps first")
+    opt.add_argument("--warmup", type=int, default=200, help="warm-up steps")
+    opt.add_argument("--label-smoothing", type=float, default=0.0)
+    opt.add_argument("--easy-steps", type=int, default=0,
+                     help="curriculum: plain, noise-free synthetic scenes fade from all to none over these steps")
+    opt.add_argument("--cut-p", type=float, default=0.2, help="share of synthetic clips that straddle a cut")
+    run = parser.add_argument_group("run")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--val-seeds", type=int, nargs="+", default=[1000, 1001], help="held-out synthetic video seeds")
+    run.add_argument("--val-seconds", type=float, default=60.0)
+    run.add_argument("--val-hop", type=int, default=0, help="frames between held-out windows (default frame_interval)")
+    run.add_argument("--workers", type=int, default=1, help="DataLoader processes rendering/decoding clips")
+    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    run.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                     help="bf16 autocast (auto: on for CUDA only; CPUs without bf16 units run it slower)")
+    run.add_argument("--bar-interval", type=float, default=1.0, help="seconds between progress-bar updates")
+    args = parser.parse_args(argv)
+    for name in ("epochs", "steps_per_epoch", "batch_size", "patch_size", "embed_dim", "depth", "heads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    if args.embed_dim % args.heads:
+        parser.error(f"--embed-dim {args.embed_dim} must divide by --heads {args.heads}")
+    if not 0 <= args.cut_p <= 1:
+        parser.error(f"--cut-p must be within 0..1, got {args.cut_p}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
