@@ -56,10 +56,14 @@ def has_display() -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from streamer.config import Overrides, load_config
+    from loguru import logger
+
     from streamer.supervisor import configure_logging
     from workers.model import describe_checkpoint
 
     configure_logging()
+    if not args.headless and not has_display():
+        logger.info("no display found: running headless (add --output demo.mp4 to save the annotated video)")
     try:
         flags = Overrides(
             config=args.config, sources=tuple(args.source), checkpoint=args.checkpoint,
