@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests need: GStreamer's RTSP server (driven by Debian's
-# /usr/bin/python3, the only interpreter with the GObject bindings) and ffmpeg.
+# /usr/bin/python3, the only interpreter with the GObject bindings), ffmpeg, and the
+# libGL/GLib libraries that opencv-python loads.
 # Idempotent: packages already installed are left as they are. Run as root.
 set -euo pipefail
 
@@ -13,6 +14,8 @@ packages=(
     gstreamer1.0-plugins-ugly
     gstreamer1.0-libav
     ffmpeg
+    libgl1
+    libglib2.0-0
 )
 
 missing=()
