@@ -113,3 +113,17 @@ def test_training_gradients_reach_every_parameter():
     model = small_model("divided_space_time").train()
     model(torch.randn(2, 3, 4, 32, 32)).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_folded_normalisation_takes_raw_pixels_to_the_same_logits(attention_type):
+    from workers.preprocess import fold_normalisation, to_model_input, to_raw_input
+
+    model = small_model(attention_type)
+    frames = torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8)
+    mean, std = (0.45, 0.40, 0.35), (0.225, 0.25, 0.2)
+    with torch.no_grad():
+        expected = model(to_model_input(frames, mean, std))
+        fold_normalisation(model, mean, std)
+        folded = model(to_raw_input(frames))
+    torch.testing.assert_close(folded, expected, atol=1e-4, rtol=1e-4)

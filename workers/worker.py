@@ -18,7 +18,7 @@ from streamer.config import WorkerConfig
 from streamer.errors import ProtocolError
 from streamer.messages import Batch, Result, ResultBatch, WorkRequest
 from workers.model import load_model
-from workers.preprocess import to_model_input
+from workers.preprocess import fold_normalisation, to_raw_input
 
 HEARTBEAT_S = 1.0
 
@@ -54,6 +54,7 @@ class Predictor:
         self.model = load_model(config.checkpoint, device=self.device, precision=config.precision)
         self.labels = self.model.labels or [str(i) for i in range(self.model.config.num_classes)]
         self.pre = self.model.preprocess
+        fold_normalisation(self.model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels
         self.top_k = min(config.top_k, len(self.labels))
         self.delay_s = config.delay_s
 
@@ -69,7 +70,7 @@ class Predictor:
         """(B, T, H, W, 3) uint8 → (B, classes) float32 probabilities and the step timings in ms."""
         t0 = time.perf_counter()
         batch = torch.from_numpy(frames).to(self.device, non_blocking=True)
-        x = to_model_input(batch, self.pre.mean, self.pre.std)
+        x = to_raw_input(batch)
         t1 = time.perf_counter()
         probs = self.model(x).softmax(dim=-1).cpu().numpy()
         if self.delay_s:
