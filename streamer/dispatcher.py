@@ -40,7 +40,7 @@ class WorkerState:
     name: str
     waiting_for: int = 0          # windows it asked for and has not been sent
     last_seen: float = 0.0
-    busy_since: float | None = None
+    holding: tuple[str, ...] = ()  # streams of the batch it is running (empty: idle)
 
 
 class Dispatcher:
@@ -111,12 +111,12 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
 
     def dispatch() -> None:
         for worker in state.workers.values():
-            if worker.waiting_for <= 0 or worker.busy_since is not None:
+            if worker.waiting_for <= 0 or worker.holding:
                 continue
             batch = state.next_batch(worker.waiting_for)
             if not batch:
                 return
-            worker.waiting_for, worker.busy_since = 0, time.time()
+            worker.waiting_for, worker.holding = 0, tuple(w.stream for w in batch)
             workers.send_multipart([worker.identity, *messages.encode(Batch(tuple(batch)))], copy=False)
             if config.offline:
                 for window in batch:
@@ -164,7 +164,7 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
                 now = time.time()
                 if isinstance(msg, WorkRequest):
                     worker = state.workers.setdefault(identity, WorkerState(identity, msg.worker))
-                    worker.waiting_for, worker.busy_since, worker.last_seen = msg.max_batch, None, now
+                    worker.waiting_for, worker.holding, worker.last_seen = msg.max_batch, (), now
                 elif isinstance(msg, (Heartbeat, ResultBatch)):
                     if identity in state.workers:
                         state.workers[identity].last_seen = now
@@ -215,8 +215,8 @@ def _forget_silent_workers(state: Dispatcher, config: DispatchConfig, log: Event
             del state.workers[key]
             logger.warning(f"dispatcher: {worker.name} silent for {config.heartbeat_timeout_s:g} s; forgetting it")
             log.write({"kind": "worker_lost", "stream": "", "detail": worker.name, "ts": now})
-            if worker.busy_since is not None:
-                state.outstanding.clear()
+            for stream in worker.holding:  # its windows will never come back: stop waiting for them
+                state.outstanding[stream] = max(0, state.outstanding[stream] - 1)
 
 
 def _log_status(state: Dispatcher, seconds: float) -> None:
