@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tomli_w
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,8 +54,8 @@ def main() -> None:
         folder = Path(tmp)
         ckpt = make_checkpoint(folder)
         config = folder / "soak.toml"
-        config.write_text(f'[model]\ncheckpoint = "{ckpt}"\nprecision = "fp32"\nhop = 4\ndelay_s = {args.delay}\n'
-                          '\n[[sources]]\nspec = "synthetic:7"\nname = "cam"\n')
+        model = {"checkpoint": str(ckpt), "precision": "fp32", "hop": 4, "delay_s": args.delay}
+        config.write_text(tomli_w.dumps({"model": model, "sources": [{"spec": "synthetic:7", "name": "cam"}]}))
         events, log = folder / "events.jsonl", folder / "stderr.log"
         with open(log, "w") as err:
             proc = subprocess.Popen([sys.executable, "run_pipeline.py", "--config", str(config), "--headless",

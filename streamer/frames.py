@@ -21,9 +21,11 @@ def to_model_frame(bgr: np.ndarray, size: int) -> np.ndarray:
     scale = size / min(height, width)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     if (new_w, new_h) != (width, height):
-        # INTER_AREA averages when shrinking (no aliasing); LINEAR when enlarging.
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        # INTER_AREA averages many pixels into one, so strong shrinking does not alias; down to half
+        # size bilinear is as good (it is what the official training used) and ~5x faster (0.17 vs
+        # 0.88 ms for 320x240 → 224), and that time is on every frame's way to the model.
+        interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR
         bgr = cv2.resize(bgr, (new_w, new_h), interpolation=interp)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     crop = bgr[top:top + size, left:left + size]
-    return np.ascontiguousarray(crop[:, :, ::-1])  # BGR → RGB
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)  # a contiguous copy; 40x faster than numpy's [..., ::-1] copy

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from streamer.ringbuffer import WindowSchedule
 from tests.conftest import make_video
@@ -35,18 +36,9 @@ def video(tmp_path_factory) -> Path:
 
 
 def write_config(path: Path, checkpoint: Path, *, delay_s: float = 0.0, max_batch: int = 4, hop: int = HOP) -> Path:
-    path.write_text(f"""
-[model]
-checkpoint = "{checkpoint}"
-precision = "fp32"
-hop = {hop}
-max_batch = {max_batch}
-delay_s = {delay_s}
-threads = 1
-
-[[sources]]
-spec = "synthetic:"
-""")
+    model = {"checkpoint": str(checkpoint), "precision": "fp32", "hop": hop, "max_batch": max_batch,
+             "delay_s": delay_s, "threads": 1}
+    path.write_text(tomli_w.dumps({"model": model, "sources": [{"spec": "synthetic:"}]}))
     return path
 
 
@@ -87,6 +79,9 @@ def test_file_source_headless_writes_contract_lines_and_stops_at_end(tmp_path, c
     for line in predictions:
         check_prediction_contract(line)
         assert line["stream"] == "clip"
+        # The latency's parts: each step once, none negative, together within the whole.
+        steps = [line["timings"][key] for key in ("capture_ms", "queue_ms", "preprocess_ms", "forward_ms")]
+        assert min(steps) >= 0 and sum(steps) <= line["latency_ms"] + 1.0
     indices = [line["frame_index"] for line in predictions]
     due = due_indices(60)
     assert set(indices) <= set(due), "a prediction's frame_index is not the last frame of a window"

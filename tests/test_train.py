@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from streamer import synthetic
+from streamer.errors import ConfigError
 from workers import train
 from workers.model import load_model
 
@@ -127,19 +128,58 @@ def test_bad_arguments_exit_2():
     assert exit_info.value.code == 2
 
 
-def test_motion_init_marks_changed_patches_and_nothing_static():
-    args = train.parse_args(["--data", "synthetic", "--out", "x", "--img-size", "32", "--embed-dim", "64",
+def _motion_model():
+    args = train.parse_args(["--data", "synthetic", "--out", "x", "--img-size", "32", "--embed-dim", "96",
                              "--heads", "4", "--motion-init"])
     model, _ = train.build_model(args, synthetic.CLASSES)
+    return model.eval()
+
+
+def test_motion_init_marks_changed_patches_and_nothing_static():
+    model = _motion_model()
     clip = torch.randn(1, 3, 1, 32, 32).repeat(1, 1, 8, 1, 1)  # a static clip with a busy background
     clip[:, :, 5:, 8:16, 8:16] += 2.0  # patch (1, 1) changes at frame 5
     tokens, batch, frames = model.embed(clip)
     with torch.no_grad():
         patches = model.blocks[0].temporal(tokens, batch, frames)  # (1, N·T, D), time fastest
-    hd = 64 // 4
+    hd = 96 // 4
     energy = patches[0, :, hd:2 * hd].reshape(16, 8, hd).norm(dim=-1)  # (patch, frame)
     assert energy[5, 5] > 1.0  # the change, at the frame it happens
     others = torch.ones(16, dtype=torch.bool)
     others[5] = False
     assert energy[others].max() < 1e-4  # unchanged patches: exactly nothing, whatever the background
     assert energy[5, 1:5].max() < 0.1 * energy[5, 5]  # the changed patch before its change: (almost) nothing
+
+
+def _moving_bar(dx: int, dy: int) -> torch.Tensor:
+    """(1, 3, 8, 32, 32): a bright 6-px square on a textured background, 2 px a frame along (dx, dy)."""
+    generator = torch.Generator().manual_seed(0)
+    background = 0.3 * torch.randn(3, 1, 32, 32, generator=generator).repeat(1, 8, 1, 1)
+    clip = background.clone()
+    for t in range(8):
+        x, y = 8 + dx * 2 * t, 8 + dy * 2 * t
+        clip[:, t, y:y + 6, x:x + 6] = torch.tensor([2.0, -1.0, 1.5])[:, None, None]
+    return clip[None]
+
+
+@pytest.mark.parametrize("dx, dy", [(1, 0), (0, 1)])
+def test_motion_init_features_tell_direction_apart(dx, dy):
+    """The pooled motion band, as the head sees it at step 0, flips sign with the direction of travel."""
+    model = _motion_model()
+    hd = 96 // 4
+    with torch.no_grad():
+        forward = model.forward_features(_moving_bar(dx, dy))[0, 2 * hd:3 * hd]
+        backward = model.forward_features(_moving_bar(dx, dy).flip(2))[0, 2 * hd:3 * hd]  # same frames, reversed
+        still = model.forward_features(_moving_bar(0, 0))[0, 2 * hd:3 * hd]
+    axis = slice(0, 3) if dx else slice(3, 6)  # first channel's boundaries along the travel axis
+    assert forward[axis].sum() * backward[axis].sum() < 0
+    assert (forward[axis].sum() - backward[axis].sum()).abs() > 0.5
+    energy = slice(18, 21)
+    assert forward[energy].mean() > still[energy].mean() + 0.1  # moving has more change energy than still
+
+
+def test_motion_init_refuses_a_model_it_cannot_set_up():
+    args = train.parse_args(["--data", "synthetic", "--out", "x", "--img-size", "32", "--embed-dim", "64",
+                             "--heads", "4", "--motion-init"])
+    with pytest.raises(ConfigError, match="motion init needs"):
+        train.build_model(args, synthetic.CLASSES)

@@ -35,6 +35,7 @@ from streamer import synthetic
 from streamer.errors import CheckpointError, ConfigError, PipelineError
 from streamer.frames import to_model_frame
 from workers import evaluate
+from workers.motion_init import FROZEN, motion_init, sinusoid_table
 from workers.preprocess import to_model_input
 
 TRAIN_STREAM = 0x7EA1  # synthetic training scenes come from rng([TRAIN_STREAM, seed, n]); test videos never do
@@ -135,119 +136,6 @@ class ClipStream(torch.utils.data.IterableDataset):
 # ---------------------------------------------------------------- model
 
 
-def sinusoid_table(length: int, dim: int) -> torch.Tensor:
-    """(1, length, dim) unit-scale sin/cos features of position (as in 'Attention is all you need')."""
-    position = torch.arange(length, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(100.0) / dim))
-    table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(position * freq)
-    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
-    return table[None]
-
-
-def time_frequencies(count: int) -> torch.Tensor:
-    """Angular steps (radians per frame) spread so that no two frames of a window look alike."""
-    return torch.linspace(0.3, 2.8, count)
-
-
-@torch.no_grad()
-def motion_init(model, scale: float = 1.5) -> None:
-    """Start block 0's temporal step as a frame-difference detector.
-
-    Width layout at init, in head-width bands: ``[content A | difference | content B | time]``.
-    Time features are quadruples ``(sin, cos, -sin, -cos)``: zero mean and constant energy,
-    so the layer norm treats a patch identically in every frame. Head 0 attends to frame
-    t-1 and head 1 to frame t itself (query = key rotated back one frame, or not); both
-    copy content A, and ``temporal_fc`` writes their difference into the difference band.
-    A static background then gives exactly zero there, whatever its colour or texture, and
-    motion is visible in one token from the first step of training.
-    """
-    cfg = model.config
-    dim, heads = cfg.embed_dim, cfg.num_heads
-    hd = dim // heads
-    if hd % 4 or heads < 4:
-        raise ConfigError(f"motion init needs ≥ 4 heads of a width divisible by 4, got {dim} / {heads} heads")
-    band_a, band_d, time = slice(0, hd), slice(hd, 2 * hd), slice(dim - hd, dim)
-    freqs = time_frequencies(hd // 4)
-    t = torch.arange(cfg.num_frames, dtype=torch.float32)[:, None]
-    table = torch.zeros(cfg.num_frames, dim)
-    for k, part in enumerate((torch.sin(t * freqs), torch.cos(t * freqs), -torch.sin(t * freqs), -torch.cos(t * freqs))):
-        table[:, time.start + k::4] = part
-    model.time_embed.copy_(table[None])
-    for band in (band_d, time):
-        model.patch_embed.proj.weight[band] = 0
-        model.patch_embed.proj.bias[band] = 0
-        model.pos_embed[..., band] = 0
-    # per frequency: (sin, cos) of frame t → of frame t-1, on the first two of each quadruple
-    back, same = torch.zeros(hd, hd), torch.zeros(hd, hd)
-    for j, w in enumerate(freqs.tolist()):
-        c, s_ = math.cos(w), math.sin(w)
-        back[4 * j:4 * j + 2, 4 * j:4 * j + 2] = torch.tensor([[c, -s_], [s_, c]])
-        same[4 * j:4 * j + 2, 4 * j:4 * j + 2] = torch.eye(2)
-    block = model.blocks[0]
-    qkv = torch.zeros(3 * dim, dim)
-    for h, rotation in ((0, back), (1, same)):
-        qkv[h * hd:(h + 1) * hd, time] = scale * rotation                    # queries
-        qkv[dim + h * hd: dim + (h + 1) * hd, time] = scale * same           # keys
-        qkv[2 * dim + h * hd: 2 * dim + (h + 1) * hd, band_a] = torch.eye(hd)  # values: content A
-    block.temporal_attn.qkv.weight.copy_(qkv)
-    block.temporal_attn.qkv.bias.zero_()
-    block.temporal_attn.proj.weight.copy_(torch.eye(dim))
-    block.temporal_attn.proj.bias.zero_()
-    fc = torch.zeros(dim, dim)
-    fc[band_d, hd:2 * hd] = torch.eye(hd)   # + frame t
-    fc[band_d, 0:hd] = -torch.eye(hd)       # - frame t-1
-    block.temporal_fc.weight.copy_(fc)
-    block.temporal_fc.bias.zero_()
-
-
-@torch.no_grad()
-def pooling_init(model, gain: float = 2.0) -> None:
-    """Give the head a motion-energy signal at step 0 (after :func:`motion_init`).
-
-    Block 0's MLP turns each difference d into |d| (GELU(kd) + GELU(-kd)) in the third band;
-    block 1's spatial attention (uniform: zero query/key) pools that band over the frame into
-    cls. Every other residual branch starts at zero (spatial projections, later MLPs and
-    temporal steps), so nothing random drowns the signal; all of it is trained from there.
-    """
-    cfg = model.config
-    dim, hd = cfg.embed_dim, cfg.embed_dim // cfg.num_heads
-    band_d, band_m = slice(hd, 2 * hd), slice(2 * hd, 3 * hd)
-    model.patch_embed.proj.weight[band_m] = 0
-    model.patch_embed.proj.bias[band_m] = 0
-    model.pos_embed[..., band_m] = 0
-    for i, block in enumerate(model.blocks):
-        block.attn.qkv.weight[: 2 * dim] = 0  # uniform spatial attention
-        block.attn.qkv.bias[: 2 * dim] = 0
-        block.attn.proj.weight.zero_()
-        block.attn.proj.bias.zero_()
-        if i > 0:
-            for layer in (block.mlp.fc2, block.temporal_fc):
-                layer.weight.zero_()
-                layer.bias.zero_()
-    mlp = model.blocks[0].mlp
-    fc1, fc2 = mlp.fc1.weight, mlp.fc2.weight
-    fc1[:2 * hd] = 0
-    mlp.fc1.bias[:2 * hd] = 0
-    fc1[:hd, band_d] = gain * torch.eye(hd)
-    fc1[hd:2 * hd, band_d] = -gain * torch.eye(hd)
-    fc2.zero_()
-    mlp.fc2.bias.zero_()
-    fc2[band_m, :hd] = torch.eye(hd)
-    fc2[band_m, hd:2 * hd] = torch.eye(hd)
-    # A fixed, zero-mean cls token sets the final layer norm's scale, so the pooled motion
-    # energy reaches the head with its magnitude (still vs. moving) instead of normalised away.
-    model.cls_token.zero_()
-    model.cls_token[..., : hd] = torch.tensor([1.0, -1.0]).repeat(hd // 2)
-    model.pos_embed[:, 0] = 0
-    if len(model.blocks) > 1:
-        attn = model.blocks[1].attn
-        attn.qkv.weight[2 * dim:] = 0
-        attn.qkv.bias[2 * dim:] = 0
-        attn.qkv.weight[2 * dim + band_m.start: 2 * dim + band_m.stop, band_m] = torch.eye(hd)
-        attn.proj.weight[band_m, band_m] = torch.eye(hd)
-
-
 def build_model(args: argparse.Namespace, labels: list[str]):
     """A fresh TimeSformer (sinusoidal time embedding) or a loaded one with its head fitted to ``labels``."""
     from workers.model import Preprocess, load_model
@@ -278,7 +166,6 @@ def build_model(args: argparse.Namespace, labels: list[str]):
         model.time_embed.copy_(sinusoid_table(config.num_frames, config.embed_dim))
     if args.motion_init:
         motion_init(model)
-        pooling_init(model)
     pre = Preprocess(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), size=config.img_size,
                      num_frames=config.num_frames, frame_interval=args.frame_interval or 4)
     return model, pre
@@ -292,6 +179,8 @@ def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float) -> 
     """
     groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
         head = name.startswith(("head.", "norm."))
         decay = param.ndim >= 2 and "embed" not in name and "token" not in name
         groups.setdefault((head, decay), []).append(param)
@@ -305,6 +194,37 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def _features(model, clips: torch.Tensor, pre, device: torch.device, chunk: int = 256) -> torch.Tensor:
+    return torch.cat([model.forward_features(to_model_input(clips[i:i + chunk].to(device), pre.mean, pre.std))
+                      for i in range(0, len(clips), chunk)])
+
+
+def probe_head(model, stream: "ClipStream", count: int, pre, device: torch.device, iterations: int = 500) -> float:
+    """Start the head as a linear probe of the body's features on ``count`` clips; returns its train top-1.
+
+    A random head fed by a good body first spends thousands of small steps finding the
+    scale of the features (and sends random gradients into the body meanwhile); a probe
+    fitted on one full batch of features gets there in seconds.
+    """
+    clips, targets = zip(*(item for item, _ in zip(iter(stream), range(count))))
+    model.eval()
+    features = _features(model, torch.stack(clips), pre, device)
+    targets = torch.tensor(targets, device=device)
+    head = nn.Linear(features.shape[1], model.head.out_features).to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-2)
+    with torch.enable_grad():
+        for _ in range(iterations):
+            loss = F.cross_entropy(head(features), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        model.head.weight.copy_(head.weight)
+        model.head.bias.copy_(head.bias)
+        return float((head(features).argmax(1) == targets).float().mean())
 
 
 # ---------------------------------------------------------------- loop
@@ -338,6 +258,9 @@ def train(args: argparse.Namespace) -> dict:
     resume_file = out / "resume.pt"
     model, pre = build_model(args, labels)
     state = {"epoch": 0, "step": 0, "best": -1.0}
+    if args.freeze_init:
+        for name, param in model.named_parameters():
+            param.requires_grad_(not name.startswith(FROZEN))
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, args.head_lr_mult), lr=args.lr)
     if args.resume and resume_file.is_file():
         saved = torch.load(resume_file, map_location="cpu", weights_only=True)
@@ -356,6 +279,10 @@ def train(args: argparse.Namespace) -> dict:
         stream,
         batch_size=args.batch_size, num_workers=args.workers, persistent_workers=False,
         prefetch_factor=4 if args.workers else None)
+    if args.probe_head and state["step"] == 0:
+        accuracy = probe_head(model, ClipStream(stream.source, pairs, args.seed + 104729, spec, args.cut_p),
+                              args.probe_head, pre, device)
+        print(f"head from a linear probe on {args.probe_head} clips: train top-1 {accuracy:.1%}", flush=True)
     batches = iter(loader)
     total = args.epochs * args.steps_per_epoch
     log = (out / "log.jsonl").open("a")
@@ -434,6 +361,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     arch.add_argument("--frame-interval", type=int, default=0, help="source frames between window frames (default 4)")
     arch.add_argument("--motion-init", action="store_true",
                       help="start block 0 as a frame-difference detector whose motion energy is pooled into cls")
+    arch.add_argument("--freeze-init", action="store_true",
+                      help="keep the hand-set motion-init weights (embeddings, block 0, block 1 spatial attention) fixed")
     arch.add_argument("--drop-path", type=float, default=0.0)
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=20)
@@ -442,6 +371,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opt.add_argument("--lr", type=float, default=1e-3)
     opt.add_argument("--weight-decay", type=float, default=0.05)
     opt.add_argument("--head-lr-mult", type=float, default=1.0, help="learning-rate factor for the head")
+    opt.add_argument("--probe-head", type=int, default=0, metavar="CLIPS",
+                     help="start the head as a linear probe of the initial features on this many clips")
     opt.add_argument("--freeze-body-steps", type=int, default=0,
                      help="train only the head (and final norm) for this many steps first")
     opt.add_argument("--warmup", type=int, default=200, help="warm-up steps")

@@ -89,7 +89,8 @@ class Predictor:
                 stream=window.stream, seq=window.seq, frame_index=window.frame_indices[-1],
                 frame_ts=window.frame_ts[-1], probs=p.astype(np.float32),
                 top=tuple((self.labels[i], float(p[i])) for i in top), worker=worker,
-                timings={"queue_ms": 1000 * max(0.0, received - window.sent_ts), **timings,
+                timings={"capture_ms": 1000 * max(0.0, window.sent_ts - window.frame_ts[-1]),
+                         "queue_ms": 1000 * max(0.0, received - window.sent_ts), **timings,
                          "batch_size": float(len(batch.windows))},
             ))
         return ResultBatch(tuple(out))
