@@ -51,6 +51,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     ring = RingBuffer(window_span(config.num_frames, config.frame_interval), config.size, config.size)
     schedule = WindowSchedule(config.num_frames, config.frame_interval, config.hop)
     seq, credits, segment, lost = 0, OFFLINE_IN_FLIGHT, 0, False
+    malformed = messages.MalformedLog(f"capture {config.stream}")
     try:
         while not stop.is_set():
             silent = None  # a read that timed out without the source saying why
@@ -90,7 +91,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
                 continue
             indices, stamps, frames = window
             if config.offline:
-                credits = _wait_for_credit(out, credits, stop)
+                credits = _wait_for_credit(out, credits, stop, malformed)
                 if credits is None:
                     break
             messages.send(out, Window(config.stream, seq, indices, stamps, frames, time.time()))
@@ -104,7 +105,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     return 0
 
 
-def _wait_for_credit(sock: zmq.Socket, credits: int, stop) -> int | None:
+def _wait_for_credit(sock: zmq.Socket, credits: int, stop, malformed: messages.MalformedLog) -> int | None:
     """Offline flow control: block until the dispatcher has taken an earlier window (None: stopping)."""
     while credits <= 0:
         if stop.is_set():
@@ -113,7 +114,7 @@ def _wait_for_credit(sock: zmq.Socket, credits: int, stop) -> int | None:
             try:
                 msg = messages.recv(sock)
             except ProtocolError as err:
-                logger.warning(f"capture: dropped a malformed message from the dispatcher ({err})")
+                malformed.saw(err)
                 continue
             if isinstance(msg, Credit):
                 credits += msg.n

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import zmq
+from loguru import logger
 
 from streamer.errors import ProtocolError
 
@@ -570,3 +572,16 @@ def send(socket: zmq.Socket, msg: Message, flags: int = 0) -> None:
 def recv(socket: zmq.Socket, flags: int = 0) -> Message:
     """Receive and decode one message; raises :class:`ProtocolError` if it is malformed."""
     return decode(socket.recv_multipart(flags=flags, copy=False))
+
+
+class MalformedLog:
+    """Counts malformed messages a stage dropped; one log line per ``interval_s`` at most, however many arrive."""
+
+    def __init__(self, where: str, interval_s: float = 10.0) -> None:
+        self.where, self.interval_s, self.count, self._last = where, interval_s, 0, -math.inf
+
+    def saw(self, err: Exception) -> None:
+        self.count += 1
+        if time.monotonic() - self._last >= self.interval_s:
+            logger.warning(f"{self.where}: dropping malformed messages ({self.count} so far; last: {err})")
+            self._last = time.monotonic()

@@ -10,8 +10,9 @@ import pytest
 import zmq
 
 from streamer import messages
-from streamer.config import Endpoints, OverlayConfig, WorkerConfig
-from streamer.messages import Batch, DisplayFrame, Result, ResultBatch, Window, WorkRequest
+from streamer.config import CaptureConfig, Endpoints, OverlayConfig, WorkerConfig
+from streamer.messages import Batch, Credit, DisplayFrame, Result, ResultBatch, Window, WorkRequest
+from tests.conftest import make_video
 from tests.test_pipeline import LABELS, PRE, checkpoint  # noqa: F401  (fixture re-used)
 
 FUZZ_COUNT = 10_000
@@ -61,6 +62,67 @@ def _run_worker(config, stop):
 def _run_overlay(config, stop):
     from streamer import overlay
     overlay.run(config, stop)
+
+
+def _run_capture(config, stop, log_path):
+    from loguru import logger
+
+    from streamer import capture
+    logger.remove()
+    logger.add(log_path, level="INFO")
+    capture.run(config, stop)
+
+
+def test_offline_capture_survives_malformed_credits_then_sends_on_a_real_one(tmp_path):
+    """Offline, capture waits for the dispatcher's credits; garbage on that socket is counted, not obeyed."""
+    eps = endpoints(tmp_path)
+    video = make_video(tmp_path / "clip.avi", num_frames=120)
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(eps.windows)
+    stop = mp.get_context("spawn").Event()
+    log = tmp_path / "capture.log"
+    config = CaptureConfig("cam", str(video), eps, size=32, num_frames=4, frame_interval=2, hop=4, offline=True)
+    proc = mp.get_context("spawn").Process(target=_run_capture, args=(config, stop, str(log)))
+    proc.start()
+    try:
+        windows = []
+        identity = None
+        while len(windows) < 2:  # the two windows capture may send ahead of any credit
+            assert router.poll(30_000), "capture sent nothing"
+            identity, *parts = router.recv_multipart()
+            if isinstance(msg := messages.decode(parts), Window):
+                windows.append(msg)
+        assert not router.poll(1000), "capture sent a third window without a credit"
+        rng = np.random.default_rng(3)
+        valid = [bytes(p) for p in messages.encode(Credit("cam", 1))]
+        sent = 0
+        for i in range(2 * FUZZ_COUNT):
+            bad = garbage(rng, valid, i)
+            try:
+                messages.decode(bad)
+                continue  # some mutations of a message this small leave it valid: not garbage
+            except messages.ProtocolError:
+                pass
+            router.send_multipart([identity, *bad])
+            sent += 1
+            if sent == FUZZ_COUNT:
+                break
+        assert sent == FUZZ_COUNT
+        assert not router.poll(2000), "garbage was taken for a credit"
+        router.send_multipart([identity, *messages.encode(Credit("cam", 1))])
+        assert router.poll(10_000), "a real credit after the garbage got no window"
+        _, *parts = router.recv_multipart()
+        following = messages.decode(parts)
+        assert isinstance(following, Window) and following.seq == windows[-1].seq + 1
+        assert proc.is_alive()
+    finally:
+        stop_stage(proc, stop)
+        router.close()
+        ctx.term()
+    warnings = [line for line in log.read_text().splitlines() if "malformed" in line]
+    assert 1 <= len(warnings) <= 3, f"{len(warnings)} log lines for the garbage: one per interval expected"
 
 
 def test_worker_survives_malformed_batches_then_answers_a_real_one(tmp_path, checkpoint):  # noqa: F811

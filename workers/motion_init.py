@@ -13,7 +13,8 @@ classic gradient-based optical flow does (I_t · I_x has the sign of -v_x · I_x
 - block 0's MLP multiplies I_t by the strip-to-strip differences (I_x, I_y) with GELU
   pairs, |a+b| - |a-b| ≈ sign(ab)·min(|a|,|b|), and adds a per-channel change energy
   (blinking vs still);
-- block 1's spatial attention pools these into cls, so the head reads them linearly.
+- block 1's spatial attention pools these into cls, with their first moments in x and y
+  (rotation and growth), so the head reads them linearly.
 
 Every other residual branch starts at zero and is trained from there; ``FROZEN`` lists
 the hand-set parameters a training run may keep fixed. Width layout, in head-width
@@ -132,14 +133,13 @@ def _strip(channel: int, axis: int, i: int) -> int:
 
 
 def _pool_into_cls(model) -> None:
-    """Uniform spatial attention everywhere, zero residual branches after block 0, block 1 pools band 2.
+    """Uniform spatial attention and zero residual branches after block 0 (block 1's pooling: :func:`_pool_moments`).
 
     A fixed, zero-mean cls token sets the final layer norm's scale, so the pooled motion
     reaches the head with its magnitude (still vs. moving) instead of normalised away.
     """
     cfg = model.config
     dim, hd = cfg.embed_dim, cfg.embed_dim // cfg.num_heads
-    motion = slice(2 * hd, 3 * hd)
     for i, block in enumerate(model.blocks):
         block.attn.qkv.weight[: 2 * dim] = 0
         block.attn.qkv.bias[: 2 * dim] = 0

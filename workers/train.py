@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from streamer import synthetic
-from streamer.errors import CheckpointError, ConfigError, PipelineError
+from streamer.errors import PipelineError
 from streamer.frames import to_model_frame
 from workers import evaluate
 from workers.motion_init import FROZEN, motion_init, sinusoid_table

@@ -109,7 +109,7 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
     ctx = sockets.Context()
     sock = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.work, bind=False, security=config.security)
     messages.send(sock, WorkRequest(config.name, config.max_batch))
-    malformed, last_warning = 0, 0.0
+    malformed = messages.MalformedLog(config.name)
     try:
         while not stop.is_set():
             if heartbeat is not None:
@@ -121,10 +121,7 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
             try:
                 msg = messages.recv(sock)
             except ProtocolError as err:
-                malformed += 1
-                if time.monotonic() - last_warning > 10:  # one line per 10 s, however many arrive
-                    logger.warning(f"{config.name}: dropping malformed messages ({malformed} so far; last: {err})")
-                    last_warning = time.monotonic()
+                malformed.saw(err)
                 continue
             if not isinstance(msg, Batch):
                 continue
