@@ -396,6 +396,7 @@ class _LiveSource(VideoSource):
         self._queue: collections.deque = collections.deque(maxlen=max(2, round(self.fps)))
         self._ready = threading.Condition()
         self._stop = threading.Event()
+        self._lost_reported = False  # one source_lost per outage, whoever notices it first
         self._thread = threading.Thread(target=self._run, args=(reader,), name=f"source-{self.name}", daemon=True)
         self._thread.start()
 
@@ -411,7 +412,11 @@ class _LiveSource(VideoSource):
                     raise SourceLost(f"{self.name} lost; reconnecting")
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise SourceLost(f"no frame from {self.name} for {self.config.read_timeout_s:g} s; reconnecting")
+                    # A device whose read blocks (a webcam unplugged mid-read) never returns to the
+                    # reader thread: the outage is reported from here, and over when frames come again.
+                    detail = f"no frame from {self.name} for {self.config.read_timeout_s:g} s (stalled)"
+                    self._report_lost(detail)
+                    raise SourceLost(f"{detail}; reconnecting")
                 self._ready.wait(left)
             return self._queue.popleft()
 
@@ -449,7 +454,7 @@ class _LiveSource(VideoSource):
             reader.close()
             if self._stop.is_set():
                 return
-            self._emit("source_lost", f"{self.name}: {reader.why}")
+            self._report_lost(f"{self.name}: {reader.why}")
             if not self.config.reconnect:
                 self._set_state(SourceState.ENDED)
                 return
@@ -458,7 +463,7 @@ class _LiveSource(VideoSource):
             if reader is None:
                 return
             segment += 1
-            self._emit("source_restored", f"{self.name}: reading again from frame {index}")
+            self._report_restored(f"{self.name}: reading again from frame {index}")
             self._set_state(SourceState.LIVE)
         reader.close()
 
@@ -478,7 +483,23 @@ class _LiveSource(VideoSource):
             return reader
         return None
 
+    def _report_lost(self, detail: str) -> None:
+        with self._ready:
+            if self._lost_reported:
+                return
+            self._lost_reported = True
+        self._emit("source_lost", detail)
+
+    def _report_restored(self, detail: str) -> None:
+        with self._ready:
+            if not self._lost_reported:
+                return
+            self._lost_reported = False
+        self._emit("source_restored", detail)
+
     def _push(self, frame: Frame) -> None:
+        if self._lost_reported:  # a stall reported by read() is over
+            self._report_restored(f"{self.name}: frames again from frame {frame.index}")
         with self._ready:
             if self.state is SourceState.ENDED:
                 return

@@ -248,6 +248,55 @@ def test_slow_reader_gets_fresh_frames_and_drops_are_counted(rtsp_server):
         assert source.dropped > 0
 
 
+class BlockingCamera:
+    """Stands in for a webcam (none exists here) whose read blocks while ``unplugged`` is set,
+    as V4L2 devices do: the reader thread never gets control back until frames flow again."""
+
+    fps = 30.0
+    why = ""
+
+    def __init__(self) -> None:
+        import threading
+        self.unplugged = threading.Event()
+        self.plugged = threading.Event()
+        self.plugged.set()
+
+    def grab(self) -> np.ndarray:
+        if self.unplugged.is_set():
+            self.plugged.wait()
+        time.sleep(1 / self.fps)
+        return np.zeros((48, 64, 3), np.uint8)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.timeout(30)
+def test_a_webcam_whose_read_blocks_is_reported_lost_once_then_restored():
+    from streamer.sources import _LiveSource
+
+    camera = BlockingCamera()
+    config = SourceConfig("0", open_timeout_s=1.0, read_timeout_s=0.5)
+    source = _LiveSource(config, "webcam", camera, opener=lambda: camera)
+    try:
+        reading = read_for(source, 5, until=lambda r: len(r.frames) >= 5)
+        camera.plugged.clear()
+        camera.unplugged.set()
+        read_for(source, 2.0, reading)  # several reads time out meanwhile
+        assert reading.lost_raises >= 2
+        assert reading.longest_read_s < config.read_timeout_s + SLACK_S
+        assert kinds(reading.events) == ["source_lost"], "one source_lost for the outage, not one per read"
+        assert "stalled" in reading.events[0][1]
+        before = len(reading.frames)
+        camera.unplugged.clear()
+        camera.plugged.set()
+        read_for(source, 5, reading, until=lambda r: len(r.frames) >= before + 5)
+    finally:
+        source.close()
+    assert len(reading.frames) >= before + 5
+    assert kinds(reading.events) == ["source_lost", "source_restored"]
+
+
 @pytest.mark.rtsp
 @pytest.mark.timeout(90)
 def test_rtsp_killed_and_restarted_is_lost_then_restored(rtsp_server):
