@@ -38,6 +38,7 @@ def test_window_label_is_label_of_its_last_frame():
     windows = evaluate.windows_from_frames(frames, labels, spec)
     assert list(windows.ends) == [4, 5, 6, 7, 8, 9]
     assert list(windows.targets) == [0, 0, 1, 1, 1, 1]
+    assert list(windows.whole) == [True, True, False, False, False, False]  # frames 2..9 span the change
     assert windows.frames[2, :, 0, 0, 0].tolist() == [2, 6]  # oldest first, frame_interval apart
 
 
