@@ -1,7 +1,7 @@
 """Pipeline benchmarks: overhead, overload and batching, each against the alternative in the same run.
 
-    python bench/pipeline.py                          # all three, writes a BENCHMARKS.md section
-    python bench/pipeline.py --overload-seconds 60    # a shorter overload run
+    python bench/pipeline.py                          # all three, each writes its BENCHMARKS.md section
+    python bench/pipeline.py --overhead-seconds 0 --batching-seconds 0   # only the 5-minute overload run
 
 - overhead: latency from a frame's capture to its event line, minus the forward time, at 224×224×8;
 - overload: a model slower than the windows (a fixed delay per forward); p50/p99 latency over the run,
@@ -12,6 +12,7 @@
 import argparse
 import datetime
 import json
+import os
 import queue
 import statistics
 import subprocess
@@ -110,84 +111,94 @@ def per_minute(lines: list[dict], key=lambda line: line["latency_ms"]) -> str:
     return ", ".join(f"{pct(v, 99):.0f}" for _, v in sorted(buckets.items()))
 
 
+def overhead_section(folder: Path, ckpt: Path, seconds: float) -> list[str]:
+    """One window a second, so the worker is idle when it arrives: what remains is the pipeline's own cost."""
+    lines = run_pipeline(folder, ckpt, seconds, hop=30)[3:]   # skip the first, warm-up lines
+    overhead = [line["latency_ms"] - line["timings"]["forward_ms"] for line in lines]
+    forward = [line["timings"]["forward_ms"] for line in lines]
+    steps = {key: [line["timings"][key] for line in lines] for key in ("capture_ms", "queue_ms", "preprocess_ms")}
+    steps["result_ms (worker → event line)"] = [
+        line["latency_ms"] - sum(line["timings"][k] for k in ("capture_ms", "queue_ms", "preprocess_ms", "forward_ms"))
+        for line in lines]
+    latency = [line["latency_ms"] for line in lines]
+    return [f"1 synthetic stream at 30 fps, 224×224×8 windows, one a second, {len(lines)} windows.", "",
+            "| | p50 ms | p99 ms |", "|---|---|---|",
+            f"| latency − forward (pipeline overhead) | {pct(overhead, 50):.1f} | {pct(overhead, 99):.1f} |",
+            *[f"| of which {key} | {pct(v, 50):.1f} | {pct(v, 99):.1f} |" for key, v in steps.items()],
+            f"| forward | {pct(forward, 50):.1f} | {pct(forward, 99):.1f} |",
+            f"| capture → event line | {pct(latency, 50):.1f} | {pct(latency, 99):.1f} |"]
+
+
+def overload_section(folder: Path, ckpt: Path, seconds: float, delay: float) -> list[str]:
+    """A model slower than the windows offered: the pipeline against the naive loop, latency over time."""
+    lines = run_pipeline(folder, ckpt, seconds, delay_s=delay, hop=4)[3:]
+    inference = statistics.median(line["timings"]["forward_ms"] for line in lines)
+    naive_s = min(seconds, 60)
+    naive = naive_loop(ckpt, naive_s, delay, hop=4)
+    latencies = [line["latency_ms"] for line in lines]
+    return [f"{delay:g} s added to every forward; windows offered at 7.5/s.", "",
+            "| | run s | one inference ms | p50 latency ms | p99 latency ms | p99 per minute | p99 / inference |",
+            "|---|---|---|---|---|---|---|",
+            f"| pipeline | {seconds:g} | {inference:.0f} | {pct(latencies, 50):.0f} | {pct(latencies, 99):.0f} | "
+            f"{per_minute(lines)} | {pct(latencies, 99) / inference:.2f} |",
+            f"| naive single-thread loop | {naive_s:g} | {inference:.0f} | {pct(naive, 50):.0f} | "
+            f"{pct(naive, 99):.0f} | (grows without bound) | {pct(naive, 99) / inference:.2f} |"]
+
+
+def batching_section(folder: Path, seconds: float) -> list[str]:
+    """8 streams into one worker, max_batch 8 vs 1, for two models each slower than what 8 streams offer.
+
+    Eight cameras are stood in for by eight plays of a small file: decoding it costs little, so the
+    worker, not the 2 cores' share of eight renderers, is the bottleneck being measured. A 224×224×8
+    model (width 192, depth 4), where one window already fills the CPU, and the shipped demo model
+    (48×48×8), where the per-call cost that batching shares is a larger part of a forward.
+    """
+    from tests.conftest import make_video
+
+    video = make_video(folder / "cam.avi", num_frames=int(30 * (seconds + 30)))
+    cases = [("width 192, depth 4, 224×224×8; a window every 4 frames", make_checkpoint(folder, 192, 4), 4),
+             ("the shipped demo model, 48×48×8; a window every frame", REPO / "models/demo.safetensors", 1)]
+    out = ["8 streams at 30 fps into one worker (1 CPU thread); windows/s after the first 5 s.", "",
+           "| model | max_batch 1 | max_batch 8 | batched / unbatched |", "|---|---|---|---|"]
+    for title, model, hop in cases:
+        rates = {}
+        for max_batch in (1, 8):
+            lines = run_pipeline(folder, model, seconds, streams=8, max_batch=max_batch, hop=hop, video=video)
+            stamps = sorted(line["frame_ts"] for line in lines)
+            steady = [t for t in stamps if t >= stamps[0] + 5]
+            rates[max_batch] = len(steady) / max(1e-9, steady[-1] - steady[0])
+        out.append(f"| {title} | {rates[1]:.1f} | {rates[8]:.1f} | **{rates[8] / rates[1]:.2f}×** |")
+        print(out[-1], flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--overhead-seconds", type=float, default=30)
-    parser.add_argument("--overload-seconds", type=float, default=300)
-    parser.add_argument("--batching-seconds", type=float, default=30)
-    parser.add_argument("--delay", type=float, default=0.5, help="seconds added to each forward in the overload run")
+    parser.add_argument("--overhead-seconds", type=float, default=30, help="0 skips it")
+    parser.add_argument("--overload-seconds", type=float, default=300, help="0 skips it")
+    parser.add_argument("--batching-seconds", type=float, default=30, help="0 skips it")
+    parser.add_argument("--delay", type=float, default=1.0, help="seconds added to each forward in the overload run")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    out = []
+    machine = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   "unknown CPU")
+    header = [f"Command: `python bench/pipeline.py {' '.join(sys.argv[1:])}`  ",
+              f"Machine: {machine}, {os.cpu_count()} cores, torch {torch.__version__}  ",
+              f"Date: {datetime.date.today().isoformat()}", ""]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         ckpt = make_checkpoint(folder)
-
-        # One window a second, so the worker is idle when it arrives: what remains is the pipeline's own cost.
-        lines = run_pipeline(folder, ckpt, args.overhead_seconds, hop=30)[3:]   # skip the first, warm-up lines
-        overhead = [line["latency_ms"] - line["timings"]["forward_ms"] for line in lines]
-        forward = [line["timings"]["forward_ms"] for line in lines]
-        steps = {key: [line["timings"][key] for line in lines] for key in ("capture_ms", "queue_ms", "preprocess_ms")}
-        steps["result_ms (worker → event line)"] = [
-            line["latency_ms"] - sum(line["timings"][k] for k in ("capture_ms", "queue_ms", "preprocess_ms", "forward_ms"))
-            for line in lines]
-        out += ["### Overhead (1 synthetic stream, 30 fps, 224×224×8 windows, one a second)", "",
-                "| | p50 ms | p99 ms |", "|---|---|---|",
-                f"| latency − forward (pipeline overhead) | {pct(overhead, 50):.1f} | {pct(overhead, 99):.1f} |",
-                *[f"| of which {key} | {pct(v, 50):.1f} | {pct(v, 99):.1f} |" for key, v in steps.items()],
-                f"| forward | {pct(forward, 50):.1f} | {pct(forward, 99):.1f} |",
-                f"| capture → event line | {pct([x['latency_ms'] for x in lines], 50):.1f} | "
-                f"{pct([x['latency_ms'] for x in lines], 99):.1f} |", ""]
-        print("\n".join(out), flush=True)
-
-        if args.overload_seconds > 0:
-            lines = run_pipeline(folder, ckpt, args.overload_seconds, delay_s=args.delay, hop=4)[3:]
-            inference = statistics.median(line["timings"]["forward_ms"] for line in lines)
-            naive = naive_loop(ckpt, min(args.overload_seconds, 60), args.delay, hop=4)
-            latencies = [line["latency_ms"] for line in lines]
-            out += [f"### Overload ({args.delay:g} s added to every forward; windows offered at 7.5/s)", "",
-                    "| | run s | one inference ms | p50 latency ms | p99 latency ms | p99 per minute | "
-                    "p99 / inference |", "|---|---|---|---|---|---|---|",
-                    f"| pipeline | {args.overload_seconds:g} | {inference:.0f} | {pct(latencies, 50):.0f} | "
-                    f"{pct(latencies, 99):.0f} | {per_minute(lines)} | {pct(latencies, 99) / inference:.2f} |",
-                    f"| naive single-thread loop | {min(args.overload_seconds, 60):g} | {inference:.0f} | "
-                    f"{pct(naive, 50):.0f} | {pct(naive, 99):.0f} | (grows without bound) | "
-                    f"{pct(naive, 99) / inference:.2f} |", ""]
-            print("\n".join(out[-6:]), flush=True)
-
-        if args.batching_seconds <= 0:
-            return print("\n".join(out))
-        # Eight cameras are stood in for by eight plays of a small file: decoding it costs little, so the
-        # worker, not the 2 cores' share of eight renderers, is the bottleneck being measured.
-        from tests.conftest import make_video
-
-        video = make_video(folder / "cam.avi", num_frames=int(30 * (args.batching_seconds + 30)))
-        # Two models, each slower than what 8 streams offer, so the worker is the limit: a 224×224×8 one
-        # (width 192, depth 4), where one window already fills the CPU, and the shipped demo model
-        # (48×48×8), where the per-call cost that batching shares is a large part of a forward.
-        cases = [("width 192 depth 4 at 224×224×8, a window every 4 frames", make_checkpoint(folder, 192, 4), 4),
-                 ("the shipped demo model at 48×48×8, a window every frame", REPO / "models/demo.safetensors", 1)]
-        for title, model, hop in cases:
-            rates = {}
-            for max_batch in (1, 8):
-                lines = run_pipeline(folder, model, args.batching_seconds, streams=8, max_batch=max_batch, hop=hop,
-                                     video=video)
-                stamps = sorted(line["frame_ts"] for line in lines)
-                steady = [t for t in stamps if t >= stamps[0] + 5]  # after the first 5 s of start-up
-                rates[max_batch] = len(steady) / max(1e-9, steady[-1] - steady[0])
-            out += [f"### Batching (8 streams at 30 fps into one worker; {title})", "",
-                    "| max_batch | windows/s |", "|---|---|",
-                    f"| 1 | {rates[1]:.1f} |", f"| 8 | {rates[8]:.1f} |", "",
-                    f"Batched / unbatched: **{rates[8] / rates[1]:.2f}×**", ""]
-            print("\n".join(out[-8:]), flush=True)
-    machine = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                   "unknown CPU")
-    text = "\n".join([f"Command: `python bench/pipeline.py {' '.join(sys.argv[1:])}`  ",
-                      f"Machine: {machine}, 2 cores, torch {torch.__version__}  ",
-                      f"Date: {datetime.date.today().isoformat()}", "", *out])
-    print(text)
-    if not args.no_write:
-        write_section("Pipeline: overhead, overload, batching", text)
+        runs = [("Pipeline: overhead", args.overhead_seconds, lambda: overhead_section(folder, ckpt, args.overhead_seconds)),
+                ("Pipeline: overload", args.overload_seconds,
+                 lambda: overload_section(folder, ckpt, args.overload_seconds, args.delay)),
+                ("Pipeline: batching", args.batching_seconds, lambda: batching_section(folder, args.batching_seconds))]
+        for heading, seconds, measure in runs:
+            if seconds <= 0:
+                continue
+            text = "\n".join(header + measure())
+            print(f"## {heading}\n\n{text}\n", flush=True)
+            if not args.no_write:
+                write_section(heading, text)
 
 
 if __name__ == "__main__":
