@@ -113,9 +113,9 @@ def test_unknown_label_in_list_file_exits_2(tmp_path, tiny_model):
     assert proc.stderr.count("\n") == 1 and "missing.mp4" in proc.stderr
 
 
-# The issue asks for 90% here; the model shipped today reaches 55% on held-out windows (BENCHMARKS.md),
-# so this guards what it does reach (4x chance) until a better-trained model raises the bar.
-SHIPPED_MODEL_MIN_TOP1 = 0.40
+# The issue asks for 90% here; the model shipped today reaches 88.6% on held-out windows (BENCHMARKS.md),
+# and one 40 s video is ~7 actions, so this guards 80% until a better-trained model raises the bar.
+SHIPPED_MODEL_MIN_TOP1 = 0.80
 
 
 @pytest.mark.timeout(120)
