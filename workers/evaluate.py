@@ -23,6 +23,7 @@ import torch
 
 from streamer.errors import CheckpointError, ConfigError, PipelineError, SourceError
 from streamer.frames import to_model_frame
+from streamer.ringbuffer import window_span
 from streamer import synthetic
 from workers.preprocess import to_model_input
 
@@ -40,7 +41,7 @@ class WindowSpec:
     @property
     def span(self) -> int:
         """Source frames from a window's first frame to its last, inclusive."""
-        return (self.num_frames - 1) * self.frame_interval + 1
+        return window_span(self.num_frames, self.frame_interval)
 
 
 def window_ends(num_video_frames: int, spec: WindowSpec) -> list[int]:

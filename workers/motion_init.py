@@ -112,7 +112,7 @@ def _temporal_difference(model, scale: float) -> None:
 def _strip_embedding(model) -> None:
     """Content band: per channel, the means of ``STRIPS`` vertical then ``STRIPS`` horizontal strips."""
     cfg = model.config
-    dim, hd, p = cfg.embed_dim, cfg.embed_dim // cfg.num_heads, cfg.patch_size
+    hd, p = cfg.embed_dim // cfg.num_heads, cfg.patch_size
     weight, bias = model.patch_embed.proj.weight, model.patch_embed.proj.bias     # (D, 3, p, p), (D,)
     weight[:hd] = 0
     bias[:hd] = 0
@@ -122,9 +122,8 @@ def _strip_embedding(model) -> None:
             across = slice(i * width, (i + 1) * width)
             weight[_strip(channel, 0, i), channel, :, across] = 1.0 / (p * width)  # vertical strip i
             weight[_strip(channel, 1, i), channel, across, :] = 1.0 / (p * width)  # horizontal strip i
-    for band in (slice(hd, dim),):  # only content comes from pixels; change, motion and time start empty
-        weight[band] = 0
-        bias[band] = 0
+    weight[hd:] = 0  # only content comes from pixels; change, motion and time start empty
+    bias[hd:] = 0
     model.pos_embed[..., :] = 0  # position is learned; at init it would only blur the strips
 
 

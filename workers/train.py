@@ -34,6 +34,7 @@ from tqdm import tqdm
 from streamer import synthetic
 from streamer.errors import PipelineError
 from streamer.frames import to_model_frame
+from streamer.ringbuffer import window_span
 from workers import evaluate
 from workers.motion_init import FROZEN, motion_init, sinusoid_table
 from workers.preprocess import to_model_input
@@ -51,7 +52,7 @@ class ClipSpec:
 
     @property
     def span(self) -> int:
-        return (self.num_frames - 1) * self.frame_interval + 1
+        return window_span(self.num_frames, self.frame_interval)
 
 
 # ---------------------------------------------------------------- data
