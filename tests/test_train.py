@@ -122,10 +122,15 @@ def test_fine_tune_from_hugging_face_folder_replaces_head(tmp_path, two_class_li
     assert tuned.preprocess.frame_interval == 2 and tuned.preprocess.num_frames == 4
 
 
-def test_bad_arguments_exit_2():
+@pytest.mark.parametrize("argv", [["--embed-dim", "30", "--heads", "4"],
+                                  ["--freeze-init"],  # freezing random weights: nothing hand-set to keep
+                                  ["--motion-init", "--freeze-init", "--init", "x.pyth"],
+                                  ["--probe-head", "-5"]])
+def test_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(["--data", "synthetic", "--out", "x", "--embed-dim", "30", "--heads", "4"])
+        train.parse_args(["--data", "synthetic", "--out", "x", *argv])
     assert exit_info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def _motion_model():

@@ -400,6 +400,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--embed-dim {args.embed_dim} must divide by --heads {args.heads}")
     if not 0 <= args.cut_p <= 1:
         parser.error(f"--cut-p must be within 0..1, got {args.cut_p}")
+    if args.probe_head < 0:
+        parser.error(f"--probe-head must be ≥ 0 clips, got {args.probe_head}")
+    if args.freeze_init and (not args.motion_init or args.init):
+        parser.error("--freeze-init keeps the hand-set weights of --motion-init fixed; use it with --motion-init "
+                     "and without --init")
     return args
 
 
