@@ -32,7 +32,7 @@ from bench.report import write_section  # noqa: E402
 from streamer.frames import to_model_frame  # noqa: E402
 from streamer.ringbuffer import RingBuffer, WindowSchedule, window_span  # noqa: E402
 from streamer.synthetic import SyntheticStream  # noqa: E402
-from workers.model import Preprocess, load_model, save_model  # noqa: E402
+from workers.model import Preprocess, load_model, native_low_precision, save_model  # noqa: E402
 from workers.preprocess import to_model_input  # noqa: E402
 from workers.timesformer import TimeSformer, TimeSformerConfig  # noqa: E402
 
@@ -48,13 +48,15 @@ def make_checkpoint(folder: Path, embed_dim: int = 64, depth: int = 2) -> Path:
 
 
 def run_pipeline(folder: Path, checkpoint: Path, seconds: float, *, streams: int = 1, delay_s: float = 0.0,
-                 max_batch: int = 4, hop: int = 8, video: Path | None = None) -> list[dict]:
+                 max_batch: int = 4, hop: int = 8, video: Path | None = None,
+                 shared_memory: bool = True, precision: str = "fp32") -> list[dict]:
     """Run run_pipeline.py headless on synthetic sources (or copies of ``video``); return its prediction lines."""
     config = folder / f"bench-{time.monotonic_ns()}.toml"
     specs = [str(video) if video else f"synthetic:{i}" for i in range(streams)]
-    model = {"checkpoint": str(checkpoint), "precision": "fp32", "hop": hop, "max_batch": max_batch, "delay_s": delay_s}
+    model = {"checkpoint": str(checkpoint), "precision": precision, "hop": hop, "max_batch": max_batch, "delay_s": delay_s}
     sources = [{"spec": spec, "name": f"s{i}"} for i, spec in enumerate(specs)]
-    config.write_text(tomli_w.dumps({"model": model, "sources": sources}))
+    config.write_text(tomli_w.dumps({"model": model, "pipeline": {"shared_memory": shared_memory},
+                                     "sources": sources}))
     events = folder / f"events-{time.monotonic_ns()}.jsonl"
     subprocess.run([sys.executable, "run_pipeline.py", "--config", str(config), "--headless", "--events", str(events),
                     "--duration", str(seconds)], cwd=REPO, check=True, capture_output=True, timeout=seconds + 180)
@@ -112,21 +114,27 @@ def per_minute(lines: list[dict], key=lambda line: line["latency_ms"]) -> str:
 
 
 def overhead_section(folder: Path, ckpt: Path, seconds: float) -> list[str]:
-    """One window a second, so the worker is idle when it arrives: what remains is the pipeline's own cost."""
-    lines = run_pipeline(folder, ckpt, seconds, hop=30)[3:]   # skip the first, warm-up lines
-    overhead = [line["latency_ms"] - line["timings"]["forward_ms"] for line in lines]
-    forward = [line["timings"]["forward_ms"] for line in lines]
-    steps = {key: [line["timings"][key] for line in lines] for key in ("capture_ms", "queue_ms", "preprocess_ms")}
-    steps["result_ms (worker → event line)"] = [
-        line["latency_ms"] - sum(line["timings"][k] for k in ("capture_ms", "queue_ms", "preprocess_ms", "forward_ms"))
-        for line in lines]
-    latency = [line["latency_ms"] for line in lines]
-    return [f"1 synthetic stream at 30 fps, 224×224×8 windows, one a second, {len(lines)} windows.", "",
-            "| | p50 ms | p99 ms |", "|---|---|---|",
-            f"| latency − forward (pipeline overhead) | {pct(overhead, 50):.1f} | {pct(overhead, 99):.1f} |",
-            *[f"| of which {key} | {pct(v, 50):.1f} | {pct(v, 99):.1f} |" for key, v in steps.items()],
-            f"| forward | {pct(forward, 50):.1f} | {pct(forward, 99):.1f} |",
-            f"| capture → event line | {pct(latency, 50):.1f} | {pct(latency, 99):.1f} |"]
+    """One window a second, so the worker is idle when it arrives: what remains is the pipeline's own cost.
+
+    Frames through the shared-memory frame store (the default on one host) against frames
+    inline in the messages, each for ``seconds``.
+    """
+    rows = []
+    for name, shared in (("frames in shared memory (default)", True), ("frames inline (shared_memory = false)", False)):
+        lines = run_pipeline(folder, ckpt, seconds, hop=30, shared_memory=shared)[3:]   # skip warm-up lines
+        timed = lambda key: [line["timings"][key] for line in lines]  # noqa: E731
+        steps = {key: timed(key) for key in ("capture_ms", "queue_ms", "preprocess_ms")}
+        steps["result_ms"] = [line["latency_ms"] - sum(line["timings"][k] for k in (*steps, "forward_ms"))
+                              for line in lines]
+        overhead = [line["latency_ms"] - line["timings"]["forward_ms"] for line in lines]
+        cells = [overhead, *steps.values(), timed("forward_ms"), [line["latency_ms"] for line in lines]]
+        rows.append(f"| {name} | {len(lines)} | " + " | ".join(f"{pct(v, 50):.1f} / {pct(v, 99):.1f}" for v in cells)
+                    + " |")
+    return ["1 synthetic stream at 30 fps, 224×224×8 windows (1.2 MB), one a second. Milliseconds, p50 / p99.",
+            "Overhead is latency minus forward: capture (frame read to window sent), queue (window sent to",
+            "worker received), preprocess, result (worker done to event line written).", "",
+            "| frames | windows | overhead | capture | queue | preprocess | result | forward | capture → event line |",
+            "|---|---|---|---|---|---|---|---|---|", *rows]
 
 
 def overload_section(folder: Path, ckpt: Path, seconds: float, delay: float) -> list[str]:
@@ -151,24 +159,28 @@ def batching_section(folder: Path, seconds: float) -> list[str]:
     Eight cameras are stood in for by eight plays of a small file: decoding it costs little, so the
     worker, not the 2 cores' share of eight renderers, is the bottleneck being measured. A 224×224×8
     model (width 192, depth 4), where one window already fills the CPU, and the shipped demo model
-    (48×48×8), where the per-call cost that batching shares is a larger part of a forward.
+    (48×48×8), where the per-call cost that batching shares is a larger part of a forward. Each in
+    fp32 and, where the CPU multiplies bf16 in hardware, in bf16 (the CPU fast path).
     """
     from tests.conftest import make_video
 
     video = make_video(folder / "cam.avi", num_frames=int(30 * (seconds + 30)))
+    precisions = ["fp32", "bf16"] if native_low_precision(torch.bfloat16) else ["fp32"]
     cases = [("width 192, depth 4, 224×224×8; a window every 4 frames", make_checkpoint(folder, 192, 4), 4),
              ("the shipped demo model, 48×48×8; a window every frame", REPO / "models/demo.safetensors", 1)]
     out = ["8 streams at 30 fps into one worker (1 CPU thread); windows/s after the first 5 s.", "",
-           "| model | max_batch 1 | max_batch 8 | batched / unbatched |", "|---|---|---|---|"]
+           "| model | precision | max_batch 1 | max_batch 8 | batched / unbatched |", "|---|---|---|---|---|"]
     for title, model, hop in cases:
-        rates = {}
-        for max_batch in (1, 8):
-            lines = run_pipeline(folder, model, seconds, streams=8, max_batch=max_batch, hop=hop, video=video)
-            stamps = sorted(line["frame_ts"] for line in lines)
-            steady = [t for t in stamps if t >= stamps[0] + 5]
-            rates[max_batch] = len(steady) / max(1e-9, steady[-1] - steady[0])
-        out.append(f"| {title} | {rates[1]:.1f} | {rates[8]:.1f} | **{rates[8] / rates[1]:.2f}×** |")
-        print(out[-1], flush=True)
+        for precision in precisions:
+            rates = {}
+            for max_batch in (1, 8):
+                lines = run_pipeline(folder, model, seconds, streams=8, max_batch=max_batch, hop=hop, video=video,
+                                     precision=precision)
+                stamps = sorted(line["frame_ts"] for line in lines)
+                steady = [t for t in stamps if t >= stamps[0] + 5]
+                rates[max_batch] = len(steady) / max(1e-9, steady[-1] - steady[0])
+            out.append(f"| {title} | {precision} | {rates[1]:.1f} | {rates[8]:.1f} | **{rates[8] / rates[1]:.2f}×** |")
+            print(out[-1], flush=True)
     return out
 
 

@@ -4,8 +4,11 @@ Frames are converted and resized once (``to_model_frame``) on arrival. A window 
 every ``hop`` source frames. Live: windows are sent and forgotten (the dispatcher keeps
 only the newest). Offline: capture waits for the dispatcher's credit before sending
 more, so nothing is dropped and a file is read only as fast as the workers go.
+With a frame store (same-host workers), the ring lives in shared memory and a window
+names its frames instead of carrying them (:mod:`streamer.framestore`).
 """
 
+import math
 import multiprocessing.synchronize
 import time
 
@@ -16,12 +19,15 @@ from loguru import logger
 from streamer import messages, sockets
 from streamer.config import CaptureConfig
 from streamer.errors import ProtocolError
+from streamer.framestore import FrameRef, FrameStore
 from streamer.frames import to_model_frame
 from streamer.messages import Credit, DisplayFrame, Status, Window
 from streamer.ringbuffer import RingBuffer, WindowSchedule, window_span
 from streamer.sources import SourceConfig, SourceLost, open_source
 
 OFFLINE_IN_FLIGHT = 2  # windows a file may be ahead of the workers in offline mode
+STORE_SECONDS = 8.0  # a shared frame store keeps this much video beyond one window (a slow worker's margin)
+STORE_HOPS = 24  # and at least this many hops (offline, where frames come as fast as credits allow)
 
 
 def _display_image(bgr, width: int):
@@ -47,8 +53,12 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
 
     source = open_source(SourceConfig(spec=config.source, realtime=not config.offline,
                                       open_timeout_s=config.open_timeout_s, read_timeout_s=config.read_timeout_s))
-    logger.info(f"capture {config.stream}: {source.kind} source open at {source.fps:.1f} fps")
-    ring = RingBuffer(window_span(config.num_frames, config.frame_interval), config.size, config.size)
+    span = window_span(config.num_frames, config.frame_interval)
+    store = _open_store(config, span + max(math.ceil(source.fps * STORE_SECONDS), STORE_HOPS * config.hop))
+    ring = RingBuffer(store.frames.shape[0] if store else span, config.size, config.size, store=store)
+    logger.info(f"capture {config.stream}: {source.kind} source open at {source.fps:.1f} fps; " + (
+        f"frames through shared memory ({store.frames.shape[0]} frames, {store.frames.nbytes / 2**20:.0f} MB)"
+        if store else "frames inline"))
     schedule = WindowSchedule(config.num_frames, config.frame_interval, config.hop)
     seq, credits, segment, lost = 0, OFFLINE_IN_FLIGHT, 0, False
     malformed = messages.MalformedLog(f"capture {config.stream}")
@@ -86,23 +96,42 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
                 messages.send(display, DisplayFrame(config.stream, frame.index, frame.ts, image), zmq.NOBLOCK)
             if not schedule.due(frame.index):
                 continue
-            window = ring.window(config.num_frames, config.frame_interval)
-            if window is None:
+            found = ring.window_serials(config.num_frames, config.frame_interval)
+            if found is None:
                 continue
-            indices, stamps, frames = window
             if config.offline:
                 credits = _wait_for_credit(out, credits, stop, malformed)
                 if credits is None:
                     break
-            messages.send(out, Window(config.stream, seq, indices, stamps, frames, time.time()))
+            indices, stamps, serials = found
+            if store is None:
+                frames = ring.window(config.num_frames, config.frame_interval)[2]
+                messages.send(out, Window(config.stream, seq, indices, stamps, frames, time.time()))
+            else:
+                ref = FrameRef(store.name, serials, (config.num_frames, config.size, config.size, 3))
+                messages.send(out, Window(config.stream, seq, indices, stamps, None, time.time(), ref))
             seq += 1
     finally:
         source.close()
+        if store is not None:
+            store.close()
         if display is not None:
             display.close(linger=0)
         out.close()
         ctx.term()
     return 0
+
+
+def _open_store(config: CaptureConfig, capacity: int) -> FrameStore | None:
+    """The shared frame store when the config asks for one; None (frames inline) if it cannot be made."""
+    if not config.frame_store:
+        return None
+    try:
+        return FrameStore(config.frame_store, config.stream, capacity, config.size, config.size)
+    except OSError as err:
+        logger.warning(f"capture {config.stream}: no shared frame store ({err.strerror or err}); "
+                       "sending frames inline (slower; free space in /dev/shm to get it back)")
+        return None
 
 
 def _wait_for_credit(sock: zmq.Socket, credits: int, stop, malformed: messages.MalformedLog) -> int | None:

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from streamer.errors import ConfigError
 from streamer.events import EventConfig
+from streamer.framestore import store_prefix
 from streamer.keys import KEY_CHARS, is_z85_key, read_key_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +87,7 @@ class CaptureConfig:
     display_width: int = 640
     open_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
+    frame_store: str = ""  # shared-memory frame store prefix (streamer.framestore); "" sends frames inline
     security: Security = field(default_factory=Security)
 
 
@@ -120,6 +122,7 @@ class WorkerConfig:
     delay_s: float = 0.0  # added to every forward: simulates a slower model (overload tests and benchmarks)
     index: int = 0            # picks the GPU round robin
     workers_on_host: int = 1  # CPU workers share the cores evenly
+    frame_store: str = ""     # the prefix of the frame stores it may read windows from
     security: Security = field(default_factory=Security)
 
 
@@ -293,7 +296,7 @@ def read_toml(path: Path) -> dict:
 KNOWN = {
     "model": {"checkpoint", "device", "precision", "num_frames", "frame_interval", "hop", "max_batch", "threads",
               "delay_s"},
-    "pipeline": {"workers", "offline", "headless", "duration", "heartbeat_timeout_s"},
+    "pipeline": {"workers", "offline", "headless", "duration", "heartbeat_timeout_s", "shared_memory"},
     "events": {"path", "smoothing", "start_threshold", "end_threshold", "top_k"},
     "overlay": {"window", "output", "fps", "display_width"},
     "endpoints": {"windows", "work", "results", "display"},
@@ -353,6 +356,11 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         for name in ("windows", "work", "results", "display")
     })
 
+    # Frames go through shared memory only when every stage that touches them shares this host.
+    same_host = all(e.startswith("ipc://") for e in (endpoints.windows, endpoints.work))
+    frame_store = store_prefix(endpoints.windows) if same_host and _get(
+        pipe, "shared_memory", bool, True, f"{where} [pipeline]") else ""
+
     source_tables = raw.get("sources", [])
     if not isinstance(source_tables, list):
         raise ConfigError(f"{where}: sources must be an array of tables: [[sources]] spec = \"...\"")
@@ -385,7 +393,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
             display_width=_get(ov, "display_width", int, 640, f"{where} [overlay]"),
             open_timeout_s=_get(table, "open_timeout_s", float, 5.0, f"{where} [[sources]]"),
             read_timeout_s=_get(table, "read_timeout_s", float, 5.0, f"{where} [[sources]]"),
-            security=security,
+            frame_store=frame_store, security=security,
         ))
     if offline and len(finite) != len(captures):
         raise ConfigError("--offline reads files as fast as the workers take them; every source must be a file")
@@ -420,7 +428,8 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     worker = WorkerConfig(
         name="worker-0", endpoints=endpoints, checkpoint=checkpoint, device=device, precision=precision,
         max_batch=_get(model, "max_batch", int, 4, where_model), threads=_get(model, "threads", int, 0, where_model),
-        top_k=events.top_k, delay_s=_get(model, "delay_s", float, 0.0, where_model), security=security,
+        top_k=events.top_k, delay_s=_get(model, "delay_s", float, 0.0, where_model), frame_store=frame_store,
+        security=security,
     )
     if not 1 <= worker.max_batch <= 64:
         raise ConfigError(f"{where_model}: 'max_batch' must be 1..64, got {worker.max_batch}")

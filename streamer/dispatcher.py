@@ -170,6 +170,10 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
                         state.workers[identity].last_seen = now
                     for result in getattr(msg, "results", ()):
                         on_result(result)
+                elif isinstance(msg, Status) and msg.kind == "window_stale" and msg.stream in state.outstanding:
+                    state.outstanding[msg.stream] = max(0, state.outstanding[msg.stream] - 1)
+                    state.counters.dropped += 1
+                    state.total_dropped += 1
                 else:
                     state.counters.malformed += 1
             _forget_silent_workers(state, config, log)

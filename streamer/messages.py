@@ -27,6 +27,7 @@ import zmq
 from loguru import logger
 
 from streamer.errors import ProtocolError
+from streamer.framestore import FrameRef
 
 VERSION = 1
 
@@ -62,16 +63,19 @@ class Window:
         seq: per-stream window counter of the capture that made it.
         frame_indices: source frame index of each frame, strictly increasing.
         frame_ts: capture time (Unix seconds) of each frame.
-        frames: (T, H, W, 3) uint8 RGB.
+        frames: (T, H, W, 3) uint8 RGB, or None when ``store`` says where they are.
         sent_ts: when capture sent it (Unix seconds), for queue timings.
+        store: the frames' place in a shared-memory frame store (same-host workers read them
+            there, see :mod:`streamer.framestore`); None when the frames travel inline.
     """
 
     stream: str
     seq: int
     frame_indices: tuple[int, ...]
     frame_ts: tuple[float, ...]
-    frames: np.ndarray
+    frames: np.ndarray | None
     sent_ts: float
+    store: FrameRef | None = None
 
 
 @dataclass(frozen=True)
@@ -277,21 +281,25 @@ def _outgoing(array: Any, dtype: np.dtype, ndim: int, where: str) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _window_header(w: Window) -> tuple[dict, np.ndarray]:
-    frames = _outgoing(w.frames, U8, 4, "window.frames")
+def _window_header(w: Window) -> tuple[dict, np.ndarray | None]:
+    if (w.frames is None) == (w.store is None):
+        raise ProtocolError("window: needs its frames or a frame store reference, not both or neither")
+    frames = None if w.frames is None else _outgoing(w.frames, U8, 4, "window.frames")
     head = {
         "stream": w.stream,
         "seq": _as_int(w.seq),
         "frame_indices": [_as_int(i) for i in w.frame_indices],
         "frame_ts": [float(t) for t in w.frame_ts],
-        "shape": list(frames.shape),
+        "shape": list(frames.shape if frames is not None else w.store.shape),
         "sent_ts": float(w.sent_ts),
     }
+    if w.store is not None:
+        head["store"] = {"name": w.store.name, "serials": [_as_int(s) for s in w.store.serials]}
     return head, frames
 
 
 def _window_meta(obj: Any, where: str) -> tuple[dict, tuple[int, ...]]:
-    """Checked window fields (all but frames) and the declared frames shape."""
+    """Checked window fields (all but frames) and the declared frames shape; ``meta["store"]`` may be set."""
     f = _Fields(obj, where)
     shape = _shape(f.raw("shape"), f"{where}.shape", _WINDOW_SHAPE)
     indices = f.items("frame_indices", MAX_WINDOW_FRAMES)
@@ -308,6 +316,15 @@ def _window_meta(obj: Any, where: str) -> tuple[dict, tuple[int, ...]]:
         "frame_ts": tuple(_float(v, f"{where}.frame_ts[{i}]") for i, v in enumerate(stamps)),
         "sent_ts": f.number("sent_ts"),
     }
+    if "store" in obj:
+        s = _Fields(f.raw("store"), f"{where}.store")
+        serials = s.items("serials", MAX_WINDOW_FRAMES)
+        if len(serials) != shape[0]:
+            raise ProtocolError(f"{where}.store: {shape[0]} frames but {len(serials)} serials")
+        meta["store"] = FrameRef(s.text("name", 80),
+                                 tuple(_int(v, f"{where}.store.serials[{i}]", 0, MAX_INDEX)
+                                       for i, v in enumerate(serials)), shape)
+        s.done()
     f.done()
     return meta, shape
 
@@ -365,12 +382,10 @@ def _as_int(value: Any) -> Any:
 
 def _encode_fields(msg: Message) -> tuple[dict, list[np.ndarray]]:
     """Header fields (without v/type) and array frames of one message."""
-    if isinstance(msg, Window):
-        head, frames = _window_header(msg)
-        return head, [frames]
-    if isinstance(msg, Batch):
-        pairs = [_window_header(w) for w in msg.windows]
-        return {"windows": [h for h, _ in pairs]}, [a for _, a in pairs]
+    if isinstance(msg, (Window, Batch)):  # arrays only for windows whose frames travel inline
+        pairs = [_window_header(w) for w in (msg.windows if isinstance(msg, Batch) else (msg,))]
+        arrays = [a for _, a in pairs if a is not None]
+        return ({"windows": [h for h, _ in pairs]} if isinstance(msg, Batch) else pairs[0][0]), arrays
     if isinstance(msg, Result):
         head, probs = _result_header(msg)
         return head, [probs]
@@ -392,10 +407,17 @@ def _encode_fields(msg: Message) -> tuple[dict, list[np.ndarray]]:
     raise ProtocolError(f"cannot encode a {type(msg).__name__}: not a message type")
 
 
+def _windows(metas: list[tuple[dict, tuple[int, ...]]], bufs: list[memoryview], where) -> tuple[Window, ...]:
+    """Windows from checked fields; the array frames belong, in order, to those without a store reference."""
+    _expect_frames(bufs, sum("store" not in meta for meta, _ in metas))
+    arrays = iter(bufs)
+    return tuple(
+        Window(frames=None if "store" in meta else _array(next(arrays), shape, U8, f"{where(i)}.frames"), **meta)
+        for i, (meta, shape) in enumerate(metas))
+
+
 def _decode_window(h: dict, bufs: list[memoryview]) -> Window:
-    meta, shape = _window_meta(h, "window")
-    _expect_frames(bufs, 1)
-    return Window(frames=_array(bufs[0], shape, U8, "window.frames"), **meta)
+    return _windows([_window_meta(h, "window")], bufs, lambda i: "window")[0]
 
 
 def _decode_batch(h: dict, bufs: list[memoryview]) -> Batch:
@@ -403,11 +425,7 @@ def _decode_batch(h: dict, bufs: list[memoryview]) -> Batch:
     items = f.items("windows", MAX_BATCH)
     f.done()
     metas = [_window_meta(obj, f"batch.windows[{i}]") for i, obj in enumerate(items)]
-    _expect_frames(bufs, len(metas))
-    return Batch(tuple(
-        Window(frames=_array(buf, shape, U8, f"batch.windows[{i}].frames"), **meta)
-        for i, ((meta, shape), buf) in enumerate(zip(metas, bufs))
-    ))
+    return Batch(_windows(metas, bufs, lambda i: f"batch.windows[{i}]"))
 
 
 def _decode_result(h: dict, bufs: list[memoryview]) -> Result:

@@ -36,19 +36,31 @@ def window_span(num_frames: int, frame_interval: int) -> int:
 class RingBuffer:
     """The newest ``capacity`` frames of one stream, (H, W, 3) uint8 RGB each, in memory allocated once.
 
+    Every push gets the next serial number and the slot ``serial % capacity``, so a slot's
+    serial says exactly which frame it holds (shared-memory readers check it).
+
     Args:
         capacity: frames kept; ``window_span(num_frames, frame_interval)`` is enough.
         height, width: size of every frame pushed (the model's input size).
+        store: a :class:`~streamer.framestore.FrameStore` to keep the frames in (shared with
+            workers); None keeps them in private memory.
     """
 
-    def __init__(self, capacity: int, height: int, width: int) -> None:
+    def __init__(self, capacity: int, height: int, width: int, store=None) -> None:
         _positive("ring buffer capacity", capacity, 1 << 20)
         _positive("frame height", height, MAX_SIDE)
         _positive("frame width", width, MAX_SIDE)
         self.capacity = capacity
         self.shape = (height, width, 3)
-        self._frames = np.zeros((capacity, height, width, 3), np.uint8)
+        if store is not None:
+            if store.frames.shape != (capacity, height, width, 3):
+                raise ConfigError(f"frame store of {store.frames.shape} for a ring of {(capacity, height, width, 3)}")
+            self._frames, self._serials = store.frames, store.serials
+        else:
+            self._frames = np.zeros((capacity, height, width, 3), np.uint8)
+            self._serials = np.full(capacity, -1, np.int64)
         self._ts = np.zeros(capacity, np.float64)
+        self._serial = -1  # of the newest frame
         self.reset()
 
     def reset(self) -> None:
@@ -75,9 +87,12 @@ class RingBuffer:
             raise ConfigError(f"frame index {index} is negative; source indices count from 0")
         if self._newest < 0 or index != self._newest + 1:
             self._run_start = index
-        slot = index % self.capacity
+        self._serial += 1
+        slot = self._serial % self.capacity
+        self._serials[slot] = -1  # "being written", for readers of a shared store
         self._frames[slot] = rgb
         self._ts[slot] = ts
+        self._serials[slot] = self._serial
         self._newest = index
 
     def window(self, num_frames: int, frame_interval: int) -> WindowData | None:
@@ -86,6 +101,15 @@ class RingBuffer:
         Returns:
             (source indices, capture times, frames (T, H, W, 3) uint8 — a contiguous copy).
         """
+        found = self.window_serials(num_frames, frame_interval)
+        if found is None:
+            return None
+        indices, stamps, serials = found
+        return indices, stamps, self._frames[np.asarray(serials) % self.capacity]  # fancy indexing: a copy
+
+    def window_serials(self, num_frames: int, frame_interval: int) -> tuple[tuple[int, ...], tuple[float, ...],
+                                                                             tuple[int, ...]] | None:
+        """Like :meth:`window`, with the frames' serial numbers instead of a copy of them."""
         span = window_span(num_frames, frame_interval)
         if span > self.capacity:
             raise ConfigError(
@@ -93,10 +117,10 @@ class RingBuffer:
                 f"more than the ring buffer's capacity {self.capacity}")
         if self._newest < 0 or self._newest - span + 1 < self._run_start:
             return None
-        indices = range(self._newest - span + 1, self._newest + 1, frame_interval)
-        slots = np.fromiter((i % self.capacity for i in indices), np.intp, num_frames)
-        frames = self._frames[slots]  # fancy indexing: a fresh contiguous copy
-        return tuple(indices), tuple(float(t) for t in self._ts[slots]), frames
+        back = range(span - 1, -1, -frame_interval)  # how far each frame is behind the newest, oldest first
+        serials = tuple(self._serial - k for k in back)
+        slots = [s % self.capacity for s in serials]
+        return (tuple(self._newest - k for k in back), tuple(float(self._ts[s]) for s in slots), serials)
 
 
 class WindowSchedule:

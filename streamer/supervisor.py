@@ -18,6 +18,7 @@ from loguru import logger
 
 from streamer import messages, sockets
 from streamer.config import PipelineConfig
+from streamer.framestore import remove_stores
 from streamer.errors import PipelineError
 from streamer.messages import Status
 
@@ -208,3 +209,5 @@ class Supervisor:
                 proc.join(timeout=1.0)
         self._notify.close(linger=0)
         self._zmq.term()
+        for prefix in {c.frame_store for c in self.config.captures if c.frame_store}:
+            remove_stores(prefix)  # a capture that was killed could not remove its own

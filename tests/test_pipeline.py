@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
+from streamer.framestore import store_dir
 from streamer.ringbuffer import WindowSchedule
 from tests.conftest import make_video
 from workers.model import Preprocess, save_model
@@ -35,10 +36,12 @@ def video(tmp_path_factory) -> Path:
     return make_video(tmp_path_factory.mktemp("video") / "clip.avi", num_frames=60)
 
 
-def write_config(path: Path, checkpoint: Path, *, delay_s: float = 0.0, max_batch: int = 4, hop: int = HOP) -> Path:
+def write_config(path: Path, checkpoint: Path, *, delay_s: float = 0.0, max_batch: int = 4, hop: int = HOP,
+                 shared_memory: bool = True, **pipeline) -> Path:
     model = {"checkpoint": str(checkpoint), "precision": "fp32", "hop": hop, "max_batch": max_batch,
              "delay_s": delay_s, "threads": 1}
-    path.write_text(tomli_w.dumps({"model": model, "sources": [{"spec": "synthetic:"}]}))
+    path.write_text(tomli_w.dumps({"model": model, "pipeline": {"shared_memory": shared_memory, **pipeline},
+                                   "sources": [{"spec": "synthetic:"}]}))
     return path
 
 
@@ -101,6 +104,25 @@ def test_offline_drops_no_window(tmp_path, checkpoint, video):
     assert proc.returncode == 0, proc.stderr
     indices = [line["frame_index"] for line in read_lines(events) if line["kind"] == "prediction"]
     assert indices == due_indices(60)
+
+
+def test_frames_through_shared_memory_predict_exactly_as_inline(tmp_path, checkpoint, video):
+    """Same file, offline, both transports: the same windows with bit-identical probabilities; no store left."""
+    def stores() -> set[str]:
+        return {p.name for p in store_dir().glob("tss-*.frames")}
+
+    before, runs = stores(), {}
+    for shared in (True, False):
+        events = tmp_path / f"events-{shared}.jsonl"
+        config = write_config(tmp_path / f"c-{shared}.toml", checkpoint, max_batch=1, shared_memory=shared)
+        proc = run("--config", config, "--source", video, "--offline", "--headless", "--events", events)
+        assert proc.returncode == 0, proc.stderr
+        assert ("frames through shared memory" in proc.stderr) == shared, proc.stderr
+        runs[shared] = [(line["frame_index"], line["top"]) for line in read_lines(events)
+                        if line["kind"] == "prediction"]
+    assert [i for i, _ in runs[True]] == due_indices(60)
+    assert runs[True] == runs[False]
+    assert stores() <= before, "a frame store file was left behind"
 
 
 def test_overload_keeps_latency_bounded_and_counts_drops(tmp_path, checkpoint):

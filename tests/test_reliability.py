@@ -65,8 +65,7 @@ def predictions(events: Path) -> list[dict]:
 def test_dead_or_hung_stage_is_restarted_and_predictions_resume(tmp_path, checkpoint, stage, how):  # noqa: F811
     video = make_video(tmp_path / "long.avi", num_frames=1200)
     events = tmp_path / "events.jsonl"
-    config = write_config(tmp_path / "c.toml", checkpoint)
-    config.write_text(config.read_text() + "\n[pipeline]\nheartbeat_timeout_s = 3.0\n")
+    config = write_config(tmp_path / "c.toml", checkpoint, heartbeat_timeout_s=3.0)
     extra = ["--output", tmp_path / "out.mp4"] if stage == "overlay" else []
     pipe = Pipeline("--config", config, "--source", video, "--headless", "--events", events, *extra)
     try:

@@ -78,6 +78,30 @@ def test_resume_continues_from_saved_epoch_and_step(tmp_path, two_class_list):
     assert not torch.equal(first["model"]["head.weight"], second["model"]["head.weight"])
 
 
+@pytest.mark.timeout(180)
+def test_continuing_a_model_keeps_or_slows_its_motion_init_layers(tmp_path, two_class_list):
+    """--init with --freeze-init leaves the hand-set layers exactly as they were; --init-lr-mult moves them less."""
+    common = ["--data", str(two_class_list), "--steps-per-epoch", "4", "--epochs", "1", *TINY[TINY.index("--batch-size"):]]
+    first = tmp_path / "first"
+    assert train.main([*common, *TINY[:TINY.index("--batch-size")], "--out", str(first)]) == 0
+    start = load_model(first / "last.safetensors").state_dict()
+
+    def moved(*flags: str) -> tuple[float, float]:
+        out = tmp_path / ("".join(flags).replace("-", "") or "plain")
+        assert train.main([*common, "--init", str(first / "last.safetensors"), "--out", str(out), "--lr", "1e-2",
+                           *flags]) == 0
+        end = load_model(out / "last.safetensors").state_dict()
+        diff = lambda keys: max(float((end[k] - start[k]).abs().max()) for k in keys)  # noqa: E731
+        return (diff([k for k in start if k.startswith(train.FROZEN)]),
+                diff([k for k in start if k.startswith("head.")]))
+
+    frozen_init, frozen_head = moved("--freeze-init")
+    assert frozen_init == 0.0 and frozen_head > 0
+    slow_init, _ = moved("--init-lr-mult", "0.01")
+    full_init, _ = moved()
+    assert 0 < slow_init < full_init / 5
+
+
 def test_from_scratch_time_embedding_starts_as_unit_sinusoids():
     args = train.parse_args(["--data", "synthetic", "--out", "x", "--embed-dim", "32", "--heads", "2", "--num-frames", "8"])
     model, pre = train.build_model(args, synthetic.CLASSES)
@@ -125,7 +149,8 @@ def test_fine_tune_from_hugging_face_folder_replaces_head(tmp_path, two_class_li
 @pytest.mark.parametrize("argv", [["--embed-dim", "30", "--heads", "4"],
                                   ["--freeze-init"],  # freezing random weights: nothing hand-set to keep
                                   ["--motion-init", "--freeze-init", "--init", "x.pyth"],
-                                  ["--probe-head", "-5"]])
+                                  ["--probe-head", "-5"],
+                                  ["--init-lr-mult", "-1"]])
 def test_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.parse_args(["--data", "synthetic", "--out", "x", *argv])

@@ -126,7 +126,6 @@ class ClipStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         seed = self.seed * 1000 + (info.id if info else 0)
-        cv2.setNumThreads(1)
         clips = synthetic_clips(seed, self.spec, self.cut_p, easy_p=lambda: self.easy.value) \
             if self.source == "synthetic" else \
             video_clips(self.pairs, seed, self.spec)
@@ -172,21 +171,25 @@ def build_model(args: argparse.Namespace, labels: list[str]):
     return model, pre
 
 
-def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float) -> list[dict]:
-    """AdamW groups: no decay on embeddings, norms and biases; the head (and final norm) at its own rate.
+def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float,
+                 init_lr_mult: float = 1.0) -> list[dict]:
+    """AdamW groups: no decay on embeddings, norms and biases; the head (and final norm) and the
+    motion-init weights (``FROZEN``) each at their own rate.
 
     A faster head reads the features the body already has while the body changes slowly;
-    with Adam every weight moves about ``lr`` a step, so a fast body scrambles them early.
+    with Adam every weight moves about ``lr`` a step, so a fast body scrambles them early,
+    and hand-set weights are scrambled by the body's rate: they get a small share of it.
     """
-    groups: dict[tuple[bool, bool], list] = {}
+    groups: dict[tuple[str, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        head = name.startswith(("head.", "norm."))
+        part = "head" if name.startswith(("head.", "norm.")) else "init" if name.startswith(FROZEN) else "body"
         decay = param.ndim >= 2 and "embed" not in name and "token" not in name
-        groups.setdefault((head, decay), []).append(param)
-    return [{"params": params, "weight_decay": weight_decay if decay else 0.0,
-             "lr_mult": head_lr_mult if head else 1.0} for (head, decay), params in sorted(groups.items())]
+        groups.setdefault((part, decay), []).append(param)
+    mults = {"head": head_lr_mult, "init": init_lr_mult, "body": 1.0}
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_mult": mults[part],
+             "head": part == "head"} for (part, decay), params in sorted(groups.items())]
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -244,6 +247,9 @@ def held_out(args: argparse.Namespace, labels: list[str], pre, pairs_val) -> eva
 
 def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
+    # OpenCV's thread pool must not exist when the DataLoader forks its workers: a child
+    # inherits the pool's locks but not its threads and hangs in a futex at its first cv2 call.
+    cv2.setNumThreads(1)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -262,7 +268,8 @@ def train(args: argparse.Namespace) -> dict:
     if args.freeze_init:
         for name, param in model.named_parameters():
             param.requires_grad_(not name.startswith(FROZEN))
-    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, args.head_lr_mult), lr=args.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, args.head_lr_mult, args.init_lr_mult),
+                                  lr=args.lr)
     if args.resume and resume_file.is_file():
         saved = torch.load(resume_file, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["model"])
@@ -299,7 +306,7 @@ def train(args: argparse.Namespace) -> dict:
             stream.easy.value = max(0.0, 1.0 - state["step"] / args.easy_steps) if args.easy_steps else 0.0
             frozen = state["step"] < args.freeze_body_steps  # linear probe first, then fine-tune all
             for group in optimizer.param_groups:
-                group["lr"] = 0.0 if frozen and group["lr_mult"] == 1.0 else lr * group["lr_mult"]
+                group["lr"] = 0.0 if frozen and not group["head"] else lr * group["lr_mult"]
             x = to_model_input(clips.to(device), pre.mean, pre.std)
             targets = targets.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -363,7 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     arch.add_argument("--motion-init", action="store_true",
                       help="start block 0 as a frame-difference detector whose motion energy is pooled into cls")
     arch.add_argument("--freeze-init", action="store_true",
-                      help="keep the hand-set motion-init weights (embeddings, block 0, block 1 spatial attention) fixed")
+                      help="keep the hand-set motion-init weights (embeddings, block 0, block 1 spatial attention) "
+                           "fixed; with --init, continue a model trained that way")
     arch.add_argument("--drop-path", type=float, default=0.0)
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=20)
@@ -372,6 +380,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opt.add_argument("--lr", type=float, default=1e-3)
     opt.add_argument("--weight-decay", type=float, default=0.05)
     opt.add_argument("--head-lr-mult", type=float, default=1.0, help="learning-rate factor for the head")
+    opt.add_argument("--init-lr-mult", type=float, default=1.0,
+                     help="learning-rate factor for the motion-init weights (see --freeze-init), e.g. 0.05 to "
+                          "let them adapt without losing what was hand-set")
     opt.add_argument("--probe-head", type=int, default=0, metavar="CLIPS",
                      help="start the head as a linear probe of the initial features on this many clips")
     opt.add_argument("--freeze-body-steps", type=int, default=0,
@@ -400,11 +411,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--embed-dim {args.embed_dim} must divide by --heads {args.heads}")
     if not 0 <= args.cut_p <= 1:
         parser.error(f"--cut-p must be within 0..1, got {args.cut_p}")
+    if args.init_lr_mult < 0 or args.head_lr_mult < 0:
+        parser.error("--init-lr-mult and --head-lr-mult must be ≥ 0")
     if args.probe_head < 0:
         parser.error(f"--probe-head must be ≥ 0 clips, got {args.probe_head}")
-    if args.freeze_init and (not args.motion_init or args.init):
-        parser.error("--freeze-init keeps the hand-set weights of --motion-init fixed; use it with --motion-init "
-                     "and without --init")
+    if args.freeze_init and not (args.motion_init or args.init):
+        parser.error("--freeze-init keeps the hand-set weights of --motion-init fixed; use it with --motion-init, "
+                     "or with --init to continue a model trained that way")
+    if args.motion_init and args.init:
+        parser.error("--motion-init hand-sets a new model's first blocks; it cannot start from --init")
     return args
 
 

@@ -1,7 +1,8 @@
 """Worker stage: load the model once, warm it up, then ask the dispatcher for windows and answer with results.
 
-Per batch: uint8 windows → one tensor → to the device → float and normalise there →
-forward on the fast path → softmax → top-k, with the time each step took.
+Per batch: uint8 windows (inline, or copied out of the captures' shared frame stores) →
+one tensor → to the device → float and normalise there → forward on the fast path →
+softmax → top-k, with the time each step took.
 """
 
 import multiprocessing.synchronize
@@ -16,7 +17,8 @@ from loguru import logger
 from streamer import messages, sockets
 from streamer.config import WorkerConfig
 from streamer.errors import ProtocolError
-from streamer.messages import Batch, Result, ResultBatch, WorkRequest
+from streamer.framestore import FrameStoreReader
+from streamer.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
 from workers.model import load_model
 from workers.preprocess import fold_normalisation, to_raw_input
 
@@ -57,6 +59,8 @@ class Predictor:
         fold_normalisation(self.model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels
         self.top_k = min(config.top_k, len(self.labels))
         self.delay_s = config.delay_s
+        self.stores = FrameStoreReader(config.frame_store)
+        self.stale = 0  # windows whose frames a capture overwrote before we read them
 
     def warm_up(self) -> float:
         """One forward at the real input size, so the first live window is not the slow one."""
@@ -78,12 +82,43 @@ class Predictor:
         t2 = time.perf_counter()
         return probs, {"preprocess_ms": 1000 * (t1 - t0), "forward_ms": 1000 * (t2 - t1)}
 
-    def results(self, batch: Batch, worker: str) -> ResultBatch:
+    def frames_of(self, batch: Batch) -> tuple[list[Window], np.ndarray | None, list[Status]]:
+        """The windows still readable, their (B, T, H, W, 3) frames, and a ``window_stale`` status for each other.
+
+        A shared-memory window is unreadable when its frames were overwritten before we got to
+        them (workers far behind) or when it names a store this worker may not or cannot read.
+        """
+        kept, frames, lost = [], [], []
+        for window in batch.windows:
+            try:
+                data = window.frames if window.store is None else self.stores.frames(window.store)
+                reason = "its frames were overwritten in the frame store before a worker read them"
+            except ProtocolError as err:
+                data, reason = None, str(err)
+            if data is None:
+                self.stale += 1
+                lost.append(Status("window_stale", window.stream, reason, time.time()))
+                if self.stale & (self.stale - 1) == 0:  # 1st, 2nd, 4th, 8th...: loud but bounded
+                    logger.warning(f"{window.stream}: window {window.seq} dropped: {reason} ({self.stale} so far)")
+                continue
+            kept.append(window)
+            frames.append(data)
+        self.stores.close_idle()
+        if not frames:
+            return kept, None, lost
+        if len(frames) == 1 and frames[0].flags.writeable:  # already our own copy (from a store)
+            return kept, frames[0][None], lost
+        return kept, np.stack(frames), lost
+
+    def results(self, batch: Batch, worker: str) -> tuple[ResultBatch, list[Status]]:
+        """Results for the batch's readable windows, and a status for each window that could not be read."""
         received = time.time()
-        frames = np.stack([w.frames for w in batch.windows])             # (B, T, H, W, 3)
+        windows, frames, lost = self.frames_of(batch)
+        if frames is None:
+            return ResultBatch(()), lost
         probs, timings = self.predict(frames)
         out = []
-        for window, p in zip(batch.windows, probs):
+        for window, p in zip(windows, probs):
             top = np.argsort(-p)[: self.top_k]
             out.append(Result(
                 stream=window.stream, seq=window.seq, frame_index=window.frame_indices[-1],
@@ -91,9 +126,9 @@ class Predictor:
                 top=tuple((self.labels[i], float(p[i])) for i in top), worker=worker,
                 timings={"capture_ms": 1000 * max(0.0, window.sent_ts - window.frame_ts[-1]),
                          "queue_ms": 1000 * max(0.0, received - window.sent_ts), **timings,
-                         "batch_size": float(len(batch.windows))},
+                         "batch_size": float(len(windows))},
             ))
-        return ResultBatch(tuple(out))
+        return ResultBatch(tuple(out)), lost
 
 
 def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat=None) -> int:
@@ -125,7 +160,10 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
                 continue
             if not isinstance(msg, Batch):
                 continue
-            messages.send(sock, predictor.results(msg, config.name))
+            results, lost = predictor.results(msg, config.name)
+            messages.send(sock, results)
+            for status in lost:  # so the dispatcher stops waiting for them
+                messages.send(sock, status)
             messages.send(sock, WorkRequest(config.name, config.max_batch))
     finally:
         sock.close(linger=0)
