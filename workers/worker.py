@@ -112,11 +112,13 @@ class Predictor:
 
     def results(self, batch: Batch, worker: str) -> tuple[ResultBatch, list[Status]]:
         """Results for the batch's readable windows, and a status for each window that could not be read."""
-        received = time.time()
+        received, gather_start = time.time(), time.perf_counter()
         windows, frames, lost = self.frames_of(batch)
         if frames is None:
             return ResultBatch(()), lost
+        gather_ms = 1000 * (time.perf_counter() - gather_start)  # copying frames out of the stores
         probs, timings = self.predict(frames)
+        timings["preprocess_ms"] += gather_ms
         out = []
         for window, p in zip(windows, probs):
             top = np.argsort(-p)[: self.top_k]
