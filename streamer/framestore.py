@@ -86,7 +86,10 @@ class FrameStore:
         size = HEADER_BYTES + capacity * (8 + height * width * 3)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.posix_fallocate(fd, 0, size)  # reserve now: a full tmpfs fails here, not with SIGBUS later
+            if hasattr(os, "posix_fallocate"):  # reserve now: a full tmpfs fails here, not with SIGBUS later
+                os.posix_fallocate(fd, 0, size)
+            else:  # macOS
+                os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size, flags=_MAP_FLAGS)
         except OSError:
             os.close(fd)

@@ -156,3 +156,22 @@ def test_worker_reads_windows_from_the_store_and_reports_the_ones_it_cannot(tmp_
         router.close()
         ctx.term()
         store.close()
+
+
+def test_capture_falls_back_to_inline_frames_when_dev_shm_is_full(tmp_path, prefix):
+    """A store larger than the memory left (Docker's 64 MB /dev/shm, say): one warning, no file, no SIGBUS later."""
+    from loguru import logger
+
+    from streamer import capture
+    from streamer.config import CaptureConfig
+
+    config = CaptureConfig(stream="cam", source="synthetic:", endpoints=endpoints(tmp_path), size=224, num_frames=8,
+                           frame_interval=4, hop=4, frame_store=prefix)
+    warnings: list[str] = []
+    sink = logger.add(warnings.append, level="WARNING")
+    try:
+        assert capture._open_store(config, capacity=10_000_000) is None  # 1.5 TB
+    finally:
+        logger.remove(sink)
+    assert len(warnings) == 1 and "sending frames inline" in warnings[0]
+    assert not list(store_dir().glob(f"{prefix}*"))
