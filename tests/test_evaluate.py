@@ -113,9 +113,10 @@ def test_unknown_label_in_list_file_exits_2(tmp_path, tiny_model):
     assert proc.stderr.count("\n") == 1 and "missing.mp4" in proc.stderr
 
 
-# The issue asks for 90% here; the model shipped today reaches 88.6% on held-out windows (BENCHMARKS.md),
-# and one 40 s video is ~7 actions, so this guards 80% until a better-trained model raises the bar.
-SHIPPED_MODEL_MIN_TOP1 = 0.80
+# The issue asks for 90% here; the model shipped today reaches 91.5% on the held-out windows of
+# BENCHMARKS.md and 85.7% on this video (293 windows, ~7 actions, one window = 0.34 points), so
+# this guards 84% (a few windows of margin for other CPUs' rounding) until a better model raises it.
+SHIPPED_MODEL_MIN_TOP1 = 0.84
 
 
 @pytest.mark.timeout(120)
