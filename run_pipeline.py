@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging()
     if not args.headless and not has_display():
-        logger.info("no display found: running headless (add --output demo.mp4 to save the annotated video)")
+        logger.info(f"no display found: drawing to {args.output} only" if args.output else
+                    "no display found: running headless (add --output demo.mp4 to save the annotated video)")
     try:
         flags = Overrides(
             config=args.config, sources=tuple(args.source), checkpoint=args.checkpoint,
