@@ -105,8 +105,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
                     break
             indices, stamps, serials = found
             if store is None:
-                frames = ring.window(config.num_frames, config.frame_interval)[2]
-                messages.send(out, Window(config.stream, seq, indices, stamps, frames, time.time()))
+                messages.send(out, Window(config.stream, seq, indices, stamps, ring.frames_at(serials), time.time()))
             else:
                 ref = FrameRef(store.name, serials, (config.num_frames, config.size, config.size, 3))
                 messages.send(out, Window(config.stream, seq, indices, stamps, None, time.time(), ref))

@@ -78,6 +78,10 @@ class Dispatcher:
             self.outstanding[window.stream] += 1
         return batch
 
+    def release(self, stream: str) -> None:
+        """A window of ``stream`` is back from a worker (predicted, unreadable, or its worker gone)."""
+        self.outstanding[stream] = max(0, self.outstanding[stream] - 1)
+
     def finished(self) -> bool:
         """Every stream is finite, has ended, and has nothing waiting or at a worker."""
         streams = set(self.config.streams)
@@ -125,7 +129,7 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
                         captures.send_multipart([identity, *messages.encode(Credit(window.stream, 1))])
 
     def on_result(result) -> None:
-        state.outstanding[result.stream] = max(0, state.outstanding[result.stream] - 1)
+        state.release(result.stream)
         line = prediction_line(result, time.time())
         log.write(line)
         try:
@@ -171,7 +175,7 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
                     for result in getattr(msg, "results", ()):
                         on_result(result)
                 elif isinstance(msg, Status) and msg.kind == "window_stale" and msg.stream in state.outstanding:
-                    state.outstanding[msg.stream] = max(0, state.outstanding[msg.stream] - 1)
+                    state.release(msg.stream)
                     state.counters.dropped += 1
                     state.total_dropped += 1
                 else:
@@ -220,7 +224,7 @@ def _forget_silent_workers(state: Dispatcher, config: DispatchConfig, log: Event
             logger.warning(f"dispatcher: {worker.name} silent for {config.heartbeat_timeout_s:g} s; forgetting it")
             log.write({"kind": "worker_lost", "stream": "", "detail": worker.name, "ts": now})
             for stream in worker.holding:  # its windows will never come back: stop waiting for them
-                state.outstanding[stream] = max(0, state.outstanding[stream] - 1)
+                state.release(stream)
 
 
 def _log_status(state: Dispatcher, seconds: float) -> None:

@@ -69,6 +69,13 @@ def _layout(buf, capacity: int, height: int, width: int) -> tuple[np.ndarray, np
     return serials, frames.reshape(capacity, height, width, 3)
 
 
+def _unmap(buf: mmap.mmap) -> None:
+    try:
+        buf.close()
+    except BufferError:  # a view is still alive somewhere; the map closes when it goes
+        pass
+
+
 class FrameStore:
     """The writer: one capture's ring of frames in a shared file, named ``<prefix><stream hash>-<pid>.frames``.
 
@@ -104,10 +111,7 @@ class FrameStore:
         """Remove the file; readers that still map it keep their pages until they let go."""
         self.path.unlink(missing_ok=True)
         self.serials = self.frames = None
-        try:
-            self._map.close()
-        except BufferError:  # a view is still alive somewhere; the map closes when it goes
-            pass
+        _unmap(self._map)
 
 
 class _Mapped:
@@ -164,7 +168,4 @@ class FrameStoreReader:
             if now - store.used > IDLE_CLOSE_S:
                 del self._open[name]
                 store.serials = store.frames = None
-                try:
-                    store.map.close()
-                except BufferError:
-                    pass
+                _unmap(store.map)

@@ -593,13 +593,13 @@ def recv(socket: zmq.Socket, flags: int = 0) -> Message:
 
 
 class MalformedLog:
-    """Counts malformed messages a stage dropped; one log line per ``interval_s`` at most, however many arrive."""
+    """Counts what a stage dropped (malformed messages by default); one log line per ``interval_s`` at most."""
 
-    def __init__(self, where: str, interval_s: float = 10.0) -> None:
-        self.where, self.interval_s, self.count, self._last = where, interval_s, 0, -math.inf
+    def __init__(self, where: str, interval_s: float = 10.0, what: str = "malformed messages") -> None:
+        self.where, self.interval_s, self.what, self.count, self._last = where, interval_s, what, 0, -math.inf
 
-    def saw(self, err: Exception) -> None:
+    def saw(self, err: Exception | str) -> None:
         self.count += 1
         if time.monotonic() - self._last >= self.interval_s:
-            logger.warning(f"{self.where}: dropping malformed messages ({self.count} so far; last: {err})")
+            logger.warning(f"{self.where}: dropping {self.what} ({self.count} so far; last: {err})")
             self._last = time.monotonic()

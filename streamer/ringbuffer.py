@@ -105,7 +105,11 @@ class RingBuffer:
         if found is None:
             return None
         indices, stamps, serials = found
-        return indices, stamps, self._frames[np.asarray(serials) % self.capacity]  # fancy indexing: a copy
+        return indices, stamps, self.frames_at(serials)
+
+    def frames_at(self, serials: tuple[int, ...]) -> np.ndarray:
+        """A contiguous copy of the frames with these serial numbers (from :meth:`window_serials`)."""
+        return self._frames[np.asarray(serials) % self.capacity]  # fancy indexing: a copy
 
     def window_serials(self, num_frames: int, frame_interval: int) -> tuple[tuple[int, ...], tuple[float, ...],
                                                                              tuple[int, ...]] | None:

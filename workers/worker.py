@@ -60,7 +60,7 @@ class Predictor:
         self.top_k = min(config.top_k, len(self.labels))
         self.delay_s = config.delay_s
         self.stores = FrameStoreReader(config.frame_store)
-        self.stale = 0  # windows whose frames a capture overwrote before we read them
+        self.stale = messages.MalformedLog(config.name, what="windows whose frames it cannot read")
 
     def warm_up(self) -> float:
         """One forward at the real input size, so the first live window is not the slow one."""
@@ -96,10 +96,8 @@ class Predictor:
             except ProtocolError as err:
                 data, reason = None, str(err)
             if data is None:
-                self.stale += 1
+                self.stale.saw(f"{window.stream} window {window.seq}: {reason}")
                 lost.append(Status("window_stale", window.stream, reason, time.time()))
-                if self.stale & (self.stale - 1) == 0:  # 1st, 2nd, 4th, 8th...: loud but bounded
-                    logger.warning(f"{window.stream}: window {window.seq} dropped: {reason} ({self.stale} so far)")
                 continue
             kept.append(window)
             frames.append(data)
