@@ -66,6 +66,28 @@ def test_short_run_lowers_loss_and_writes_checkpoint_load_model_reads(tmp_path, 
 
 
 @pytest.mark.timeout(120)
+def test_added_blocks_start_as_identity_and_train_into_a_deeper_checkpoint(tmp_path, two_class_list):
+    """--add-blocks: at step 0 the deeper model gives the trained one's logits; after training, load_model
+    reads the deeper checkpoint and the new blocks have moved away from zero."""
+    common = ["--data", str(two_class_list), "--steps-per-epoch", "4", "--epochs", "1", *TINY]
+    first = tmp_path / "first"
+    assert train.main([*common, "--out", str(first)]) == 0
+    trained = load_model(first / "last.safetensors")
+    args = train.parse_args([*common, "--init", str(first / "last.safetensors"), "--out", str(tmp_path / "x"),
+                             "--add-blocks", "2"])
+    deeper, _ = train.build_model(args, trained.labels)
+    clip = torch.randn(2, 3, 4, 16, 16)
+    assert len(deeper.blocks) == 3
+    assert torch.equal(deeper.eval()(clip), trained(clip))
+    out = tmp_path / "deeper"
+    assert train.main([*common, "--init", str(first / "last.safetensors"), "--out", str(out), "--add-blocks", "2",
+                       "--lr", "1e-2"]) == 0
+    model = load_model(out / "last.safetensors")
+    assert model.config.depth == 3 and model.labels == trained.labels
+    assert float(model.blocks[2].mlp.fc2.weight.detach().abs().max()) > 0
+
+
+@pytest.mark.timeout(120)
 def test_resume_continues_from_saved_epoch_and_step(tmp_path, two_class_list):
     out = tmp_path / "run"
     common = ["--data", str(two_class_list), "--out", str(out), "--steps-per-epoch", "4", *TINY]
@@ -150,7 +172,9 @@ def test_fine_tune_from_hugging_face_folder_replaces_head(tmp_path, two_class_li
                                   ["--freeze-init"],  # freezing random weights: nothing hand-set to keep
                                   ["--motion-init", "--freeze-init", "--init", "x.pyth"],
                                   ["--probe-head", "-5"],
-                                  ["--init-lr-mult", "-1"]])
+                                  ["--init-lr-mult", "-1"],
+                                  ["--add-blocks", "1"],  # deepens a trained model only
+                                  ["--add-blocks", "-1", "--init", "x.pyth"]])
 def test_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.parse_args(["--data", "synthetic", "--out", "x", *argv])

@@ -213,6 +213,18 @@ def resize_time_embed(time_embed: torch.Tensor, T: int) -> torch.Tensor:
     return resized.transpose(1, 2)                                               # (1, T, D)
 
 
+def init_layers(module: nn.Module) -> None:
+    """Linear layers truncated-normal (std 0.02, zero bias), LayerNorms to the identity."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class TimeSformer(nn.Module):
     """Video classifier: (B, 3, T, H, W) normalised RGB → (B, num_classes) float32 logits.
 
@@ -242,14 +254,7 @@ class TimeSformer(nn.Module):
         """Truncated-normal init as in the official code (pretrained weights replace it)."""
         for p in (self.pos_embed, self.cls_token):
             nn.init.trunc_normal_(p, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_layers(self)
 
     def fuse(self) -> "TimeSformer":
         """Prepare the inference fast path (fused temporal projection); training ignores it."""

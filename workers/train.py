@@ -154,6 +154,8 @@ def build_model(args: argparse.Namespace, labels: list[str]):
             model.config = replace(model.config, num_classes=len(labels))
         pre = Preprocess(mean=tuple(pre.mean), std=tuple(pre.std), size=model.config.img_size,
                          num_frames=model.config.num_frames, frame_interval=args.frame_interval or pre.frame_interval)
+        if args.add_blocks:
+            add_identity_blocks(model, args.add_blocks)
         model = model.float().train()
         return model, pre
     config = TimeSformerConfig(
@@ -169,6 +171,26 @@ def build_model(args: argparse.Namespace, labels: list[str]):
     pre = Preprocess(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), size=config.img_size,
                      num_frames=config.num_frames, frame_interval=args.frame_interval or 4)
     return model, pre
+
+
+def add_identity_blocks(model, count: int) -> None:
+    """Append ``count`` blocks whose residual branches start at zero, so the deeper model computes
+    exactly what the trained one did and training can only build on it (more depth for a model
+    whose accuracy has levelled off, without starting over)."""
+    from dataclasses import replace
+
+    from workers.timesformer import Block, init_layers
+
+    config = replace(model.config, depth=model.config.depth + count)
+    for _ in range(count):
+        block = Block(config, 0.0)
+        init_layers(block)
+        for layer in (block.attn.proj, block.mlp.fc2, getattr(block, "temporal_fc", None)):
+            if layer is not None:
+                torch.nn.init.zeros_(layer.weight)
+                torch.nn.init.zeros_(layer.bias)
+        model.blocks.append(block)
+    model.config = config
 
 
 def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float,
@@ -373,6 +395,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="keep the hand-set motion-init weights (embeddings, block 0, block 1 spatial attention) "
                            "fixed; with --init, continue a model trained that way")
     arch.add_argument("--drop-path", type=float, default=0.0)
+    arch.add_argument("--add-blocks", type=int, default=0, metavar="N",
+                      help="with --init: append N blocks that start as the identity (more depth, same outputs at step 0)")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=20)
     opt.add_argument("--steps-per-epoch", type=int, default=200)
@@ -418,6 +442,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.freeze_init and not (args.motion_init or args.init):
         parser.error("--freeze-init keeps the hand-set weights of --motion-init fixed; use it with --motion-init, "
                      "or with --init to continue a model trained that way")
+    if args.add_blocks and not args.init:
+        parser.error("--add-blocks deepens a trained model; use it with --init (or set --depth for a new one)")
+    if args.add_blocks < 0:
+        parser.error(f"--add-blocks must be ≥ 0, got {args.add_blocks}")
     if args.motion_init and args.init:
         parser.error("--motion-init hand-sets a new model's first blocks; it cannot start from --init")
     return args
