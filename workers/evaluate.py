@@ -56,7 +56,11 @@ def window_ends(num_video_frames: int, spec: WindowSpec) -> list[int]:
 
 
 def window_indices(end: int, spec: WindowSpec) -> list[int]:
-    """Source indices of the window ending at ``end``, oldest first, clamped at 0."""
+    """Source indices of the window ending at ``end``, oldest first, clamped at 0.
+
+    Training cuts its clips with this too (a ``ClipSpec`` has the same two fields), so a
+    training clip and a pipeline window are the same frames.
+    """
     return [max(0, end - (spec.num_frames - 1 - k) * spec.frame_interval) for k in range(spec.num_frames)]
 
 

@@ -84,7 +84,7 @@ def synthetic_clips(seed: int, spec: ClipSpec, cut_p: float, per_scene: int = 6,
                 end = second.start_frame + int(rng.integers(0, spec.span - 1))
             else:
                 end = int(rng.integers(second.start_frame, second.end_frame + 1))
-            indices = [max(0, end - (spec.num_frames - 1 - k) * spec.frame_interval) for k in range(spec.num_frames)]
+            indices = evaluate.window_indices(end, spec)
             frames = [to_model_frame(f, spec.size) for f in synthetic.render_clip(segs, indices, width, height)]
             yield np.stack(frames), synthetic.CLASSES.index(second.label)
 
@@ -100,7 +100,7 @@ def video_clips(pairs: list[tuple[Path, int]], seed: int, spec: ClipSpec) -> Ite
                 cache[path] = np.stack(evaluate.read_frames(path, spec.size))
             frames = cache[path]
             end = int(rng.integers(min(spec.span - 1, len(frames) - 1), len(frames)))
-            clip = frames[[max(0, end - (spec.num_frames - 1 - k) * spec.frame_interval) for k in range(spec.num_frames)]]
+            clip = frames[evaluate.window_indices(end, spec)]
             yield augment(clip, rng), label
 
 
