@@ -120,6 +120,7 @@ class WorkerConfig:
     threads: int = 0
     top_k: int = 5
     delay_s: float = 0.0  # added to every forward: simulates a slower model (overload tests and benchmarks)
+    flip_views: tuple[str, ...] = ()  # mirror images averaged in (workers.views)
     index: int = 0            # picks the GPU round robin
     workers_on_host: int = 1  # CPU workers share the cores evenly
     frame_store: str = ""     # the prefix of the frame stores it may read windows from
@@ -162,6 +163,21 @@ def _get(table: dict, key: str, kind, default, where: str):
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
     return value
+
+
+FLIP_VIEWS = ("horizontal", "vertical")  # the flips workers.views knows
+
+
+def check_flip_views(flips, where: str) -> tuple[str, ...]:
+    """A list of flip names as a tuple, or a ConfigError naming what is wrong with it."""
+    if not isinstance(flips, (list, tuple)) or not all(isinstance(f, str) for f in flips):
+        raise ConfigError(f"{where}: 'flip_views' must be a list such as [\"horizontal\"], got {flips!r}")
+    for flip in flips:
+        if flip not in FLIP_VIEWS:
+            raise ConfigError(f"{where}: 'flip_views' entry {flip!r} is not one of {', '.join(FLIP_VIEWS)}")
+    if len(set(flips)) != len(flips):
+        raise ConfigError(f"{where}: 'flip_views' names a flip twice: {list(flips)}")
+    return tuple(flips)
 
 
 def _check_endpoint(address: str, where: str, security: Security) -> str:
@@ -295,7 +311,7 @@ def read_toml(path: Path) -> dict:
 
 KNOWN = {
     "model": {"checkpoint", "device", "precision", "num_frames", "frame_interval", "hop", "max_batch", "threads",
-              "delay_s"},
+              "delay_s", "flip_views"},
     "pipeline": {"workers", "offline", "headless", "duration", "heartbeat_timeout_s", "shared_memory"},
     "events": {"path", "smoothing", "start_threshold", "end_threshold", "top_k"},
     "overlay": {"window", "output", "fps", "display_width"},
@@ -429,7 +445,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         name="worker-0", endpoints=endpoints, checkpoint=checkpoint, device=device, precision=precision,
         max_batch=_get(model, "max_batch", int, 4, where_model), threads=_get(model, "threads", int, 0, where_model),
         top_k=events.top_k, delay_s=_get(model, "delay_s", float, 0.0, where_model), frame_store=frame_store,
-        security=security,
+        flip_views=check_flip_views(model.get("flip_views", []), where_model), security=security,
     )
     if not 1 <= worker.max_batch <= 64:
         raise ConfigError(f"{where_model}: 'max_batch' must be 1..64, got {worker.max_batch}")

@@ -217,6 +217,7 @@ def test_usage_errors_are_one_line_and_exit_2(args, message, checkpoint):
     ("[model\ncheckpoint = 1", "not valid TOML"),
     ("[model]\ncheckpiont = 'x'", "unknown key 'checkpiont'"),
     ("[pipeline]\nworkers = 'two'", "'workers' must be int"),
+    ("[model]\nflip_views = ['sideways']", "'flip_views' entry 'sideways' is not one of horizontal, vertical"),
     ("[endpoints]\nwork = 'tcp://0.0.0.0:5555'", "reachable from other hosts"),
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path, content, message, checkpoint):

@@ -21,11 +21,13 @@ import cv2
 import numpy as np
 import torch
 
+from streamer.config import FLIP_VIEWS
 from streamer.errors import CheckpointError, ConfigError, PipelineError, SourceError
 from streamer.frames import to_model_frame
 from streamer.ringbuffer import window_span
 from streamer import synthetic
 from workers.preprocess import to_model_input
+from workers.views import FlipViews
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -176,13 +178,16 @@ def concat(sets: list[WindowSet]) -> WindowSet:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, frames: np.ndarray, mean, std, batch_size: int = 64) -> torch.Tensor:
-    """Logits (N, classes) float32 on the CPU for uint8 windows (N, T, H, W, 3)."""
+def predict(model: torch.nn.Module, frames: np.ndarray, mean, std, batch_size: int = 64,
+            flips: tuple[str, ...] = ()) -> torch.Tensor:
+    """Class probabilities (N, classes) float32 on the CPU for uint8 windows (N, T, H, W, 3),
+    averaged with those of the windows' mirror images when ``flips`` names any (workers.views)."""
     device = next(model.parameters()).device
+    views = FlipViews(model.labels or [str(i) for i in range(model.config.num_classes)], flips)
     out = []
     for start in range(0, len(frames), batch_size):
         batch = torch.from_numpy(frames[start:start + batch_size]).to(device)
-        out.append(model(to_model_input(batch, mean, std)).float().cpu())
+        out.append(views(model, to_model_input(batch, mean, std)).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -194,10 +199,10 @@ class Scores:
     count: int
 
 
-def score(logits: torch.Tensor, targets: np.ndarray, num_classes: int) -> Scores:
-    """Top-1, top-5 (top-k with k = min(5, classes)) and the confusion matrix."""
+def score(class_scores: torch.Tensor, targets: np.ndarray, num_classes: int) -> Scores:
+    """Top-1, top-5 (top-k with k = min(5, classes)) and the confusion matrix of logits or probabilities."""
     targets_t = torch.as_tensor(targets)
-    top = logits.topk(min(5, num_classes), dim=1).indices
+    top = class_scores.topk(min(5, num_classes), dim=1).indices
     pred = top[:, 0]
     confusion = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(confusion, (targets, pred.numpy()), 1)
@@ -263,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--flip-views", nargs="+", default=[], choices=FLIP_VIEWS, metavar="FLIP",
+                        help="average each window with its mirror images, as [model] flip_views does in the pipeline")
     parser.add_argument("--png", type=Path, default=Path("confusion.png"), help="where to save the confusion matrix")
     args = parser.parse_args(argv)
     if args.hop < 0 or args.frame_interval < 0 or args.batch_size < 1 or args.seconds <= 0:
@@ -282,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                               for s in args.synthetic_seeds])
         else:
             windows = dataset_windows(args.data, pre.size, spec, model.labels)
-        logits = predict(model, windows.frames, pre.mean, pre.std, args.batch_size)
-        result = score(logits, windows.targets, len(model.labels))
+        probs = predict(model, windows.frames, pre.mean, pre.std, args.batch_size, tuple(args.flip_views))
+        result = score(probs, windows.targets, len(model.labels))
         elapsed = time.perf_counter() - started
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -293,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
           f"top-1: {result.top1:.2%}  top-5: {result.top5:.2%}  ({elapsed:.1f} s)")
     if not windows.whole.all():  # windows across an action change are labelled by their last frame
         inside = windows.whole
-        top1 = float((logits.argmax(1).numpy()[inside] == windows.targets[inside]).mean()) if inside.any() else 0.0
+        top1 = float((probs.argmax(1).numpy()[inside] == windows.targets[inside]).mean()) if inside.any() else 0.0
         print(f"windows within one action: {int(inside.sum())}  top-1: {top1:.2%}")
     draw_confusion(result.confusion, model.labels, args.png,
                    f"top-1 {result.top1:.1%}  top-5 {result.top5:.1%}  on {result.count} windows")

@@ -21,6 +21,7 @@ from streamer.framestore import FrameStoreReader
 from streamer.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
 from workers.model import load_model
 from workers.preprocess import fold_normalisation, to_raw_input
+from workers.views import FlipViews
 
 HEARTBEAT_S = 1.0
 
@@ -58,6 +59,7 @@ class Predictor:
         self.pre = self.model.preprocess
         fold_normalisation(self.model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels
         self.top_k = min(config.top_k, len(self.labels))
+        self.views = FlipViews(self.labels, config.flip_views)
         self.delay_s = config.delay_s
         self.stores = FrameStoreReader(config.frame_store)
         self.stale = messages.MalformedLog(config.name, what="windows whose frames it cannot read")
@@ -76,7 +78,7 @@ class Predictor:
         batch = torch.from_numpy(frames).to(self.device, non_blocking=True)
         x = to_raw_input(batch)
         t1 = time.perf_counter()
-        probs = self.model(x).softmax(dim=-1).cpu().numpy()
+        probs = self.views(self.model, x).cpu().numpy()
         if self.delay_s:
             time.sleep(self.delay_s)
         t2 = time.perf_counter()
@@ -139,8 +141,9 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
     """
     predictor = Predictor(config)
     seconds = predictor.warm_up()
+    views = f" with its {' and '.join(config.flip_views)} mirror images" if config.flip_views else ""
     logger.info(f"{config.name}: {predictor.model.config.attention_type} model on {predictor.device} "
-                f"({predictor.model.precision}), warm-up {1000 * seconds:.0f} ms")
+                f"({predictor.model.precision}){views}, warm-up {1000 * seconds:.0f} ms")
     ctx = sockets.Context()
     sock = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.work, bind=False, security=config.security)
     messages.send(sock, WorkRequest(config.name, config.max_batch))
