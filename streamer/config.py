@@ -445,7 +445,8 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         name="worker-0", endpoints=endpoints, checkpoint=checkpoint, device=device, precision=precision,
         max_batch=_get(model, "max_batch", int, 4, where_model), threads=_get(model, "threads", int, 0, where_model),
         top_k=events.top_k, delay_s=_get(model, "delay_s", float, 0.0, where_model), frame_store=frame_store,
-        flip_views=check_flip_views(model.get("flip_views", []), where_model), security=security,
+        flip_views=check_flip_views(model["flip_views"], where_model) if "flip_views" in model
+        else preprocess.flip_views, security=security,
     )
     if not 1 <= worker.max_batch <= 64:
         raise ConfigError(f"{where_model}: 'max_batch' must be 1..64, got {worker.max_batch}")

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from streamer import synthetic
-from streamer.config import FLIP_VIEWS, Endpoints, WorkerConfig
+from streamer.config import FLIP_VIEWS, Endpoints, Overrides, WorkerConfig, load_config
+from streamer.errors import CheckpointError
 from workers import evaluate
-from workers.model import Preprocess, load_model, save_model
+from workers import train
+from workers.model import Preprocess, describe_checkpoint, load_model, save_model
 from workers.preprocess import to_model_input
 from workers.timesformer import TimeSformer, TimeSformerConfig
 from workers.views import FLIPS, FlipViews, mirror_map, mirrored
@@ -70,6 +72,36 @@ def test_worker_averages_the_views_its_config_names(tiny_model):
         probs, _ = Predictor(config).predict(frames)
         expected = evaluate.predict(model, frames, model.preprocess.mean, model.preprocess.std, flips=flips)
         assert np.allclose(probs, expected.numpy(), atol=1e-5)
+
+
+def test_the_checkpoint_says_which_flips_its_classes_allow_and_the_config_can_override(tmp_path, tiny_model):
+    model = load_model(tiny_model)
+    pre = Preprocess(size=16, num_frames=4, frame_interval=2, flip_views=("horizontal",))
+    flipped = save_model(model, tmp_path / "flipped.safetensors", labels=model.labels, preprocess=pre)
+    assert load_model(flipped).preprocess.flip_views == ("horizontal",)
+
+    def workers_flips(checkpoint: Path, model_table: str) -> set[tuple[str, ...]]:
+        path = tmp_path / "c.toml"
+        path.write_text(f"{model_table}\n[[sources]]\nspec = 'synthetic:'\n")
+        config = load_config(Overrides(config=str(path), checkpoint=str(checkpoint), headless=True),
+                             describe_checkpoint)
+        return {w.flip_views for w in config.workers}
+
+    assert workers_flips(flipped, "") == {("horizontal",)}
+    assert workers_flips(tiny_model, "") == {()}  # a checkpoint that says nothing: no flips
+    assert workers_flips(flipped, "[model]\nflip_views = []") == {()}
+    assert workers_flips(tiny_model, "[model]\nflip_views = ['vertical']") == {("vertical",)}
+    # a model trained on the synthetic actions records that both flips are safe for it
+    args = train.parse_args(["--data", "synthetic", "--out", str(tmp_path / "run")])
+    assert train.build_model(args, synthetic.CLASSES)[1].flip_views == synthetic.MIRROR_VIEWS == FLIP_VIEWS
+
+
+def test_a_checkpoint_naming_an_unknown_flip_is_refused(tmp_path, tiny_model):
+    model = load_model(tiny_model)
+    bad = save_model(model, tmp_path / "bad.safetensors", labels=model.labels,
+                     preprocess=Preprocess(size=16, num_frames=4, frame_interval=2, flip_views=("diagonal",)))
+    with pytest.raises(CheckpointError, match="unknown flip views"):
+        load_model(bad)
 
 
 @pytest.mark.timeout(120)

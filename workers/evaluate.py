@@ -268,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    parser.add_argument("--flip-views", nargs="+", default=[], choices=FLIP_VIEWS, metavar="FLIP",
-                        help="average each window with its mirror images, as [model] flip_views does in the pipeline")
+    parser.add_argument("--flip-views", nargs="*", choices=FLIP_VIEWS, metavar="FLIP",
+                        help="average each window with these mirror images, as the pipeline does (default: the "
+                             "checkpoint's own; --flip-views alone: none)")
     parser.add_argument("--png", type=Path, default=Path("confusion.png"), help="where to save the confusion matrix")
     args = parser.parse_args(argv)
     if args.hop < 0 or args.frame_interval < 0 or args.batch_size < 1 or args.seconds <= 0:
@@ -289,14 +290,16 @@ def main(argv: list[str] | None = None) -> int:
                               for s in args.synthetic_seeds])
         else:
             windows = dataset_windows(args.data, pre.size, spec, model.labels)
-        probs = predict(model, windows.frames, pre.mean, pre.std, args.batch_size, tuple(args.flip_views))
+        flips = pre.flip_views if args.flip_views is None else tuple(args.flip_views)
+        probs = predict(model, windows.frames, pre.mean, pre.std, args.batch_size, flips)
         result = score(probs, windows.targets, len(model.labels))
         elapsed = time.perf_counter() - started
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_confusion(result.confusion, model.labels))
-    print(f"windows: {result.count} ({spec.num_frames} frames every {spec.frame_interval}, hop {spec.hop})  "
+    views = f", with {' and '.join(flips)} flips" if flips else ""
+    print(f"windows: {result.count} ({spec.num_frames} frames every {spec.frame_interval}, hop {spec.hop}{views})  "
           f"top-1: {result.top1:.2%}  top-5: {result.top5:.2%}  ({elapsed:.1f} s)")
     if not windows.whole.all():  # windows across an action change are labelled by their last frame
         inside = windows.whole

@@ -17,6 +17,7 @@ from loguru import logger
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from streamer.config import FLIP_VIEWS
 from streamer.errors import CheckpointError
 from workers.timesformer import TimeSformer, TimeSformerConfig
 
@@ -35,6 +36,7 @@ class Preprocess:
     size: int = 224
     num_frames: int = 8
     frame_interval: int = 32
+    flip_views: tuple[str, ...] = ()  # mirror images its classes allow averaging in at test time (workers.views)
 
 
 # Hugging Face key → official key, applied in order (the official names are ours).
@@ -252,6 +254,9 @@ def _read_ours(path: Path) -> tuple[dict, dict, list[str] | None, Preprocess]:
                             for k, v in json.loads(meta.get("preprocess", "{}")).items()})
     except (json.JSONDecodeError, TypeError) as err:
         raise CheckpointError(f"{path}: metadata is damaged ({err}); re-save the model with save_model") from None
+    if not set(pre.flip_views) <= set(FLIP_VIEWS):
+        raise CheckpointError(f"{path}: metadata names unknown flip views {list(pre.flip_views)}; "
+                              f"known: {', '.join(FLIP_VIEWS)}")
     return state, {"num_heads": arch["num_heads"]} if "num_heads" in arch else {}, labels, pre
 
 

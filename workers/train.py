@@ -153,7 +153,8 @@ def build_model(args: argparse.Namespace, labels: list[str]):
             from dataclasses import replace
             model.config = replace(model.config, num_classes=len(labels))
         pre = Preprocess(mean=tuple(pre.mean), std=tuple(pre.std), size=model.config.img_size,
-                         num_frames=model.config.num_frames, frame_interval=args.frame_interval or pre.frame_interval)
+                         num_frames=model.config.num_frames, frame_interval=args.frame_interval or pre.frame_interval,
+                         flip_views=mirror_views(args))
         if args.add_blocks:
             add_identity_blocks(model, args.add_blocks)
         model = model.float().train()
@@ -169,8 +170,14 @@ def build_model(args: argparse.Namespace, labels: list[str]):
     if args.motion_init:
         motion_init(model)
     pre = Preprocess(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), size=config.img_size,
-                     num_frames=config.num_frames, frame_interval=args.frame_interval or 4)
+                     num_frames=config.num_frames, frame_interval=args.frame_interval or 4, flip_views=mirror_views(args))
     return model, pre
+
+
+def mirror_views(args: argparse.Namespace) -> tuple[str, ...]:
+    """Flips the trained classes allow averaging over at test time: known for the synthetic actions;
+    for clips of your own, set ``[model] flip_views`` in the pipeline's config if they allow it."""
+    return synthetic.MIRROR_VIEWS if args.data == "synthetic" else ()
 
 
 def add_identity_blocks(model, count: int) -> None:
