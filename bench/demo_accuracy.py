@@ -19,13 +19,16 @@ import tomllib
 from pathlib import Path
 
 import tomli_w
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "default.toml"
 sys.path.insert(0, str(REPO))
 from bench.report import write_section  # noqa: E402
 from streamer.synthetic import frame_labels, read_labels  # noqa: E402
-from workers.model import describe_checkpoint  # noqa: E402
+from workers.model import describe_checkpoint, load_model  # noqa: E402
+from workers.preprocess import to_model_input  # noqa: E402
+from workers.views import FlipViews  # noqa: E402
 
 
 def score_run(video: Path, config: Path, truth: list[str], events: Path) -> tuple[int, int, float]:
@@ -40,6 +43,21 @@ def score_run(video: Path, config: Path, truth: list[str], events: Path) -> tupl
     return len(preds), right, seconds
 
 
+def windows_per_second(checkpoint: Path, flips: tuple[str, ...], seconds: float = 5.0) -> float:
+    """One window at a time through the model on one CPU thread, as one stream's worker runs it."""
+    torch.set_num_threads(1)
+    model = load_model(checkpoint)
+    pre, views = model.preprocess, FlipViews(model.labels, flips)
+    x = to_model_input(torch.zeros(1, pre.num_frames, pre.size, pre.size, 3, dtype=torch.uint8), pre.mean, pre.std)
+    with torch.inference_mode():
+        views(model, x)  # warm-up
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            views(model, x)
+            count += 1
+    return count / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60)
@@ -47,7 +65,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     shipped = tomllib.loads(DEFAULT_CONFIG.read_text())
-    flips = describe_checkpoint(REPO / shipped["model"]["checkpoint"])[0].flip_views
+    checkpoint = REPO / shipped["model"]["checkpoint"]
+    flips = describe_checkpoint(checkpoint)[0].flip_views
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "heldout.mp4"
@@ -57,12 +76,14 @@ def main() -> None:
         truth = frame_labels(labels, int(args.seconds * 30) + 1)
         plain = Path(tmp) / "no_flips.toml"
         plain.write_text(tomli_w.dumps({**shipped, "model": {**shipped["model"], "flip_views": []}}))
-        runs = [(f"`configs/default.toml` (the checkpoint's flip views: {', '.join(flips) or 'none'})", DEFAULT_CONFIG)]
+        runs = [(f"`configs/default.toml` (the checkpoint's flip views: {', '.join(flips) or 'none'})", DEFAULT_CONFIG,
+                 flips)]
         if flips:
-            runs.append(("the same with `flip_views = []`", plain))
-        for name, config in runs:
+            runs.append(("the same with `flip_views = []`", plain, ()))
+        for name, config, views in runs:
             lines, right, seconds = score_run(video, config, truth, Path(tmp) / "events.jsonl")
-            rows.append(f"| {name} | {lines} | {100 * right / max(1, lines):.1f}% | {seconds:.1f} |")
+            rate = windows_per_second(checkpoint, views)
+            rows.append(f"| {name} | {lines} | {100 * right / max(1, lines):.1f}% | {seconds:.1f} | {rate:.0f} |")
             (Path(tmp) / "events.jsonl").unlink()
     text = "\n".join([
         f"Command: `python bench/demo_accuracy.py {' '.join(sys.argv[1:])}`  ",
@@ -71,8 +92,8 @@ def main() -> None:
          f"{shipped['model'].get('hop', 4)} frames (offline, none dropped). A line is right when its top-1 label is "
          "the label of its frame_index (goal 90%)."),
         "",
-        "| config | prediction lines | right | run s |",
-        "|---|---|---|---|",
+        "| config | prediction lines | right | offline run s | windows/s, model alone on 1 thread |",
+        "|---|---|---|---|---|",
         *rows,
     ])
     print(text)
