@@ -53,7 +53,8 @@ def run_pipeline(folder: Path, checkpoint: Path, seconds: float, *, streams: int
     """Run run_pipeline.py headless on synthetic sources (or copies of ``video``); return its prediction lines."""
     config = folder / f"bench-{time.monotonic_ns()}.toml"
     specs = [str(video) if video else f"synthetic:{i}" for i in range(streams)]
-    model = {"checkpoint": str(checkpoint), "precision": precision, "hop": hop, "max_batch": max_batch, "delay_s": delay_s}
+    model = {"checkpoint": str(checkpoint), "precision": precision, "hop": hop, "max_batch": max_batch, "delay_s": delay_s,
+             "flip_views": []}  # one forward per window, whatever views the checkpoint names
     sources = [{"spec": spec, "name": f"s{i}"} for i, spec in enumerate(specs)]
     config.write_text(tomli_w.dumps({"model": model, "pipeline": {"shared_memory": shared_memory},
                                      "sources": sources}))

@@ -113,10 +113,12 @@ def test_unknown_label_in_list_file_exits_2(tmp_path, tiny_model):
     assert proc.stderr.count("\n") == 1 and "missing.mp4" in proc.stderr
 
 
-# The issue asks for 90% here; the model shipped today reaches 91.5% on the held-out windows of
-# BENCHMARKS.md and 85.7% on this video (293 windows, ~7 actions, one window = 0.34 points), so
-# this guards 84% (a few windows of margin for other CPUs' rounding) until a better model raises it.
-SHIPPED_MODEL_MIN_TOP1 = 0.84
+# The issue asks for 90% on one held-out video. A 40 s video holds ~7 actions, so one hard scene
+# moves it by 10 points (this seed's first 40 s end with a lone square rotating on stripes, 26%
+# right: 87% in all); 120 s (~18 actions, 447 windows at hop 8, the BENCHMARKS protocol) is a
+# steadier check. Measured 2026-11-30: 92.0% with the model's flip views (96.1% within one action),
+# 91.1% without, 89.3% for the previous model. One window = 0.22 points.
+SHIPPED_MODEL_MIN_TOP1 = 0.90
 
 
 @pytest.mark.timeout(120)
@@ -125,7 +127,8 @@ def test_shipped_demo_model_names_held_out_synthetic_video():
     model = load_model(DEMO)
     pre = model.preprocess
     assert model.labels == synthetic.CLASSES
-    spec = evaluate.WindowSpec(pre.num_frames, pre.frame_interval, pre.frame_interval)
-    windows = evaluate.synthetic_windows(424242, 40.0, pre.size, spec, model.labels)  # a seed never trained on
-    scores = evaluate.score(evaluate.predict(model, windows.frames, pre.mean, pre.std), windows.targets, len(model.labels))
+    spec = evaluate.WindowSpec(pre.num_frames, pre.frame_interval, 8)
+    windows = evaluate.synthetic_windows(424242, 120.0, pre.size, spec, model.labels)  # a seed never trained on
+    probs = evaluate.predict(model, windows.frames, pre.mean, pre.std, flips=pre.flip_views)  # as the pipeline runs it
+    scores = evaluate.score(probs, windows.targets, len(model.labels))
     assert scores.top1 >= SHIPPED_MODEL_MIN_TOP1, evaluate.format_confusion(scores.confusion, model.labels)
