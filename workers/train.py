@@ -20,7 +20,7 @@ import math
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -150,7 +150,6 @@ def build_model(args: argparse.Namespace, labels: list[str]):
             model.head = nn.Linear(dim, len(labels))
             nn.init.trunc_normal_(model.head.weight, std=0.02)
             nn.init.zeros_(model.head.bias)
-            from dataclasses import replace
             model.config = replace(model.config, num_classes=len(labels))
         pre = Preprocess(mean=tuple(pre.mean), std=tuple(pre.std), size=model.config.img_size,
                          num_frames=model.config.num_frames, frame_interval=args.frame_interval or pre.frame_interval,
@@ -184,8 +183,6 @@ def add_identity_blocks(model, count: int) -> None:
     """Append ``count`` blocks whose residual branches start at zero, so the deeper model computes
     exactly what the trained one did and training can only build on it (more depth for a model
     whose accuracy has levelled off, without starting over)."""
-    from dataclasses import replace
-
     from workers.timesformer import Block, init_layers
 
     config = replace(model.config, depth=model.config.depth + count)
