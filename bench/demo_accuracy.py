@@ -19,16 +19,14 @@ import tomllib
 from pathlib import Path
 
 import tomli_w
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "default.toml"
 sys.path.insert(0, str(REPO))
+from bench.pipeline import forward_rate  # noqa: E402
 from bench.report import write_section  # noqa: E402
 from streamer.synthetic import frame_labels, read_labels  # noqa: E402
-from workers.model import describe_checkpoint, load_model  # noqa: E402
-from workers.preprocess import to_model_input  # noqa: E402
-from workers.views import FlipViews  # noqa: E402
+from workers.model import describe_checkpoint  # noqa: E402
 
 
 def score_run(video: Path, config: Path, truth: list[str], events: Path) -> tuple[int, int, float]:
@@ -41,21 +39,6 @@ def score_run(video: Path, config: Path, truth: list[str], events: Path) -> tupl
     preds = [x for x in lines if x["kind"] == "prediction"]
     right = sum(1 for p in preds if p["frame_index"] < len(truth) and p["top"][0][0] == truth[p["frame_index"]])
     return len(preds), right, seconds
-
-
-def windows_per_second(checkpoint: Path, flips: tuple[str, ...], seconds: float = 5.0) -> float:
-    """One window at a time through the model on one CPU thread, as one stream's worker runs it."""
-    torch.set_num_threads(1)
-    model = load_model(checkpoint)
-    pre, views = model.preprocess, FlipViews(model.labels, flips)
-    x = to_model_input(torch.zeros(1, pre.num_frames, pre.size, pre.size, 3, dtype=torch.uint8), pre.mean, pre.std)
-    with torch.inference_mode():
-        views(model, x)  # warm-up
-        count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            views(model, x)
-            count += 1
-    return count / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -82,7 +65,7 @@ def main() -> None:
             runs.append(("the same with `flip_views = []`", plain, ()))
         for name, config, views in runs:
             lines, right, seconds = score_run(video, config, truth, Path(tmp) / "events.jsonl")
-            rate = windows_per_second(checkpoint, views)
+            rate = forward_rate(checkpoint, shipped["model"].get("precision", "fp32"), 1, 5.0, views)
             rows.append(f"| {name} | {lines} | {100 * right / max(1, lines):.1f}% | {seconds:.1f} | {rate:.0f} |")
             (Path(tmp) / "events.jsonl").unlink()
     text = "\n".join([

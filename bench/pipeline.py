@@ -35,6 +35,7 @@ from streamer.synthetic import SyntheticStream  # noqa: E402
 from workers.model import Preprocess, load_model, native_low_precision, save_model  # noqa: E402
 from workers.preprocess import to_model_input  # noqa: E402
 from workers.timesformer import TimeSformer, TimeSformerConfig  # noqa: E402
+from workers.views import FlipViews  # noqa: E402
 
 PRE = Preprocess(size=224, num_frames=8, frame_interval=4)
 
@@ -154,18 +155,20 @@ def overload_section(folder: Path, ckpt: Path, seconds: float, delay: float) -> 
             f"{pct(naive, 99):.0f} | (grows without bound) | {pct(naive, 99) / inference:.2f} |"]
 
 
-def forward_rate(checkpoint: Path, precision: str, batch: int, seconds: float = 3.0) -> float:
-    """Windows/s of the bare forward on one thread: what batching could at most gain on this CPU."""
+def forward_rate(checkpoint: Path, precision: str, batch: int, seconds: float = 3.0,
+                 flips: tuple[str, ...] = ()) -> float:
+    """Windows/s of the bare forward on one thread (averaged over ``flips``, as a worker would):
+    what batching could at most gain on this CPU, or what one stream's worker can keep up with."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model = load_model(checkpoint, precision=precision)
-    pre = model.preprocess
+    pre, views = model.preprocess, FlipViews(model.labels or [], flips)
     x = torch.randn(batch, 3, pre.num_frames, pre.size, pre.size)
     with torch.inference_mode():
-        model(x)
+        views(model, x)
         runs, start = 0, time.perf_counter()
         while runs < 2 or time.perf_counter() - start < seconds:
-            model(x)
+            views(model, x)
             runs += 1
     torch.set_num_threads(threads)
     return runs * batch / (time.perf_counter() - start)

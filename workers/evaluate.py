@@ -183,7 +183,7 @@ def predict(model: torch.nn.Module, frames: np.ndarray, mean, std, batch_size: i
     """Class probabilities (N, classes) float32 on the CPU for uint8 windows (N, T, H, W, 3),
     averaged with those of the windows' mirror images when ``flips`` names any (workers.views)."""
     device = next(model.parameters()).device
-    views = FlipViews(model.labels or [str(i) for i in range(model.config.num_classes)], flips)
+    views = FlipViews(model.labels or [str(i) for i in range(model.config.num_classes)], flips, device)
     out = []
     for start in range(0, len(frames), batch_size):
         batch = torch.from_numpy(frames[start:start + batch_size]).to(device)

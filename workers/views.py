@@ -49,9 +49,9 @@ def mirror_map(labels: list[str], flip: str) -> list[int]:
 class FlipViews:
     """Class probabilities of a batch, averaged over the clip and its ``flips`` (one forward for all views)."""
 
-    def __init__(self, labels: list[str], flips: tuple[str, ...] = ()) -> None:
+    def __init__(self, labels: list[str], flips: tuple[str, ...] = (), device: str | torch.device = "cpu") -> None:
         self.flips = tuple(flips)
-        self.maps = [torch.as_tensor(mirror_map(labels, flip)) for flip in self.flips]
+        self.maps = [torch.as_tensor(mirror_map(labels, flip), device=device) for flip in self.flips]
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, 3, T, H, W) model input → (B, classes) float32 probabilities."""
@@ -61,5 +61,5 @@ class FlipViews:
         probs = model(views).float().softmax(dim=-1).view(len(self.flips) + 1, len(x), -1)
         total = probs[0].clone()
         for view, index in zip(probs[1:], self.maps):
-            total += view[:, index.to(view.device)]  # P(class c) = P(the mirror shows map[c])
+            total += view[:, index]  # P(class c) = P(the mirror shows map[c])
         return total / (len(self.flips) + 1)

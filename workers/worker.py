@@ -59,7 +59,7 @@ class Predictor:
         self.pre = self.model.preprocess
         fold_normalisation(self.model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels
         self.top_k = min(config.top_k, len(self.labels))
-        self.views = FlipViews(self.labels, config.flip_views)
+        self.views = FlipViews(self.labels, config.flip_views, self.device)
         self.delay_s = config.delay_s
         self.stores = FrameStoreReader(config.frame_store)
         self.stale = messages.MalformedLog(config.name, what="windows whose frames it cannot read")
