@@ -229,9 +229,10 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, content, message, checkpoin
     assert len(lines) == 1 and message in lines[0] and "bad.toml" in lines[0], proc.stderr
 
 
-def test_bad_checkpoint_file_is_one_line_and_exit_2(tmp_path):
+@pytest.mark.parametrize("head", [b"", b"\x80"])  # random bytes, and random bytes that start like a pickle
+def test_bad_checkpoint_file_is_one_line_and_exit_2(tmp_path, head):
     bad = tmp_path / "broken.pyth"
-    bad.write_bytes(os.urandom(256))
+    bad.write_bytes(head + os.urandom(256))
     proc = run("--checkpoint", bad, "--headless", timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "broken.pyth" in proc.stderr

@@ -8,6 +8,7 @@ unpickles anything but tensors.
 import json
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -172,7 +173,9 @@ def _starts_like_pickle(path: Path) -> bool:
 
 def _read_official(path: Path) -> tuple[dict, list[str] | None]:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # garbage that starts like a pickle makes torch warn on stderr first
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if found or _starts_like_pickle(path):
