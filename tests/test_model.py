@@ -1,14 +1,19 @@
 """load_model against real checkpoints: Hugging Face folders, official .pyth files and our own format."""
 
+import json
 import pickle
+import random
 import subprocess
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from streamer.errors import CheckpointError
 from tests.hf_models import hf_logits, make_hf_folder, write_official_pyth
 from workers.model import Preprocess, load_model, save_model
+from workers.timesformer import TimeSformer, TimeSformerConfig
 
 ATTENTION_TYPES = ["divided_space_time", "joint_space_time", "space_only"]
 
@@ -108,6 +113,85 @@ def test_garbage_file_is_not_a_checkpoint(tmp_path):
     bad.write_bytes(b"\x00not a checkpoint at all" * 10)
     with pytest.raises(CheckpointError, match=r"garbage\.pth: not a readable PyTorch checkpoint"):
         load_model(bad)
+
+
+@pytest.mark.parametrize("head", [b"", b"\x80", b"\x80\x02", b"PK\x03\x04"])
+def test_damaged_checkpoints_are_refused_not_crashed(tmp_path, head):
+    """Random bytes behind a pickle or zip header trip torch's unpickler in many ways; each must be one CheckpointError."""
+    rng = random.Random(head)
+    bad = tmp_path / "damaged.pyth"
+    for _ in range(300):
+        bad.write_bytes(head + rng.randbytes(256))
+        with pytest.raises(CheckpointError, match=r"damaged\.pyth: "):
+            load_model(bad)
+
+
+CONFIG_DAMAGE = {  # config.json of the wrong shape, as a hand edit or another tool might leave it
+    "a list": [],
+    "a string for a number": {"num_frames": "eight"},
+    "null size": {"image_size": None},
+    "labels not keyed by index": {"id2label": {"a": "walking"}},
+    "labels as a list": {"id2label": [1, 2]},
+    "heads as text": {"num_attention_heads": "two"},
+}
+
+
+@pytest.mark.parametrize("damage", CONFIG_DAMAGE, ids=list(CONFIG_DAMAGE))
+def test_damaged_hf_config_is_one_error(tmp_path, damage):
+    folder = tmp_path / "hf"
+    make_hf_folder(folder, "divided_space_time")
+    good = json.loads((folder / "config.json").read_text())
+    edit = CONFIG_DAMAGE[damage]
+    (folder / "config.json").write_text(json.dumps({**good, **edit} if isinstance(edit, dict) else edit))
+    with pytest.raises(CheckpointError, match=r"hf: config\.json or preprocessor_config\.json is damaged"):
+        load_model(folder)
+
+
+def test_hf_preprocessor_with_bad_statistics_is_refused(tmp_path):
+    folder = tmp_path / "hf"
+    make_hf_folder(folder, "divided_space_time")
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": "0.45", "image_std": [0.2] * 3}))
+    with pytest.raises(CheckpointError, match=r"hf: preprocessing in its metadata is damaged"):
+        load_model(folder)
+
+
+METADATA_DAMAGE = {  # our format's metadata, edited by hand or written by another tool
+    "labels not a list": {"labels": '"walking"'},
+    "config not an object": {"config": "[1]"},
+    "preprocess not an object": {"preprocess": "[1]"},
+    "unknown preprocess field": {"preprocess": '{"gamma": 2}'},
+    "two numbers for a mean": {"preprocess": '{"mean": [0.5, 0.5]}'},
+    "zero std": {"preprocess": '{"std": [0, 0.2, 0.2]}'},
+    "text for a size": {"preprocess": '{"size": "big"}'},
+}
+
+
+@pytest.mark.parametrize("damage", METADATA_DAMAGE, ids=list(METADATA_DAMAGE))
+def test_damaged_metadata_of_our_format_is_one_error(tmp_path, damage):
+    model = TimeSformer(TimeSformerConfig(img_size=32, patch_size=16, num_frames=2, num_classes=3, embed_dim=32,
+                                          depth=1, num_heads=2))
+    path = save_model(model, tmp_path / "m.safetensors", labels=["a", "b", "c"])
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file(load_file(str(path)), str(path), metadata={**meta, **METADATA_DAMAGE[damage]})
+    with pytest.raises(CheckpointError, match=r"m\.safetensors: (metadata|preprocessing in its metadata) is damaged"):
+        load_model(path)
+
+
+def test_weights_named_right_but_shaped_wrong_are_refused(tmp_path):
+    """A bad conversion: TimeSformer's names on tensors of other shapes (even empty or 0-d) is one CheckpointError."""
+    model = TimeSformer(TimeSformerConfig(img_size=32, patch_size=16, num_frames=2, num_classes=3, embed_dim=32,
+                                          depth=1, num_heads=2))
+    good = {k: v for k, v in model.state_dict().items() if ".temporal_out." not in k}
+    rng = random.Random(7)
+    path = tmp_path / "misshaped.safetensors"
+    for _ in range(150):
+        state = dict(good)
+        for key in rng.sample(sorted(state), 2):
+            state[key] = torch.zeros([rng.randint(0, 4) for _ in range(rng.randint(0, 4))])
+        save_file(state, str(path))
+        with pytest.raises(CheckpointError, match=r"misshaped\.safetensors: "):
+            load_model(path)
 
 
 def test_garbage_safetensors_is_refused(tmp_path):

@@ -9,7 +9,6 @@ import json
 import pickle
 import re
 import warnings
-import zipfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -119,30 +118,31 @@ def infer_config(state: dict[str, torch.Tensor], source: str, **overrides) -> Ti
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"{source}: not a TimeSformer checkpoint (no {missing[0]!r} among its weights)")
-    dim = state["cls_token"].shape[-1]
-    proj = state["patch_embed.proj.weight"]                     # (D, C, p, p)
-    grid = round((state["pos_embed"].shape[1] - 1) ** 0.5)
+    try:  # names right but shapes wrong (a bad conversion) must not end in an IndexError
+        dim = state["cls_token"].shape[-1]
+        proj = state["patch_embed.proj.weight"]                     # (D, C, p, p)
+        grid = round((state["pos_embed"].shape[1] - 1) ** 0.5)
+        head = state.get("head.weight")
+        inferred = {
+            "img_size": grid * proj.shape[-1],
+            "patch_size": proj.shape[-1],
+            "in_chans": proj.shape[1],
+            "num_classes": head.shape[0] if head is not None else 0,
+            "num_frames": state["time_embed"].shape[1] if "time_embed" in state else 8,
+            "embed_dim": dim,
+            "depth": 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))),
+            "num_heads": max(1, dim // 64),
+            "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
+            "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+        }
+    except (IndexError, KeyError, TypeError, ZeroDivisionError) as err:
+        raise CheckpointError(f"{source}: weights named like TimeSformer's but shaped otherwise ({err!r})") from None
     if "blocks.0.temporal_attn.qkv.weight" in state:
-        attention_type = "divided_space_time"
+        inferred["attention_type"] = "divided_space_time"
     elif "time_embed" in state:
-        attention_type = "joint_space_time"
+        inferred["attention_type"] = "joint_space_time"
     else:
-        attention_type = "space_only"
-    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
-    head = state.get("head.weight")
-    inferred = dict(
-        img_size=grid * proj.shape[-1],
-        patch_size=proj.shape[-1],
-        in_chans=proj.shape[1],
-        num_classes=head.shape[0] if head is not None else 0,
-        num_frames=state["time_embed"].shape[1] if "time_embed" in state else 8,
-        embed_dim=dim,
-        depth=depth,
-        num_heads=max(1, dim // 64),
-        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
-        qkv_bias="blocks.0.attn.qkv.bias" in state,
-        attention_type=attention_type,
-    )
+        inferred["attention_type"] = "space_only"
     known = {f.name for f in fields(TimeSformerConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -185,7 +185,7 @@ def _read_official(path: Path) -> tuple[dict, list[str] | None]:
                 "re-save its state_dict with torch.save or convert it to safetensors"
             ) from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (neither a torch.save zip nor a pickle)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - a damaged pickle trips the restricted unpickler in many ways (IndexError, KeyError, ...)
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model_state"), dict):
@@ -219,16 +219,20 @@ def _read_hf(folder: Path) -> tuple[dict, dict, list[str] | None, Preprocess]:
         state, _ = _read_official(folder / "pytorch_model.bin")
     else:
         raise CheckpointError(f"{folder}: no model.safetensors (or pytorch_model.bin) beside config.json")
-    id2label = config.get("id2label") or {}
-    labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
-    hf_arch = {"num_heads": config.get("num_attention_heads")}
-    pre = Preprocess(size=int(config.get("image_size", 224)), num_frames=int(config.get("num_frames", 8)))
-    processor = folder / "preprocessor_config.json"
-    if processor.is_file():
-        proc = json.loads(processor.read_text())
+    try:
+        id2label = config.get("id2label") or {}
+        labels = [str(id2label[k]) for k in sorted(id2label, key=int)] if id2label else None
+        heads = config.get("num_attention_heads")
+        hf_arch = {"num_heads": int(heads)} if heads is not None else {}
+        pre = Preprocess(size=int(config.get("image_size", 224)), num_frames=int(config.get("num_frames", 8)))
+        processor = folder / "preprocessor_config.json"
+        proc = json.loads(processor.read_text()) if processor.is_file() else {}
         if "image_mean" in proc and "image_std" in proc:
             pre = replace(pre, mean=tuple(proc["image_mean"]), std=tuple(proc["image_std"]))
-    return hf_to_official(state), {k: v for k, v in hf_arch.items() if v is not None}, labels, pre
+    except (AttributeError, LookupError, TypeError, ValueError) as err:  # JSON of the wrong shape: a list, a string for a number
+        raise CheckpointError(f"{folder}: config.json or preprocessor_config.json is damaged ({err})") from None
+    _check_preprocess(pre, folder)
+    return hf_to_official(state), hf_arch, labels, pre
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -255,12 +259,26 @@ def _read_ours(path: Path) -> tuple[dict, dict, list[str] | None, Preprocess]:
         labels = json.loads(meta["labels"]) if "labels" in meta else None
         pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
                             for k, v in json.loads(meta.get("preprocess", "{}")).items()})
-    except (json.JSONDecodeError, TypeError) as err:
+        if not isinstance(arch, dict) or not (labels is None or isinstance(labels, list)):
+            raise TypeError("config must be an object and labels a list")
+        heads = {"num_heads": int(arch["num_heads"])} if "num_heads" in arch else {}
+        labels = None if labels is None else [str(label) for label in labels]
+    except (AttributeError, LookupError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
         raise CheckpointError(f"{path}: metadata is damaged ({err}); re-save the model with save_model") from None
+    _check_preprocess(pre, path)
+    return state, heads, labels, pre
+
+
+def _check_preprocess(pre: Preprocess, where: Path) -> None:
+    """Refuse preprocessing read from a file that would fail later, mid-stream, in a worker."""
     if not set(pre.flip_views) <= set(FLIP_VIEWS):
-        raise CheckpointError(f"{path}: metadata names unknown flip views {list(pre.flip_views)}; "
+        raise CheckpointError(f"{where}: metadata names unknown flip views {list(pre.flip_views)}; "
                               f"known: {', '.join(FLIP_VIEWS)}")
-    return state, {"num_heads": arch["num_heads"]} if "num_heads" in arch else {}, labels, pre
+    stats_ok = all(len(v) == 3 and all(isinstance(x, (int, float)) for x in v) for v in (pre.mean, pre.std))
+    sizes_ok = all(isinstance(n, int) and n > 0 for n in (pre.size, pre.num_frames, pre.frame_interval))
+    if not stats_ok or not sizes_ok or min(pre.std) <= 0:
+        raise CheckpointError(f"{where}: preprocessing in its metadata is damaged ({pre}); "
+                              "mean/std must be 3 numbers (std > 0), sizes positive integers")
 
 
 def read_checkpoint(path: str | Path, **overrides) -> tuple[dict, TimeSformerConfig, list[str] | None, Preprocess]:

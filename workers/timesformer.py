@@ -50,6 +50,11 @@ class TimeSformerConfig:
     def __post_init__(self) -> None:
         if self.attention_type not in ATTENTION_TYPES:
             raise ValueError(f"attention_type {self.attention_type!r} is not one of {ATTENTION_TYPES}")
+        sizes = ("img_size", "patch_size", "in_chans", "num_frames", "embed_dim", "depth", "num_heads")
+        if not_positive := [name for name in sizes if getattr(self, name) <= 0]:
+            raise ValueError(f"{not_positive[0]} must be positive, not {getattr(self, not_positive[0])}")
+        if int(self.embed_dim * self.mlp_ratio) <= 0:
+            raise ValueError(f"mlp_ratio {self.mlp_ratio} leaves the MLP no hidden units")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} does not divide into {self.num_heads} heads")
         if self.img_size % self.patch_size:
