@@ -11,7 +11,7 @@ import torch
 from streamer import synthetic
 from streamer.errors import ConfigError
 from workers import train
-from workers.model import load_model
+from workers.model import Preprocess, load_model
 
 TINY = ["--img-size", "16", "--patch-size", "8", "--embed-dim", "32", "--depth", "1", "--heads", "2",
         "--num-frames", "4", "--frame-interval", "2", "--batch-size", "8", "--workers", "0", "--threads", "1",
@@ -134,8 +134,8 @@ def test_from_scratch_time_embedding_starts_as_unit_sinusoids():
 
 
 def test_synthetic_clips_are_labelled_by_their_last_frame_and_match_window_shape():
-    spec = train.ClipSpec(size=24, num_frames=4, frame_interval=3)
-    clips = train.synthetic_clips(1, spec, cut_p=1.0, per_scene=2)  # every clip straddles a cut
+    pre = Preprocess(size=24, num_frames=4, frame_interval=3)
+    clips = train.synthetic_clips(1, pre, cut_p=1.0, per_scene=2)  # every clip straddles a cut
     for _ in range(4):
         clip, label = next(clips)
         assert clip.shape == (4, 24, 24, 3) and clip.dtype == np.uint8

@@ -9,8 +9,7 @@ import torch
 from streamer import synthetic
 from streamer.config import FLIP_VIEWS, Endpoints, Overrides, WorkerConfig, load_config
 from streamer.errors import CheckpointError
-from workers import evaluate
-from workers import train
+from workers import evaluate, train
 from workers.model import Preprocess, describe_checkpoint, load_model, save_model
 from workers.preprocess import to_model_input
 from workers.timesformer import TimeSformer, TimeSformerConfig

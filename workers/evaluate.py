@@ -21,11 +21,12 @@ import cv2
 import numpy as np
 import torch
 
+from streamer import synthetic
 from streamer.config import FLIP_VIEWS
 from streamer.errors import CheckpointError, ConfigError, PipelineError, SourceError
 from streamer.frames import to_model_frame
 from streamer.ringbuffer import window_span
-from streamer import synthetic
+from workers.model import Preprocess, label_names, load_model
 from workers.preprocess import to_model_input
 from workers.views import FlipViews
 
@@ -57,11 +58,11 @@ def window_ends(num_video_frames: int, spec: WindowSpec) -> list[int]:
     return list(range(first, num_video_frames, spec.hop))
 
 
-def window_indices(end: int, spec: WindowSpec) -> list[int]:
+def window_indices(end: int, spec: WindowSpec | Preprocess) -> list[int]:
     """Source indices of the window ending at ``end``, oldest first, clamped at 0.
 
-    Training cuts its clips with this too (a ``ClipSpec`` has the same two fields), so a
-    training clip and a pipeline window are the same frames.
+    Training cuts its clips with this too (from the checkpoint's ``Preprocess``, which has the
+    same two fields), so a training clip and a pipeline window are the same frames.
     """
     return [max(0, end - (spec.num_frames - 1 - k) * spec.frame_interval) for k in range(spec.num_frames)]
 
@@ -183,7 +184,7 @@ def predict(model: torch.nn.Module, frames: np.ndarray, mean, std, batch_size: i
     """Class probabilities (N, classes) float32 on the CPU for uint8 windows (N, T, H, W, 3),
     averaged with those of the windows' mirror images when ``flips`` names any (workers.views)."""
     device = next(model.parameters()).device
-    views = FlipViews(model.labels or [str(i) for i in range(model.config.num_classes)], flips, device)
+    views = FlipViews(label_names(model.labels, model.config.num_classes), flips, device)
     out = []
     for start in range(0, len(frames), batch_size):
         batch = torch.from_numpy(frames[start:start + batch_size]).to(device)
@@ -276,8 +277,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.hop < 0 or args.frame_interval < 0 or args.batch_size < 1 or args.seconds <= 0:
         parser.error("--hop, --frame-interval must be ≥ 0, --batch-size ≥ 1, --seconds > 0")
     try:
-        from workers.model import load_model  # heavy import after argument checks
-
         model = load_model(args.checkpoint, device=args.device, precision=args.precision)
         pre = model.preprocess
         if model.labels is None:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from streamer.config import FLIP_VIEWS
 from streamer.errors import CheckpointError
+from streamer.ringbuffer import window_span
 from workers.timesformer import TimeSformer, TimeSformerConfig
 
 FORMAT_NAME = "timesformer-stream"
@@ -37,6 +38,11 @@ class Preprocess:
     num_frames: int = 8
     frame_interval: int = 32
     flip_views: tuple[str, ...] = ()  # mirror images its classes allow averaging in at test time (workers.views)
+
+    @property
+    def span(self) -> int:
+        """Source frames from a window's first frame to its last, inclusive."""
+        return window_span(self.num_frames, self.frame_interval)
 
 
 # Hugging Face key → official key, applied in order (the official names are ours).
@@ -390,7 +396,12 @@ def save_model(model: TimeSformer, path: str | Path, *, labels: list[str] | None
     return path
 
 
+def label_names(labels: list[str] | None, num_classes: int) -> list[str]:
+    """The checkpoint's labels, or the class indices as names when it has none (a head trained elsewhere)."""
+    return list(labels) if labels else [str(i) for i in range(num_classes)]
+
+
 def describe_checkpoint(path: str | Path) -> tuple[Preprocess, list[str] | None]:
     """Preprocessing and labels of a checkpoint, checked for loadability (raises CheckpointError)."""
     _, config, labels, pre = read_checkpoint(path)
-    return pre, labels or [str(i) for i in range(config.num_classes)]
+    return pre, label_names(labels, config.num_classes)

@@ -20,7 +20,7 @@ import math
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -34,31 +34,19 @@ from tqdm import tqdm
 from streamer import synthetic
 from streamer.errors import PipelineError
 from streamer.frames import to_model_frame
-from streamer.ringbuffer import window_span
 from workers import evaluate
+from workers.model import Preprocess, load_model, save_model
 from workers.motion_init import FROZEN, motion_init, sinusoid_table
 from workers.preprocess import to_model_input
+from workers.timesformer import Block, TimeSformer, TimeSformerConfig, init_layers
 
 TRAIN_STREAM = 0x7EA1  # synthetic training scenes come from rng([TRAIN_STREAM, seed, n]); test videos never do
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """What one training clip looks like to the model."""
-
-    size: int
-    num_frames: int
-    frame_interval: int
-
-    @property
-    def span(self) -> int:
-        return window_span(self.num_frames, self.frame_interval)
 
 
 # ---------------------------------------------------------------- data
 
 
-def synthetic_clips(seed: int, spec: ClipSpec, cut_p: float, per_scene: int = 6,
+def synthetic_clips(seed: int, pre: Preprocess, cut_p: float, per_scene: int = 6,
                     easy_p=lambda: 0.0) -> Iterator[tuple[np.ndarray, int]]:
     """Endless ``(clip uint8 (T, size, size, 3), class)`` from fresh random scene pairs.
 
@@ -76,20 +64,20 @@ def synthetic_clips(seed: int, spec: ClipSpec, cut_p: float, per_scene: int = 6,
         first = synthetic.sample_segment(rng, 0, fps, easy=easy)
         second = synthetic.sample_segment(rng, first.end_frame + 1, fps, easy=easy)
         segs = [first, second]
-        short = int(rng.integers(spec.size, 3 * spec.size + 1))
+        short = int(rng.integers(pre.size, 3 * pre.size + 1))
         aspect = float(rng.choice([1.0, 4 / 3, 16 / 9]))
         width, height = (round(short * aspect), short) if rng.uniform() < 0.8 else (short, round(short * aspect))
         for _ in range(per_scene):
             if rng.uniform() < cut_p:
-                end = second.start_frame + int(rng.integers(0, spec.span - 1))
+                end = second.start_frame + int(rng.integers(0, pre.span - 1))
             else:
                 end = int(rng.integers(second.start_frame, second.end_frame + 1))
-            indices = evaluate.window_indices(end, spec)
-            frames = [to_model_frame(f, spec.size) for f in synthetic.render_clip(segs, indices, width, height)]
+            indices = evaluate.window_indices(end, pre)
+            frames = [to_model_frame(f, pre.size) for f in synthetic.render_clip(segs, indices, width, height)]
             yield np.stack(frames), synthetic.CLASSES.index(second.label)
 
 
-def video_clips(pairs: list[tuple[Path, int]], seed: int, spec: ClipSpec) -> Iterator[tuple[np.ndarray, int]]:
+def video_clips(pairs: list[tuple[Path, int]], seed: int, pre: Preprocess) -> Iterator[tuple[np.ndarray, int]]:
     """Endless random windows of labelled video files (decoded once, kept as model frames)."""
     cache: dict[Path, np.ndarray] = {}
     rng = np.random.default_rng([TRAIN_STREAM, seed])
@@ -97,10 +85,10 @@ def video_clips(pairs: list[tuple[Path, int]], seed: int, spec: ClipSpec) -> Ite
         for i in rng.permutation(len(pairs)):
             path, label = pairs[i]
             if path not in cache:
-                cache[path] = np.stack(evaluate.read_frames(path, spec.size))
+                cache[path] = np.stack(evaluate.read_frames(path, pre.size))
             frames = cache[path]
-            end = int(rng.integers(min(spec.span - 1, len(frames) - 1), len(frames)))
-            clip = frames[evaluate.window_indices(end, spec)]
+            end = int(rng.integers(min(pre.span - 1, len(frames) - 1), len(frames)))
+            clip = frames[evaluate.window_indices(end, pre)]
             yield augment(clip, rng), label
 
 
@@ -118,17 +106,17 @@ def augment(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class ClipStream(torch.utils.data.IterableDataset):
     """Endless clips; each DataLoader worker draws from its own seed."""
 
-    def __init__(self, source: str, pairs: list[tuple[Path, int]], seed: int, spec: ClipSpec, cut_p: float) -> None:
+    def __init__(self, source: str, pairs: list[tuple[Path, int]], seed: int, pre: Preprocess, cut_p: float) -> None:
         super().__init__()
-        self.source, self.pairs, self.seed, self.spec, self.cut_p = source, pairs, seed, spec, cut_p
+        self.source, self.pairs, self.seed, self.pre, self.cut_p = source, pairs, seed, pre, cut_p
         self.easy = mp.Value("d", 0.0, lock=False)  # shared with worker processes; the loop sets it
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         seed = self.seed * 1000 + (info.id if info else 0)
-        clips = synthetic_clips(seed, self.spec, self.cut_p, easy_p=lambda: self.easy.value) \
+        clips = synthetic_clips(seed, self.pre, self.cut_p, easy_p=lambda: self.easy.value) \
             if self.source == "synthetic" else \
-            video_clips(self.pairs, seed, self.spec)
+            video_clips(self.pairs, seed, self.pre)
         for clip, label in clips:
             yield torch.from_numpy(clip), label
 
@@ -138,9 +126,6 @@ class ClipStream(torch.utils.data.IterableDataset):
 
 def build_model(args: argparse.Namespace, labels: list[str]):
     """A fresh TimeSformer (sinusoidal time embedding) or a loaded one with its head fitted to ``labels``."""
-    from workers.model import Preprocess, load_model
-    from workers.timesformer import TimeSformer, TimeSformerConfig
-
     if args.init:
         overrides = {k: v for k, v in (("num_frames", args.num_frames), ("img_size", args.img_size)) if v}
         model = load_model(args.init, **overrides)
@@ -183,8 +168,6 @@ def add_identity_blocks(model, count: int) -> None:
     """Append ``count`` blocks whose residual branches start at zero, so the deeper model computes
     exactly what the trained one did and training can only build on it (more depth for a model
     whose accuracy has levelled off, without starting over)."""
-    from workers.timesformer import Block, init_layers
-
     config = replace(model.config, depth=model.config.depth + count)
     for _ in range(count):
         block = Block(config, 0.0)
@@ -305,16 +288,15 @@ def train(args: argparse.Namespace) -> dict:
     elif args.resume:
         print(f"no {resume_file} yet: starting fresh", flush=True)
     model.to(device)
-    spec = ClipSpec(pre.size, pre.num_frames, pre.frame_interval)
     val = held_out(args, labels, pre, pairs)
     stream = ClipStream(args.data if args.data == "synthetic" else "videos", pairs, args.seed + 7919 * state["epoch"],
-                        spec, args.cut_p)
+                        pre, args.cut_p)
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=args.batch_size, num_workers=args.workers, persistent_workers=False,
         prefetch_factor=4 if args.workers else None)
     if args.probe_head and state["step"] == 0:
-        accuracy = probe_head(model, ClipStream(stream.source, pairs, args.seed + 104729, spec, args.cut_p),
+        accuracy = probe_head(model, ClipStream(stream.source, pairs, args.seed + 104729, pre, args.cut_p),
                               args.probe_head, pre, device)
         print(f"head from a linear probe on {args.probe_head} clips: train top-1 {accuracy:.1%}", flush=True)
     batches = iter(loader)
@@ -365,7 +347,6 @@ def train(args: argparse.Namespace) -> dict:
 
 def save_checkpoints(model, optimizer, state: dict, record: dict, labels: list[str], pre, out: Path) -> None:
     """last/best checkpoints in our format and an atomic resume file."""
-    from workers.model import save_model
 
     model.labels, model.preprocess = labels, pre
     save_model(model, out / "last.safetensors", labels=labels, preprocess=pre)

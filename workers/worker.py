@@ -19,7 +19,7 @@ from streamer.config import WorkerConfig
 from streamer.errors import ProtocolError
 from streamer.framestore import FrameStoreReader
 from streamer.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
-from workers.model import load_model
+from workers.model import label_names, load_model
 from workers.preprocess import fold_normalisation, to_raw_input
 from workers.views import FlipViews
 
@@ -55,7 +55,7 @@ class Predictor:
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(config.threads, config.workers_on_host))
         self.model = load_model(config.checkpoint, device=self.device, precision=config.precision)
-        self.labels = self.model.labels or [str(i) for i in range(self.model.config.num_classes)]
+        self.labels = label_names(self.model.labels, self.model.config.num_classes)
         self.pre = self.model.preprocess
         fold_normalisation(self.model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels
         self.top_k = min(config.top_k, len(self.labels))
