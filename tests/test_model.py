@@ -117,7 +117,7 @@ def test_garbage_file_is_not_a_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("head", [b"", b"\x80", b"\x80\x02", b"PK\x03\x04"])
 def test_damaged_checkpoints_are_refused_not_crashed(tmp_path, head):
-    """Random bytes behind a pickle or zip header trip torch's unpickler in many ways; each must be one CheckpointError."""
+    """Random bytes behind a pickle or zip header trip torch's unpickler in many ways: each is one CheckpointError."""
     rng = random.Random(head)
     bad = tmp_path / "damaged.pyth"
     for _ in range(300):
@@ -163,6 +163,8 @@ METADATA_DAMAGE = {  # our format's metadata, edited by hand or written by anoth
     "two numbers for a mean": {"preprocess": '{"mean": [0.5, 0.5]}'},
     "zero std": {"preprocess": '{"std": [0, 0.2, 0.2]}'},
     "text for a size": {"preprocess": '{"size": "big"}'},
+    "a flip as text": {"preprocess": '{"flip_views": "horizontal"}'},
+    "a flip twice": {"preprocess": '{"flip_views": ["vertical", "vertical"]}'},
 }
 
 
@@ -174,7 +176,7 @@ def test_damaged_metadata_of_our_format_is_one_error(tmp_path, damage):
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     save_file(load_file(str(path)), str(path), metadata={**meta, **METADATA_DAMAGE[damage]})
-    with pytest.raises(CheckpointError, match=r"m\.safetensors: (metadata|preprocessing in its metadata) is damaged"):
+    with pytest.raises(CheckpointError, match=r"m\.safetensors: (metadata|preprocessing in its metadata)"):
         load_model(path)
 
 

@@ -17,8 +17,8 @@ from loguru import logger
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from streamer.config import FLIP_VIEWS
-from streamer.errors import CheckpointError
+from streamer.config import check_flip_views
+from streamer.errors import CheckpointError, ConfigError
 from streamer.ringbuffer import window_span
 from workers.timesformer import TimeSformer, TimeSformerConfig
 
@@ -191,7 +191,7 @@ def _read_official(path: Path) -> tuple[dict, list[str] | None]:
                 "re-save its state_dict with torch.save or convert it to safetensors"
             ) from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (neither a torch.save zip nor a pickle)") from None
-    except Exception as err:  # noqa: BLE001 - a damaged pickle trips the restricted unpickler in many ways (IndexError, KeyError, ...)
+    except Exception as err:  # noqa: BLE001 - damaged pickles trip the unpickler in many ways (IndexError, ...)
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model_state"), dict):
@@ -235,7 +235,7 @@ def _read_hf(folder: Path) -> tuple[dict, dict, list[str] | None, Preprocess]:
         proc = json.loads(processor.read_text()) if processor.is_file() else {}
         if "image_mean" in proc and "image_std" in proc:
             pre = replace(pre, mean=tuple(proc["image_mean"]), std=tuple(proc["image_std"]))
-    except (AttributeError, LookupError, TypeError, ValueError) as err:  # JSON of the wrong shape: a list, a string for a number
+    except (AttributeError, LookupError, TypeError, ValueError) as err:  # JSON of the wrong shape, text for a number
         raise CheckpointError(f"{folder}: config.json or preprocessor_config.json is damaged ({err})") from None
     _check_preprocess(pre, folder)
     return hf_to_official(state), hf_arch, labels, pre
@@ -277,9 +277,10 @@ def _read_ours(path: Path) -> tuple[dict, dict, list[str] | None, Preprocess]:
 
 def _check_preprocess(pre: Preprocess, where: Path) -> None:
     """Refuse preprocessing read from a file that would fail later, mid-stream, in a worker."""
-    if not set(pre.flip_views) <= set(FLIP_VIEWS):
-        raise CheckpointError(f"{where}: metadata names unknown flip views {list(pre.flip_views)}; "
-                              f"known: {', '.join(FLIP_VIEWS)}")
+    try:
+        check_flip_views(pre.flip_views, f"{where}: metadata")
+    except ConfigError as err:  # the same rules as a config's flip_views, but the checkpoint is what is wrong
+        raise CheckpointError(str(err)) from None
     stats_ok = all(len(v) == 3 and all(isinstance(x, (int, float)) for x in v) for v in (pre.mean, pre.std))
     sizes_ok = all(isinstance(n, int) and n > 0 for n in (pre.size, pre.num_frames, pre.frame_interval))
     if not stats_ok or not sizes_ok or min(pre.std) <= 0:
