@@ -61,6 +61,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
         if store else "frames inline"))
     schedule = WindowSchedule(config.num_frames, config.frame_interval, config.hop)
     seq, credits, segment, lost = 0, OFFLINE_IN_FLIGHT, 0, False
+    last_index = None  # the ring forgets it on a loss; the end-of-stream line still names it
     malformed = messages.MalformedLog(f"capture {config.stream}")
     try:
         while not stop.is_set():
@@ -83,14 +84,15 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
             if frame is False:  # still reconnecting
                 continue
             if frame is None:
-                status("end_of_stream", f"{config.stream}: last frame was {ring.newest}")
-                logger.info(f"capture {config.stream}: end of source after frame {ring.newest}")
+                status("end_of_stream", f"{config.stream}: last frame was {last_index}")
+                logger.info(f"capture {config.stream}: end of source after frame {last_index}")
                 return 0
             if frame.segment != segment:  # a reconnect: never let a window span the gap
                 segment = frame.segment
                 ring.reset()
                 schedule.reset()
             ring.push(frame.index, frame.ts, to_model_frame(frame.bgr, config.size))
+            last_index = frame.index
             if display is not None:
                 image = _display_image(frame.bgr, config.display_width)
                 messages.send(display, DisplayFrame(config.stream, frame.index, frame.ts, image), zmq.NOBLOCK)

@@ -110,7 +110,7 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
             log.write(line)
         messages.send(results, status)
         if status.kind == "source_lost":
-            for event in tracker.reset(status.stream):
+            for event in tracker.reset(status.stream, lost_ts=status.ts):
                 log.write(event)
 
     def dispatch() -> None:

@@ -12,6 +12,7 @@ and a written line is never held back in a buffer.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import sys
@@ -82,6 +83,7 @@ class ActionTracker:
         self.config = config
         self.labels = list(labels) if labels is not None else None
         self._streams: dict[str, _StreamState] = {}
+        self._lost_at: dict[str, float] = {}  # capture time of each stream's last loss
 
     def _label(self, i: int) -> str:
         return self.labels[i] if self.labels is not None else f"class_{i}"
@@ -107,6 +109,8 @@ class ActionTracker:
             raise ProtocolError(
                 f"result from worker {result.worker!r} has {probs.shape[0]} classes but the model labels "
                 f"list {len(self.labels)}; restart with matching checkpoints")
+        if result.frame_ts <= self._lost_at.get(result.stream, -math.inf):
+            return self._top(probs), []  # captured before its source was lost: that action already ended there
         state = self._streams.get(result.stream)
         if state is not None and state.history and state.history[-1].shape != probs.shape:
             state = None  # the model changed under this stream: start afresh
@@ -137,8 +141,14 @@ class ActionTracker:
         state = self._streams.get(stream)
         return None if state is None or state.active is None else self._label(state.active)
 
-    def reset(self, stream: str) -> list[dict[str, Any]]:
-        """Forget a stream (its source was lost); returns the ``end`` event of its ongoing action, if any."""
+    def reset(self, stream: str, lost_ts: float | None = None) -> list[dict[str, Any]]:
+        """Forget a stream; returns the ``end`` event of its ongoing action, if any.
+
+        With ``lost_ts`` (its source was lost then), results of windows captured before it that
+        are still at a worker are logged but start no action: the one they belong to has ended.
+        """
+        if lost_ts is not None:
+            self._lost_at[stream] = lost_ts
         state = self._streams.pop(stream, None)
         if state is None or state.active is None:
             return []

@@ -165,12 +165,22 @@ class _Reader(Protocol):
     def close(self) -> None: ...
 
 
+def quiet_opencv() -> None:
+    """Keep OpenCV's and FFmpeg's console chatter ("moov atom not found", "can't be used to capture
+    by name") off the user's terminal: each failure reaches them as one line of ours instead.
+    Setting ``OPENCV_FFMPEG_LOGLEVEL`` or ``OPENCV_LOG_LEVEL`` in the environment brings it back."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; FFmpeg reads it when a capture opens
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
 class _CvReader:
     """Webcam or file through OpenCV's VideoCapture."""
 
     def __init__(self, target: int | str, failure: str, api: int = cv2.CAP_ANY) -> None:
         self.why = ""
         self.frames_read = 0
+        quiet_opencv()
         self._cap = cv2.VideoCapture(target, api)
         if not self._cap.isOpened():
             self._cap.release()

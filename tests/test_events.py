@@ -105,6 +105,18 @@ def test_reset_ends_the_active_action_and_forgets_the_history() -> None:
     assert [e["stream"] for e in tracker.reset_all()] == ["cam0"]
 
 
+def test_results_captured_before_a_loss_start_no_action_after_it() -> None:
+    """A window still at a worker when its camera dropped is logged, but its action already ended at the loss."""
+    tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
+    assert run(tracker, [0.9, 0.9]) == [("start", "abseiling", 0)]
+    (end,) = tracker.reset("cam0", lost_ts=1002.5)  # frames 0-1 captured at 1000-1001, lost at 1002.5
+    assert end["kind"] == "end"
+    top, events = tracker.update(result(0.9, 2))  # captured at 1002.0, before the loss, predicted after it
+    assert events == [] and top[0] == ("abseiling", pytest.approx(0.9)) and tracker.active("cam0") is None
+    _, events = tracker.update(result(0.9, 3))  # captured at 1003.0: the source is back
+    assert [(e["kind"], e["frame_index"]) for e in events] == [("start", 24)]
+
+
 def test_a_late_result_changes_nothing() -> None:
     tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
     tracker.update(result(0.1, 5, ts=1005.0))

@@ -238,6 +238,16 @@ def test_bad_checkpoint_file_is_one_line_and_exit_2(tmp_path, head):
     assert proc.stderr.strip().count("\n") == 0 and "broken.pyth" in proc.stderr
 
 
+def test_damaged_video_source_is_one_line_and_exit_2(tmp_path, checkpoint):
+    """OpenCV's and FFmpeg's own console messages ("moov atom not found") stay off the terminal."""
+    garbage = tmp_path / "holiday.mp4"
+    garbage.write_bytes(random.Random(3).randbytes(20_000))
+    proc = run("--checkpoint", checkpoint, "--source", garbage, "--headless", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "holiday.mp4" in lines[0], proc.stderr
+
+
 def test_default_demo_runs_with_the_shipped_model(tmp_path):
     """`python run_pipeline.py` as a newcomer runs it (headless here, no display): synthetic actions named live."""
     from streamer.synthetic import CLASSES

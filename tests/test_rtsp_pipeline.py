@@ -199,6 +199,10 @@ def test_truncated_file_source_ends_cleanly_with_its_readable_part(tmp_path, che
     assert indices and indices[-1] == due[-1], "the last readable window was not predicted"
     lost = of_kind(lines, "source_lost")
     assert len(lost) == 1 and "truncated" in lost[0]["detail"], lines[-3:]
+    after_loss = lines[lines.index(lost[0]) + 1:]  # windows still at a worker then: logged, but no action reopens
+    assert not of_kind(after_loss, "start"), after_loss
+    starts, ends = of_kind(lines, "start"), of_kind(lines, "end")
+    assert len(starts) == len(ends) and all(s["frame_index"] <= e["frame_index"] for s, e in zip(starts, ends))
 
 
 @pytest.mark.timeout(60)

@@ -26,6 +26,7 @@ from streamer.config import FLIP_VIEWS
 from streamer.errors import CheckpointError, ConfigError, PipelineError, SourceError
 from streamer.frames import to_model_frame
 from streamer.ringbuffer import window_span
+from streamer.sources import quiet_opencv
 from workers.model import Preprocess, label_names, load_model
 from workers.preprocess import to_model_input
 from workers.views import FlipViews
@@ -103,6 +104,7 @@ def synthetic_windows(seed: int, seconds: float, size: int, spec: WindowSpec, cl
 
 def read_frames(path: Path, size: int) -> list[np.ndarray]:
     """Every frame of a video file, through ``to_model_frame``."""
+    quiet_opencv()
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise SourceError(f"{path}: cannot open this video; check the path and that OpenCV can decode it")
