@@ -19,8 +19,8 @@ from loguru import logger
 from streamer import messages, sockets
 from streamer.config import CaptureConfig
 from streamer.errors import ProtocolError
-from streamer.framestore import FrameRef, FrameStore
 from streamer.frames import to_model_frame
+from streamer.framestore import FrameRef, FrameStore
 from streamer.messages import Credit, DisplayFrame, Status, Window
 from streamer.ringbuffer import RingBuffer, WindowSchedule, window_span
 from streamer.sources import SourceConfig, SourceLost, open_source

@@ -18,8 +18,8 @@ from loguru import logger
 
 from streamer import messages, sockets
 from streamer.config import PipelineConfig
-from streamer.framestore import remove_stores
 from streamer.errors import PipelineError
+from streamer.framestore import remove_stores
 from streamer.messages import Status
 
 USAGE_ERROR = 2
