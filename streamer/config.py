@@ -6,6 +6,7 @@ dataclass and reads nothing else (no globals, no environment). Every bad value r
 """
 
 import ipaddress
+import os
 import tempfile
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -202,6 +203,24 @@ def _check_endpoint(address: str, where: str, security: Security) -> str:
     return address
 
 
+def _writable_file(value: str | None, what: str) -> str | None:
+    """A file the pipeline will write (event log, annotated video), checked before any stage starts:
+    its folder is made if missing, and a folder or an unwritable place is a ConfigError now rather
+    than a failed stage later."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{what} {value}: is a folder; name a file in it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{what} {value}: cannot make its folder ({err.strerror}); pick a writable path") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{what} {value}: not writable; pick a writable path")
+    return str(path)
+
+
 def _key_path(value: str, base: Path) -> Path:
     """As given (relative to the working folder), else relative to the config file's folder."""
     path = Path(value).expanduser()
@@ -387,7 +406,8 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
 
     offline = flags.offline or _get(pipe, "offline", bool, False, f"{where} [pipeline]")
     headless = flags.headless or _get(pipe, "headless", bool, False, f"{where} [pipeline]")
-    output = flags.output or _get(ov, "output", str, None, f"{where} [overlay]") or None
+    output = _writable_file(flags.output or _get(ov, "output", str, None, f"{where} [overlay]") or None,
+                            "annotated video (--output)")
     window = not headless and _get(ov, "window", bool, True, f"{where} [overlay]")
     want_overlay = window or bool(output)
 
@@ -424,7 +444,8 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         )
     except ConfigError as err:
         raise ConfigError(f"{where} [events]: {err}") from None
-    events_path = flags.events or _get(ev, "path", str, None, f"{where} [events]") or None
+    events_path = _writable_file(flags.events or _get(ev, "path", str, None, f"{where} [events]") or None,
+                                 "event log (--events)")
 
     dispatch = DispatchConfig(
         endpoints=endpoints, streams=streams, finite_streams=tuple(finite), labels=tuple(labels or ()),

@@ -238,6 +238,17 @@ def test_bad_checkpoint_file_is_one_line_and_exit_2(tmp_path, head):
     assert proc.stderr.strip().count("\n") == 0 and "broken.pyth" in proc.stderr
 
 
+@pytest.mark.parametrize("flag", ["--events", "--output"])
+@pytest.mark.parametrize("where", ["a folder", "under a file"])
+def test_unwritable_output_paths_are_one_line_before_anything_starts(tmp_path, checkpoint, flag, where):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    target = tmp_path if where == "a folder" else tmp_path / "notes.txt" / "out.file"
+    proc = run("--checkpoint", checkpoint, "--headless", flag, target, "--duration", 30, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and f"({flag})" in lines[0], proc.stderr
+
+
 def test_damaged_video_source_is_one_line_and_exit_2(tmp_path, checkpoint):
     """OpenCV's and FFmpeg's own console messages ("moov atom not found") stay off the terminal."""
     garbage = tmp_path / "holiday.mp4"
