@@ -13,20 +13,10 @@ import argparse
 import os
 import sys
 
-from streamer.errors import PipelineError
-
-USAGE_ERROR = 2
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        """One line and exit code 2, as for every other usage error."""
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(USAGE_ERROR)
-
+from streamer.errors import USAGE_ERROR, PipelineError, UsageParser
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = UsageParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML config (default: configs/default.toml)")
     p.add_argument("--source", action="append", default=[], metavar="SRC",
                    help="webcam index or /dev/videoN, rtsp://..., a video file, or synthetic: (repeatable)")

@@ -4,6 +4,19 @@ Every message names the offending value (file, URL, key) and what to do about
 it; the command line prints ``str(error)`` and exits with code 2.
 """
 
+import argparse
+import sys
+
+USAGE_ERROR = 2  # the exit code of every usage error: a bad flag, config, checkpoint or source
+
+
+class UsageParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and exit code 2), like every other usage error."""
+
+    def error(self, message: str) -> None:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
+
 
 class PipelineError(Exception):
     """Base of every error this project raises on purpose."""

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import zmq
 
-from streamer.errors import ConfigError
+from streamer.errors import USAGE_ERROR, ConfigError, UsageParser
 
 Z85_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
 KEY_CHARS = 40  # a 32-byte Curve25519 key in Z85
 PAIRS = ("server", "client")
-USAGE_ERROR = 2
 
 
 def is_z85_key(text: str) -> bool:
@@ -136,15 +135,9 @@ def security_lines(paths: dict[str, Path]) -> str:
     ])
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(USAGE_ERROR)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = _ArgumentParser(prog="python -m streamer.keys", description=__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = UsageParser(prog="python -m streamer.keys", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", metavar="DIR", help="folder for the key files (made 0700 if missing)")
     p.add_argument("--force", action="store_true", help="replace keys already in DIR")
     args = p.parse_args(argv)

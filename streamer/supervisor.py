@@ -18,11 +18,10 @@ from loguru import logger
 
 from streamer import messages, sockets
 from streamer.config import PipelineConfig
-from streamer.errors import PipelineError
+from streamer.errors import USAGE_ERROR, PipelineError
 from streamer.framestore import remove_stores
 from streamer.messages import Status
 
-USAGE_ERROR = 2
 STOP_GRACE_S = 3.0
 HEALTHY_AFTER_S = 30.0
 WORKER_READY_TIMEOUT_S = 120.0  # a stage up this long has its crash backoff reset

@@ -17,7 +17,6 @@ same seed always gives the same pixels.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -28,6 +27,8 @@ from typing import Iterator
 
 import cv2
 import numpy as np
+
+from streamer.errors import USAGE_ERROR, UsageParser
 
 CLASSES: list[str] = [
     "moving_left",
@@ -443,20 +444,24 @@ def frame_labels(labels: list[dict], num_frames: int) -> list[str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streamer.synthetic", description=__doc__.splitlines()[0])
+    parser = UsageParser(prog="python -m streamer.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output .mp4; labels go to OUT.labels.json")
     parser.add_argument("--seconds", type=float, required=True, help="length of the video in seconds")
-    parser.add_argument("--seed", type=int, required=True, help="same seed, same video and labels")
+    parser.add_argument("--seed", type=int, required=True, help="same seed, same video and labels (≥ 0)")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.fps <= 0 or args.width < 16 or args.height < 16:
-        parser.error(f"need --seconds > 0, --fps > 0, --width/--height ≥ 16; got "
-                     f"{args.seconds}, {args.fps}, {args.width}x{args.height}")
+    if args.seconds <= 0 or args.fps <= 0 or args.width < 16 or args.height < 16 or args.seed < 0:
+        parser.error(f"need --seconds > 0, --fps > 0, --width/--height ≥ 16, --seed ≥ 0; got "
+                     f"{args.seconds}, {args.fps}, {args.width}x{args.height}, {args.seed}")
     if args.out.suffix.lower() != ".mp4":
         parser.error(f"--out must end in .mp4, got {args.out}")
-    labels = write_video(args.out, args.seconds, args.seed, args.fps, args.width, args.height)
+    try:
+        labels = write_video(args.out, args.seconds, args.seed, args.fps, args.width, args.height)
+    except OSError as err:  # PyAV's errors are OSErrors too
+        print(f"error: cannot write {args.out} ({err.strerror or err}); pick a writable path", file=sys.stderr)
+        return USAGE_ERROR
     print(f"wrote {args.out} and {labels_path(args.out)} ({len(labels)} segments)")
     return 0
 

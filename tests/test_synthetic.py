@@ -155,10 +155,20 @@ def test_cli_writes_mp4_and_inclusive_labels_that_opencv_and_pyav_read(tmp_path)
 
 
 @pytest.mark.parametrize("args", [["--seconds", "0", "--seed", "1"], ["--seconds", "x", "--seed", "1"],
-                                  ["--seconds", "2"], ["--seconds", "2", "--seed", "1", "--width", "4"]])
+                                  ["--seconds", "2"], ["--seconds", "2", "--seed", "1", "--width", "4"],
+                                  ["--seconds", "2", "--seed", "-5"]])
 def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, args):
     proc = subprocess.run([sys.executable, "-m", "streamer.synthetic", "--out", str(tmp_path / "x.mp4"), *args],
                           cwd=REPO, timeout=30, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_cli_unwritable_out_exits_2_with_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = tmp_path / "notes.txt" / "x.mp4"
+    proc = subprocess.run([sys.executable, "-m", "streamer.synthetic", "--out", str(out), "--seconds", "1",
+                           "--seed", "1"], cwd=REPO, timeout=30, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and "x.mp4" in proc.stderr, proc.stderr

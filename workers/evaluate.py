@@ -11,7 +11,6 @@ per class, or a list file of ``path label`` lines (paths relative to the list fi
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 
 from streamer import synthetic
 from streamer.config import FLIP_VIEWS
-from streamer.errors import CheckpointError, ConfigError, PipelineError, SourceError
+from streamer.errors import CheckpointError, ConfigError, PipelineError, SourceError, UsageParser
 from streamer.frames import to_model_frame
 from streamer.ringbuffer import window_span
 from streamer.sources import quiet_opencv
@@ -258,7 +257,7 @@ def draw_confusion(confusion: np.ndarray, labels: list[str], path: Path, title: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.evaluate", description=__doc__.splitlines()[0])
+    parser = UsageParser(prog="python -m workers.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="any checkpoint load_model reads")
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", type=Path, help="class-per-folder tree, 'path label' list file, or a rendered .mp4")

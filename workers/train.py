@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from streamer import synthetic
-from streamer.errors import PipelineError
+from streamer.errors import PipelineError, UsageParser
 from streamer.frames import to_model_frame
 from workers import evaluate
 from workers.model import Preprocess, load_model, save_model
@@ -360,7 +360,7 @@ def save_checkpoints(model, optimizer, state: dict, record: dict, labels: list[s
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m workers.train", description=__doc__.splitlines()[0])
+    parser = UsageParser(prog="python -m workers.train", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="'synthetic', a class-per-folder tree, or a 'path label' list file")
     parser.add_argument("--val-data", type=Path, help="held-out folder or list file (for folder/list data)")
     parser.add_argument("--out", required=True, help="folder for checkpoints and log.jsonl")
