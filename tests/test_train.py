@@ -182,6 +182,18 @@ def test_bad_arguments_exit_2(argv, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("problem", ["size not a multiple of the patch", "--out under a file"])
+def test_bad_setup_is_one_line_and_exit_2(tmp_path, capsys, problem):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = tmp_path / ("notes.txt/run" if problem == "--out under a file" else "run")
+    size = "17" if problem == "size not a multiple of the patch" else "16"
+    argv = ["--data", "synthetic", "--out", str(out), *TINY, "--img-size", size, "--epochs", "1", "--steps-per-epoch", "1"]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert ("img_size 17" if size == "17" else "cannot make this folder") in err
+
+
 def _motion_model():
     args = train.parse_args(["--data", "synthetic", "--out", "x", "--img-size", "32", "--embed-dim", "96",
                              "--heads", "4", "--motion-init"])

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from streamer import synthetic
-from streamer.errors import PipelineError, UsageParser
+from streamer.errors import ConfigError, PipelineError, UsageParser
 from streamer.frames import to_model_frame
 from workers import evaluate
 from workers.model import Preprocess, load_model, save_model
@@ -143,11 +143,14 @@ def build_model(args: argparse.Namespace, labels: list[str]):
             add_identity_blocks(model, args.add_blocks)
         model = model.float().train()
         return model, pre
-    config = TimeSformerConfig(
-        img_size=args.img_size or 48, patch_size=args.patch_size, num_classes=len(labels),
-        num_frames=args.num_frames or 8, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads,
-        drop_path_rate=args.drop_path,
-    )
+    try:
+        config = TimeSformerConfig(
+            img_size=args.img_size or 48, patch_size=args.patch_size, num_classes=len(labels),
+            num_frames=args.num_frames or 8, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads,
+            drop_path_rate=args.drop_path,
+        )
+    except ValueError as err:  # e.g. a size that is not a multiple of the patch
+        raise ConfigError(f"architecture flags: {err}") from None
     model = TimeSformer(config)
     with torch.no_grad():
         model.time_embed.copy_(sinusoid_table(config.num_frames, config.embed_dim))
@@ -270,7 +273,10 @@ def train(args: argparse.Namespace) -> dict:
         labels = evaluate.class_names(videos)
         pairs = [(p, labels.index(l)) for p, l in videos]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot make this folder ({err.strerror}); pick a writable path") from None
     resume_file = out / "resume.pt"
     model, pre = build_model(args, labels)
     state = {"epoch": 0, "step": 0, "best": -1.0}
