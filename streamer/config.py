@@ -6,6 +6,7 @@ dataclass and reads nothing else (no globals, no environment). Every bad value r
 """
 
 import ipaddress
+import math
 import os
 import tempfile
 import tomllib
@@ -155,7 +156,9 @@ class PipelineConfig:
     fixed_endpoints: bool = False  # the file names them (needed when stages run as separate commands)
 
 
-def _get(table: dict, key: str, kind, default, where: str):
+def _get(table: dict, key: str, kind, default, where: str, *, low=None, above=None, high=None):
+    """``table[key]`` (or ``default``) checked to be a ``kind``; numbers finite and within
+    ``low <= value``, ``above < value``, ``value <= high`` where those are given."""
     value = table.get(key, default)
     if value is None or kind is None:
         return value
@@ -163,6 +166,14 @@ def _get(table: dict, key: str, kind, default, where: str):
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):  # TOML allows inf and nan; no setting here means them
+        raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (above is not None and value <= above) or \
+            (high is not None and value > high):
+        wanted = " and ".join(part for part in (f"≥ {low}" if low is not None else "",
+                                                f"> {above}" if above is not None else "",
+                                                f"≤ {high}" if high is not None else "") if part)
+        raise ConfigError(f"{where}: '{key}' must be {wanted}, got {value!r}")
     return value
 
 
@@ -209,6 +220,8 @@ def _writable_file(value: str | None, what: str) -> str | None:
     than a failed stage later."""
     if value is None:
         return None
+    if not value or "\x00" in value:
+        raise ConfigError(f"{what} {value!r}: not a usable file name")
     path = Path(value).expanduser()
     if path.is_dir():
         raise ConfigError(f"{what} {value}: is a folder; name a file in it")
@@ -254,6 +267,9 @@ def load_security(table: dict, where: str, base: Path) -> Security:
     paths = {name: _get(table, name, str, "", where)
              for name in ("server_public_key", "server_secret_key", "client_secret_key")}
     allowed = table.get("allowed_clients", [])
+    if not isinstance(allowed, (str, list)):
+        raise ConfigError(f"{where}: 'allowed_clients' must be a key file, a folder of .key files, "
+                          f"or a list of them; got {allowed!r}")
     if not any(paths.values()) and not allowed:
         return Security(allow_plaintext=allow_plaintext)
     if not paths["server_public_key"] and not paths["server_secret_key"]:
@@ -281,6 +297,18 @@ def default_endpoints() -> Endpoints:
     """Private ipc:// sockets in a fresh folder, so pipelines running side by side never collide."""
     folder = Path(tempfile.mkdtemp(prefix="tss-"))
     return Endpoints(*(f"ipc://{folder / name}" for name in ("windows", "work", "results", "display")))
+
+
+def _stream_label(name: str | None, where: str, taken: set[str]) -> str | None:
+    """A name given to a source in the config: printable, at most 256 characters, not used twice."""
+    if name is None:
+        return None
+    if not name or len(name) > 256 or not name.isprintable():
+        raise ConfigError(f"{where}: 'name' must be 1-256 printable characters, got {name!r}")
+    if name in taken:
+        raise ConfigError(f"{where}: two sources are named {name!r}; give each its own name")
+    taken.add(name)
+    return name
 
 
 def stream_name(source: str, index: int, taken: set[str]) -> str:
@@ -327,6 +355,11 @@ def read_toml(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read it ({err})") from None
 
+
+MAX_WORKERS = 64  # worker processes on one host; more than its cores or GPUs only adds contention
+MAX_NUM_FRAMES = 128  # frames a window (TimeSformer-L takes 96)
+MAX_SPAN = 1024  # source frames a window may span: 34 s at 30 fps, 154 MB of ring at 224 px
+MAX_WAIT_S = 3600.0  # the longest timeout or delay a setting may ask for
 
 KNOWN = {
     "model": {"checkpoint", "device", "precision", "num_frames", "frame_interval", "hop", "max_batch", "threads",
@@ -375,12 +408,12 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         checkpoint = str(REPO / checkpoint)
     preprocess, labels = preprocess_of(checkpoint)
 
-    num_frames = _get(model, "num_frames", int, preprocess.num_frames, where_model)
-    frame_interval = _get(model, "frame_interval", int, preprocess.frame_interval, where_model)
-    hop = _get(model, "hop", int, max(1, frame_interval), where_model)
-    for key, value in (("num_frames", num_frames), ("frame_interval", frame_interval), ("hop", hop)):
-        if value < 1:
-            raise ConfigError(f"{where_model}: '{key}' must be at least 1, got {value}")
+    num_frames = _get(model, "num_frames", int, preprocess.num_frames, where_model, low=1, high=MAX_NUM_FRAMES)
+    frame_interval = _get(model, "frame_interval", int, preprocess.frame_interval, where_model, low=1)
+    hop = _get(model, "hop", int, max(1, frame_interval), where_model, low=1)
+    if (num_frames - 1) * frame_interval + 1 > MAX_SPAN:
+        raise ConfigError(f"{where_model}: a window of {num_frames} frames {frame_interval} apart spans "
+                          f"{(num_frames - 1) * frame_interval + 1} source frames; at most {MAX_SPAN} fit the ring buffer")
 
     security = load_security(sec, f"{where} [security]", path.parent)
     ep_table = raw.get("endpoints", {})
@@ -408,7 +441,8 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     headless = flags.headless or _get(pipe, "headless", bool, False, f"{where} [pipeline]")
     output = _writable_file(flags.output or _get(ov, "output", str, None, f"{where} [overlay]") or None,
                             "annotated video (--output)")
-    window = not headless and _get(ov, "window", bool, True, f"{where} [overlay]")
+    window = _get(ov, "window", bool, True, f"{where} [overlay]") and not headless
+    overlay_fps = _get(ov, "fps", float, 30.0, f"{where} [overlay]", above=0, high=1000)  # checked even if unused
     want_overlay = window or bool(output)
 
     taken: set[str] = set()
@@ -420,15 +454,16 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         if spec is None:
             raise ConfigError(f"{where}: [[sources]] #{i + 1} has no 'spec'")
         kind = parse_source(spec)
-        name = table.get("name") or stream_name(spec, i, taken)
+        name = _stream_label(_get(table, "name", str, None, f"{where} [[sources]] #{i + 1}"),
+                             f"{where} [[sources]] #{i + 1}", taken) or stream_name(spec, i, taken)
         if kind == "file":
             finite.append(name)
         captures.append(CaptureConfig(
             stream=name, source=spec, endpoints=endpoints, size=preprocess.size, num_frames=num_frames,
             frame_interval=frame_interval, hop=hop, offline=offline, display=want_overlay,
-            display_width=_get(ov, "display_width", int, 640, f"{where} [overlay]"),
-            open_timeout_s=_get(table, "open_timeout_s", float, 5.0, f"{where} [[sources]]"),
-            read_timeout_s=_get(table, "read_timeout_s", float, 5.0, f"{where} [[sources]]"),
+            display_width=_get(ov, "display_width", int, 640, f"{where} [overlay]", low=16, high=7680),
+            open_timeout_s=_get(table, "open_timeout_s", float, 5.0, f"{where} [[sources]]", above=0, high=MAX_WAIT_S),
+            read_timeout_s=_get(table, "read_timeout_s", float, 5.0, f"{where} [[sources]]", above=0, high=MAX_WAIT_S),
             frame_store=frame_store, security=security,
         ))
     if offline and len(finite) != len(captures):
@@ -450,12 +485,13 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     dispatch = DispatchConfig(
         endpoints=endpoints, streams=streams, finite_streams=tuple(finite), labels=tuple(labels or ()),
         offline=offline, events_path=events_path, events=events,
-        heartbeat_timeout_s=_get(pipe, "heartbeat_timeout_s", float, 30.0, f"{where} [pipeline]"),
+        heartbeat_timeout_s=_get(pipe, "heartbeat_timeout_s", float, 30.0, f"{where} [pipeline]", above=0,
+                                 high=MAX_WAIT_S),
         security=security,
     )
     n_workers = flags.workers or _get(pipe, "workers", int, 1, f"{where} [pipeline]")
-    if n_workers < 1:
-        raise ConfigError(f"{where} [pipeline]: 'workers' must be at least 1, got {n_workers}")
+    if not 1 <= n_workers <= MAX_WORKERS:
+        raise ConfigError(f"{where} [pipeline]: 'workers' must be 1..{MAX_WORKERS}, got {n_workers}")
     precision = flags.precision or _get(model, "precision", str, "bf16", where_model)
     if precision not in ("fp32", "bf16", "fp16", "int8"):
         raise ConfigError(f"{where_model}: 'precision' must be fp32, bf16, fp16 or int8, got {precision!r}")
@@ -464,22 +500,22 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         raise ConfigError(f"{where_model}: 'device' must be auto, cpu, cuda or cuda:N, got {device!r}")
     worker = WorkerConfig(
         name="worker-0", endpoints=endpoints, checkpoint=checkpoint, device=device, precision=precision,
-        max_batch=_get(model, "max_batch", int, 4, where_model), threads=_get(model, "threads", int, 0, where_model),
-        top_k=events.top_k, delay_s=_get(model, "delay_s", float, 0.0, where_model), frame_store=frame_store,
+        max_batch=_get(model, "max_batch", int, 4, where_model, low=1, high=64),
+        threads=_get(model, "threads", int, 0, where_model, low=0, high=1024),
+        top_k=events.top_k, delay_s=_get(model, "delay_s", float, 0.0, where_model, low=0, high=MAX_WAIT_S),
+        frame_store=frame_store,
         flip_views=check_flip_views(model["flip_views"], where_model) if "flip_views" in model
         else preprocess.flip_views, security=security,
     )
-    if not 1 <= worker.max_batch <= 64:
-        raise ConfigError(f"{where_model}: 'max_batch' must be 1..64, got {worker.max_batch}")
     workers = tuple(replace(worker, name=f"worker-{i}", index=i, workers_on_host=n_workers) for i in range(n_workers))
 
     overlay = OverlayConfig(
         endpoints=endpoints, streams=streams, window=window, output=output,
-        fps=_get(ov, "fps", float, 30.0, f"{where} [overlay]"), top_k=min(events.top_k, 5), security=security,
+        fps=overlay_fps, top_k=min(events.top_k, 5), security=security,
     ) if want_overlay else None
     duration = flags.duration if flags.duration is not None else _get(pipe, "duration", float, 0.0,
                                                                        f"{where} [pipeline]")
-    if duration < 0:
+    if not duration >= 0 or not math.isfinite(duration):
         raise ConfigError(f"--duration must be zero (run until stopped) or positive, got {duration}")
     return PipelineConfig(captures=tuple(captures), dispatch=dispatch, workers=workers, overlay=overlay,
                           duration_s=duration, security=security, source_file=where,

@@ -219,11 +219,13 @@ def test_usage_errors_are_one_line_and_exit_2(args, message, checkpoint):
     ("[pipeline]\nworkers = 'two'", "'workers' must be int"),
     ("[model]\nflip_views = ['sideways']", "'flip_views' entry 'sideways' is not one of horizontal, vertical"),
     ("[endpoints]\nwork = 'tcp://0.0.0.0:5555'", "reachable from other hosts"),
+    ("[[sources]]\nspec = 'synthetic:'\nname = 5", "'name' must be str"),  # was a capture traceback, exit 0
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path, content, message, checkpoint):
     config = tmp_path / "bad.toml"
     config.write_text(content)
-    proc = run("--config", config, "--checkpoint", checkpoint, "--source", "synthetic:", "--headless", timeout=60)
+    source = [] if "[[sources]]" in content else ["--source", "synthetic:"]
+    proc = run("--config", config, "--checkpoint", checkpoint, *source, "--headless", timeout=60)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and "bad.toml" in lines[0], proc.stderr

@@ -1,0 +1,52 @@
+"""Config files as users write them, wrong in every way the loader must catch before any stage starts."""
+
+from pathlib import Path
+
+import pytest
+
+from streamer.config import Overrides, load_config
+from streamer.errors import ConfigError
+from workers.model import describe_checkpoint
+
+DEMO = Path(__file__).resolve().parents[1] / "models" / "demo.safetensors"
+SOURCE = "[[sources]]\nspec = 'synthetic:'\n"
+
+BAD = {  # what a config says → what the one-line error must say
+    "nan duration": ("[pipeline]\nduration = nan", "'duration' must be a finite number"),
+    "a thousand workers": ("[pipeline]\nworkers = 1000", "'workers' must be 1..64"),
+    "zero heartbeat": ("[pipeline]\nheartbeat_timeout_s = 0", "'heartbeat_timeout_s' must be > 0"),
+    "negative delay": ("[model]\ndelay_s = -1.0", "'delay_s' must be ≥ 0"),
+    "negative threads": ("[model]\nthreads = -1", "'threads' must be ≥ 0"),
+    "batch of 65": ("[model]\nmax_batch = 65", "'max_batch' must be ≥ 1 and ≤ 64"),
+    "1000-frame windows": ("[model]\nnum_frames = 1000", "'num_frames' must be ≥ 1 and ≤ 128"),
+    "a window spanning minutes": ("[model]\nframe_interval = 1000", "spans 7001 source frames"),
+    "overlay at 0 fps": ("[overlay]\nfps = 0", "'fps' must be > 0"),  # checked even when headless
+    "a 5 px display": ("[overlay]\ndisplay_width = 5", "'display_width' must be ≥ 16"),
+    "negative open timeout": (SOURCE + "open_timeout_s = -1", "'open_timeout_s' must be > 0"),
+    "infinite read timeout": (SOURCE + "read_timeout_s = inf", "'read_timeout_s' must be a finite number"),
+    "a number for a name": (SOURCE + "name = 5", "'name' must be str"),
+    "a tab in a name": (SOURCE + 'name = "front\\tdoor"', "'name' must be 1-256 printable characters"),
+    "two sources, one name": (SOURCE + "name = 'door'\n" + SOURCE + "name = 'door'", "two sources are named 'door'"),
+    "a NUL in the event log": ('[events]\npath = "log\\u0000.jsonl"', "not a usable file name"),
+    "a number for allowed clients": ("[security]\nallowed_clients = 0", "'allowed_clients' must be"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_setting_is_one_clear_config_error(tmp_path, case):
+    content, message = BAD[case]
+    if "[[sources]]" not in content:
+        content = SOURCE + content
+    path = tmp_path / "bad.toml"
+    path.write_text(content + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    text = str(err.value)
+    assert message in text and "\n" not in text, text
+
+
+def test_named_sources_keep_their_names_and_unnamed_ones_do_not_collide(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text(SOURCE + "name = 'synthetic'\n" + SOURCE)
+    config = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    assert [c.stream for c in config.captures] == ["synthetic", "synthetic-2"]
