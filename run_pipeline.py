@@ -32,8 +32,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="bf16: the fast path on GPUs and CPUs with bf16 units; int8: on other CPUs")
     p.add_argument("--role", choices=["capture", "dispatcher", "worker", "overlay"],
                    help="run one stage alone (multi-host setups); endpoints come from the config")
-    p.add_argument("--index", type=int, default=0, help="with --role: which source or worker")
-    return p.parse_args(argv)
+    p.add_argument("--index", type=int, help="with --role: which source or worker (default 0)")
+    args = p.parse_args(argv)
+    if args.index is not None and not args.role:
+        p.error("--index picks the source or worker of a --role; add --role capture or --role worker")
+    if args.workers is not None and args.workers < 1:
+        p.error(f"--workers must be at least 1, got {args.workers}")
+    return args
 
 
 def has_display() -> bool:
@@ -52,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     from workers.model import describe_checkpoint
 
     configure_logging()
-    if not args.headless and not has_display():
-        logger.info(f"no display found: drawing to {args.output} only" if args.output else
-                    "no display found: running headless (add --output demo.mp4 to save the annotated video)")
     try:
         flags = Overrides(
             config=args.config, sources=tuple(args.source), checkpoint=args.checkpoint,
@@ -64,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         config = load_config(flags, describe_checkpoint)
         preflight(config)
+        if not args.headless and not has_display():  # said once the setup is known to be good
+            logger.info(f"no display found: drawing to {args.output} only" if args.output else
+                        "no display found: running headless (add --output demo.mp4 to save the annotated video)")
         if args.role:
-            return run_role(config, args.role, args.index)
+            return run_role(config, args.role, args.index or 0)
         from streamer.supervisor import Supervisor
 
         return Supervisor(config).run()
@@ -75,9 +80,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def preflight(config) -> None:
-    """Open every camera and file once before any stage starts, so an unreachable camera or an
-    unreadable file is one error line (SourceError) rather than a stage failing after start-up."""
+    """Check the devices and open every camera and file once before any stage starts, so a missing
+    GPU, an unreachable camera or an unreadable file is one error line rather than a stage failing
+    (and being restarted) after start-up."""
+    import torch
+
+    from streamer.errors import ConfigError
     from streamer.sources import SourceConfig, open_source
+
+    for worker in config.workers:
+        if worker.device.startswith("cuda"):
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            index = int(worker.device.partition(":")[2] or 0)
+            if index >= count:
+                raise ConfigError(f"device {worker.device!r}: torch {torch.__version__} sees "
+                                  f"{count or 'no'} CUDA device{'s' if count != 1 else ''} here; use "
+                                  f"--device auto (CUDA when there is one, else the CPU) or --device cpu")
 
     for capture in config.captures:
         if capture.source.startswith("synthetic:"):

@@ -8,6 +8,7 @@ dataclass and reads nothing else (no globals, no environment). Every bad value r
 import ipaddress
 import math
 import os
+import re
 import tempfile
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -496,7 +497,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     if precision not in ("fp32", "bf16", "fp16", "int8"):
         raise ConfigError(f"{where_model}: 'precision' must be fp32, bf16, fp16 or int8, got {precision!r}")
     device = flags.device or _get(model, "device", str, "auto", where_model)
-    if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"{where_model}: 'device' must be auto, cpu, cuda or cuda:N, got {device!r}")
     worker = WorkerConfig(
         name="worker-0", endpoints=endpoints, checkpoint=checkpoint, device=device, precision=precision,

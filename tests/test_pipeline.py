@@ -1,6 +1,7 @@
 """End to end: run_pipeline.py as a user runs it, with real processes, sockets, video files and checkpoints."""
 
 import json
+import os
 import random
 import re
 import signal
@@ -203,6 +204,9 @@ def test_sigterm_stops_every_process_and_leaves_whole_lines(tmp_path, checkpoint
     (["--source", "http://example.com/x"], "http://example.com/x"),
     (["--duration", "soon"], "--duration"),
     (["--no-such-flag"], "--no-such-flag"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--index", "3"], "--index picks the source or worker of a --role"),
+    (["--device", "cuda:7"], "device 'cuda:7'"),  # no such GPU: one line, not a worker restarted forever
 ])
 def test_usage_errors_are_one_line_and_exit_2(args, message, checkpoint):
     proc = run("--headless", *(["--checkpoint", checkpoint] if "--checkpoint" not in args else []), *args,
@@ -211,6 +215,16 @@ def test_usage_errors_are_one_line_and_exit_2(args, message, checkpoint):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_without_a_display_a_bad_setup_is_still_one_line(checkpoint):
+    """The "no display found" note comes only once the setup is known to be good."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.run([sys.executable, "run_pipeline.py", "--checkpoint", "/nonexistent/model.pyth"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "model.pyth: no such file" in lines[0], proc.stderr
 
 
 @pytest.mark.parametrize("content,message", [
