@@ -360,6 +360,7 @@ def read_toml(path: Path) -> dict:
 MAX_WORKERS = 64  # worker processes on one host; more than its cores or GPUs only adds contention
 MAX_NUM_FRAMES = 128  # frames a window (TimeSformer-L takes 96)
 MAX_SPAN = 1024  # source frames a window may span: 34 s at 30 fps, 154 MB of ring at 224 px
+VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")  # containers OpenCV writes MPEG-4 video into
 MAX_WAIT_S = 3600.0  # the longest timeout or delay a setting may ask for
 
 KNOWN = {
@@ -442,6 +443,9 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     headless = flags.headless or _get(pipe, "headless", bool, False, f"{where} [pipeline]")
     output = _writable_file(flags.output or _get(ov, "output", str, None, f"{where} [overlay]") or None,
                             "annotated video (--output)")
+    if output and Path(output).suffix.lower() not in VIDEO_OUT_SUFFIXES:
+        raise ConfigError(f"annotated video (--output) {output}: name it .mp4 (or {', '.join(VIDEO_OUT_SUFFIXES[1:])}); "
+                          "the container is chosen by the file's suffix")
     window = _get(ov, "window", bool, True, f"{where} [overlay]") and not headless
     overlay_fps = _get(ov, "fps", float, 30.0, f"{where} [overlay]", above=0, high=1000)  # checked even if unused
     want_overlay = window or bool(output)
