@@ -10,7 +10,8 @@ import multiprocessing as mp
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import zmq
@@ -65,6 +66,12 @@ class Stage:
     starts: int = 0
 
 
+def video_part(path: str, part: int) -> str:
+    """``out.mp4`` → ``out.part2.mp4``: where a restarted overlay writes, keeping the earlier file."""
+    base = Path(path)
+    return str(base.with_name(f"{base.stem}.part{part}{base.suffix}"))
+
+
 class Supervisor:
     def __init__(self, config: PipelineConfig) -> None:
         from streamer import capture, dispatcher, overlay
@@ -86,6 +93,11 @@ class Supervisor:
     def _start(self, stage: Stage) -> None:
         if stage.heartbeat is not None:
             stage.heartbeat.value = 0.0
+        if stage.name == "overlay" and stage.starts and self.config.overlay.output:
+            part = video_part(self.config.overlay.output, stage.starts + 1)
+            stage.args = (replace(self.config.overlay, output=part),)
+            logger.warning(f"overlay restarted: the annotated video goes on in {part}, so that what "
+                           f"{self.config.overlay.output} already holds is not overwritten")
         stage.process = self.ctx.Process(target=_child, args=(stage.target, stage.args, self.stop, self.errors,
                                                               stage.heartbeat),
                                          name=stage.name, daemon=False)

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import pytest
 import zmq
 
@@ -73,11 +74,16 @@ def test_dead_or_hung_stage_is_restarted_and_predictions_resume(tmp_path, checkp
         victim = pipe.pids(stage)[-1]
         os.kill(victim, how)
         killed_at = time.time()
+        first_part = (tmp_path / "out.mp4").read_bytes() if stage == "overlay" else b""
         pipe.wait_for(lambda: len(pipe.pids(stage)) >= 2, timeout=20, what=f"{stage} restarted")
         restarted_after = time.time() - killed_at
         pipe.wait_for(lambda: any(p["frame_ts"] > killed_at + 0.5 for p in predictions(events)), timeout=30,
                       what="predictions after the restart")
         assert pipe.proc.poll() is None, "the pipeline stopped instead of restarting one stage"
+        if stage == "overlay":
+            part2 = tmp_path / "out.part2.mp4"
+            pipe.wait_for(lambda: part2.exists() and part2.stat().st_size > 20_000, timeout=30,
+                          what="the restarted overlay writing out.part2.mp4")
     finally:
         code = pipe.stop()
         if how == signal.SIGSTOP:
@@ -90,6 +96,13 @@ def test_dead_or_hung_stage_is_restarted_and_predictions_resume(tmp_path, checkp
     assert f"{stage.split()[0].split('-')[0]}_restarted" in kinds
     allowance = 3.0 + 5.0 if how == signal.SIGSTOP else 5.0   # a hung worker is noticed after the timeout
     assert restarted_after < allowance
+    if stage == "overlay":  # the restarted overlay writes on in a new file; the first is not overwritten
+        assert first_part and (tmp_path / "out.mp4").read_bytes() == first_part
+        capture = cv2.VideoCapture(str(tmp_path / "out.part2.mp4"))
+        frames = 0
+        while capture.read()[0]:
+            frames += 1
+        assert frames > 10, "the second part of the annotated video is not playable"
 
 
 def test_malformed_messages_are_dropped_and_real_traffic_still_flows(tmp_path, checkpoint):  # noqa: F811
