@@ -71,6 +71,9 @@ def test_dead_or_hung_stage_is_restarted_and_predictions_resume(tmp_path, checkp
     pipe = Pipeline("--config", config, "--source", video, "--headless", "--events", events, *extra)
     try:
         pipe.wait_for(lambda: len(predictions(events)) >= 3, what="first predictions")
+        if stage == "overlay":  # let it write a few 2 s fragments of the annotated video first
+            pipe.wait_for(lambda: (tmp_path / "out.mp4").exists(), what="the annotated video")
+            time.sleep(5.0)
         victim = pipe.pids(stage)[-1]
         os.kill(victim, how)
         killed_at = time.time()
@@ -96,13 +99,20 @@ def test_dead_or_hung_stage_is_restarted_and_predictions_resume(tmp_path, checkp
     assert f"{stage.split()[0].split('-')[0]}_restarted" in kinds
     allowance = 3.0 + 5.0 if how == signal.SIGSTOP else 5.0   # a hung worker is noticed after the timeout
     assert restarted_after < allowance
-    if stage == "overlay":  # the restarted overlay writes on in a new file; the first is not overwritten
+    if stage == "overlay":  # the restarted overlay writes on in a new file; the first is not overwritten,
         assert first_part and (tmp_path / "out.mp4").read_bytes() == first_part
-        capture = cv2.VideoCapture(str(tmp_path / "out.part2.mp4"))
-        frames = 0
-        while capture.read()[0]:
-            frames += 1
-        assert frames > 10, "the second part of the annotated video is not playable"
+        # and what it had flushed before the kill -9 plays (fragmented MP4: all but the last ~2 s)
+        assert count_frames(tmp_path / "out.mp4") >= 60, "the killed overlay's video lost its complete fragments"
+        assert count_frames(tmp_path / "out.part2.mp4") > 10, "the second part of the annotated video is not playable"
+
+
+def count_frames(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    return frames
 
 
 def test_malformed_messages_are_dropped_and_real_traffic_still_flows(tmp_path, checkpoint):  # noqa: F811
