@@ -360,7 +360,7 @@ def read_toml(path: Path) -> dict:
 MAX_WORKERS = 64  # worker processes on one host; more than its cores or GPUs only adds contention
 MAX_NUM_FRAMES = 128  # frames a window (TimeSformer-L takes 96)
 MAX_SPAN = 1024  # source frames a window may span: 34 s at 30 fps, 154 MB of ring at 224 px
-VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")  # containers OpenCV writes MPEG-4 video into
+VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")  # containers the overlay writes H.264 into
 MAX_WAIT_S = 3600.0  # the longest timeout or delay a setting may ask for
 
 KNOWN = {
