@@ -19,6 +19,8 @@ from streamer.errors import ConfigError
 from streamer.events import EventConfig
 from streamer.framestore import store_prefix
 from streamer.keys import KEY_CHARS, is_z85_key, read_key_file
+from streamer.messages import MAX_BATCH, MAX_NAME
+from streamer.ringbuffer import window_span
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "default.toml"
@@ -301,11 +303,11 @@ def default_endpoints() -> Endpoints:
 
 
 def _stream_label(name: str | None, where: str, taken: set[str]) -> str | None:
-    """A name given to a source in the config: printable, at most 256 characters, not used twice."""
+    """A name given to a source in the config: printable, at most MAX_NAME characters, not used twice."""
     if name is None:
         return None
-    if not name or len(name) > 256 or not name.isprintable():
-        raise ConfigError(f"{where}: 'name' must be 1-256 printable characters, got {name!r}")
+    if not name or len(name) > MAX_NAME or not name.isprintable():  # longer ones would not pass the wire
+        raise ConfigError(f"{where}: 'name' must be 1-{MAX_NAME} printable characters, got {name!r}")
     if name in taken:
         raise ConfigError(f"{where}: two sources are named {name!r}; give each its own name")
     taken.add(name)
@@ -413,9 +415,9 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     num_frames = _get(model, "num_frames", int, preprocess.num_frames, where_model, low=1, high=MAX_NUM_FRAMES)
     frame_interval = _get(model, "frame_interval", int, preprocess.frame_interval, where_model, low=1)
     hop = _get(model, "hop", int, max(1, frame_interval), where_model, low=1)
-    if (num_frames - 1) * frame_interval + 1 > MAX_SPAN:
+    if (span := window_span(num_frames, frame_interval)) > MAX_SPAN:
         raise ConfigError(f"{where_model}: a window of {num_frames} frames {frame_interval} apart spans "
-                          f"{(num_frames - 1) * frame_interval + 1} source frames; at most {MAX_SPAN} fit the ring buffer")
+                          f"{span} source frames; at most {MAX_SPAN} fit the ring buffer")
 
     security = load_security(sec, f"{where} [security]", path.parent)
     ep_table = raw.get("endpoints", {})
@@ -505,7 +507,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         raise ConfigError(f"{where_model}: 'device' must be auto, cpu, cuda or cuda:N, got {device!r}")
     worker = WorkerConfig(
         name="worker-0", endpoints=endpoints, checkpoint=checkpoint, device=device, precision=precision,
-        max_batch=_get(model, "max_batch", int, 4, where_model, low=1, high=64),
+        max_batch=_get(model, "max_batch", int, 4, where_model, low=1, high=MAX_BATCH),
         threads=_get(model, "threads", int, 0, where_model, low=0, high=1024),
         top_k=events.top_k, delay_s=_get(model, "delay_s", float, 0.0, where_model, low=0, high=MAX_WAIT_S),
         frame_store=frame_store,
