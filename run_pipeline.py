@@ -30,7 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"],
                    help="bf16: the fast path on GPUs and CPUs with bf16 units; int8: on other CPUs")
-    p.add_argument("--role", choices=["capture", "dispatcher", "worker", "overlay"],
+    p.add_argument("--web", metavar="HOST:PORT", help="serve the live view, API, /metrics and health checks "
+                   "there (default from the config: 127.0.0.1:8080 for the demo); off turns it off")
+    p.add_argument("--role", choices=["capture", "dispatcher", "worker", "overlay", "web"],
                    help="run one stage alone (multi-host setups); endpoints come from the config")
     p.add_argument("--index", type=int, help="with --role: which source or worker (default 0)")
     args = p.parse_args(argv)
@@ -62,10 +64,13 @@ def main(argv: list[str] | None = None) -> int:
             config=args.config, sources=tuple(args.source), checkpoint=args.checkpoint,
             headless=args.headless or not has_display(), duration=args.duration, events=args.events,
             output=args.output, offline=args.offline, workers=args.workers, device=args.device,
-            precision=args.precision,
+            precision=args.precision, web=args.web,
         )
         config = load_config(flags, describe_checkpoint)
         preflight(config)
+        listener = None
+        if config.web is not None and not args.role:
+            config, listener = listen_web(config)
         if not args.headless and not has_display():  # said once the setup is known to be good
             logger.info(f"no display found: drawing to {args.output} only" if args.output else
                         "no display found: running headless (add --output demo.mp4 to save the annotated video)")
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_role(config, args.role, args.index or 0)
         from streamer.supervisor import Supervisor
 
-        return Supervisor(config).run()
+        return Supervisor(config, web_listener=listener).run()
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return USAGE_ERROR
@@ -105,6 +110,48 @@ def preflight(config) -> None:
         source.close()
 
 
+def build_info(config) -> tuple[tuple[str, str], ...]:
+    """What ``timesformer_build_info`` says: versions, the device the workers use, precision, checkpoint."""
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    import torch
+
+    try:
+        ours = version("timesformer-stream")
+    except PackageNotFoundError:
+        ours = "unknown"
+    worker = config.workers[0]
+    device = worker.device if worker.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return (("version", ours), ("torch", torch.__version__), ("device", device), ("precision", worker.precision),
+            ("checkpoint", Path(worker.checkpoint).name))
+
+
+def listen_web(config):
+    """Bind the web view's port now, so a taken port is one line before start (or, for the demo's default
+    port, one warning and no web view); returns the config (port 0 resolved) and the listening socket."""
+    from dataclasses import replace
+
+    from loguru import logger
+
+    from streamer.errors import ConfigError
+    from streamer.web.config import bind_listener
+
+    web = config.web
+    try:
+        listener = bind_listener(web)
+    except OSError as err:
+        where = f"{web.host}:{web.port}"
+        if web.required:
+            raise ConfigError(f"web view {where}: cannot listen there ({err.strerror}); pick a free port "
+                              "(--web 127.0.0.1:8081) or turn it off (--web off)") from None
+        logger.warning(f"web view off: cannot listen on {where} ({err.strerror}); "
+                       "pick a free port with --web 127.0.0.1:8081")
+        return replace(config, web=None, captures=tuple(replace(c, web=False) for c in config.captures)), None
+    web = replace(web, port=listener.getsockname()[1], build=build_info(config))
+    return replace(config, web=web), listener
+
+
 def run_role(config, role: str, index: int) -> int:
     """One stage in this process, for setups that spread the stages over hosts."""
     import multiprocessing as mp
@@ -122,6 +169,14 @@ def run_role(config, role: str, index: int) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if role == "dispatcher":
         return dispatcher.run(config.dispatch, stop)
+    if role == "web":
+        if config.web is None:
+            raise ConfigError("--role web needs [web] listen in the config or --web HOST:PORT")
+        from dataclasses import replace
+
+        from streamer.web import server
+
+        return server.run(replace(config.web, build=build_info(config)), None, stop)
     if role == "overlay":
         if config.overlay is None:
             raise ConfigError("--role overlay needs a window or --output FILE.mp4")

@@ -21,13 +21,14 @@ from streamer.config import CaptureConfig
 from streamer.errors import ProtocolError
 from streamer.frames import to_model_frame
 from streamer.framestore import FrameRef, FrameStore
-from streamer.messages import Credit, DisplayFrame, Status, Window
+from streamer.messages import Credit, DisplayFrame, Stats, Status, Window
 from streamer.ringbuffer import RingBuffer, WindowSchedule, window_span
 from streamer.sources import SourceConfig, SourceLost, open_source
 
 OFFLINE_IN_FLIGHT = 2  # windows a file may be ahead of the workers in offline mode
 STORE_SECONDS = 8.0  # a shared frame store keeps this much video beyond one window (a slow worker's margin)
 STORE_HOPS = 24  # and at least this many hops (offline, where frames come as fast as credits allow)
+STATS_INTERVAL_S = 1.0  # frames captured and input fps go to the dispatcher (and on to /metrics) this often
 
 
 def _display_image(bgr, width: int):
@@ -44,9 +45,13 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     out = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.windows, bind=False, security=config.security,
                               options={zmq.LINGER: 2000, zmq.SNDHWM: 4})
     display = None
-    if config.display:
-        display = sockets.make_socket(ctx, zmq.PUB, config.endpoints.display, bind=False,
-                                      security=config.security, options={zmq.SNDHWM: 2})
+    viewers = [e for e, wanted in ((config.endpoints.display, config.display), (config.endpoints.web, config.web))
+               if wanted]
+    if viewers:  # one PUB socket fans each frame out to the overlay and the web stage, dropping for a slow one
+        display = sockets.make_socket(ctx, zmq.PUB, viewers[0], bind=False, security=config.security,
+                                      options={zmq.SNDHWM: 2})
+        for endpoint in viewers[1:]:
+            display.connect(endpoint)
 
     def status(kind: str, detail: str) -> None:
         messages.send(out, Status(kind=kind, stream=config.stream, detail=detail[:2000], ts=time.time()))
@@ -63,8 +68,20 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     seq, credits, segment, lost = 0, OFFLINE_IN_FLIGHT, 0, False
     last_index = None  # the ring forgets it on a loss; the end-of-stream line still names it
     malformed = messages.MalformedLog(f"capture {config.stream}")
+    started, frames_captured, next_stats, fps_from = time.time(), 0, time.monotonic(), (time.monotonic(), 0)
     try:
         while not stop.is_set():
+            if time.monotonic() >= next_stats:
+                seconds, frames = time.monotonic() - fps_from[0], frames_captured - fps_from[1]
+                fps = frames / seconds if seconds > 0 else 0.0
+                labels = {"stream": config.stream}
+                try:
+                    messages.send(out, Stats(f"capture {config.stream}", time.time(), (
+                        ("frames_captured", labels, float(frames_captured)), ("capture_started", labels, started),
+                        ("input_fps", labels, fps))), zmq.NOBLOCK)
+                except zmq.Again:  # the dispatcher is behind; the next report carries the totals
+                    pass
+                next_stats, fps_from = time.monotonic() + STATS_INTERVAL_S, (time.monotonic(), frames_captured)
             silent = None  # a read that timed out without the source saying why
             try:
                 frame = source.read()
@@ -92,7 +109,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
                 ring.reset()
                 schedule.reset()
             ring.push(frame.index, frame.ts, to_model_frame(frame.bgr, config.size))
-            last_index = frame.index
+            last_index, frames_captured = frame.index, frames_captured + 1
             if display is not None:
                 image = _display_image(frame.bgr, config.display_width)
                 messages.send(display, DisplayFrame(config.stream, frame.index, frame.ts, image), zmq.NOBLOCK)

@@ -21,6 +21,8 @@ from streamer.framestore import store_prefix
 from streamer.keys import KEY_CHARS, is_z85_key, read_key_file
 from streamer.messages import MAX_BATCH, MAX_NAME
 from streamer.ringbuffer import window_span
+from streamer.web.config import KEYS as WEB_KEYS
+from streamer.web.config import WebConfig, load_web_config, web_listen
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "default.toml"
@@ -28,12 +30,14 @@ DEFAULT_CONFIG = REPO / "configs" / "default.toml"
 
 @dataclass(frozen=True)
 class Endpoints:
-    """ZeroMQ addresses. ``windows``/``work``/``results`` are bound by the dispatcher, ``display`` by the overlay."""
+    """ZeroMQ addresses. ``windows``/``work``/``results`` are bound by the dispatcher, ``display`` by the
+    overlay, ``web`` (display frames for the web stage) by the web stage."""
 
     windows: str
     work: str
     results: str
     display: str
+    web: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ class CaptureConfig:
     frame_interval: int
     hop: int
     offline: bool = False
-    display: bool = False
+    display: bool = False     # send display frames to the overlay
+    web: bool = False         # and to the web stage
     display_width: int = 640
     open_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
@@ -153,6 +158,7 @@ class PipelineConfig:
     dispatch: DispatchConfig
     workers: tuple[WorkerConfig, ...]
     overlay: OverlayConfig | None
+    web: WebConfig | None = None
     duration_s: float = 0.0
     security: Security = field(default_factory=Security)
     source_file: str = ""
@@ -296,10 +302,13 @@ def load_security(table: dict, where: str, base: Path) -> Security:
                     client_secret_key=client_secret, allowed_clients=allowed_keys)
 
 
+ENDPOINT_NAMES = ("windows", "work", "results", "display", "web")
+
+
 def default_endpoints() -> Endpoints:
     """Private ipc:// sockets in a fresh folder, so pipelines running side by side never collide."""
     folder = Path(tempfile.mkdtemp(prefix="tss-"))
-    return Endpoints(*(f"ipc://{folder / name}" for name in ("windows", "work", "results", "display")))
+    return Endpoints(*(f"ipc://{folder / name}" for name in ENDPOINT_NAMES))
 
 
 def _stream_label(name: str | None, where: str, taken: set[str]) -> str | None:
@@ -346,6 +355,7 @@ class Overrides:
     workers: int | None = None
     device: str | None = None
     precision: str | None = None
+    web: str | None = None  # HOST:PORT or "off"
 
 
 def read_toml(path: Path) -> dict:
@@ -371,7 +381,8 @@ KNOWN = {
     "pipeline": {"workers", "offline", "headless", "duration", "heartbeat_timeout_s", "shared_memory"},
     "events": {"path", "smoothing", "start_threshold", "end_threshold", "top_k"},
     "overlay": {"window", "output", "fps", "display_width"},
-    "endpoints": {"windows", "work", "results", "display"},
+    "endpoints": set(ENDPOINT_NAMES),
+    "web": WEB_KEYS,
     "security": {"allow_plaintext", "server_public_key", "server_secret_key", "client_secret_key",
                  "allowed_clients"},
     "sources": {"spec", "name", "open_timeout_s", "read_timeout_s"},
@@ -425,7 +436,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     endpoints = Endpoints(**{
         name: _check_endpoint(_get(ep_table, name, str, getattr(defaults, name), f"{where} [endpoints]"),
                               f"{where} [endpoints] {name}", security)
-        for name in ("windows", "work", "results", "display")
+        for name in ENDPOINT_NAMES
     })
 
     # Frames go through shared memory only when every stage that touches them shares this host.
@@ -451,6 +462,8 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     window = _get(ov, "window", bool, True, f"{where} [overlay]") and not headless
     overlay_fps = _get(ov, "fps", float, 30.0, f"{where} [overlay]", above=0, high=1000)  # checked even if unused
     want_overlay = window or bool(output)
+    web_table = raw.get("web", {})
+    web_on = web_listen(web_table, flags.web) is not None
 
     taken: set[str] = set()
     captures, finite = [], []
@@ -467,7 +480,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
             finite.append(name)
         captures.append(CaptureConfig(
             stream=name, source=spec, endpoints=endpoints, size=preprocess.size, num_frames=num_frames,
-            frame_interval=frame_interval, hop=hop, offline=offline, display=want_overlay,
+            frame_interval=frame_interval, hop=hop, offline=offline, display=want_overlay, web=web_on,
             display_width=_get(ov, "display_width", int, 640, f"{where} [overlay]", low=16, high=7680),
             open_timeout_s=_get(table, "open_timeout_s", float, 5.0, f"{where} [[sources]]", above=0, high=MAX_WAIT_S),
             read_timeout_s=_get(table, "read_timeout_s", float, 5.0, f"{where} [[sources]]", above=0, high=MAX_WAIT_S),
@@ -520,10 +533,14 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         endpoints=endpoints, streams=streams, window=window, output=output,
         fps=overlay_fps, top_k=min(events.top_k, 5), security=security,
     ) if want_overlay else None
+    kinds = {c.stream: parse_source(c.source) for c in captures}
+    web = load_web_config(web_table, flags.web, where, default_file=path.resolve() == DEFAULT_CONFIG,
+                          endpoints=endpoints, security=security, streams=tuple(kinds.items()),
+                          top_k=min(events.top_k, 5))
     duration = flags.duration if flags.duration is not None else _get(pipe, "duration", float, 0.0,
                                                                        f"{where} [pipeline]")
     if not duration >= 0 or not math.isfinite(duration):
         raise ConfigError(f"--duration must be zero (run until stopped) or positive, got {duration}")
-    return PipelineConfig(captures=tuple(captures), dispatch=dispatch, workers=workers, overlay=overlay,
+    return PipelineConfig(captures=tuple(captures), dispatch=dispatch, workers=workers, overlay=overlay, web=web,
                           duration_s=duration, security=security, source_file=where,
                           fixed_endpoints="endpoints" in raw)

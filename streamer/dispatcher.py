@@ -19,7 +19,8 @@ from streamer import messages, sockets
 from streamer.config import DispatchConfig
 from streamer.errors import ProtocolError
 from streamer.events import ActionTracker, EventLog, prediction_line
-from streamer.messages import Batch, Credit, Heartbeat, ResultBatch, Status, Window, WorkRequest
+from streamer.overlay_draw import label_words
+from streamer.messages import Batch, Credit, Heartbeat, LogLine, ResultBatch, Stats, Status, Window, WorkRequest
 
 
 @dataclass
@@ -32,6 +33,33 @@ class Counters:
     malformed: int = 0
     forward_ms: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
+
+
+class CaptureTotals:
+    """Frames captured per stream, summed over restarts of its capture (each reports its own count)."""
+
+    def __init__(self) -> None:
+        self.earlier: dict[str, float] = collections.defaultdict(float)  # frames of captures that were restarted
+        self.current: dict[str, tuple[float, float]] = {}  # stream → (that capture's start, its frames)
+        self.fps: dict[str, float] = {}
+
+    def update(self, stats: Stats) -> None:
+        """Take one capture's report: ``frames_captured``, ``capture_started`` and ``input_fps`` of its stream."""
+        values = {name: (labels.get("stream", ""), value) for name, labels, value in stats.samples}
+        if "frames_captured" not in values:
+            return
+        stream, frames = values["frames_captured"]
+        started = values.get("capture_started", (stream, 0.0))[1]
+        began, before = self.current.get(stream, (started, 0.0))
+        if started != began:  # a new capture process: keep what the one before it counted
+            self.earlier[stream] += before
+        self.current[stream] = (started, frames)
+        if "input_fps" in values:
+            self.fps[stream] = values["input_fps"][1]
+
+    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        return ([("frames_captured", {"stream": s}, self.earlier[s] + n) for s, (_, n) in self.current.items()]
+                + [("input_fps", {"stream": s}, fps) for s, fps in self.fps.items()])
 
 
 @dataclass
@@ -56,14 +84,30 @@ class Dispatcher:
         self.ended: set[str] = set()
         self.outstanding: dict[str, int] = collections.Counter()   # windows of a stream at workers
         self.first_seen = False
+        self.totals: collections.Counter = collections.Counter()  # (metric, stream, reason) → count, for Stats
+        self.captured = CaptureTotals()
+
+    def drop(self, stream: str, reason: str, n: int = 1) -> None:
+        self.counters.dropped += n
+        self.total_dropped += n
+        self.totals["windows_dropped", stream, reason] += n
+
+    def stats(self, log_lines: int, malformed: int) -> Stats:
+        """Everything this hub counts, for the web stage's /metrics and /readyz (sent once a second)."""
+        samples = [(name, {"stream": stream, **({"reason": reason} if reason else {})}, float(n))
+                   for (name, stream, reason), n in self.totals.items()]
+        samples += self.captured.samples()
+        samples += [("event_log_lines", {}, float(log_lines)), ("malformed_messages", {}, float(malformed)),
+                    ("workers_answering", {}, float(len(self.workers)))]
+        return Stats("dispatcher", time.time(), tuple(samples))
 
     def add_window(self, identity: bytes, window: Window) -> None:
         self.capture_of[window.stream] = identity
         queue = self.pending.setdefault(window.stream, collections.deque())
         self.counters.windows_in += 1
+        self.totals["windows_sent", window.stream, ""] += 1
         if queue and not self.config.offline:
-            self.counters.dropped += len(queue)
-            self.total_dropped += len(queue)
+            self.drop(window.stream, "overtaken", len(queue))
             queue.clear()
         queue.append(window)
 
@@ -101,17 +145,22 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
     poller = zmq.Poller()
     poller.register(captures, zmq.POLLIN)
     poller.register(workers, zmq.POLLIN)
-    last_status = time.monotonic()
+    last_status, malformed_total = time.monotonic(), 0
     logger.info(f"dispatcher: serving {len(config.streams)} stream(s), events → {config.events_path or 'nowhere'}")
+
+    def write(line: dict) -> None:
+        """One event-log line, also published for the web stage and the sinks."""
+        log.write(line)
+        messages.send(results, LogLine(line))
 
     def write_status(status: Status) -> None:
         line = {"kind": status.kind, "stream": status.stream, "detail": status.detail, "ts": status.ts}
         if status.kind != "end_of_stream":
-            log.write(line)
+            write(line)
         messages.send(results, status)
         if status.kind == "source_lost":
             for event in tracker.reset(status.stream, lost_ts=status.ts):
-                log.write(event)
+                write(event)
 
     def dispatch() -> None:
         for worker in state.workers.values():
@@ -131,7 +180,7 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
     def on_result(result) -> None:
         state.release(result.stream)
         line = prediction_line(result, time.time())
-        log.write(line)
+        write(line)
         try:
             _, action_events = tracker.update(result)
         except ProtocolError as err:  # e.g. a worker with another model's classes
@@ -139,13 +188,13 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
             logger.debug(f"dispatcher: result not tracked ({err})")
             action_events = []
         for event in action_events:
-            log.write(event)
-            logger.info(f"{event['stream']}: {event['kind']} {event['label']!r} "
+            write(event)
+            logger.info(f"{event['stream']}: {event['kind']} {label_words(event['label'])!r} "
                         f"(score {event['score']:.2f}, frame {event['frame_index']})")
         if not state.first_seen:
             state.first_seen = True
             label, prob = result.top[0]
-            logger.info(f"first prediction: {result.stream} {label!r} {prob:.0%}, "
+            logger.info(f"first prediction: {result.stream} {label_words(label)!r} {prob:.0%}, "
                         f"{line['latency_ms']:.0f} ms after its last frame was captured")
         state.counters.predicted += 1
         state.counters.forward_ms.append(result.timings.get("forward_ms", 0.0))
@@ -162,6 +211,8 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
                     if msg.kind == "end_of_stream":
                         state.ended.add(msg.stream)
                     write_status(msg)
+                elif isinstance(msg, Stats):
+                    state.captured.update(msg)
                 else:
                     state.counters.malformed += 1
             for identity, msg in _receive(workers if workers in events else None, state.counters):
@@ -176,22 +227,23 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
                         on_result(result)
                 elif isinstance(msg, Status) and msg.kind == "window_stale" and msg.stream in state.outstanding:
                     state.release(msg.stream)
-                    state.counters.dropped += 1
-                    state.total_dropped += 1
+                    state.drop(msg.stream, "stale")
                 else:
                     state.counters.malformed += 1
-            _forget_silent_workers(state, config, log)
+            _forget_silent_workers(state, config, write)
             dispatch()
             if state.finished():
                 logger.info("dispatcher: every file source ended and its last window is predicted")
                 return 0
             now = time.monotonic()
             if now - last_status >= config.status_interval_s:
+                malformed_total += state.counters.malformed
                 _log_status(state, now - last_status)
+                messages.send(results, state.stats(log.lines, malformed_total))
                 last_status = now
     finally:
         for event in tracker.reset_all():
-            log.write(event)
+            write(event)
         log.close()
         for sock in (captures, workers, results):
             sock.close(linger=0)
@@ -215,14 +267,14 @@ def _receive(sock: zmq.Socket | None, counters: Counters, limit: int = 64):
         yield identity.bytes, msg
 
 
-def _forget_silent_workers(state: Dispatcher, config: DispatchConfig, log: EventLog) -> None:
+def _forget_silent_workers(state: Dispatcher, config: DispatchConfig, write) -> None:
     """A worker silent for longer than the heartbeat timeout is gone; its windows are stale, not re-sent."""
     now = time.time()
     for key, worker in list(state.workers.items()):
         if now - worker.last_seen > config.heartbeat_timeout_s:
             del state.workers[key]
             logger.warning(f"dispatcher: {worker.name} silent for {config.heartbeat_timeout_s:g} s; forgetting it")
-            log.write({"kind": "worker_lost", "stream": "", "detail": worker.name, "ts": now})
+            write({"kind": "worker_lost", "stream": "", "detail": worker.name, "ts": now})
             for stream in worker.holding:  # its windows will never come back: stop waiting for them
                 state.release(stream)
 

@@ -15,7 +15,10 @@ import json
 import math
 import mmap
 import os
+import re
+import secrets
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -29,6 +32,13 @@ from streamer.messages import Result
 # finished out of order) and skipped; one older by more than this is taken as a
 # restarted source or a clock step, and accepted.
 LATE_TOLERANCE_S = 30.0
+EVENT_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what an action id may look like (it names files and URLs)
+
+
+def new_event_id() -> str:
+    """An id for one action, shared by its start and end lines: the start's Unix milliseconds and 24 random
+    bits, so ids sort by time and stay unique across dispatcher restarts within a run."""
+    return f"{time.time_ns() // 1_000_000}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,7 @@ class EventConfig:
 class _StreamState:
     history: deque  # of (classes,) float32 arrays
     active: int | None = None  # class index of the ongoing action
+    active_id: str = ""  # its event id
     frame_index: int = 0  # of the newest result
     frame_ts: float = 0.0
     smoothed: np.ndarray | None = None
@@ -95,8 +106,10 @@ class ActionTracker:
         return [(self._label(int(i)), float(probs[i])) for i in best]
 
     def _event(self, kind: str, stream: str, state: _StreamState, cls: int, score: float) -> dict[str, Any]:
-        return {"kind": kind, "stream": stream, "label": self._label(cls),
-                "frame_index": state.frame_index, "frame_ts": state.frame_ts, "score": round(float(score), 6)}
+        if kind == "start":
+            state.active_id = new_event_id()
+        return {"kind": kind, "stream": stream, "label": self._label(cls), "frame_index": state.frame_index,
+                "frame_ts": state.frame_ts, "score": round(float(score), 6), "id": state.active_id}
 
     def update(self, result: Result) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
         """Take one result; return its stream's smoothed top-k (best first) and the events it caused.

@@ -44,6 +44,9 @@ MAX_DETAIL = 2048  # characters of Status.detail
 MAX_INDEX = 2**63 - 1  # frame indices and sequence numbers
 MAX_ARRAY_BYTES = 512 * 1024 * 1024  # one array frame; also a sane zmq.MAXMSGSIZE
 MAX_PARTS = 1 + MAX_BATCH
+MAX_LINE_FIELDS = 64  # keys of a LogLine
+MAX_SAMPLES = 4096  # samples in one Stats
+MAX_LABELS = 4  # labels of one sample
 
 U8 = np.dtype("|u1")
 F32 = np.dtype("<f4")
@@ -159,7 +162,30 @@ class Heartbeat:
     ts: float
 
 
-Message = Window | WorkRequest | Batch | Result | ResultBatch | DisplayFrame | Status | Credit | Heartbeat
+@dataclass(frozen=True, eq=False)
+class LogLine:
+    """One event-log line (contract 3) as the dispatcher wrote it, for the stages that show or forward it."""
+
+    line: dict[str, Any]
+
+
+@dataclass(frozen=True, eq=False)
+class Stats:
+    """Counters and gauges a stage reports once a second, for the web stage's metrics.
+
+    Args:
+        sender: the stage (``dispatcher``, ``capture <stream>``).
+        ts: when they were read (Unix seconds).
+        samples: ``(name, labels, value)``: a metric name without prefix, its labels, its value.
+    """
+
+    sender: str
+    ts: float
+    samples: tuple[tuple[str, dict[str, str], float], ...]
+
+
+Message = (Window | WorkRequest | Batch | Result | ResultBatch | DisplayFrame | Status | Credit | Heartbeat
+           | LogLine | Stats)
 
 
 # ---------------------------------------------------------------------------
@@ -404,6 +430,11 @@ def _encode_fields(msg: Message) -> tuple[dict, list[np.ndarray]]:
         return {"stream": msg.stream, "n": _as_int(msg.n)}, []
     if isinstance(msg, Heartbeat):
         return {"sender": msg.sender, "ts": float(msg.ts)}, []
+    if isinstance(msg, LogLine):
+        return {"line": msg.line}, []
+    if isinstance(msg, Stats):
+        samples = [[name, dict(labels), float(value)] for name, labels, value in msg.samples]
+        return {"sender": msg.sender, "ts": float(msg.ts), "samples": samples}, []
     raise ProtocolError(f"cannot encode a {type(msg).__name__}: not a message type")
 
 
@@ -487,6 +518,32 @@ def _decode_heartbeat(h: dict, bufs: list[memoryview]) -> Heartbeat:
     return msg
 
 
+def _decode_log_line(h: dict, bufs: list[memoryview]) -> LogLine:
+    f = _Fields(h, "log_line")
+    line = f.mapping("line", MAX_LINE_FIELDS)
+    f.done()
+    _text(line.get("kind"), "log_line.line.kind", MAX_NAME)
+    _expect_frames(bufs, 0)
+    return LogLine(line)
+
+
+def _sample(obj: Any, where: str) -> tuple[str, dict[str, str], float]:
+    if not isinstance(obj, list) or len(obj) != 3 or not isinstance(obj[1], dict) or len(obj[1]) > MAX_LABELS:
+        raise ProtocolError(f"{where}: expected [name, {{at most {MAX_LABELS} labels}}, value]")
+    labels = {_text(k, f"{where} label name", MAX_NAME): _text(v, f"{where} label {k!r}", MAX_NAME, empty=True)
+              for k, v in obj[1].items()}
+    return _text(obj[0], f"{where} name", MAX_NAME), labels, _float(obj[2], f"{where} value")
+
+
+def _decode_stats(h: dict, bufs: list[memoryview]) -> Stats:
+    f = _Fields(h, "stats")
+    sender, ts = f.text("sender"), f.number("ts")
+    samples = tuple(_sample(obj, f"stats.samples[{i}]") for i, obj in enumerate(f.items("samples", MAX_SAMPLES)))
+    f.done()
+    _expect_frames(bufs, 0)
+    return Stats(sender, ts, samples)
+
+
 def _expect_frames(bufs: list[memoryview], n: int) -> None:
     if len(bufs) != n:
         raise ProtocolError(f"expected {n} array frame(s) after the header, got {len(bufs)}")
@@ -502,6 +559,8 @@ _TYPES: dict[type, str] = {
     Status: "status",
     Credit: "credit",
     Heartbeat: "heartbeat",
+    LogLine: "log_line",
+    Stats: "stats",
 }
 _DECODERS: dict[str, Callable[[dict, list[memoryview]], Message]] = {
     "window": _decode_window,
@@ -513,6 +572,8 @@ _DECODERS: dict[str, Callable[[dict, list[memoryview]], Message]] = {
     "status": _decode_status,
     "credit": _decode_credit,
     "heartbeat": _decode_heartbeat,
+    "log_line": _decode_log_line,
+    "stats": _decode_stats,
 }
 
 

@@ -5,7 +5,6 @@ status on the dispatcher's results socket. Drawing runs at ``fps``; a stream wit
 yet shows a placeholder. The video file is finished properly on stop, so it stays playable.
 """
 
-import collections
 import multiprocessing.synchronize
 import time
 from fractions import Fraction
@@ -21,50 +20,12 @@ from streamer import messages, sockets
 from streamer.config import OverlayConfig
 from streamer.errors import ProtocolError
 from streamer.messages import DisplayFrame, Result, Status
-from streamer.overlay_draw import draw_panel, placeholder, tile
-
-SMOOTHING = 3  # results averaged for the panel, so labels do not flicker
-
-
-class StreamView:
-    """What the overlay knows of one stream."""
-
-    def __init__(self, top_k: int) -> None:
-        self.frame: np.ndarray | None = None
-        self.arrivals: collections.deque[float] = collections.deque(maxlen=30)
-        self.recent: collections.deque[Result] = collections.deque(maxlen=SMOOTHING)
-        self.latency_ms: float | None = None
-        self.status: str | None = None
-        self.top_k = top_k
-
-    def top(self) -> list[tuple[str, float]]:
-        """Labels of the mean of the last few results' top-k, best first."""
-        scores: dict[str, float] = collections.defaultdict(float)
-        for result in self.recent:
-            for label, prob in result.top:
-                scores[label] += prob / len(self.recent)
-        return sorted(scores.items(), key=lambda kv: -kv[1])[: self.top_k]
-
-    def fps(self) -> float:
-        if len(self.arrivals) < 2:
-            return 0.0
-        return (len(self.arrivals) - 1) / max(1e-6, self.arrivals[-1] - self.arrivals[0])
-
-
-MIN_WIDTH = 640  # small sources are enlarged so the label panel leaves most of the picture visible
-
+from streamer.annotate import StreamView, annotate_view
+from streamer.overlay_draw import tile
 
 def compose(views: dict[str, StreamView]) -> np.ndarray:
     """One annotated image: a single stream as is, several as a grid."""
-    images = []
-    for name, view in views.items():
-        frame = view.frame if view.frame is not None else placeholder(640, 360, f"{name}: waiting for frames")
-        if frame.shape[1] < MIN_WIDTH:
-            scale = MIN_WIDTH / frame.shape[1]
-            frame = cv2.resize(frame, (MIN_WIDTH, round(frame.shape[0] * scale)), interpolation=cv2.INTER_LINEAR)
-        else:
-            frame = frame.copy()
-        images.append(draw_panel(frame, name, view.top(), view.fps(), view.latency_ms, view.status))
+    images = [annotate_view(name, view) for name, view in views.items()]
     return images[0] if len(images) == 1 else tile(images)
 
 
@@ -140,11 +101,9 @@ def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event) -> int:
                     if view is None:
                         continue
                     if isinstance(msg, DisplayFrame):
-                        view.frame = msg.image
-                        view.arrivals.append(time.monotonic())
+                        view.add_frame(msg.image, msg.index, msg.ts, time.monotonic())
                     elif isinstance(msg, Result):
-                        view.recent.append(msg)
-                        view.latency_ms = 1000 * (time.time() - msg.frame_ts)
+                        view.add_top(msg.top, 1000 * (time.time() - msg.frame_ts))
                     elif isinstance(msg, Status):
                         view.status = None if msg.kind == "source_restored" else msg.kind.replace("_", " ")
             if time.monotonic() < next_draw:

@@ -43,6 +43,11 @@ class _Metrics:
         return _Metrics(scale, thick, line, max(4, line // 3))
 
 
+def label_words(label: str) -> str:
+    """A class name as people read it: ``rotating_anticlockwise`` → ``rotating anticlockwise``."""
+    return " ".join(label.replace("_", " ").split())
+
+
 def _fit(text: str, max_width: int, m: _Metrics) -> str:
     """``text`` cut with an ellipsis to fit ``max_width`` pixels."""
     if cv2.getTextSize(text, FONT, m.scale, m.thick)[0][0] <= max_width:
@@ -95,7 +100,7 @@ def draw_panel(image_bgr: np.ndarray, stream: str, top: Sequence[tuple[str, floa
         y += m.line
         prob = float(min(1.0, max(0.0, prob))) if math.isfinite(prob) else 0.0
         color = BAR_TOP if rank == 0 else BAR_REST
-        _put(out, _fit(label, text_w - pct_w - m.pad, m), x0, y - bar_h, m, WHITE if rank == 0 else GREY)
+        _put(out, _fit(label_words(label), text_w - pct_w - m.pad, m), x0, y - bar_h, m, WHITE if rank == 0 else GREY)
         pct = f"{prob * 100:.0f}%"
         _put(out, pct, panel_w - m.pad - cv2.getTextSize(pct, FONT, m.scale, m.thick)[0][0], y - bar_h, m, color)
         bar_y = y + bar_h // 2

@@ -73,7 +73,9 @@ def video_part(path: str, part: int) -> str:
 
 
 class Supervisor:
-    def __init__(self, config: PipelineConfig) -> None:
+    def __init__(self, config: PipelineConfig, web_listener=None) -> None:
+        """``web_listener``: the web view's socket, bound by the caller so that a taken port is known
+        before anything starts; it is kept here across restarts of the web stage."""
         from streamer import capture, dispatcher, overlay
         from workers import worker
 
@@ -85,6 +87,11 @@ class Supervisor:
         self.stages += [Stage(w.name, worker.run, (w,), heartbeat=self.ctx.Value("d", 0.0)) for w in config.workers]
         if config.overlay is not None:
             self.stages.append(Stage("overlay", overlay.run, (config.overlay,)))
+        self.web_listener = web_listener
+        if config.web is not None:
+            from streamer.web import server
+
+            self.stages.append(Stage("web", server.run, (config.web, web_listener)))
         self.stages += [Stage(f"capture {c.stream}", capture.run, (c,), enabled=False) for c in config.captures]
         self._zmq = sockets.Context()
         self._notify = sockets.make_socket(self._zmq, zmq.DEALER, config.dispatch.endpoints.windows, bind=False,
@@ -220,5 +227,7 @@ class Supervisor:
                 proc.join(timeout=1.0)
         self._notify.close(linger=0)
         self._zmq.term()
+        if self.web_listener is not None:
+            self.web_listener.close()
         for prefix in {c.frame_store for c in self.config.captures if c.frame_store}:
             remove_stores(prefix)  # a capture that was killed could not remove its own

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError, ProtocolError
-from streamer.events import PAGE, ActionTracker, EventConfig, EventLog, prediction_line
+from streamer.events import EVENT_ID, PAGE, ActionTracker, EventConfig, EventLog, prediction_line
 from streamer.messages import Result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +65,18 @@ def test_a_new_action_ends_the_active_one_before_it_starts() -> None:
     assert events[0]["score"] == pytest.approx(0.3) and events[1]["score"] == pytest.approx(0.6)
 
 
+def test_an_end_line_carries_the_id_of_its_start_and_ids_are_unique() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
+    lines = []
+    for p in (0.9, 0.1, 0.9, 0.1, 0.9):
+        lines += tracker.update(result(p, len(lines)))[1]
+    lines += tracker.reset_all()
+    starts = [e for e in lines if e["kind"] == "start"]
+    ends = [e for e in lines if e["kind"] == "end"]
+    assert len(starts) == len(ends) == 3
+    assert [e["id"] for e in starts] == [e["id"] for e in ends] and len({e["id"] for e in starts}) == 3
+
+
 def test_streams_are_tracked_independently() -> None:
     tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
     assert run(tracker, [0.9], "cam0") == [("start", "abseiling", 0)]
@@ -78,7 +90,8 @@ def test_event_dicts_carry_the_contract_fields() -> None:
     assert smoothed[0] == ("abseiling", pytest.approx(0.8)) and len(smoothed) == 3
     (event,) = events
     assert event == {"kind": "start", "stream": "cam0", "label": "abseiling", "frame_index": 32,
-                     "frame_ts": 1004.0, "score": pytest.approx(0.8)}
+                     "frame_ts": 1004.0, "score": pytest.approx(0.8), "id": event["id"]}
+    assert EVENT_ID.fullmatch(event["id"])
     assert type(event["frame_index"]) is int and type(event["frame_ts"]) is float and type(event["score"]) is float
 
 

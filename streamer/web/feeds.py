@@ -1,0 +1,84 @@
+"""Annotated JPEG frames for the live view: each stream's frame is drawn and encoded once per frame
+(and width) however many viewers watch, in a worker thread, and not at all when nobody asks.
+
+A viewer asks for "a frame newer than the one I have"; it gets the newest there is, never a
+queue of old ones, so a slow viewer simply sees fewer frames and costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+
+from streamer.annotate import annotated
+from streamer.web.state import StreamState
+
+MIN_WIDTH, MAX_WIDTH = 16, 4096  # what ?width= may ask for
+
+
+@dataclass(frozen=True)
+class Jpeg:
+    data: bytes
+    version: int  # the stream's frame_version it shows (0: the "waiting for frames" placeholder)
+    frame_index: int
+    frame_ts: float  # the shown frame's capture time, Unix seconds (glass-to-browser latency starts there)
+
+
+def _encode(name: str, frame, top, fps: float, latency_ms, status, width: int | None, quality: int) -> bytes:
+    image = annotated(name, frame, top, fps, latency_ms, status)
+    if width is not None and width < image.shape[1]:
+        height = max(1, round(image.shape[0] * width / image.shape[1]))
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("cv2.imencode failed")
+    return data.tobytes()
+
+
+class Feeds:
+    """The JPEG side of every stream: one encode per (frame, width), shared by all who wait for it."""
+
+    def __init__(self, streams: dict[str, StreamState], quality: int, max_fps: float, threads: int = 2) -> None:
+        self.streams = streams
+        self.quality = quality
+        self.min_period = 1.0 / max_fps
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="jpeg")
+        # per stream: (frame version, width) → (encoding, frame index, frame capture time)
+        self.cache: dict[str, dict[tuple[int, int | None], tuple[asyncio.Future, int, float]]] = {
+            name: {} for name in streams}
+        self.last_encode: dict[tuple[str, int | None], float] = {}
+        self.encodes: dict[str, int] = {name: 0 for name in streams}
+        self.viewers: dict[str, int] = {name: 0 for name in streams}
+        self.sent_bytes = 0
+
+    async def newer_than(self, name: str, version: int, width: int | None) -> Jpeg:
+        """The stream's newest annotated frame once there is one newer than ``version`` (-1: any)."""
+        stream = self.streams[name]
+        while stream.frame_version <= version:
+            await stream.changed.wait()
+        wait = self.last_encode.get((name, width), -1e9) + self.min_period - time.monotonic()
+        if wait > 0:  # max_fps: frames that arrive faster are skipped, the newest is encoded
+            await asyncio.sleep(wait)
+        version = stream.frame_version
+        cache = self.cache[name]
+        entry = cache.get((version, width))
+        if entry is None:
+            if any(v != version for v, _ in cache):
+                cache.clear()  # keep only the newest frame's encodings
+            view = stream.view
+            future = asyncio.get_running_loop().run_in_executor(
+                self.pool, _encode, name, view.frame, view.top(), view.fps(), view.latency_ms, view.status,
+                width, self.quality)
+            entry = cache[(version, width)] = (future, view.frame_index, view.frame_ts)
+            self.encodes[name] += 1
+            self.last_encode[(name, width)] = time.monotonic()
+        future, index, ts = entry
+        data = await asyncio.shield(future)  # one viewer leaving does not cancel the others' frame
+        return Jpeg(data, version, index, ts)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

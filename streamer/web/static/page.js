@@ -1,0 +1,92 @@
+// The live page: one card per stream (its MJPEG feed, state and current action), and the action events,
+// all kept current by server-sent events from /api/live. Nothing is fetched from outside this server.
+"use strict";
+const grid = document.getElementById("grid");
+const eventsList = document.getElementById("events");
+const readyBadge = document.getElementById("ready");
+const cards = new Map();
+const MAX_EVENTS = 100;
+
+const words = (label) => String(label).replace(/_/g, " ");
+const clock = (ts) => new Date(ts * 1000).toLocaleTimeString();
+
+function card(stream) {
+  let c = cards.get(stream.name);
+  if (c) return c;
+  const el = document.createElement("article");
+  el.className = "card";
+  el.dataset.stream = stream.name;
+  const img = document.createElement("img");
+  img.alt = `live view of ${stream.name}`;
+  const feed = `/streams/${encodeURIComponent(stream.name)}.mjpeg`;
+  img.src = feed;
+  img.addEventListener("error", () => setTimeout(() => { img.src = `${feed}?retry=${Date.now()}`; }, 2000));
+  const info = document.createElement("div");
+  info.className = "info";
+  info.innerHTML = '<span class="name"></span><span class="badge state"></span><span class="action"></span>';
+  info.querySelector(".name").textContent = stream.name;
+  el.append(img, info);
+  el.addEventListener("click", () => {
+    const large = !el.classList.contains("large");
+    for (const other of cards.values()) other.el.classList.remove("large");
+    el.classList.toggle("large", large);
+    grid.classList.toggle("single", large);
+  });
+  grid.append(el);
+  c = { el, state: info.querySelector(".state"), action: info.querySelector(".action") };
+  cards.set(stream.name, c);
+  return c;
+}
+
+function showStreams(streams) {
+  for (const s of streams) {
+    const c = card(s);
+    c.state.textContent = s.state;
+    c.state.className = `badge state ${s.state}`;
+    c.state.title = s.detail || "";
+    const top = s.latest && s.latest.top && s.latest.top[0];
+    c.action.textContent = s.action ? `doing: ${words(s.action)}`
+      : top ? `${words(top[0])} ${Math.round(top[1] * 100)}%` : "";
+  }
+}
+
+function showEvent(line, atTop = true) {
+  const empty = eventsList.querySelector(".empty");
+  if (empty) empty.remove();
+  const li = document.createElement("li");
+  li.className = line.kind;
+  li.innerHTML = '<span class="kind"></span><span class="where"></span><span class="time"></span>' +
+                 '<span class="label"></span>';
+  li.querySelector(".kind").textContent = line.kind;
+  li.querySelector(".where").textContent = line.stream;
+  li.querySelector(".time").textContent = clock(line.frame_ts);
+  li.querySelector(".label").textContent = `${words(line.label)} (${Math.round(line.score * 100)}%)`;
+  li.dataset.id = line.id || "";
+  if (atTop) eventsList.prepend(li); else eventsList.append(li);
+  while (eventsList.children.length > MAX_EVENTS) eventsList.lastElementChild.remove();
+}
+
+async function checkReady() {
+  try {
+    const r = await fetch("/readyz", { cache: "no-store" });
+    const body = await r.json();
+    readyBadge.textContent = body.ready ? "ready" : "not ready";
+    readyBadge.className = `badge ${body.ready ? "ready" : "notready"}`;
+    readyBadge.title = (body.not_ready || []).join("\n");
+  } catch (e) {
+    readyBadge.textContent = "server unreachable";
+    readyBadge.className = "badge notready";
+  }
+}
+
+const live = new EventSource("/api/live");
+live.addEventListener("hello", (e) => {
+  const data = JSON.parse(e.data);
+  showStreams(data.streams);
+  eventsList.innerHTML = '<li class="empty">no action yet</li>';
+  for (const line of data.events) showEvent(line, false);
+});
+live.addEventListener("streams", (e) => showStreams(JSON.parse(e.data)));
+live.addEventListener("event", (e) => showEvent(JSON.parse(e.data)));
+checkReady();
+setInterval(checkReady, 2000);
