@@ -123,7 +123,7 @@ def build_info(config) -> tuple[tuple[str, str], ...]:
         ours = "unknown"
     worker = config.workers[0]
     device = worker.device if worker.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return (("version", ours), ("torch", torch.__version__), ("device", device), ("precision", worker.precision),
+    return (("version", ours), ("torch", str(torch.__version__)), ("device", device), ("precision", worker.precision),
             ("checkpoint", Path(worker.checkpoint).name))
 
 

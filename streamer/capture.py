@@ -68,7 +68,8 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     seq, credits, segment, lost = 0, OFFLINE_IN_FLIGHT, 0, False
     last_index = None  # the ring forgets it on a loss; the end-of-stream line still names it
     malformed = messages.MalformedLog(f"capture {config.stream}")
-    started, frames_captured, next_stats, fps_from = time.time(), 0, time.monotonic(), (time.monotonic(), 0)
+    started, frames_captured, fps_from = time.time(), 0, (time.monotonic(), 0)
+    next_stats = time.monotonic() + STATS_INTERVAL_S
     try:
         while not stop.is_set():
             if time.monotonic() >= next_stats:
