@@ -29,6 +29,13 @@ BAD = {  # what a config says → what the one-line error must say
     "two sources, one name": (SOURCE + "name = 'door'\n" + SOURCE + "name = 'door'", "two sources are named 'door'"),
     "a NUL in the event log": ('[events]\npath = "log\\u0000.jsonl"', "not a usable file name"),
     "a number for allowed clients": ("[security]\nallowed_clients = 0", "'allowed_clients' must be"),
+    "web on every interface, no token": ('[web]\nlisten = "0.0.0.0:8080"', "set [web] token"),
+    "web port out of range": ('[web]\nlisten = "127.0.0.1:70000"', "must be HOST:PORT"),
+    "web on a host name": ('[web]\nlisten = "example.com:80"', "is not an IP address"),
+    "a short web token": ('[web]\ntoken = "abc"', "at least 16 printable characters"),
+    "JPEG quality 0": ("[web]\njpeg_quality = 0", "'jpeg_quality' must be an integer from 1 to 100"),
+    "web at 0 fps": ("[web]\nmax_fps = 0", "'max_fps' must be a number in (0, 240]"),
+    "an unknown web key": ("[web]\nport = 8080", "unknown key 'port' in [web]"),
 }
 
 
@@ -50,3 +57,19 @@ def test_named_sources_keep_their_names_and_unnamed_ones_do_not_collide(tmp_path
     path.write_text(SOURCE + "name = 'synthetic'\n" + SOURCE)
     config = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
     assert [c.stream for c in config.captures] == ["synthetic", "synthetic-2"]
+
+
+def test_the_demo_listens_on_8080_and_a_config_without_web_does_not(tmp_path):
+    demo = load_config(Overrides(headless=True), describe_checkpoint)
+    assert (demo.web.host, demo.web.port, demo.web.required) == ("127.0.0.1", 8080, False)
+    assert demo.web.streams == (("demo", "synthetic"),) and all(c.web for c in demo.captures)
+    assert load_config(Overrides(headless=True, web="off"), describe_checkpoint).web is None
+    flag = load_config(Overrides(headless=True, web="127.0.0.1:9000"), describe_checkpoint).web
+    assert (flag.port, flag.required) == (9000, True)  # asked for: a taken port is an error, not a warning
+    path = tmp_path / "plain.toml"
+    path.write_text(SOURCE)
+    plain = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    assert plain.web is None and not any(c.web for c in plain.captures)
+    path.write_text(SOURCE + '[web]\ntoken = "0123456789abcdef0123"\n')
+    guarded = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    assert guarded.web.port == 8080 and guarded.web.required and "0123456789" not in repr(guarded.web)

@@ -5,6 +5,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -277,12 +278,21 @@ def test_damaged_video_source_is_one_line_and_exit_2(tmp_path, checkpoint):
 
 
 def test_default_demo_runs_with_the_shipped_model(tmp_path):
-    """`python run_pipeline.py` as a newcomer runs it (headless here, no display): synthetic actions named live."""
+    """`python run_pipeline.py` as a newcomer runs it (headless here, no display): synthetic actions named live.
+    Its web view's port (127.0.0.1:8080) is taken here: one warning, and the demo runs on without it."""
     from streamer.synthetic import CLASSES
 
     events = tmp_path / "events.jsonl"
-    proc = run("--headless", "--duration", 25, "--events", events, timeout=120)
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", 8080))
+            taken.listen()
+        except OSError:
+            pass  # something else holds it: the same case
+        proc = run("--headless", "--duration", 25, "--events", events, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "web view off" in line]
+    assert len(warnings) == 1 and "127.0.0.1:8080" in warnings[0] and "WARNING" in warnings[0], proc.stderr
     predictions = [line for line in read_lines(events) if line["kind"] == "prediction"]
     assert len(predictions) >= 10, proc.stderr
     assert all(line["stream"] == "demo" and line["top"][0][0] in CLASSES for line in predictions)

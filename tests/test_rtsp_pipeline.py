@@ -21,6 +21,7 @@ from tests.test_pipeline import (  # noqa: F401  (the checkpoint fixture is re-u
     write_config,
 )
 from tests.test_reliability import REPO, Pipeline
+from tests.test_web import get, web_url
 
 pytestmark = pytest.mark.rtsp
 
@@ -42,11 +43,11 @@ def of_kind(lines: list[dict], kind: str) -> list[dict]:
     return [line for line in lines if line["kind"] == kind]
 
 
-def start_pipeline(tmp_path: Path, checkpoint: Path, url: str) -> tuple[Pipeline, Path]:  # noqa: F811
+def start_pipeline(tmp_path: Path, checkpoint: Path, url: str, *more) -> tuple[Pipeline, Path]:  # noqa: F811
     events = tmp_path / "events.jsonl"
     config = write_config(tmp_path / "c.toml", checkpoint)
     # --duration is only a safety net; each test stops the pipeline itself with SIGTERM.
-    pipe = Pipeline("--config", config, "--source", url, "--headless", "--events", events, "--duration", 120)
+    pipe = Pipeline("--config", config, "--source", url, "--headless", "--events", events, "--duration", 120, *more)
     pipe.wait_for(lambda: len(of_kind(read_events(events), "prediction")) >= 3, timeout=40,
                   what="first predictions from the camera")
     return pipe, events
@@ -132,14 +133,20 @@ def test_rtsp_camera_headless_writes_contract_lines(tmp_path, checkpoint, rtsp_s
 
 @pytest.mark.timeout(60)
 def test_rtsp_camera_killed_and_restarted_is_lost_then_back(tmp_path, checkpoint, rtsp_server):  # noqa: F811
-    pipe, events = start_pipeline(tmp_path, checkpoint, rtsp_server.url)
+    """With the web view on: /readyz is 503 naming the camera while it is down, 200 once it is back."""
+    pipe, events = start_pipeline(tmp_path, checkpoint, rtsp_server.url, "--web", "127.0.0.1:0")
+    readyz = lambda: get(f"{web_url(pipe)}/readyz")  # noqa: E731
     try:
+        pipe.wait_for(lambda: readyz()[0] == 200, timeout=10, what="/readyz 200 with the camera up")
         rtsp_server.kill()
         killed_at = time.time()
         pipe.wait_for(lambda: of_kind(read_events(events), "source_lost"), timeout=15, what="source_lost line")
         # A killed camera closes its connection: the loss is known at once, long before the read timeout.
         lost_ts = of_kind(read_events(events), "source_lost")[0]["ts"]
         assert lost_ts - killed_at < 3.0, f"source_lost written {lost_ts - killed_at:.1f} s after the kill"
+        pipe.wait_for(lambda: readyz()[0] == 503, timeout=5, what="/readyz 503 with the camera down")
+        body = readyz()[2]
+        assert any(reason.startswith(f"source {STREAM} (rtsp): lost") for reason in json.loads(body)["not_ready"])
         # Down long enough that an uncapped backoff (0.25 s doubling: tries at 3.75, 7.75, 15.75 s)
         # would miss the 5 s promise; the cap (2 s) makes the next try come soon after the return.
         time.sleep(max(0.0, killed_at + 8.0 - time.time()))
@@ -147,6 +154,7 @@ def test_rtsp_camera_killed_and_restarted_is_lost_then_back(tmp_path, checkpoint
         rtsp_server.start()  # the same port
         back_at = time.time()
         check_outage(pipe, events, back_at)
+        pipe.wait_for(lambda: readyz()[0] == 200, timeout=10, what="/readyz 200 after the camera came back")
     finally:
         code = pipe.stop()
     assert code == 0, "".join(pipe.lines[-30:])

@@ -94,9 +94,9 @@ class WebApp:
             if request.path == "/" and "token" in request.query:
                 if not hmac.compare_digest(request.query["token"].encode(), self.token):
                     return _error(401, "wrong token")
-                response = web.HTTPFound("/")  # out of the address bar and the history
-                response.set_cookie(COOKIE, self.config.token, httponly=True, samesite="Strict")
-                return response
+                redirect = web.HTTPFound("/")  # out of the address bar and the history
+                redirect.set_cookie(COOKIE, self.config.token, httponly=True, samesite="Strict")
+                raise redirect
             if not self._authorised(request):
                 return web.json_response({"error": "this server needs a token: Authorization: Bearer TOKEN, "
                                                    "or open /?token=TOKEN once"}, status=401,
@@ -293,7 +293,7 @@ async def _serve(config: WebConfig, listener: socket.socket | None, stop: multip
     if listener is None:  # run alone (--role web): bind here
         from streamer.web.config import bind_listener
         listener = bind_listener(config)
-    await web.SockSite(runner, listener, shutdown_timeout=1.0).start()
+    await web.SockSite(runner, listener).start()
     logger.info(f"web view at {config.url}")
     try:
         while not stop.is_set():
