@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests need: GStreamer's RTSP server (driven by Debian's
-# /usr/bin/python3, the only interpreter with the GObject bindings), ffmpeg, and the
-# libGL/GLib libraries that opencv-python loads.
+# /usr/bin/python3, the only interpreter with the GObject bindings), ffmpeg, the
+# libGL/GLib libraries that opencv-python loads, Chromium (the web page test drives it
+# with Playwright) and Prometheus (its promtool checks /metrics).
 # Idempotent: packages already installed are left as they are. Run as root.
 set -euo pipefail
 
@@ -16,6 +17,8 @@ packages=(
     ffmpeg
     libgl1
     libglib2.0-0
+    chromium
+    prometheus
 )
 
 missing=()

@@ -15,6 +15,7 @@ import multiprocessing.synchronize
 import socket
 import threading
 import time
+from dataclasses import replace
 from importlib import resources
 from urllib.parse import unquote
 
@@ -23,10 +24,10 @@ from aiohttp import web
 from loguru import logger
 
 from streamer import messages, sockets
-from streamer.errors import ProtocolError
+from streamer.errors import ConfigError, ProtocolError
 from streamer.events import EVENT_ID
 from streamer.messages import DisplayFrame
-from streamer.web.config import WebConfig
+from streamer.web.config import WebConfig, bind_listener
 from streamer.web.feeds import MAX_WIDTH, MIN_WIDTH, Feeds
 from streamer.web.metrics import Metrics
 from streamer.web.state import WebState
@@ -192,8 +193,8 @@ class WebApp:
         return web.json_response(self.state.stream_list())
 
     async def api_events(self, request: web.Request) -> web.Response:
-        limit = _number(request, "limit", int, 1, self.config.events_kept)
-        events = list(self.state.events)[: limit or 50]
+        limit = _number(request, "limit", int, 1, 2**63)  # more than are kept: all that are kept
+        events = list(self.state.events)[: min(limit or 50, self.config.events_kept)]
         return web.json_response(events)
 
     async def live(self, request: web.Request) -> web.StreamResponse:
@@ -291,8 +292,11 @@ async def _serve(config: WebConfig, listener: socket.socket | None, stop: multip
     runner = web.AppRunner(web_app.app(), access_log=None, shutdown_timeout=1.0, handle_signals=False)
     await runner.setup()
     if listener is None:  # run alone (--role web): bind here
-        from streamer.web.config import bind_listener
-        listener = bind_listener(config)
+        try:
+            listener = bind_listener(config)
+        except OSError as err:
+            raise ConfigError(f"web view {config.host}:{config.port}: cannot listen there ({err.strerror})") from None
+        config = replace(config, port=listener.getsockname()[1])
     await web.SockSite(runner, listener).start()
     logger.info(f"web view at {config.url}")
     try:

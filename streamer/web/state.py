@@ -90,6 +90,11 @@ class WebState:
         now = time.time()
         stream.view.add_frame(msg.image, msg.index, msg.ts, now)
         stream.last_frame = now
+        self._redraw(stream)
+
+    @staticmethod
+    def _redraw(stream: StreamState) -> None:
+        """A new picture to show (a new frame, or the same one with a new status): wake its viewers."""
         stream.frame_version += 1
         changed, stream.changed = stream.changed, asyncio.Event()
         changed.set()
@@ -134,6 +139,7 @@ class WebState:
             stream.ended, stream.view.status = True, "ended"
         else:
             return
+        self._redraw(stream)  # viewers of a frozen picture see it marked lost (or back) at once
         self.publish("streams", self.stream_list())
 
     # ------------------------------------------------------------------ server-sent events
