@@ -5,12 +5,10 @@ dataclass and reads nothing else (no globals, no environment). Every bad value r
 :class:`ConfigError` whose message names the file, the key and what is allowed.
 """
 
-import ipaddress
 import math
 import os
 import re
 import tempfile
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,9 +16,10 @@ from urllib.parse import urlparse
 from streamer.errors import ConfigError
 from streamer.events import EventConfig
 from streamer.framestore import store_prefix
-from streamer.keys import KEY_CHARS, is_z85_key, read_key_file
 from streamer.messages import MAX_BATCH, MAX_NAME
 from streamer.ringbuffer import window_span
+from streamer.security import Security, check_endpoint, load_security  # noqa: F401  (stages import Security here)
+from streamer.toml_values import get_value, read_toml
 from streamer.web.config import KEYS as WEB_KEYS
 from streamer.web.config import WebConfig, load_web_config, web_listen
 
@@ -38,46 +37,6 @@ class Endpoints:
     results: str
     display: str
     web: str = ""
-
-
-@dataclass(frozen=True)
-class Security:
-    """Binding beyond loopback needs CurveZMQ keys, or an explicit opt-in to plaintext.
-
-    Keys are Z85 text, read by ``load_config`` from the files ``python -m streamer.keys`` makes.
-    With keys every socket is encrypted (``streamer.sockets``): binding stages prove they hold
-    the server secret, connecting stages use the client pair, and a binding stage accepts only
-    clients whose public key is in ``allowed_clients``. Secrets stay out of ``repr``.
-    """
-
-    allow_plaintext: bool = False
-    server_public_key: str = ""
-    server_secret_key: str = field(default="", repr=False)  # only hosts that bind need it
-    client_public_key: str = ""
-    client_secret_key: str = field(default="", repr=False)
-    allowed_clients: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        keys = {"server_public_key": self.server_public_key, "server_secret_key": self.server_secret_key,
-                "client_public_key": self.client_public_key, "client_secret_key": self.client_secret_key}
-        keys.update({f"allowed_clients[{i}]": key for i, key in enumerate(self.allowed_clients)})
-        for name, key in keys.items():
-            if key and not is_z85_key(key):
-                raise ConfigError(f"[security] {name}: not a {KEY_CHARS}-character Z85 key")
-        if any(keys.values()):
-            missing = [name for name in ("server_public_key", "client_public_key", "client_secret_key")
-                       if not keys[name]]
-            if missing:
-                raise ConfigError(f"[security] with keys also needs {missing[0]}; "
-                                  "python -m streamer.keys DIR prints every line")
-            if self.server_secret_key and not self.allowed_clients:
-                raise ConfigError("[security] server_secret_key needs allowed_clients: the client public keys "
-                                  "the binding stages accept")
-
-    @property
-    def curve(self) -> bool:
-        """Keys are configured: every socket uses CurveZMQ."""
-        return bool(self.server_public_key)
 
 
 @dataclass(frozen=True)
@@ -165,27 +124,6 @@ class PipelineConfig:
     fixed_endpoints: bool = False  # the file names them (needed when stages run as separate commands)
 
 
-def _get(table: dict, key: str, kind, default, where: str, *, low=None, above=None, high=None):
-    """``table[key]`` (or ``default``) checked to be a ``kind``; numbers finite and within
-    ``low <= value``, ``above < value``, ``value <= high`` where those are given."""
-    value = table.get(key, default)
-    if value is None or kind is None:
-        return value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
-    if kind is float and not math.isfinite(value):  # TOML allows inf and nan; no setting here means them
-        raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
-    if (low is not None and value < low) or (above is not None and value <= above) or \
-            (high is not None and value > high):
-        wanted = " and ".join(part for part in (f"≥ {low}" if low is not None else "",
-                                                f"> {above}" if above is not None else "",
-                                                f"≤ {high}" if high is not None else "") if part)
-        raise ConfigError(f"{where}: '{key}' must be {wanted}, got {value!r}")
-    return value
-
-
 FLIP_VIEWS = ("horizontal", "vertical")  # the flips workers.views knows
 
 
@@ -199,28 +137,6 @@ def check_flip_views(flips, where: str) -> tuple[str, ...]:
     if len(set(flips)) != len(flips):
         raise ConfigError(f"{where}: 'flip_views' names a flip twice: {list(flips)}")
     return tuple(flips)
-
-
-def _check_endpoint(address: str, where: str, security: Security) -> str:
-    """Loopback and ipc:// only, unless keys are configured or plaintext is explicitly allowed."""
-    parsed = urlparse(address)
-    if parsed.scheme == "ipc":
-        return address
-    if parsed.scheme != "tcp" or not parsed.hostname or not parsed.port:
-        raise ConfigError(f"{where}: endpoint {address!r} must look like tcp://127.0.0.1:5555 or ipc:///path")
-    host = parsed.hostname
-    loopback = host == "localhost"
-    if not loopback:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-    if not loopback and not security.curve and not security.allow_plaintext:
-        raise ConfigError(
-            f"{where}: endpoint {address!r} is reachable from other hosts; set [security] keys "
-            "(python -m streamer.keys DIR) or allow_plaintext = true"
-        )
-    return address
 
 
 def _writable_file(value: str | None, what: str) -> str | None:
@@ -241,65 +157,6 @@ def _writable_file(value: str | None, what: str) -> str | None:
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ConfigError(f"{what} {value}: not writable; pick a writable path")
     return str(path)
-
-
-def _key_path(value: str, base: Path) -> Path:
-    """As given (relative to the working folder), else relative to the config file's folder."""
-    path = Path(value).expanduser()
-    if path.is_absolute() or path.exists() or not (base / path).exists():
-        return path
-    return base / path
-
-
-def _allowed_clients(value, where: str, base: Path) -> tuple[str, ...]:
-    """Public keys from files and folders (every ``*.key`` in a folder), in order, without repeats."""
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
-        raise ConfigError(f"{where}: 'allowed_clients' must be a key file, a folder of .key files, "
-                          f"or a list of them; got {value!r}")
-    keys: list[str] = []
-    for item in items:
-        path = _key_path(item, base)
-        files = sorted(path.glob("*.key")) if path.is_dir() else [path]
-        if not files:
-            raise ConfigError(f"{where}: allowed_clients folder {str(path)!r} holds no .key files")
-        for file in files:
-            public, _ = read_key_file(file, secret=False, where=f"{where} allowed_clients")
-            if public not in keys:
-                keys.append(public)
-    return tuple(keys)
-
-
-def load_security(table: dict, where: str, base: Path) -> Security:
-    """The ``[security]`` table: key files → Z85 keys, each file error naming the file and the key."""
-    allow_plaintext = _get(table, "allow_plaintext", bool, False, where)
-    paths = {name: _get(table, name, str, "", where)
-             for name in ("server_public_key", "server_secret_key", "client_secret_key")}
-    allowed = table.get("allowed_clients", [])
-    if not isinstance(allowed, (str, list)):
-        raise ConfigError(f"{where}: 'allowed_clients' must be a key file, a folder of .key files, "
-                          f"or a list of them; got {allowed!r}")
-    if not any(paths.values()) and not allowed:
-        return Security(allow_plaintext=allow_plaintext)
-    if not paths["server_public_key"] and not paths["server_secret_key"]:
-        raise ConfigError(f"{where}: keys need server_public_key (the server.key file); "
-                          "python -m streamer.keys DIR prints every line")
-    if not paths["client_secret_key"]:
-        raise ConfigError(f"{where}: keys need client_secret_key (the client.key_secret file): every host "
-                          "connects somewhere; python -m streamer.keys DIR prints every line")
-    keys = {name: read_key_file(_key_path(value, base), secret=name.endswith("secret_key"),
-                                where=f"{where} {name}")
-            for name, value in paths.items() if value}
-    server_public = keys.get("server_public_key", ("", ""))[0]
-    server_public_of_secret, server_secret = keys.get("server_secret_key", ("", ""))
-    if server_public and server_public_of_secret and server_public != server_public_of_secret:
-        raise ConfigError(f"{where}: server_public_key {paths['server_public_key']!r} is not the public half of "
-                          f"server_secret_key {paths['server_secret_key']!r}")
-    client_public, client_secret = keys["client_secret_key"]
-    allowed_keys = _allowed_clients(allowed, where, base) if allowed else (client_public,)
-    return Security(allow_plaintext=allow_plaintext, server_public_key=server_public or server_public_of_secret,
-                    server_secret_key=server_secret, client_public_key=client_public,
-                    client_secret_key=client_secret, allowed_clients=allowed_keys)
 
 
 ENDPOINT_NAMES = ("windows", "work", "results", "display", "web")
@@ -358,17 +215,6 @@ class Overrides:
     web: str | None = None  # HOST:PORT or "off"
 
 
-def read_toml(path: Path) -> dict:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found; pass an existing TOML file to --config") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read it ({err})") from None
-
-
 MAX_WORKERS = 64  # worker processes on one host; more than its cores or GPUs only adds contention
 MAX_NUM_FRAMES = 128  # frames a window (TimeSformer-L takes 96)
 MAX_SPAN = 1024  # source frames a window may span: 34 s at 30 fps, 154 MB of ring at 224 px
@@ -418,14 +264,14 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     sec = raw.get("security", {})
     where_model = f"{where} [model]"
 
-    checkpoint = flags.checkpoint or _get(model, "checkpoint", str, "models/demo.safetensors", where_model)
+    checkpoint = flags.checkpoint or get_value(model, "checkpoint", str, "models/demo.safetensors", where_model)
     if not Path(checkpoint).is_absolute() and not Path(checkpoint).exists() and (REPO / checkpoint).exists():
         checkpoint = str(REPO / checkpoint)
     preprocess, labels = preprocess_of(checkpoint)
 
-    num_frames = _get(model, "num_frames", int, preprocess.num_frames, where_model, low=1, high=MAX_NUM_FRAMES)
-    frame_interval = _get(model, "frame_interval", int, preprocess.frame_interval, where_model, low=1)
-    hop = _get(model, "hop", int, max(1, frame_interval), where_model, low=1)
+    num_frames = get_value(model, "num_frames", int, preprocess.num_frames, where_model, low=1, high=MAX_NUM_FRAMES)
+    frame_interval = get_value(model, "frame_interval", int, preprocess.frame_interval, where_model, low=1)
+    hop = get_value(model, "hop", int, max(1, frame_interval), where_model, low=1)
     if (span := window_span(num_frames, frame_interval)) > MAX_SPAN:
         raise ConfigError(f"{where_model}: a window of {num_frames} frames {frame_interval} apart spans "
                           f"{span} source frames; at most {MAX_SPAN} fit the ring buffer")
@@ -434,14 +280,14 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     ep_table = raw.get("endpoints", {})
     defaults = default_endpoints()
     endpoints = Endpoints(**{
-        name: _check_endpoint(_get(ep_table, name, str, getattr(defaults, name), f"{where} [endpoints]"),
+        name: check_endpoint(get_value(ep_table, name, str, getattr(defaults, name), f"{where} [endpoints]"),
                               f"{where} [endpoints] {name}", security)
         for name in ENDPOINT_NAMES
     })
 
     # Frames go through shared memory only when every stage that touches them shares this host.
     same_host = all(e.startswith("ipc://") for e in (endpoints.windows, endpoints.work))
-    frame_store = store_prefix(endpoints.windows) if same_host and _get(
+    frame_store = store_prefix(endpoints.windows) if same_host and get_value(
         pipe, "shared_memory", bool, True, f"{where} [pipeline]") else ""
 
     source_tables = raw.get("sources", [])
@@ -452,15 +298,15 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     if not source_tables:
         raise ConfigError(f"{where}: no sources; add [[sources]] spec = \"synthetic:\" or pass --source")
 
-    offline = flags.offline or _get(pipe, "offline", bool, False, f"{where} [pipeline]")
-    headless = flags.headless or _get(pipe, "headless", bool, False, f"{where} [pipeline]")
-    output = _writable_file(flags.output or _get(ov, "output", str, None, f"{where} [overlay]") or None,
+    offline = flags.offline or get_value(pipe, "offline", bool, False, f"{where} [pipeline]")
+    headless = flags.headless or get_value(pipe, "headless", bool, False, f"{where} [pipeline]")
+    output = _writable_file(flags.output or get_value(ov, "output", str, None, f"{where} [overlay]") or None,
                             "annotated video (--output)")
     if output and Path(output).suffix.lower() not in VIDEO_OUT_SUFFIXES:
         raise ConfigError(f"annotated video (--output) {output}: name it .mp4 (or {', '.join(VIDEO_OUT_SUFFIXES[1:])}); "
                           "the container is chosen by the file's suffix")
-    window = _get(ov, "window", bool, True, f"{where} [overlay]") and not headless
-    overlay_fps = _get(ov, "fps", float, 30.0, f"{where} [overlay]", above=0, high=1000)  # checked even if unused
+    window = get_value(ov, "window", bool, True, f"{where} [overlay]") and not headless
+    overlay_fps = get_value(ov, "fps", float, 30.0, f"{where} [overlay]", above=0, high=1000)  # checked even if unused
     want_overlay = window or bool(output)
     web_table = raw.get("web", {})
     web_on = web_listen(web_table, flags.web) is not None
@@ -470,20 +316,20 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     from streamer.sources import parse_source  # validates the spec; sources imports cv2, so import late
 
     for i, table in enumerate(source_tables):
-        spec = _get(table, "spec", str, None, f"{where} [[sources]] #{i + 1}")
+        spec = get_value(table, "spec", str, None, f"{where} [[sources]] #{i + 1}")
         if spec is None:
             raise ConfigError(f"{where}: [[sources]] #{i + 1} has no 'spec'")
         kind = parse_source(spec)
-        name = _stream_label(_get(table, "name", str, None, f"{where} [[sources]] #{i + 1}"),
+        name = _stream_label(get_value(table, "name", str, None, f"{where} [[sources]] #{i + 1}"),
                              f"{where} [[sources]] #{i + 1}", taken) or stream_name(spec, i, taken)
         if kind == "file":
             finite.append(name)
         captures.append(CaptureConfig(
             stream=name, source=spec, endpoints=endpoints, size=preprocess.size, num_frames=num_frames,
             frame_interval=frame_interval, hop=hop, offline=offline, display=want_overlay, web=web_on,
-            display_width=_get(ov, "display_width", int, 640, f"{where} [overlay]", low=16, high=7680),
-            open_timeout_s=_get(table, "open_timeout_s", float, 5.0, f"{where} [[sources]]", above=0, high=MAX_WAIT_S),
-            read_timeout_s=_get(table, "read_timeout_s", float, 5.0, f"{where} [[sources]]", above=0, high=MAX_WAIT_S),
+            display_width=get_value(ov, "display_width", int, 640, f"{where} [overlay]", low=16, high=7680),
+            open_timeout_s=get_value(table, "open_timeout_s", float, 5.0, f"{where} [[sources]]", above=0, high=MAX_WAIT_S),
+            read_timeout_s=get_value(table, "read_timeout_s", float, 5.0, f"{where} [[sources]]", above=0, high=MAX_WAIT_S),
             frame_store=frame_store, security=security,
         ))
     if offline and len(finite) != len(captures):
@@ -492,37 +338,37 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
 
     try:
         events = EventConfig(
-            smoothing=_get(ev, "smoothing", int, 3, f"{where} [events]"),
-            start_threshold=_get(ev, "start_threshold", float, 0.6, f"{where} [events]"),
-            end_threshold=_get(ev, "end_threshold", float, 0.4, f"{where} [events]"),
-            top_k=_get(ev, "top_k", int, 5, f"{where} [events]"),
+            smoothing=get_value(ev, "smoothing", int, 3, f"{where} [events]"),
+            start_threshold=get_value(ev, "start_threshold", float, 0.6, f"{where} [events]"),
+            end_threshold=get_value(ev, "end_threshold", float, 0.4, f"{where} [events]"),
+            top_k=get_value(ev, "top_k", int, 5, f"{where} [events]"),
         )
     except ConfigError as err:
         raise ConfigError(f"{where} [events]: {err}") from None
-    events_path = _writable_file(flags.events or _get(ev, "path", str, None, f"{where} [events]") or None,
+    events_path = _writable_file(flags.events or get_value(ev, "path", str, None, f"{where} [events]") or None,
                                  "event log (--events)")
 
     dispatch = DispatchConfig(
         endpoints=endpoints, streams=streams, finite_streams=tuple(finite), labels=tuple(labels or ()),
         offline=offline, events_path=events_path, events=events,
-        heartbeat_timeout_s=_get(pipe, "heartbeat_timeout_s", float, 30.0, f"{where} [pipeline]", above=0,
+        heartbeat_timeout_s=get_value(pipe, "heartbeat_timeout_s", float, 30.0, f"{where} [pipeline]", above=0,
                                  high=MAX_WAIT_S),
         security=security,
     )
-    n_workers = flags.workers or _get(pipe, "workers", int, 1, f"{where} [pipeline]")
+    n_workers = flags.workers or get_value(pipe, "workers", int, 1, f"{where} [pipeline]")
     if not 1 <= n_workers <= MAX_WORKERS:
         raise ConfigError(f"{where} [pipeline]: 'workers' must be 1..{MAX_WORKERS}, got {n_workers}")
-    precision = flags.precision or _get(model, "precision", str, "bf16", where_model)
+    precision = flags.precision or get_value(model, "precision", str, "bf16", where_model)
     if precision not in ("fp32", "bf16", "fp16", "int8"):
         raise ConfigError(f"{where_model}: 'precision' must be fp32, bf16, fp16 or int8, got {precision!r}")
-    device = flags.device or _get(model, "device", str, "auto", where_model)
+    device = flags.device or get_value(model, "device", str, "auto", where_model)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"{where_model}: 'device' must be auto, cpu, cuda or cuda:N, got {device!r}")
     worker = WorkerConfig(
         name="worker-0", endpoints=endpoints, checkpoint=checkpoint, device=device, precision=precision,
-        max_batch=_get(model, "max_batch", int, 4, where_model, low=1, high=MAX_BATCH),
-        threads=_get(model, "threads", int, 0, where_model, low=0, high=1024),
-        top_k=events.top_k, delay_s=_get(model, "delay_s", float, 0.0, where_model, low=0, high=MAX_WAIT_S),
+        max_batch=get_value(model, "max_batch", int, 4, where_model, low=1, high=MAX_BATCH),
+        threads=get_value(model, "threads", int, 0, where_model, low=0, high=1024),
+        top_k=events.top_k, delay_s=get_value(model, "delay_s", float, 0.0, where_model, low=0, high=MAX_WAIT_S),
         frame_store=frame_store,
         flip_views=check_flip_views(model["flip_views"], where_model) if "flip_views" in model
         else preprocess.flip_views, security=security,
@@ -537,7 +383,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     web = load_web_config(web_table, flags.web, where, default_file=path.resolve() == DEFAULT_CONFIG,
                           endpoints=endpoints, security=security, streams=tuple(kinds.items()),
                           top_k=min(events.top_k, 5))
-    duration = flags.duration if flags.duration is not None else _get(pipe, "duration", float, 0.0,
+    duration = flags.duration if flags.duration is not None else get_value(pipe, "duration", float, 0.0,
                                                                        f"{where} [pipeline]")
     if not duration >= 0 or not math.isfinite(duration):
         raise ConfigError(f"--duration must be zero (run until stopped) or positive, got {duration}")

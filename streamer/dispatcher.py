@@ -19,8 +19,8 @@ from streamer import messages, sockets
 from streamer.config import DispatchConfig
 from streamer.errors import ProtocolError
 from streamer.events import ActionTracker, EventLog, prediction_line
-from streamer.overlay_draw import label_words
 from streamer.messages import Batch, Credit, Heartbeat, LogLine, ResultBatch, Stats, Status, Window, WorkRequest
+from streamer.overlay_draw import label_words
 
 
 @dataclass

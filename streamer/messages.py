@@ -17,39 +17,23 @@ Usage::
 from __future__ import annotations
 
 import json
-import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import zmq
-from loguru import logger
 
 from streamer.errors import ProtocolError
 from streamer.framestore import FrameRef
 
+from streamer.wire import (  # noqa: F401  (the bounds are part of this module's interface)
+    F32, IMAGE_SHAPE, MAX_ARRAY_BYTES, MAX_BATCH, MAX_CLASSES, MAX_DETAIL, MAX_HEADER_BYTES, MAX_IMAGE_SIDE,
+    MAX_INDEX, MAX_LABELS, MAX_LINE_FIELDS, MAX_NAME, MAX_PARTS, MAX_SAMPLES, MAX_TIMINGS, MAX_TOP,
+    MAX_WINDOW_FRAMES, U8, WINDOW_SHAPE, Fields, MalformedLog, array_view, check_float, check_int, check_shape, check_text,
+    expect_frames, outgoing,
+)
+
 VERSION = 1
-
-# Bounds, checked before anything is allocated or trusted.
-MAX_HEADER_BYTES = 64 * 1024
-MAX_WINDOW_FRAMES = 64  # frames in one window
-MAX_IMAGE_SIDE = 4096  # pixels, height and width
-MAX_BATCH = 64  # windows in a Batch, results in a ResultBatch, n of a request or credit
-MAX_CLASSES = 100_000
-MAX_TOP = 1000  # (label, prob) pairs in a Result
-MAX_TIMINGS = 32  # entries in Result.timings
-MAX_NAME = 256  # characters of a stream, worker, label, kind or timing name
-MAX_DETAIL = 2048  # characters of Status.detail
-MAX_INDEX = 2**63 - 1  # frame indices and sequence numbers
-MAX_ARRAY_BYTES = 512 * 1024 * 1024  # one array frame; also a sane zmq.MAXMSGSIZE
-MAX_PARTS = 1 + MAX_BATCH
-MAX_LINE_FIELDS = 64  # keys of a LogLine
-MAX_SAMPLES = 4096  # samples in one Stats
-MAX_LABELS = 4  # labels of one sample
-
-U8 = np.dtype("|u1")
-F32 = np.dtype("<f4")
 
 
 # ---------------------------------------------------------------------------
@@ -189,120 +173,6 @@ Message = (Window | WorkRequest | Batch | Result | ResultBatch | DisplayFrame | 
 
 
 # ---------------------------------------------------------------------------
-# Field checks, shared by encode (catch a bad message at its sender) and decode
-# ---------------------------------------------------------------------------
-
-
-class _Fields:
-    """Takes the fields out of one JSON object, each checked; ``done()`` refuses leftovers."""
-
-    def __init__(self, obj: Any, where: str) -> None:
-        if not isinstance(obj, dict):
-            raise ProtocolError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        self._obj = obj
-        self._where = where
-        self._taken: set[str] = set()
-
-    def raw(self, key: str) -> Any:
-        if key not in self._obj:
-            raise ProtocolError(f"{self._where}: missing field {key!r}")
-        self._taken.add(key)
-        return self._obj[key]
-
-    def text(self, key: str, max_len: int = MAX_NAME, empty: bool = False) -> str:
-        return _text(self.raw(key), f"{self._where}.{key}", max_len, empty)
-
-    def integer(self, key: str, lo: int, hi: int) -> int:
-        return _int(self.raw(key), f"{self._where}.{key}", lo, hi)
-
-    def number(self, key: str) -> float:
-        return _float(self.raw(key), f"{self._where}.{key}")
-
-    def items(self, key: str, max_len: int) -> list:
-        value = self.raw(key)
-        if not isinstance(value, list):
-            raise ProtocolError(f"{self._where}.{key}: expected a list, got {type(value).__name__}")
-        if len(value) > max_len:
-            raise ProtocolError(f"{self._where}.{key}: {len(value)} items, at most {max_len} allowed")
-        return value
-
-    def mapping(self, key: str, max_len: int) -> dict:
-        value = self.raw(key)
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{self._where}.{key}: expected an object, got {type(value).__name__}")
-        if len(value) > max_len:
-            raise ProtocolError(f"{self._where}.{key}: {len(value)} entries, at most {max_len} allowed")
-        return value
-
-    def done(self) -> None:
-        extra = set(self._obj) - self._taken
-        if extra:
-            raise ProtocolError(f"{self._where}: unexpected field {sorted(extra)[0]!r}")
-
-
-def _text(value: Any, where: str, max_len: int, empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise ProtocolError(f"{where}: expected a string, got {type(value).__name__}")
-    if len(value) > max_len:
-        raise ProtocolError(f"{where}: string of {len(value)} characters, at most {max_len} allowed")
-    if not value and not empty:
-        raise ProtocolError(f"{where}: empty string")
-    # Rejects control characters (log lines stay one line) and lone surrogates
-    # (they could not be written out as UTF-8 later).
-    if not value.isprintable():
-        raise ProtocolError(f"{where}: string has non-printable characters")
-    return value
-
-
-def _int(value: Any, where: str, lo: int, hi: int) -> int:
-    if type(value) is not int:  # bool is an int subclass: refused too
-        raise ProtocolError(f"{where}: expected an integer, got {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise ProtocolError(f"{where}: {value} outside [{lo}, {hi}]")
-    return value
-
-
-def _float(value: Any, where: str) -> float:
-    if type(value) not in (int, float):
-        raise ProtocolError(f"{where}: expected a number, got {type(value).__name__}")
-    result = float(value)  # ints beyond float range raise OverflowError
-    if not math.isfinite(result):
-        raise ProtocolError(f"{where}: {value!r} is not finite")
-    return result
-
-
-def _shape(value: Any, where: str, limits: Sequence[tuple[int, int]]) -> tuple[int, ...]:
-    if not isinstance(value, list) or len(value) != len(limits):
-        raise ProtocolError(f"{where}: expected a shape of {len(limits)} integers")
-    return tuple(_int(v, f"{where}[{i}]", lo, hi) for i, (v, (lo, hi)) in enumerate(zip(value, limits)))
-
-
-_WINDOW_SHAPE = ((1, MAX_WINDOW_FRAMES), (1, MAX_IMAGE_SIDE), (1, MAX_IMAGE_SIDE), (3, 3))
-_IMAGE_SHAPE = ((1, MAX_IMAGE_SIDE), (1, MAX_IMAGE_SIDE), (3, 3))
-
-
-def _array(buf: memoryview, shape: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
-    """A read-only view of ``buf`` as ``shape``; its size must match exactly."""
-    expected = math.prod(shape) * dtype.itemsize
-    if expected > MAX_ARRAY_BYTES:
-        raise ProtocolError(f"{where}: declared {expected} bytes, at most {MAX_ARRAY_BYTES} allowed")
-    if buf.nbytes != expected:
-        raise ProtocolError(f"{where}: frame has {buf.nbytes} bytes, shape {list(shape)} needs {expected}")
-    array = np.frombuffer(buf, dtype=dtype).reshape(shape)
-    array.flags.writeable = False
-    return array
-
-
-def _outgoing(array: Any, dtype: np.dtype, ndim: int, where: str) -> np.ndarray:
-    """The array as it goes on the wire: C-contiguous ``dtype`` (no copy if it already is)."""
-    if not isinstance(array, np.ndarray) or array.ndim != ndim:
-        raise ProtocolError(f"{where}: expected a {ndim}-d numpy array")
-    if array.dtype.kind != dtype.kind or array.dtype.itemsize != dtype.itemsize:
-        raise ProtocolError(f"{where}: expected dtype {dtype.name}, got {array.dtype.name}")
-    return np.ascontiguousarray(array, dtype=dtype)
-
-
-# ---------------------------------------------------------------------------
 # Per-type conversion: message → (header fields, arrays) and back
 # ---------------------------------------------------------------------------
 
@@ -310,45 +180,45 @@ def _outgoing(array: Any, dtype: np.dtype, ndim: int, where: str) -> np.ndarray:
 def _window_header(w: Window) -> tuple[dict, np.ndarray | None]:
     if (w.frames is None) == (w.store is None):
         raise ProtocolError("window: needs its frames or a frame store reference, not both or neither")
-    frames = None if w.frames is None else _outgoing(w.frames, U8, 4, "window.frames")
+    frames = None if w.frames is None else outgoing(w.frames, U8, 4, "window.frames")
     head = {
         "stream": w.stream,
-        "seq": _as_int(w.seq),
-        "frame_indices": [_as_int(i) for i in w.frame_indices],
+        "seq": _ascheck_int(w.seq),
+        "frame_indices": [_ascheck_int(i) for i in w.frame_indices],
         "frame_ts": [float(t) for t in w.frame_ts],
         "shape": list(frames.shape if frames is not None else w.store.shape),
         "sent_ts": float(w.sent_ts),
     }
     if w.store is not None:
-        head["store"] = {"name": w.store.name, "serials": [_as_int(s) for s in w.store.serials]}
+        head["store"] = {"name": w.store.name, "serials": [_ascheck_int(s) for s in w.store.serials]}
     return head, frames
 
 
 def _window_meta(obj: Any, where: str) -> tuple[dict, tuple[int, ...]]:
     """Checked window fields (all but frames) and the declared frames shape; ``meta["store"]`` may be set."""
-    f = _Fields(obj, where)
-    shape = _shape(f.raw("shape"), f"{where}.shape", _WINDOW_SHAPE)
+    f = Fields(obj, where)
+    shape = check_shape(f.raw("shape"), f"{where}.shape", WINDOW_SHAPE)
     indices = f.items("frame_indices", MAX_WINDOW_FRAMES)
     stamps = f.items("frame_ts", MAX_WINDOW_FRAMES)
     if len(indices) != shape[0] or len(stamps) != shape[0]:
         raise ProtocolError(f"{where}: {shape[0]} frames but {len(indices)} indices and {len(stamps)} timestamps")
-    indices = tuple(_int(v, f"{where}.frame_indices[{i}]", 0, MAX_INDEX) for i, v in enumerate(indices))
+    indices = tuple(check_int(v, f"{where}.frame_indices[{i}]", 0, MAX_INDEX) for i, v in enumerate(indices))
     if any(b <= a for a, b in zip(indices, indices[1:])):
         raise ProtocolError(f"{where}.frame_indices: not strictly increasing")
     meta = {
         "stream": f.text("stream"),
         "seq": f.integer("seq", 0, MAX_INDEX),
         "frame_indices": indices,
-        "frame_ts": tuple(_float(v, f"{where}.frame_ts[{i}]") for i, v in enumerate(stamps)),
+        "frame_ts": tuple(check_float(v, f"{where}.frame_ts[{i}]") for i, v in enumerate(stamps)),
         "sent_ts": f.number("sent_ts"),
     }
     if "store" in obj:
-        s = _Fields(f.raw("store"), f"{where}.store")
+        s = Fields(f.raw("store"), f"{where}.store")
         serials = s.items("serials", MAX_WINDOW_FRAMES)
         if len(serials) != shape[0]:
             raise ProtocolError(f"{where}.store: {shape[0]} frames but {len(serials)} serials")
         meta["store"] = FrameRef(s.text("name", 80),
-                                 tuple(_int(v, f"{where}.store.serials[{i}]", 0, MAX_INDEX)
+                                 tuple(check_int(v, f"{where}.store.serials[{i}]", 0, MAX_INDEX)
                                        for i, v in enumerate(serials)), shape)
         s.done()
     f.done()
@@ -356,11 +226,11 @@ def _window_meta(obj: Any, where: str) -> tuple[dict, tuple[int, ...]]:
 
 
 def _result_header(r: Result) -> tuple[dict, np.ndarray]:
-    probs = _outgoing(r.probs, F32, 1, "result.probs")
+    probs = outgoing(r.probs, F32, 1, "result.probs")
     head = {
         "stream": r.stream,
-        "seq": _as_int(r.seq),
-        "frame_index": _as_int(r.frame_index),
+        "seq": _ascheck_int(r.seq),
+        "frame_index": _ascheck_int(r.frame_index),
         "frame_ts": float(r.frame_ts),
         "classes": int(probs.shape[0]),
         "top": [[label, float(p)] for label, p in r.top],
@@ -371,16 +241,16 @@ def _result_header(r: Result) -> tuple[dict, np.ndarray]:
 
 
 def _result_meta(obj: Any, where: str) -> tuple[dict, int]:
-    f = _Fields(obj, where)
+    f = Fields(obj, where)
     classes = f.integer("classes", 1, MAX_CLASSES)
     top = []
     for i, pair in enumerate(f.items("top", min(MAX_TOP, classes))):
         if not isinstance(pair, list) or len(pair) != 2:
             raise ProtocolError(f"{where}.top[{i}]: expected [label, probability]")
-        top.append((_text(pair[0], f"{where}.top[{i}][0]", MAX_NAME), _float(pair[1], f"{where}.top[{i}][1]")))
+        top.append((check_text(pair[0], f"{where}.top[{i}][0]", MAX_NAME), check_float(pair[1], f"{where}.top[{i}][1]")))
     timings = {}
     for key, value in f.mapping("timings", MAX_TIMINGS).items():
-        timings[_text(key, f"{where}.timings key", MAX_NAME)] = _float(value, f"{where}.timings[{key!r}]")
+        timings[check_text(key, f"{where}.timings key", MAX_NAME)] = check_float(value, f"{where}.timings[{key!r}]")
     meta = {
         "stream": f.text("stream"),
         "seq": f.integer("seq", 0, MAX_INDEX),
@@ -395,13 +265,13 @@ def _result_meta(obj: Any, where: str) -> tuple[dict, int]:
 
 
 def _probs(buf: memoryview, classes: int, where: str) -> np.ndarray:
-    probs = _array(buf, (classes,), F32, where)
+    probs = array_view(buf, (classes,), F32, where)
     if not np.isfinite(probs).all():
         raise ProtocolError(f"{where}: probabilities are not all finite")
     return probs
 
 
-def _as_int(value: Any) -> Any:
+def _ascheck_int(value: Any) -> Any:
     """numpy integers as ints for JSON; anything else is left for the checks to refuse."""
     return int(value) if isinstance(value, np.integer) else value
 
@@ -419,15 +289,15 @@ def _encode_fields(msg: Message) -> tuple[dict, list[np.ndarray]]:
         pairs = [_result_header(r) for r in msg.results]
         return {"results": [h for h, _ in pairs]}, [a for _, a in pairs]
     if isinstance(msg, DisplayFrame):
-        image = _outgoing(msg.image, U8, 3, "display.image")
-        head = {"stream": msg.stream, "index": _as_int(msg.index), "ts": float(msg.ts), "shape": list(image.shape)}
+        image = outgoing(msg.image, U8, 3, "display.image")
+        head = {"stream": msg.stream, "index": _ascheck_int(msg.index), "ts": float(msg.ts), "shape": list(image.shape)}
         return head, [image]
     if isinstance(msg, WorkRequest):
-        return {"worker": msg.worker, "max_batch": _as_int(msg.max_batch)}, []
+        return {"worker": msg.worker, "max_batch": _ascheck_int(msg.max_batch)}, []
     if isinstance(msg, Status):
         return {"kind": msg.kind, "stream": msg.stream, "detail": msg.detail, "ts": float(msg.ts)}, []
     if isinstance(msg, Credit):
-        return {"stream": msg.stream, "n": _as_int(msg.n)}, []
+        return {"stream": msg.stream, "n": _ascheck_int(msg.n)}, []
     if isinstance(msg, Heartbeat):
         return {"sender": msg.sender, "ts": float(msg.ts)}, []
     if isinstance(msg, LogLine):
@@ -440,10 +310,10 @@ def _encode_fields(msg: Message) -> tuple[dict, list[np.ndarray]]:
 
 def _windows(metas: list[tuple[dict, tuple[int, ...]]], bufs: list[memoryview], where) -> tuple[Window, ...]:
     """Windows from checked fields; the array frames belong, in order, to those without a store reference."""
-    _expect_frames(bufs, sum("store" not in meta for meta, _ in metas))
+    expect_frames(bufs, sum("store" not in meta for meta, _ in metas))
     arrays = iter(bufs)
     return tuple(
-        Window(frames=None if "store" in meta else _array(next(arrays), shape, U8, f"{where(i)}.frames"), **meta)
+        Window(frames=None if "store" in meta else array_view(next(arrays), shape, U8, f"{where(i)}.frames"), **meta)
         for i, (meta, shape) in enumerate(metas))
 
 
@@ -452,7 +322,7 @@ def _decode_window(h: dict, bufs: list[memoryview]) -> Window:
 
 
 def _decode_batch(h: dict, bufs: list[memoryview]) -> Batch:
-    f = _Fields(h, "batch")
+    f = Fields(h, "batch")
     items = f.items("windows", MAX_BATCH)
     f.done()
     metas = [_window_meta(obj, f"batch.windows[{i}]") for i, obj in enumerate(items)]
@@ -461,16 +331,16 @@ def _decode_batch(h: dict, bufs: list[memoryview]) -> Batch:
 
 def _decode_result(h: dict, bufs: list[memoryview]) -> Result:
     meta, classes = _result_meta(h, "result")
-    _expect_frames(bufs, 1)
+    expect_frames(bufs, 1)
     return Result(probs=_probs(bufs[0], classes, "result.probs"), **meta)
 
 
 def _decode_result_batch(h: dict, bufs: list[memoryview]) -> ResultBatch:
-    f = _Fields(h, "result_batch")
+    f = Fields(h, "result_batch")
     items = f.items("results", MAX_BATCH)
     f.done()
     metas = [_result_meta(obj, f"result_batch.results[{i}]") for i, obj in enumerate(items)]
-    _expect_frames(bufs, len(metas))
+    expect_frames(bufs, len(metas))
     return ResultBatch(tuple(
         Result(probs=_probs(buf, classes, f"result_batch.results[{i}].probs"), **meta)
         for i, ((meta, classes), buf) in enumerate(zip(metas, bufs))
@@ -478,75 +348,72 @@ def _decode_result_batch(h: dict, bufs: list[memoryview]) -> ResultBatch:
 
 
 def _decode_display(h: dict, bufs: list[memoryview]) -> DisplayFrame:
-    f = _Fields(h, "display")
-    shape = _shape(f.raw("shape"), "display.shape", _IMAGE_SHAPE)
+    f = Fields(h, "display")
+    shape = check_shape(f.raw("shape"), "display.shape", IMAGE_SHAPE)
     stream, index, ts = f.text("stream"), f.integer("index", 0, MAX_INDEX), f.number("ts")
     f.done()
-    _expect_frames(bufs, 1)
-    return DisplayFrame(stream, index, ts, _array(bufs[0], shape, U8, "display.image"))
+    expect_frames(bufs, 1)
+    return DisplayFrame(stream, index, ts, array_view(bufs[0], shape, U8, "display.image"))
 
 
 def _decode_work_request(h: dict, bufs: list[memoryview]) -> WorkRequest:
-    f = _Fields(h, "work_request")
+    f = Fields(h, "work_request")
     msg = WorkRequest(f.text("worker"), f.integer("max_batch", 1, MAX_BATCH))
     f.done()
-    _expect_frames(bufs, 0)
+    expect_frames(bufs, 0)
     return msg
 
 
 def _decode_status(h: dict, bufs: list[memoryview]) -> Status:
-    f = _Fields(h, "status")
+    f = Fields(h, "status")
     msg = Status(f.text("kind"), f.text("stream", empty=True), f.text("detail", MAX_DETAIL, empty=True), f.number("ts"))
     f.done()
-    _expect_frames(bufs, 0)
+    expect_frames(bufs, 0)
     return msg
 
 
 def _decode_credit(h: dict, bufs: list[memoryview]) -> Credit:
-    f = _Fields(h, "credit")
+    f = Fields(h, "credit")
     msg = Credit(f.text("stream"), f.integer("n", 1, MAX_BATCH))
     f.done()
-    _expect_frames(bufs, 0)
+    expect_frames(bufs, 0)
     return msg
 
 
 def _decode_heartbeat(h: dict, bufs: list[memoryview]) -> Heartbeat:
-    f = _Fields(h, "heartbeat")
+    f = Fields(h, "heartbeat")
     msg = Heartbeat(f.text("sender"), f.number("ts"))
     f.done()
-    _expect_frames(bufs, 0)
+    expect_frames(bufs, 0)
     return msg
 
 
 def _decode_log_line(h: dict, bufs: list[memoryview]) -> LogLine:
-    f = _Fields(h, "log_line")
+    f = Fields(h, "log_line")
     line = f.mapping("line", MAX_LINE_FIELDS)
     f.done()
-    _text(line.get("kind"), "log_line.line.kind", MAX_NAME)
-    _expect_frames(bufs, 0)
+    check_text(line.get("kind"), "log_line.line.kind", MAX_NAME)
+    expect_frames(bufs, 0)
     return LogLine(line)
 
 
 def _sample(obj: Any, where: str) -> tuple[str, dict[str, str], float]:
     if not isinstance(obj, list) or len(obj) != 3 or not isinstance(obj[1], dict) or len(obj[1]) > MAX_LABELS:
         raise ProtocolError(f"{where}: expected [name, {{at most {MAX_LABELS} labels}}, value]")
-    labels = {_text(k, f"{where} label name", MAX_NAME): _text(v, f"{where} label {k!r}", MAX_NAME, empty=True)
+    labels = {check_text(k, f"{where} label name", MAX_NAME): check_text(v, f"{where} label {k!r}", MAX_NAME, empty=True)
               for k, v in obj[1].items()}
-    return _text(obj[0], f"{where} name", MAX_NAME), labels, _float(obj[2], f"{where} value")
+    return check_text(obj[0], f"{where} name", MAX_NAME), labels, check_float(obj[2], f"{where} value")
 
 
 def _decode_stats(h: dict, bufs: list[memoryview]) -> Stats:
-    f = _Fields(h, "stats")
+    f = Fields(h, "stats")
     sender, ts = f.text("sender"), f.number("ts")
     samples = tuple(_sample(obj, f"stats.samples[{i}]") for i, obj in enumerate(f.items("samples", MAX_SAMPLES)))
     f.done()
-    _expect_frames(bufs, 0)
+    expect_frames(bufs, 0)
     return Stats(sender, ts, samples)
 
 
-def _expect_frames(bufs: list[memoryview], n: int) -> None:
-    if len(bufs) != n:
-        raise ProtocolError(f"expected {n} array frame(s) after the header, got {len(bufs)}")
 
 
 _TYPES: dict[type, str] = {
@@ -651,16 +518,3 @@ def send(socket: zmq.Socket, msg: Message, flags: int = 0) -> None:
 def recv(socket: zmq.Socket, flags: int = 0) -> Message:
     """Receive and decode one message; raises :class:`ProtocolError` if it is malformed."""
     return decode(socket.recv_multipart(flags=flags, copy=False))
-
-
-class MalformedLog:
-    """Counts what a stage dropped (malformed messages by default); one log line per ``interval_s`` at most."""
-
-    def __init__(self, where: str, interval_s: float = 10.0, what: str = "malformed messages") -> None:
-        self.where, self.interval_s, self.what, self.count, self._last = where, interval_s, what, 0, -math.inf
-
-    def saw(self, err: Exception | str) -> None:
-        self.count += 1
-        if time.monotonic() - self._last >= self.interval_s:
-            logger.warning(f"{self.where}: dropping {self.what} ({self.count} so far; last: {err})")
-            self._last = time.monotonic()

@@ -25,7 +25,6 @@ from loguru import logger
 
 from streamer import messages, sockets
 from streamer.errors import ConfigError, ProtocolError
-from streamer.events import EVENT_ID
 from streamer.messages import DisplayFrame
 from streamer.web.config import WebConfig, bind_listener
 from streamer.web.feeds import MAX_WIDTH, MIN_WIDTH, Feeds
