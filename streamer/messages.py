@@ -388,11 +388,33 @@ def _decode_heartbeat(h: dict, bufs: list[memoryview]) -> Heartbeat:
     return msg
 
 
+def _json_value(value: Any, where: str, depth: int = 0) -> None:
+    """A value inside a LogLine: bounded text, finite numbers, small lists and objects, nested at most 4 deep."""
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        check_int(value, where, -MAX_INDEX, MAX_INDEX)
+    elif isinstance(value, float):
+        check_float(value, where)
+    elif isinstance(value, str):
+        check_text(value, where, MAX_DETAIL, empty=True)
+    elif isinstance(value, (list, dict)) and depth < 4:
+        if len(value) > (MAX_TOP if isinstance(value, list) else MAX_LINE_FIELDS):
+            raise ProtocolError(f"{where}: {len(value)} items, too many")
+        for key, item in (value.items() if isinstance(value, dict) else enumerate(value)):
+            if isinstance(key, str):
+                check_text(key, f"{where} key", MAX_NAME)
+            _json_value(item, f"{where}[{key!r}]", depth + 1)
+    else:
+        raise ProtocolError(f"{where}: a {type(value).__name__} (or nested too deep)")
+
+
 def _decode_log_line(h: dict, bufs: list[memoryview]) -> LogLine:
     f = Fields(h, "log_line")
     line = f.mapping("line", MAX_LINE_FIELDS)
     f.done()
     check_text(line.get("kind"), "log_line.line.kind", MAX_NAME)
+    _json_value(line, "log_line.line")
     expect_frames(bufs, 0)
     return LogLine(line)
 

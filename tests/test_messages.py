@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from streamer import messages as m
 from streamer.errors import ProtocolError
-from streamer.messages import (Batch, Credit, DisplayFrame, Heartbeat, Result, ResultBatch, Status, Window,
-                               WorkRequest, decode, encode)
+from streamer.messages import (Batch, Credit, DisplayFrame, Heartbeat, LogLine, Result, ResultBatch, Stats, Status,
+                               Window, WorkRequest, decode, encode)
 
 # ---------------------------------------------------------------------------
 # Strategies and comparison
@@ -66,6 +66,11 @@ any_message = st.one_of(
               categories=("L", "N", "P"), include_characters=" "), max_size=200), stamps),
     st.builds(Credit, names, st.integers(1, m.MAX_BATCH)),
     st.builds(Heartbeat, names, stamps),
+    st.builds(LogLine, st.fixed_dictionaries({"kind": names}, optional={"stream": names, "frame_index": indices,
+                                                                        "top": st.lists(st.tuples(names, probs_f)
+                                                                                        .map(list), max_size=5)})),
+    st.builds(Stats, names, stamps, st.lists(st.tuples(names, st.dictionaries(names, names, max_size=3), stamps),
+                                             max_size=20).map(tuple)),
 )
 
 
@@ -121,6 +126,10 @@ def test_encode_sends_arrays_without_copying() -> None:
     WorkRequest("w", 0),
     Credit("cam\nfake log line", 1),
     Heartbeat("w", "now"),
+    LogLine({"stream": "cam"}),  # no kind
+    LogLine({"kind": "x", "score": math.nan}),  # NaN is not JSON
+    Stats("d", 1.0, (("m", {"a": "1", "b": "2", "c": "3", "d": "4", "e": "5"}, 1.0),)),  # too many labels
+    Stats("d", 1.0, (("m", {}, math.inf),)),
 ])
 def test_encode_refuses_a_message_the_receiver_would_drop(msg: m.Message) -> None:
     with pytest.raises(ProtocolError):
@@ -177,6 +186,9 @@ def _samples() -> list[list]:
         Status("source_lost", "cam0", "read timed out", 11.0),
         Credit("cam0", 1),
         Heartbeat("w0", 11.5),
+        LogLine({"kind": "start", "stream": "cam0", "label": "run", "frame_index": 8, "score": 0.9, "id": "1-ab"}),
+        Stats("dispatcher", 12.0, (("windows_dropped", {"stream": "cam0", "reason": "overtaken"}, 3.0),
+                                   ("workers_answering", {}, 1.0))),
     ]
     return [[bytes(p) if isinstance(p, bytes) else np.asarray(p).tobytes() for p in encode(msg)] for msg in msgs]
 
@@ -212,7 +224,9 @@ class Mutator:
 
     def __init__(self, seed: int) -> None:
         self.r = random.Random(seed)
-        self.samples = _samples()
+        # A LogLine's line and a Stats sample's labels are free-form: another field there is still valid
+        # (see test_hostile_log_lines_and_stats_decode_or_raise_protocol_error).
+        self.samples = [p for p in _samples() if json.loads(p[0])["type"] not in ("log_line", "stats")]
 
     def dump(self, head: object, parts: list) -> list:
         text = json.dumps(head, allow_nan=True).replace('"__1e400__"', "-1e400")  # a float literal that is -inf
@@ -429,3 +443,39 @@ def test_random_byte_flips_either_decode_or_raise_protocol_error() -> None:
             decode([bytes(p) for p in parts])
         except ProtocolError:
             pass
+
+
+def test_hostile_log_lines_and_stats_decode_or_raise_protocol_error() -> None:
+    """Free-form parts get random JSON junk: decoding either refuses it or yields bounded, finite, printable values."""
+    r = random.Random(99)
+    junk = [None, True, -1, 2**63, 10**400, 1e308, math.nan, math.inf, "", "x" * 5000, "a\nb", "\ud800", [], {},
+            [[[[[[1]]]]]], {"a": {"b": {"c": {"d": {"e": 1}}}}}, list(range(2000)), "__1e400__"]
+    samples = [p for p in _samples() if json.loads(p[0])["type"] in ("log_line", "stats")]
+
+    def bounded(value: object, depth: int = 0) -> None:
+        assert depth <= 5
+        if isinstance(value, float):
+            assert math.isfinite(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            assert abs(value) <= m.MAX_INDEX
+        elif isinstance(value, str):
+            assert value.isprintable() or not value
+        elif isinstance(value, (list, dict)):
+            for item in (value.values() if isinstance(value, dict) else value):
+                bounded(item, depth + 1)
+
+    decoded = 0
+    for i in range(3000):
+        head = json.loads(r.choice(samples)[0])
+        paths = _paths(head)
+        path = r.choice(paths)
+        _get(head, path[:-1])[path[-1]] = r.choice(junk)
+        parts = [json.dumps(head, allow_nan=True).replace('"__1e400__"', "-1e400").encode()]
+        try:
+            msg = decode(parts)
+        except ProtocolError as exc:
+            assert str(exc) and "\n" not in str(exc)
+            continue
+        decoded += 1
+        bounded(msg.line if isinstance(msg, LogLine) else [list(s) for s in msg.samples])
+    assert 0 < decoded < 3000

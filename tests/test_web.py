@@ -232,10 +232,11 @@ def test_twenty_viewers_one_stalled_do_not_slow_the_pipeline(demo):
     web_pid = demo.pipe.pids("web")[-1]
     encodes = lambda: metric(get(f"{demo.base}/metrics")[2].decode(), "timesformer_web_jpeg_encodes_total",  # noqa: E731
                              stream="demo")
-    t0 = time.time()
+    t0, encodes_at_t0 = time.time(), encodes()
     time.sleep(8)
     alone = pipeline_rate(demo.events, t0, time.time())
     rss_before, encodes_before = rss_mb(web_pid), encodes()
+    assert encodes_before == encodes_at_t0, "JPEGs were encoded while nobody watched"
 
     viewers = [Viewer(demo.base, stalled=(i == 0)) for i in range(20)]
     for viewer in viewers:
