@@ -63,19 +63,17 @@ class Fields:
         return check_float(self.raw(key), f"{self._where}.{key}")
 
     def items(self, key: str, max_len: int) -> list:
-        value = self.raw(key)
-        if not isinstance(value, list):
-            raise ProtocolError(f"{self._where}.{key}: expected a list, got {type(value).__name__}")
-        if len(value) > max_len:
-            raise ProtocolError(f"{self._where}.{key}: {len(value)} items, at most {max_len} allowed")
-        return value
+        return self._sized(key, list, "a list", "items", max_len)
 
     def mapping(self, key: str, max_len: int) -> dict:
+        return self._sized(key, dict, "an object", "entries", max_len)
+
+    def _sized(self, key: str, kind: type, what: str, unit: str, max_len: int):
         value = self.raw(key)
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{self._where}.{key}: expected an object, got {type(value).__name__}")
+        if not isinstance(value, kind):
+            raise ProtocolError(f"{self._where}.{key}: expected {what}, got {type(value).__name__}")
         if len(value) > max_len:
-            raise ProtocolError(f"{self._where}.{key}: {len(value)} entries, at most {max_len} allowed")
+            raise ProtocolError(f"{self._where}.{key}: {len(value)} {unit}, at most {max_len} allowed")
         return value
 
     def done(self) -> None:
