@@ -87,6 +87,11 @@ live.addEventListener("hello", (e) => {
   for (const line of data.events) showEvent(line, false);
 });
 live.addEventListener("streams", (e) => showStreams(JSON.parse(e.data)));
-live.addEventListener("event", (e) => showEvent(JSON.parse(e.data)));
+live.addEventListener("event", (e) => {
+  const line = JSON.parse(e.data);
+  showEvent(line);
+  const c = cards.get(line.stream);  // the card follows at once, not at the next stream list
+  if (c) c.action.textContent = line.kind === "start" ? `doing: ${words(line.label)}` : "";
+});
 checkReady();
 setInterval(checkReady, 2000);
