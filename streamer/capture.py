@@ -1,6 +1,8 @@
 """Capture stage: one source → stamped, model-size frames in a ring buffer → windows to the dispatcher.
 
-Frames are converted and resized once (``to_model_frame``) on arrival. A window goes out
+A frame is converted and resized once (``frames.model_frame``) on arrival, and only if a window will
+hold it (``WindowSchedule.wanted``); the others are decoded and counted but never converted (with
+K400's sampling, 31 frames in 32). Display frames are made only when a viewer stage exists. A window goes out
 every ``hop`` source frames. Live: windows are sent and forgotten (the dispatcher keeps
 only the newest). Offline: capture waits for the dispatcher's credit before sending
 more, so nothing is dropped and a file is read only as fast as the workers go.
@@ -12,14 +14,13 @@ import math
 import multiprocessing.synchronize
 import time
 
-import cv2
 import zmq
 from loguru import logger
 
 from streamer import messages, sockets
 from streamer.config import CaptureConfig
 from streamer.errors import ProtocolError
-from streamer.frames import to_model_frame
+from streamer.frames import display_image, model_frame
 from streamer.framestore import FrameRef, FrameStore
 from streamer.messages import Credit, DisplayFrame, Stats, Status, Window
 from streamer.ringbuffer import RingBuffer, WindowSchedule, window_span
@@ -31,12 +32,27 @@ STORE_HOPS = 24  # and at least this many hops (offline, where frames come as fa
 STATS_INTERVAL_S = 1.0  # frames captured and input fps go to the dispatcher (and on to /metrics) this often
 
 
-def _display_image(bgr, width: int):
-    """A copy of the frame no wider than ``width`` for the overlay (full-size frames are costly on the wire)."""
-    h, w = bgr.shape[:2]
-    if w <= width:
-        return bgr
-    return cv2.resize(bgr, (width, round(h * width / w)), interpolation=cv2.INTER_AREA)
+class _Counts:
+    """What a capture reports once a second and at its end: frames read and converted, input fps."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream, self.started = stream, time.time()
+        self.captured = self.converted = 0
+        self._since = (time.monotonic(), 0)
+        self.next_report = time.monotonic() + STATS_INTERVAL_S
+
+    def report(self, sock: zmq.Socket, block: bool = False) -> None:
+        now = time.monotonic()
+        seconds = now - self._since[0]
+        fps = (self.captured - self._since[1]) / seconds if seconds > 0 else 0.0
+        labels = {"stream": self.stream}
+        samples = (("frames_captured", labels, float(self.captured)), ("frames_converted", labels, float(self.converted)),
+                   ("capture_started", labels, self.started), ("input_fps", labels, fps))
+        try:
+            messages.send(sock, Stats(f"capture {self.stream}", time.time(), samples), 0 if block else zmq.NOBLOCK)
+        except zmq.Again:  # the dispatcher is behind; the next report carries the totals
+            pass
+        self._since, self.next_report = (now, self.captured), now + STATS_INTERVAL_S
 
 
 def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
@@ -68,21 +84,11 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     seq, credits, segment, lost = 0, OFFLINE_IN_FLIGHT, 0, False
     last_index = None  # the ring forgets it on a loss; the end-of-stream line still names it
     malformed = messages.MalformedLog(f"capture {config.stream}")
-    started, frames_captured, fps_from = time.time(), 0, (time.monotonic(), 0)
-    next_stats = time.monotonic() + STATS_INTERVAL_S
+    counts = _Counts(config.stream)
     try:
         while not stop.is_set():
-            if time.monotonic() >= next_stats:
-                seconds, frames = time.monotonic() - fps_from[0], frames_captured - fps_from[1]
-                fps = frames / seconds if seconds > 0 else 0.0
-                labels = {"stream": config.stream}
-                try:
-                    messages.send(out, Stats(f"capture {config.stream}", time.time(), (
-                        ("frames_captured", labels, float(frames_captured)), ("capture_started", labels, started),
-                        ("input_fps", labels, fps))), zmq.NOBLOCK)
-                except zmq.Again:  # the dispatcher is behind; the next report carries the totals
-                    pass
-                next_stats, fps_from = time.monotonic() + STATS_INTERVAL_S, (time.monotonic(), frames_captured)
+            if time.monotonic() >= counts.next_report:
+                counts.report(out)
             silent = None  # a read that timed out without the source saying why
             try:
                 frame = source.read()
@@ -102,6 +108,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
             if frame is False:  # still reconnecting
                 continue
             if frame is None:
+                counts.report(out, block=True)  # the final counts, before the end
                 status("end_of_stream", f"{config.stream}: last frame was {last_index}")
                 logger.info(f"capture {config.stream}: end of source after frame {last_index}")
                 return 0
@@ -109,12 +116,15 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
                 segment = frame.segment
                 ring.reset()
                 schedule.reset()
-            ring.push(frame.index, frame.ts, to_model_frame(frame.bgr, config.size))
-            last_index, frames_captured = frame.index, frames_captured + 1
+            due = schedule.due(frame.index)
+            wanted = schedule.wanted(frame.index)
+            ring.push(frame.index, frame.ts, model_frame(frame.picture, config.size) if wanted else None)
+            last_index = frame.index
+            counts.captured, counts.converted = counts.captured + 1, counts.converted + wanted
             if display is not None:
-                image = _display_image(frame.bgr, config.display_width)
+                image = display_image(frame.picture, config.display_width)
                 messages.send(display, DisplayFrame(config.stream, frame.index, frame.ts, image), zmq.NOBLOCK)
-            if not schedule.due(frame.index):
+            if not due:
                 continue
             found = ring.window_serials(config.num_frames, config.frame_interval)
             if found is None:

@@ -36,30 +36,35 @@ class Counters:
 
 
 class CaptureTotals:
-    """Frames captured per stream, summed over restarts of its capture (each reports its own count)."""
+    """Each stream's frame counters, summed over restarts of its capture (each reports its own counts)."""
+
+    COUNTERS = ("frames_captured", "frames_converted")
 
     def __init__(self) -> None:
-        self.earlier: dict[str, float] = collections.defaultdict(float)  # frames of captures that were restarted
-        self.current: dict[str, tuple[float, float]] = {}  # stream → (that capture's start, its frames)
+        self.earlier: collections.Counter = collections.Counter()  # (counter, stream) → what restarted captures counted
+        self.current: dict[str, tuple[float, dict[str, float]]] = {}  # stream → (its capture's start, its counts)
         self.fps: dict[str, float] = {}
 
     def update(self, stats: Stats) -> None:
-        """Take one capture's report: ``frames_captured``, ``capture_started`` and ``input_fps`` of its stream."""
-        values = {name: (labels.get("stream", ""), value) for name, labels, value in stats.samples}
-        if "frames_captured" not in values:
+        """Take one capture's report: its counters, ``capture_started`` and ``input_fps``."""
+        values = {name: value for name, _, value in stats.samples}
+        streams = {labels.get("stream", "") for _, labels, _ in stats.samples}
+        if len(streams) != 1 or "capture_started" not in values:
             return
-        stream, frames = values["frames_captured"]
-        started = values.get("capture_started", (stream, 0.0))[1]
-        began, before = self.current.get(stream, (started, 0.0))
+        stream = streams.pop()
+        started = values["capture_started"]
+        began, before = self.current.get(stream, (started, {}))
         if started != began:  # a new capture process: keep what the one before it counted
-            self.earlier[stream] += before
-        self.current[stream] = (started, frames)
+            for name, n in before.items():
+                self.earlier[name, stream] += n
+        self.current[stream] = (started, {name: values[name] for name in self.COUNTERS if name in values})
         if "input_fps" in values:
-            self.fps[stream] = values["input_fps"][1]
+            self.fps[stream] = values["input_fps"]
 
     def samples(self) -> list[tuple[str, dict[str, str], float]]:
-        return ([("frames_captured", {"stream": s}, self.earlier[s] + n) for s, (_, n) in self.current.items()]
-                + [("input_fps", {"stream": s}, fps) for s, fps in self.fps.items()])
+        out = [(name, {"stream": stream}, self.earlier[name, stream] + n)
+               for stream, (_, counts) in self.current.items() for name, n in counts.items()]
+        return out + [("input_fps", {"stream": s}, fps) for s, fps in self.fps.items()]
 
 
 @dataclass

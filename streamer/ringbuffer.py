@@ -77,9 +77,13 @@ class RingBuffer:
         """Index of the newest frame, or None when empty."""
         return None if self._newest < 0 else self._newest
 
-    def push(self, index: int, ts: float, rgb: np.ndarray) -> None:
-        """Copy in frame ``index`` captured at ``ts``; an index that does not follow the newest starts a new run."""
-        if rgb.shape != self.shape or rgb.dtype != np.uint8:
+    def push(self, index: int, ts: float, rgb: np.ndarray | None) -> None:
+        """Copy in frame ``index`` captured at ``ts``; an index that does not follow the newest starts a new run.
+
+        ``rgb`` None records the frame without its pixels: one no window will take
+        (:meth:`WindowSchedule.wanted`), so it was never converted; its slot is marked empty.
+        """
+        if rgb is not None and (rgb.shape != self.shape or rgb.dtype != np.uint8):
             raise ConfigError(
                 f"frame of shape {rgb.shape} {rgb.dtype} pushed to a ring buffer of {self.shape} uint8; "
                 "resize frames to the model input before buffering")
@@ -89,10 +93,11 @@ class RingBuffer:
             self._run_start = index
         self._serial += 1
         slot = self._serial % self.capacity
-        self._serials[slot] = -1  # "being written", for readers of a shared store
-        self._frames[slot] = rgb
+        self._serials[slot] = -1  # "being written" (or empty), for readers of a shared store
         self._ts[slot] = ts
-        self._serials[slot] = self._serial
+        if rgb is not None:
+            self._frames[slot] = rgb
+            self._serials[slot] = self._serial
         self._newest = index
 
     def window(self, num_frames: int, frame_interval: int) -> WindowData | None:
@@ -137,6 +142,7 @@ class WindowSchedule:
 
     def __init__(self, num_frames: int, frame_interval: int, hop: int) -> None:
         self.span = window_span(num_frames, frame_interval)
+        self.interval = frame_interval
         self.hop = _positive("hop", hop)
         self.reset()
 
@@ -152,3 +158,17 @@ class WindowSchedule:
         self._last = index
         first = self._run_start + self.span - 1  # first index with a full window in this run
         return index >= first and (index - first) % self.hop == 0
+
+    def wanted(self, index: int) -> bool:
+        """Whether a window of the current run will hold frame ``index`` (call after :meth:`due` for it).
+
+        A window ends at ``e = first + m·hop`` and holds ``e, e - interval, …, e - span + 1``: the frame is
+        wanted when some such ``e`` lies in ``[index, index + span - 1]`` at a multiple of ``interval``
+        from it. With K400's 8 frames every 32 and a hop of 32, one frame in 32 is.
+        """
+        first = self._run_start + self.span - 1
+        steps = max(0, -(-(index - first) // self.hop))  # the first window ending at or after index
+        for end in range(first + steps * self.hop, index + self.span, self.hop):
+            if (end - index) % self.interval == 0:
+                return True
+        return False

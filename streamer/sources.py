@@ -7,8 +7,9 @@ when one is lost it is reopened with capped exponential backoff, and the loss
 and the return are reported as events. Files and the synthetic stream are read
 in the caller's thread, paced to their frame rate unless ``realtime`` is off.
 
-RTSP is read with PyAV (per-open options and an open/read timeout that also
-covers a server that accepts but never answers); webcams and files with OpenCV.
+The readers themselves (PyAV for RTSP and files, OpenCV for webcams) are in
+:mod:`streamer.readers`; a frame leaves here as a *picture* (see :mod:`streamer.frames`)
+that capture converts only if a window or a viewer needs it.
 """
 
 from __future__ import annotations
@@ -21,20 +22,17 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 from urllib.parse import urlsplit
 
-import cv2
 import numpy as np
 from loguru import logger
 
 from streamer.errors import ConfigError, SourceError
+from streamer.frames import Picture, bgr_of
+from streamer.readers import AvReader, CvReader, Reader, SyntheticReader, redact  # noqa: F401  (redact: API)
 
-DEFAULT_FPS = 30.0
 FIRST_BACKOFF_S = 0.25
-# FFmpeg probes an RTSP stream for ~1 s before the first frame; a tiny probe is
-# enough because the SDP already names the codec and size (first frame in ~0.1 s).
-RTSP_OPTIONS = {"rtsp_transport": "tcp", "probesize": "32", "analyzeduration": "1000000"}
 
 
 class SourceLost(SourceError):
@@ -52,8 +50,13 @@ class Frame:
 
     index: int
     ts: float  # capture time, Unix seconds
-    bgr: np.ndarray  # (H, W, 3) uint8
+    picture: Picture  # a BGR array, or a decoder frame not yet converted (streamer.frames)
     segment: int = 0
+
+    @property
+    def bgr(self) -> np.ndarray:
+        """The whole frame as (H, W, 3) uint8 BGR (converted now if it is still a decoder frame)."""
+        return bgr_of(self.picture)
 
 
 class SourceState(Enum):
@@ -93,11 +96,6 @@ class SourceConfig:
 
 
 # ---------------------------------------------------------------- specs
-
-
-def redact(spec: str) -> str:
-    """The spec with any ``user:password@`` removed, safe for logs and messages."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", spec)
 
 
 def parse_source(spec: str) -> str:
@@ -152,146 +150,6 @@ def _source_name(spec: str, kind: str) -> str:
     return text if ":" in text else "synthetic"
 
 
-# ---------------------------------------------------------------- readers (one open stream each)
-
-
-class _Reader(Protocol):
-    """One opened stream: ``grab`` returns the next BGR frame or None when the stream is over."""
-
-    fps: float
-    why: str  # why the last grab returned None
-
-    def grab(self) -> np.ndarray | None: ...
-    def close(self) -> None: ...
-
-
-def quiet_opencv() -> None:
-    """Keep OpenCV's and FFmpeg's console chatter ("moov atom not found", "can't be used to capture
-    by name") off the user's terminal: each failure reaches them as one line of ours instead.
-    Setting ``OPENCV_FFMPEG_LOGLEVEL`` or ``OPENCV_LOG_LEVEL`` in the environment brings it back."""
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; FFmpeg reads it when a capture opens
-    if "OPENCV_LOG_LEVEL" not in os.environ:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-
-
-class _CvReader:
-    """Webcam or file through OpenCV's VideoCapture."""
-
-    def __init__(self, target: int | str, failure: str, api: int = cv2.CAP_ANY) -> None:
-        self.why = ""
-        self.frames_read = 0
-        quiet_opencv()
-        self._cap = cv2.VideoCapture(target, api)
-        if not self._cap.isOpened():
-            self._cap.release()
-            raise SourceError(failure)
-        fps = self._cap.get(cv2.CAP_PROP_FPS)
-        self.fps = float(fps) if 0 < fps < 1000 else DEFAULT_FPS
-        self.declared_frames = int(max(0, self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
-
-    def grab(self) -> np.ndarray | None:
-        try:
-            ok, bgr = self._cap.read()
-        except cv2.error as exc:
-            ok, bgr, self.why = False, None, f"decode error: {str(exc).splitlines()[0]}"
-        if not ok or bgr is None:
-            self.why = self.why or "no frame (end of the stream, or the device is gone)"
-            return None
-        self.frames_read += 1
-        return bgr
-
-    def close(self) -> None:
-        self._cap.release()
-
-
-class _RtspReader:
-    """An RTSP stream through PyAV, with open and read timeouts enforced by FFmpeg's interrupt."""
-
-    def __init__(self, url: str, open_timeout_s: float, read_timeout_s: float) -> None:
-        import av
-
-        self.why = ""
-        self._exit_error, self._av_error = av.error.ExitError, av.error.FFmpegError
-        self._read_timeout_s = read_timeout_s
-        self._label = redact(url)
-        try:
-            # FFmpeg's interrupt first cuts a stalled read short (a partial packet comes
-            # back) and only fails the second time: half the read timeout makes the
-            # failure, or the frame watchdog in _decode, land within read_timeout_s.
-            self._container = av.open(url, options=RTSP_OPTIONS, timeout=(open_timeout_s, read_timeout_s / 2))
-        except Exception as exc:  # av raises OSError subclasses and its own FFmpegError
-            raise SourceError(
-                f"cannot open RTSP stream {self._label}: {_why(exc, url)}; check the URL and the camera"
-            ) from None
-        try:
-            self._stream = self._container.streams.video[0]
-        except IndexError:
-            self._container.close()
-            raise SourceError(f"RTSP stream {self._label} has no video track; check the camera's path") from None
-        rate = self._stream.average_rate or self._stream.guessed_rate
-        self.fps = float(rate) if rate and 0 < float(rate) < 1000 else DEFAULT_FPS
-        self._last_frame = time.monotonic()
-        self._frames = self._decode()
-
-    def _decode(self):
-        """Decoded frames; raises TimeoutError when packets come but no frame for the read timeout."""
-        for packet in self._container.demux(self._stream):
-            try:
-                frames = packet.decode()
-            except self._av_error:
-                # A damaged packet, or one a stalled read cut short: skip it. A stream
-                # that never decodes again is caught by the watchdog below.
-                frames = []
-            for frame in frames:
-                self._last_frame = time.monotonic()
-                yield frame.to_ndarray(format="bgr24")
-            if time.monotonic() - self._last_frame >= 0.95 * self._read_timeout_s:
-                raise TimeoutError(f"no frame decoded for {self._read_timeout_s:g} s")
-
-    def grab(self) -> np.ndarray | None:
-        try:
-            return next(self._frames)
-        except StopIteration:
-            self.why = "stream ended (camera closed the connection)"
-        except Exception as exc:
-            # ExitError is FFmpeg giving up when the read timeout interrupted it.
-            if isinstance(exc, (TimeoutError, self._exit_error)):
-                self.why = f"no data for {self._read_timeout_s:g} s (stalled)"
-            else:
-                self.why = _why(exc, "")
-        return None
-
-    def close(self) -> None:
-        try:
-            self._container.close()
-        except Exception:  # closing a broken connection may fail; nothing is left to release
-            pass
-
-
-def _why(exc: BaseException, url: str) -> str:
-    """A one-line reason from an exception, with the URL (and its password) left out."""
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return text.replace(url, "").strip(" :'") if url else text.splitlines()[0]
-
-
-class _SyntheticReader:
-    """The demo generator (``streamer.synthetic``), imported only when used."""
-
-    def __init__(self, seed: int) -> None:
-        from streamer.synthetic import SyntheticStream
-
-        self._stream = SyntheticStream(seed=seed)
-        self.fps = float(self._stream.fps)
-        self.why = ""
-
-    def grab(self) -> np.ndarray | None:
-        bgr, _label = self._stream.next_frame()
-        return bgr
-
-    def close(self) -> None:
-        pass
-
-
 # ---------------------------------------------------------------- sources
 
 
@@ -314,7 +172,7 @@ class VideoSource:
                     ...                        # a new frame.segment means a gap before it
     """
 
-    def __init__(self, config: SourceConfig, kind: str, reader: _Reader) -> None:
+    def __init__(self, config: SourceConfig, kind: str, reader: Reader) -> None:
         self.config, self.kind = config, kind
         self.name = _source_name(config.spec, kind)
         self.fps = reader.fps
@@ -350,7 +208,7 @@ class VideoSource:
 class _PacedSource(VideoSource):
     """File or synthetic: read in the caller's thread, each frame held until its due time."""
 
-    def __init__(self, config: SourceConfig, kind: str, reader: _Reader) -> None:
+    def __init__(self, config: SourceConfig, kind: str, reader: Reader) -> None:
         super().__init__(config, kind, reader)
         self._reader = reader
         self._index = 0
@@ -359,13 +217,13 @@ class _PacedSource(VideoSource):
     def read(self) -> Frame | None:
         if self.state is SourceState.ENDED:
             return None
-        bgr = self._reader.grab()
-        if bgr is None:
+        picture = self._reader.grab()
+        if picture is None:
             self._end_of_file()
             return None
         if self.config.realtime:
             self._wait_until_due()
-        frame = Frame(self._index, time.time(), bgr)
+        frame = Frame(self._index, time.time(), picture)
         self._index += 1
         return frame
 
@@ -399,7 +257,7 @@ class _LiveSource(VideoSource):
     oldest frame is dropped (counted in ``dropped``), so what it reads stays fresh.
     """
 
-    def __init__(self, config: SourceConfig, kind: str, reader: _Reader, opener: Callable[[], _Reader]) -> None:
+    def __init__(self, config: SourceConfig, kind: str, reader: Reader, opener: Callable[[], Reader]) -> None:
         super().__init__(config, kind, reader)
         self.dropped = 0
         self._opener = opener
@@ -442,7 +300,7 @@ class _LiveSource(VideoSource):
 
     # -- reader thread
 
-    def _run(self, reader: _Reader) -> None:
+    def _run(self, reader: Reader) -> None:
         try:
             self._read_forever(reader)
         except Exception:  # a bug, not a camera fault: say so once and end the source
@@ -450,15 +308,15 @@ class _LiveSource(VideoSource):
             self._emit("source_lost", f"{self.name}: reader thread failed; see the log")
             self._set_state(SourceState.ENDED)
 
-    def _read_forever(self, reader: _Reader) -> None:
+    def _read_forever(self, reader: Reader) -> None:
         index, segment = 0, 0
         while not self._stop.is_set():
             try:
-                bgr = reader.grab()
+                picture = reader.grab()
             except Exception as exc:  # e.g. a cv2.error from a device that vanished mid-read
-                bgr, reader.why = None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            if bgr is not None:
-                self._push(Frame(index, time.time(), bgr, segment))
+                picture, reader.why = None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if picture is not None:
+                self._push(Frame(index, time.time(), picture, segment))
                 index += 1
                 continue
             reader.close()
@@ -477,7 +335,7 @@ class _LiveSource(VideoSource):
             self._set_state(SourceState.LIVE)
         reader.close()
 
-    def _reopen(self) -> _Reader | None:
+    def _reopen(self) -> Reader | None:
         """Reopen with 0.25 s doubling backoff capped at backoff_max_s; None when closed meanwhile."""
         delay = FIRST_BACKOFF_S
         while not self._stop.wait(delay):
@@ -535,18 +393,17 @@ def open_source(config: SourceConfig) -> VideoSource:
     spec = config.spec.strip()
     if kind == "synthetic":
         seed = spec.partition(":")[2]
-        return _PacedSource(config, kind, _SyntheticReader(int(seed) if seed else 0))
+        return _PacedSource(config, kind, SyntheticReader(int(seed) if seed else 0))
     if kind == "file":
-        failure = f"cannot decode video file {spec}; is it a complete video FFmpeg can read?"
-        return _PacedSource(config, kind, _CvReader(spec, failure, cv2.CAP_FFMPEG))
+        return _PacedSource(config, kind, AvReader.file(spec))
     if kind == "webcam":
         target: int | str = int(spec) if spec.isdigit() else spec
 
-        def opener() -> _Reader:
-            return _CvReader(target, f"cannot open webcam {spec}; is it plugged in and free? (ls /dev/video*)")
+        def opener() -> Reader:
+            return CvReader(target, f"cannot open webcam {spec}; is it plugged in and free? (ls /dev/video*)")
     else:
 
-        def opener() -> _Reader:
-            return _RtspReader(spec, config.open_timeout_s, config.read_timeout_s)
+        def opener() -> Reader:
+            return AvReader.rtsp(spec, config.open_timeout_s, config.read_timeout_s)
 
     return _LiveSource(config, kind, opener(), opener)

@@ -25,7 +25,7 @@ from streamer.config import FLIP_VIEWS
 from streamer.errors import CheckpointError, ConfigError, PipelineError, SourceError, UsageParser
 from streamer.frames import to_model_frame
 from streamer.ringbuffer import window_span
-from streamer.sources import quiet_opencv
+from streamer.readers import quiet_opencv
 from workers.model import Preprocess, label_names, load_model
 from workers.preprocess import to_model_input
 from workers.views import FlipViews

@@ -24,6 +24,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # (metric, help) of the dispatcher's counters, as its report names them
 REPORTED_COUNTERS = {
     "frames_captured": "Frames read from each source",
+    "frames_converted": "Frames converted to model input (the others no window holds are only decoded)",
     "windows_sent": "Windows each capture sent to the dispatcher",
     "windows_dropped": "Windows dropped, by stream and reason (overtaken: a newer one came first; "
                        "stale: its frames were overwritten before a worker read them)",
