@@ -32,12 +32,50 @@ STORE_HOPS = 24  # and at least this many hops (offline, where frames come as fa
 STATS_INTERVAL_S = 1.0  # frames captured and input fps go to the dispatcher (and on to /metrics) this often
 
 
+class _Display:
+    """Display frames for the overlay and the web stage, made only while one of them subscribes to this stream.
+
+    An XPUB socket hears each subscription: the overlay takes every stream always, the web stage
+    subscribes to a stream (``messages.display_topic``) only while someone watches it. One socket
+    fans each frame out to both, dropping for a slow one.
+    """
+
+    def __init__(self, sock: zmq.Socket, stream: str) -> None:
+        self.sock, self.topic, self.topics = sock, messages.display_topic(stream), set()
+
+    @classmethod
+    def open(cls, ctx, config: CaptureConfig):
+        viewers = [e for e, wanted in ((config.endpoints.display, config.display),
+                                       (config.endpoints.web, config.web)) if wanted]
+        if not viewers:
+            return None
+        sock = sockets.make_socket(ctx, zmq.XPUB, viewers[0], bind=False, security=config.security,
+                                   options={zmq.SNDHWM: 2})
+        for endpoint in viewers[1:]:
+            sock.connect(endpoint)
+        return cls(sock, config.stream)
+
+    def watched(self) -> bool:
+        """Take the (un)subscriptions that arrived; True while one covers this stream."""
+        while True:
+            try:
+                event = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event[:1] == b"\x01":
+                self.topics.add(event[1:])
+            elif event[:1] == b"\x00":
+                self.topics.discard(event[1:])
+        return any(self.topic.startswith(topic) for topic in self.topics)
+
+
 class _Counts:
     """What a capture reports once a second and at its end: frames read and converted, input fps."""
 
     def __init__(self, stream: str) -> None:
         self.stream, self.started = stream, time.time()
-        self.captured = self.converted = 0
+        self.captured = self.converted = self.shown = 0
+        self.last_frame_ts = 0.0
         self._since = (time.monotonic(), 0)
         self.next_report = time.monotonic() + STATS_INTERVAL_S
 
@@ -47,7 +85,8 @@ class _Counts:
         fps = (self.captured - self._since[1]) / seconds if seconds > 0 else 0.0
         labels = {"stream": self.stream}
         samples = (("frames_captured", labels, float(self.captured)), ("frames_converted", labels, float(self.converted)),
-                   ("capture_started", labels, self.started), ("input_fps", labels, fps))
+                   ("display_frames", labels, float(self.shown)), ("capture_started", labels, self.started),
+                   ("input_fps", labels, fps), ("last_frame_ts", labels, self.last_frame_ts))
         try:
             messages.send(sock, Stats(f"capture {self.stream}", time.time(), samples), 0 if block else zmq.NOBLOCK)
         except zmq.Again:  # the dispatcher is behind; the next report carries the totals
@@ -60,14 +99,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     ctx = sockets.Context()
     out = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.windows, bind=False, security=config.security,
                               options={zmq.LINGER: 2000, zmq.SNDHWM: 4})
-    display = None
-    viewers = [e for e, wanted in ((config.endpoints.display, config.display), (config.endpoints.web, config.web))
-               if wanted]
-    if viewers:  # one PUB socket fans each frame out to the overlay and the web stage, dropping for a slow one
-        display = sockets.make_socket(ctx, zmq.PUB, viewers[0], bind=False, security=config.security,
-                                      options={zmq.SNDHWM: 2})
-        for endpoint in viewers[1:]:
-            display.connect(endpoint)
+    display = _Display.open(ctx, config)
 
     def status(kind: str, detail: str) -> None:
         messages.send(out, Status(kind=kind, stream=config.stream, detail=detail[:2000], ts=time.time()))
@@ -121,9 +153,11 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
             ring.push(frame.index, frame.ts, model_frame(frame.picture, config.size) if wanted else None)
             last_index = frame.index
             counts.captured, counts.converted = counts.captured + 1, counts.converted + wanted
-            if display is not None:
+            counts.last_frame_ts = frame.ts
+            if display is not None and display.watched():
                 image = display_image(frame.picture, config.display_width)
-                messages.send(display, DisplayFrame(config.stream, frame.index, frame.ts, image), zmq.NOBLOCK)
+                messages.send(display.sock, DisplayFrame(config.stream, frame.index, frame.ts, image), zmq.NOBLOCK)
+                counts.shown += 1
             if not due:
                 continue
             found = ring.window_serials(config.num_frames, config.frame_interval)
@@ -145,7 +179,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
         if store is not None:
             store.close()
         if display is not None:
-            display.close(linger=0)
+            display.sock.close(linger=0)
         out.close()
         ctx.term()
     return 0

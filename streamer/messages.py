@@ -532,6 +532,13 @@ def decode(parts: Sequence[bytes | zmq.Frame | memoryview]) -> Message:
         raise ProtocolError(f"{kind}: a number is out of range") from None
 
 
+def display_topic(stream: str) -> bytes:
+    """The first bytes of every encoded DisplayFrame of ``stream``: what a SUB socket subscribes to in order
+    to receive that stream's frames only (a capture makes display frames only while someone subscribes)."""
+    head = json.dumps({"v": VERSION, "type": "display", "stream": stream}, allow_nan=False, separators=(",", ":"))
+    return head[:-1].encode("utf-8") + b","
+
+
 def send(socket: zmq.Socket, msg: Message, flags: int = 0) -> None:
     """Send ``msg`` on ``socket`` without copying its arrays."""
     socket.send_multipart(encode(msg), flags=flags, copy=False)

@@ -479,3 +479,11 @@ def test_hostile_log_lines_and_stats_decode_or_raise_protocol_error() -> None:
         decoded += 1
         bounded(msg.line if isinstance(msg, LogLine) else [list(s) for s in msg.samples])
     assert 0 < decoded < 3000
+
+
+@given(names)
+def test_a_display_topic_is_the_prefix_of_exactly_its_streams_frames(stream: str) -> None:
+    frame = DisplayFrame(stream, 3, 1.5, np.zeros((2, 2, 3), np.uint8))
+    assert encode(frame)[0].startswith(m.display_topic(stream))
+    other = DisplayFrame(stream + "x", 3, 1.5, np.zeros((2, 2, 3), np.uint8))
+    assert not encode(other)[0].startswith(m.display_topic(stream))  # "cam" does not subscribe to "camx"

@@ -229,15 +229,22 @@ class Viewer(threading.Thread):
 
 
 def test_twenty_viewers_one_stalled_do_not_slow_the_pipeline(demo):
+    from streamer.web.feeds import KEEP_WATCHING_S
+
     web_pid = demo.pipe.pids("web")[-1]
-    encodes = lambda: metric(get(f"{demo.base}/metrics")[2].decode(), "timesformer_web_jpeg_encodes_total",  # noqa: E731
-                             stream="demo")
-    time.sleep(1.0)  # a viewer of an earlier test that hung up is noticed at its next frame's write
-    t0, encodes_at_t0 = time.time(), encodes()
+
+    def counters() -> tuple[float, float]:
+        text = get(f"{demo.base}/metrics")[2].decode()
+        return (metric(text, "timesformer_web_jpeg_encodes_total", stream="demo"),
+                metric(text, "timesformer_display_frames_total", stream="demo"))
+
+    time.sleep(KEEP_WATCHING_S + 2)  # earlier tests' viewers gone, and the capture's report after that in
+    t0, (encodes_at_t0, shown_at_t0) = time.time(), counters()
     time.sleep(8)
     alone = pipeline_rate(demo.events, t0, time.time())
-    rss_before, encodes_before = rss_mb(web_pid), encodes()
+    rss_before, (encodes_before, shown_before) = rss_mb(web_pid), counters()
     assert encodes_before == encodes_at_t0, "JPEGs were encoded while nobody watched"
+    assert shown_before == shown_at_t0, "the capture made display frames while nobody watched"
 
     viewers = [Viewer(demo.base, stalled=(i == 0)) for i in range(20)]
     for viewer in viewers:
@@ -248,7 +255,7 @@ def test_twenty_viewers_one_stalled_do_not_slow_the_pipeline(demo):
         time.sleep(8)
         t2 = time.time()
         watched = pipeline_rate(demo.events, t1, t2)
-        encoded = encodes() - encodes_before
+        encoded = counters()[0] - encodes_before
         rss_after = rss_mb(web_pid)
     finally:
         for viewer in viewers:

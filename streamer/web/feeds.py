@@ -18,6 +18,9 @@ from streamer.annotate import annotated
 from streamer.web.state import StreamState
 
 MIN_WIDTH, MAX_WIDTH = 16, 4096  # what ?width= may ask for
+KEEP_WATCHING_S = 5.0  # after a .jpg request the stream's frames keep coming this long (a poller's next request)
+FRESH_S = 1.0  # a shown frame older than this, of a live stream, is waited past for a fresh one
+FIRST_FRAME_WAIT_S = 2.0  # how long a request waits for that fresh frame
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,27 @@ class Feeds:
         self.last_encode: dict[tuple[str, int | None], float] = {}
         self.encodes: dict[str, int] = {name: 0 for name in streams}
         self.viewers: dict[str, int] = {name: 0 for name in streams}
+        self.asked: dict[str, float] = {name: -1e9 for name in streams}  # monotonic time of the last .jpg request
         self.sent_bytes = 0
+
+    def watched(self) -> set[str]:
+        """The streams whose display frames the web stage subscribes to: watched, or asked for lately."""
+        now = time.monotonic()
+        return {name for name in self.streams
+                if self.viewers[name] > 0 or now - self.asked[name] < KEEP_WATCHING_S}
+
+    async def fresh(self, name: str, width: int | None) -> Jpeg:
+        """The newest frame for a viewer arriving now: when the stream is live but its shown frame is old
+        (nobody watched), the next one, once the subscription brings it (at most FIRST_FRAME_WAIT_S)."""
+        stream = self.streams[name]
+        self.asked[name] = time.monotonic()
+        now = time.time()
+        if stream.state(now) == "live" and now - stream.shown_at > FRESH_S:
+            try:
+                await asyncio.wait_for(stream.changed.wait(), FIRST_FRAME_WAIT_S)
+            except asyncio.TimeoutError:
+                pass
+        return await self.newer_than(name, stream.frame_version - 1, width)
 
     async def newer_than(self, name: str, version: int, width: int | None) -> Jpeg:
         """The stream's newest annotated frame once there is one newer than ``version`` (-1: any)."""

@@ -25,6 +25,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 REPORTED_COUNTERS = {
     "frames_captured": "Frames read from each source",
     "frames_converted": "Frames converted to model input (the others no window holds are only decoded)",
+    "display_frames": "Frames made for the overlay and the live view (only while one of them watches)",
     "windows_sent": "Windows each capture sent to the dispatcher",
     "windows_dropped": "Windows dropped, by stream and reason (overtaken: a newer one came first; "
                        "stale: its frames were overwritten before a worker read them)",

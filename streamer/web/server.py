@@ -149,8 +149,7 @@ class WebApp:
         name, suffix = self._stream_of(request)
         width = _number(request, "width", int, MIN_WIDTH, MAX_WIDTH)
         if suffix == "jpg":
-            version = self.state.streams[name].frame_version
-            jpeg = await self.feeds.newer_than(name, version - 1, width)
+            jpeg = await self.feeds.fresh(name, width)
             self.feeds.sent_bytes += len(jpeg.data)
             return web.Response(body=jpeg.data, content_type="image/jpeg", headers={
                 "Cache-Control": "no-store", "X-Frame-Index": str(jpeg.frame_index),
@@ -170,7 +169,10 @@ class WebApp:
             while True:
                 if fps is not None and (wait := next_due - time.monotonic()) > 0:
                     await asyncio.sleep(wait)
-                jpeg = await self.feeds.newer_than(name, version, width)
+                if version < 0:
+                    jpeg = await self.feeds.fresh(name, width)
+                else:
+                    jpeg = await self.feeds.newer_than(name, version, width)
                 version, next_due = jpeg.version, time.monotonic() + (1.0 / fps if fps else 0.0)
                 # Each part ends with the next boundary, so a browser shows it at once rather than
                 # when the next frame begins.
@@ -232,11 +234,17 @@ def _sse(kind: str, data) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def _receive(config: WebConfig, loop: asyncio.AbstractEventLoop, state: WebState, done: threading.Event) -> None:
-    """Socket thread: display frames (newest per stream, coalesced) and the dispatcher's messages → the loop."""
+def _receive(config: WebConfig, loop: asyncio.AbstractEventLoop, state: WebState, feeds: Feeds,
+             done: threading.Event) -> None:
+    """Socket thread: display frames (newest per stream, coalesced) and the dispatcher's messages → the loop.
+
+    Display frames are subscribed to per stream, only while a viewer watches it (``Feeds.watched``), so
+    the captures convert no frame for the web stage while nobody looks.
+    """
     ctx = sockets.Context()
     frames = sockets.make_socket(ctx, zmq.SUB, config.endpoints.web, bind=True, security=config.security,
-                                 options={zmq.SUBSCRIBE: b"", zmq.RCVHWM: 4})
+                                 options={zmq.RCVHWM: 4})
+    subscribed: set[str] = set()
     results = sockets.make_socket(ctx, zmq.SUB, config.endpoints.results, bind=False, security=config.security,
                                   options={zmq.SUBSCRIBE: b"", zmq.RCVHWM: 10000})
     poller = zmq.Poller()
@@ -255,7 +263,13 @@ def _receive(config: WebConfig, loop: asyncio.AbstractEventLoop, state: WebState
 
     try:
         while not done.is_set():
-            ready = dict(poller.poll(100))
+            wanted = feeds.watched()
+            for name in wanted - subscribed:
+                frames.setsockopt(zmq.SUBSCRIBE, messages.display_topic(name))
+            for name in subscribed - wanted:
+                frames.setsockopt(zmq.UNSUBSCRIBE, messages.display_topic(name))
+            subscribed = wanted
+            ready = dict(poller.poll(50))
             for sock in (frames, results):
                 while sock in ready:
                     try:
@@ -285,7 +299,8 @@ def _receive(config: WebConfig, loop: asyncio.AbstractEventLoop, state: WebState
 async def _serve(config: WebConfig, listener: socket.socket | None, stop: multiprocessing.synchronize.Event) -> int:
     web_app = WebApp(config)
     done = threading.Event()
-    reader = threading.Thread(target=_receive, args=(config, asyncio.get_running_loop(), web_app.state, done),
+    reader = threading.Thread(target=_receive, args=(config, asyncio.get_running_loop(), web_app.state, web_app.feeds,
+                                                     done),
                               name="web-sockets", daemon=True)
     reader.start()
     runner = web.AppRunner(web_app.app(), access_log=None, shutdown_timeout=1.0, handle_signals=False)

@@ -1,7 +1,8 @@
 """What the web stage knows of the pipeline, built only from the messages it receives.
 
-Display frames (from the captures), event-log lines, source status and the dispatcher's
-once-a-second :class:`~streamer.messages.Stats` are applied here, on the web stage's event
+Display frames (from the captures, only while someone watches), event-log lines, source status
+and the dispatcher's once-a-second :class:`~streamer.messages.Stats` (which also say when each
+capture last read a frame) are applied here, on the web stage's event
 loop; the routes only read. Everything kept is bounded: one frame per stream, the newest
 ``events_kept`` action events, counters keyed by stream and label.
 """
@@ -33,7 +34,8 @@ class StreamState:
     view: StreamView
     lost: str | None = None  # why its source is lost, while it is
     ended: bool = False
-    last_frame: float = 0.0  # Unix time the newest display frame arrived
+    last_frame: float = 0.0  # capture time of its newest frame (from its display frames or its capture's report)
+    shown_at: float = 0.0  # Unix time the newest display frame arrived (frames come only while watched)
     frame_version: int = 0  # counts display frames; a JPEG is made for one version
     latest: dict | None = None  # its newest prediction line
     active: dict | None = None  # the start line of its ongoing action
@@ -82,6 +84,9 @@ class WebState:
         elif isinstance(msg, Stats) and msg.sender == "dispatcher":
             self.reported = {(name, tuple(sorted(labels.items()))): value for name, labels, value in msg.samples}
             self.reported_at = time.time()
+            for labels, ts in self.reported_samples("last_frame_ts"):
+                if (stream := self.streams.get(labels.get("stream"))) is not None:
+                    stream.last_frame = max(stream.last_frame, ts)
 
     def _frame(self, msg: DisplayFrame) -> None:
         stream = self.streams.get(msg.stream)
@@ -89,7 +94,7 @@ class WebState:
             return
         now = time.time()
         stream.view.add_frame(msg.image, msg.index, msg.ts, now)
-        stream.last_frame = now
+        stream.last_frame, stream.shown_at = max(stream.last_frame, msg.ts), now
         self._redraw(stream)
 
     @staticmethod
