@@ -85,6 +85,7 @@ class WorkerConfig:
     checkpoint: str
     device: str = "cpu"
     precision: str = "bf16"
+    backend: str = "auto"     # torch, openvino or auto (workers.openvino_backend)
     max_batch: int = 4
     threads: int = 0
     top_k: int = 5
@@ -222,8 +223,8 @@ VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")  # containers the 
 MAX_WAIT_S = 3600.0  # the longest timeout or delay a setting may ask for
 
 KNOWN = {
-    "model": {"checkpoint", "device", "precision", "num_frames", "frame_interval", "hop", "max_batch", "threads",
-              "delay_s", "flip_views"},
+    "model": {"checkpoint", "device", "precision", "backend", "num_frames", "frame_interval", "hop", "max_batch",
+              "threads", "delay_s", "flip_views"},
     "pipeline": {"workers", "offline", "headless", "duration", "heartbeat_timeout_s", "shared_memory"},
     "events": {"path", "smoothing", "start_threshold", "end_threshold", "top_k"},
     "overlay": {"window", "output", "fps", "display_width"},
@@ -364,8 +365,12 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     device = flags.device or get_value(model, "device", str, "auto", where_model)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"{where_model}: 'device' must be auto, cpu, cuda or cuda:N, got {device!r}")
+    backend = get_value(model, "backend", str, "auto", where_model)
+    if backend not in ("torch", "openvino", "auto"):
+        raise ConfigError(f"{where_model}: 'backend' must be torch, openvino or auto, got {backend!r}")
     worker = WorkerConfig(
         name="worker-0", endpoints=endpoints, checkpoint=checkpoint, device=device, precision=precision,
+        backend=backend,
         max_batch=get_value(model, "max_batch", int, 4, where_model, low=1, high=MAX_BATCH),
         threads=get_value(model, "threads", int, 0, where_model, low=0, high=1024),
         top_k=events.top_k, delay_s=get_value(model, "delay_s", float, 0.0, where_model, low=0, high=MAX_WAIT_S),

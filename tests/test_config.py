@@ -36,6 +36,7 @@ BAD = {  # what a config says → what the one-line error must say
     "JPEG quality 0": ("[web]\njpeg_quality = 0", "'jpeg_quality' must be an integer from 1 to 100"),
     "web at 0 fps": ("[web]\nmax_fps = 0", "'max_fps' must be a number in (0, 240]"),
     "an unknown web key": ("[web]\nport = 8080", "unknown key 'port' in [web]"),
+    "an unknown backend": ('[model]\nbackend = "tensorrt"', "'backend' must be torch, openvino or auto"),
 }
 
 

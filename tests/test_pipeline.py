@@ -40,7 +40,7 @@ def video(tmp_path_factory) -> Path:
 
 def write_config(path: Path, checkpoint: Path, *, delay_s: float = 0.0, max_batch: int = 4, hop: int = HOP,
                  shared_memory: bool = True, **pipeline) -> Path:
-    model = {"checkpoint": str(checkpoint), "precision": "fp32", "hop": hop, "max_batch": max_batch,
+    model = {"checkpoint": str(checkpoint), "precision": "fp32", "backend": "torch", "hop": hop, "max_batch": max_batch,
              "delay_s": delay_s, "threads": 1}
     path.write_text(tomli_w.dumps({"model": model, "pipeline": {"shared_memory": shared_memory, **pipeline},
                                    "sources": [{"spec": "synthetic:"}]}))

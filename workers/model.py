@@ -313,7 +313,7 @@ def read_checkpoint(path: str | Path, **overrides) -> tuple[dict, TimeSformerCon
 
 def load_model(
     path: str | Path, *, device: str | torch.device = "cpu", precision: str = "fp32", compile: bool = False,
-    **overrides,
+    backend: str = "torch", **overrides,
 ) -> TimeSformer:
     """Load any supported checkpoint into an eval-mode :class:`TimeSformer` on ``device``.
 
@@ -324,12 +324,19 @@ def load_model(
             hardware support for that type, fp32 is kept, since it would run several times slower),
             or ``"int8"`` (CPU: int8 linear layers, the fast path on CPUs without bf16 units).
         compile: wrap the forward in ``torch.compile`` (first call compiles).
+        backend: ``"torch"`` (the default, the one to train), ``"openvino"`` (CPU, fp32; converted once
+            and cached, see :mod:`workers.openvino_backend`) or ``"auto"`` (OpenVINO where it is exact to
+            1e-4 and faster, else torch).
         overrides: any :class:`TimeSformerConfig` field (e.g. ``num_heads``, ``num_frames``).
     Returns:
         The model, with ``.labels`` (list or None), ``.preprocess`` and ``.precision`` set.
     """
+    from workers.openvino_backend import BACKENDS, select
+
     if precision not in PRECISIONS:
         raise CheckpointError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if backend not in BACKENDS:
+        raise CheckpointError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     state, config, labels, pre = read_checkpoint(path, **overrides)
     model = TimeSformer(config)
     expected = model.state_dict()
@@ -355,7 +362,7 @@ def load_model(
     model.labels, model.preprocess, model.precision = labels, pre, precision
     if compile:
         model.forward = torch.compile(model.forward, dynamic=False)
-    return model
+    return select(model, backend)
 
 
 def quantize_int8(model: TimeSformer) -> TimeSformer:

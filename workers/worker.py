@@ -20,6 +20,7 @@ from streamer.errors import ProtocolError
 from streamer.framestore import FrameStoreReader
 from streamer.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
 from workers.model import label_names, load_model
+from workers.openvino_backend import select
 from workers.preprocess import fold_normalisation, to_raw_input
 from workers.views import FlipViews
 
@@ -54,10 +55,11 @@ class Predictor:
         self.device = pick_device(config.device, config.index)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(config.threads, config.workers_on_host))
-        self.model = load_model(config.checkpoint, device=self.device, precision=config.precision)
-        self.labels = label_names(self.model.labels, self.model.config.num_classes)
-        self.pre = self.model.preprocess
-        fold_normalisation(self.model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels
+        model = load_model(config.checkpoint, device=self.device, precision=config.precision)
+        self.labels = label_names(model.labels, model.config.num_classes)
+        self.pre = model.preprocess
+        fold_normalisation(model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels
+        self.model = select(model, config.backend, scale=255.0, batch=config.max_batch * (1 + len(config.flip_views)))
         self.top_k = min(config.top_k, len(self.labels))
         self.views = FlipViews(self.labels, config.flip_views, self.device)
         self.delay_s = config.delay_s
@@ -142,8 +144,9 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
     predictor = Predictor(config)
     seconds = predictor.warm_up()
     views = f" with its {' and '.join(config.flip_views)} mirror images" if config.flip_views else ""
+    backend = getattr(predictor.model, "backend", "torch")
     logger.info(f"{config.name}: {predictor.model.config.attention_type} model on {predictor.device} "
-                f"({predictor.model.precision}){views}, warm-up {1000 * seconds:.0f} ms")
+                f"({predictor.model.precision}, {backend}){views}, warm-up {1000 * seconds:.0f} ms")
     ctx = sockets.Context()
     sock = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.work, bind=False, security=config.security)
     messages.send(sock, WorkRequest(config.name, config.max_batch))

@@ -1,0 +1,73 @@
+"""The OpenVINO backend against torch: the same logits to 1e-4 for every attention type and a resized input,
+a disk cache shared by processes, rebuilt when the weights change or the cache is damaged."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from workers.model import Preprocess, load_model, save_model
+from workers.timesformer import TimeSformer, TimeSformerConfig
+
+pytest.importorskip("openvino", reason="the openvino package is not installed")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(folder: Path, attention: str, seed: int = 0, **shape) -> Path:
+    torch.manual_seed(seed)
+    config = TimeSformerConfig(img_size=32, patch_size=8, num_classes=5, num_frames=4, embed_dim=32, depth=2,
+                               num_heads=2, attention_type=attention)
+    pre = Preprocess(size=shape.get("size", 32), num_frames=shape.get("frames", 4), frame_interval=2)
+    return save_model(TimeSformer(config), folder / f"{attention}-{seed}.safetensors",
+                      labels=[f"class {i}" for i in range(5)], preprocess=pre)
+
+
+@pytest.mark.parametrize("attention", ["divided_space_time", "joint_space_time", "space_only"])
+@pytest.mark.parametrize("frames,size", [(4, 32), (6, 48)])  # as trained, and with resized embeddings
+def test_openvino_logits_match_torch(tmp_path, monkeypatch, attention, frames, size):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tiny(tmp_path, attention, frames=frames, size=size)
+    reference = load_model(path)  # trained at 4×32; the checkpoint's preprocessing says frames×size
+    converted = load_model(path, backend="openvino")
+    assert converted.backend == "openvino" and converted.labels == reference.labels
+    for batch in (1, 3):  # one conversion serves every batch size
+        x = torch.randn(batch, 3, frames, size, size, generator=torch.Generator().manual_seed(batch))
+        with torch.inference_mode():
+            assert (converted(x) - reference(x)).abs().max() <= 1e-4
+
+
+def load_in_a_process(path: Path, cache: Path) -> str:
+    code = ("import sys; from workers.model import load_model; "
+            f"m = load_model({str(path)!r}, backend='openvino'); print(m.backend)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "XDG_CACHE_HOME": str(cache)})
+    assert done.returncode == 0 and done.stdout.strip() == "openvino", done.stderr
+    return done.stderr
+
+
+def test_the_cache_is_shared_by_processes_and_rebuilt_when_stale_or_damaged(tmp_path):
+    cache = tmp_path / "cache"
+    path = tiny(tmp_path, "divided_space_time")
+    assert "converted the model to OpenVINO" in load_in_a_process(path, cache)
+    assert "converted" not in load_in_a_process(path, cache), "a second process converted again"
+    files = sorted((cache / "timesformer-stream" / "openvino").glob("*.xml"))
+    assert len(files) == 1
+
+    other = tiny(tmp_path, "divided_space_time", seed=1)  # other weights: another conversion, another file
+    assert "converted the model to OpenVINO" in load_in_a_process(other, cache)
+    assert len(list((cache / "timesformer-stream" / "openvino").glob("*.xml"))) == 2
+
+    files[0].with_suffix(".bin").write_bytes(b"\0" * 100)  # damaged: rebuilt, with one warning
+    log = load_in_a_process(path, cache)
+    assert "converting it again" in log and "converted the model to OpenVINO" in log and "Traceback" not in log
+    assert "converted" not in load_in_a_process(path, cache)
+
+
+def test_a_gpu_or_low_precision_model_keeps_torch(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tiny(tmp_path, "divided_space_time")
+    assert getattr(load_model(path, backend="auto", precision="int8"), "backend", "torch") == "torch"
+    assert getattr(load_model(path, backend="torch"), "backend", "torch") == "torch"
