@@ -1,4 +1,4 @@
-"""Model speed: ours vs Hugging Face `transformers`, same weights, same input, interleaved in one run.
+"""Model speed: ours (torch and OpenVINO) vs Hugging Face `transformers`, same weights, same input, interleaved.
 
     python bench/model.py                 # tiny and base, batch 1 and 8, writes BENCHMARKS.md section
     python bench/model.py --sizes tiny --batches 1 --budget 20
@@ -75,6 +75,7 @@ def bench_size(size: str, batches: list[int], budget_s: float, workdir: Path) ->
     ours = load_model(folder)
     fast = load_model(folder, precision="bf16")
     int8 = load_model(folder, precision="int8")
+    openvino = load_model(folder, backend="openvino")  # converted for 8×224 with a dynamic batch
     rows = []
     for batch in batches:
         x = torch.randn(batch, 3, 8, 224, 224)
@@ -93,6 +94,7 @@ def bench_size(size: str, batches: list[int], budget_s: float, workdir: Path) ->
             "ours fp32": run("ours fp32", lambda: ours(x)),
             f"ours precision=bf16 (runs {fast.precision})": run("fast", lambda: fast(x)),
             "ours precision=int8": run("int8", lambda: int8(x)),
+            f"ours backend=openvino ({getattr(openvino, 'backend', 'torch')}, fp32)": run("openvino", lambda: openvino(x)),
         }
         slow_bf16 = not native_low_precision(torch.bfloat16) and size == "base"
         if slow_bf16:  # emulated bf16 takes minutes per base clip here: one timed call at batch 1, none at 8
@@ -113,6 +115,7 @@ def bench_size(size: str, batches: list[int], budget_s: float, workdir: Path) ->
         rows.append(dict(
             size=size, batch=batch, seconds=seconds, flops=flops,
             max_abs_diff_fp32=(exact - outputs["transformers fp32"]).abs().max().item(),
+            max_abs_diff_openvino=(exact - outputs["openvino"]).abs().max().item(),
             top1_agree_fast=(outputs["fast"].argmax(-1) == exact.argmax(-1)).float().mean().item(),
             top1_agree_hf_bf16=(outputs["transformers bf16"].argmax(-1) == exact.argmax(-1)).float().mean().item(),
             top1_agree_int8=(outputs["int8"].argmax(-1) == exact.argmax(-1)).float().mean().item(),
@@ -153,13 +156,15 @@ def render(rows: list[dict], peaks: dict[str, float], args) -> str:
             lines.append(f"| {row['size']} | {row['batch']} | {name} | {1000 * sec / row['batch']:.1f} | "
                          f"{base / sec:.2f} | {vs_hf_bf16} | {pct:.0f}% |")
     lines += ["", "| model | batch | GFLOP / clip | max abs logit diff ours fp32 vs transformers fp32 | "
-                  "top-1 agreement fast path vs fp32 | int8 vs fp32 | transformers bf16 vs fp32 |",
-              "|---|---|---|---|---|---|---|"]
+                  "OpenVINO vs ours fp32 | top-1 agreement fast path vs fp32 | int8 vs fp32 | "
+                  "transformers bf16 vs fp32 |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         hf_bf16_agree = ("-" if math.isnan(row["seconds"]["transformers bf16"])
                          else f"{100 * row['top1_agree_hf_bf16']:.0f}%")
         lines.append(f"| {row['size']} | {row['batch']} | {row['flops'] / row['batch'] / 1e9:.1f} | "
-                     f"{row['max_abs_diff_fp32']:.2e} | {100 * row['top1_agree_fast']:.0f}% | "
+                     f"{row['max_abs_diff_fp32']:.2e} | {row['max_abs_diff_openvino']:.2e} | "
+                     f"{100 * row['top1_agree_fast']:.0f}% | "
                      f"{100 * row['top1_agree_int8']:.0f}% | {hf_bf16_agree} |")
     return "\n".join(lines)
 
