@@ -86,6 +86,7 @@ class WorkerConfig:
     device: str = "cpu"
     precision: str = "bf16"
     backend: str = "auto"     # torch, openvino or auto (workers.openvino_backend)
+    calibration: str = ""     # int8: "synthetic" or a folder of videos per class (workers.quantize)
     max_batch: int = 4
     threads: int = 0
     top_k: int = 5
@@ -181,6 +182,26 @@ def _stream_label(name: str | None, where: str, taken: set[str]) -> str | None:
     return name
 
 
+def _calibration(model: dict, precision: str, backend: str, labels, where: str) -> str:
+    """int8 (on the OpenVINO backend) calibrates on the model's own data: ``synthetic`` for models of the
+    demo's actions, else a folder the config names; without one, int8 is refused here."""
+    value = get_value(model, "calibration", str, "", where)
+    if precision != "int8" or backend == "torch":
+        return value
+    if not value:
+        from streamer.synthetic import CLASSES
+
+        if labels and list(labels) == list(CLASSES):
+            return "synthetic"
+        raise ConfigError(f"{where}: precision int8 calibrates on windows of the model's own data; set "
+                          "calibration = \"DIR\" (a folder of videos, one subfolder per class, as for training) "
+                          "or use precision fp32")
+    if value != "synthetic" and not Path(value).expanduser().exists():
+        raise ConfigError(f"{where}: calibration {value!r} does not exist; name a folder of videos per class "
+                          "or \"synthetic\"")
+    return value
+
+
 def stream_name(source: str, index: int, taken: set[str]) -> str:
     """A short readable name for a source: file stem, camera host, 'webcam0', 'synthetic'."""
     if source.startswith("synthetic:"):
@@ -223,8 +244,8 @@ VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")  # containers the 
 MAX_WAIT_S = 3600.0  # the longest timeout or delay a setting may ask for
 
 KNOWN = {
-    "model": {"checkpoint", "device", "precision", "backend", "num_frames", "frame_interval", "hop", "max_batch",
-              "threads", "delay_s", "flip_views"},
+    "model": {"checkpoint", "device", "precision", "backend", "calibration", "num_frames", "frame_interval", "hop",
+              "max_batch", "threads", "delay_s", "flip_views"},
     "pipeline": {"workers", "offline", "headless", "duration", "heartbeat_timeout_s", "shared_memory"},
     "events": {"path", "smoothing", "start_threshold", "end_threshold", "top_k"},
     "overlay": {"window", "output", "fps", "display_width"},
@@ -368,9 +389,10 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     backend = get_value(model, "backend", str, "auto", where_model)
     if backend not in ("torch", "openvino", "auto"):
         raise ConfigError(f"{where_model}: 'backend' must be torch, openvino or auto, got {backend!r}")
+    calibration = _calibration(model, precision, backend, labels, where_model)
     worker = WorkerConfig(
         name="worker-0", endpoints=endpoints, checkpoint=checkpoint, device=device, precision=precision,
-        backend=backend,
+        backend=backend, calibration=calibration,
         max_batch=get_value(model, "max_batch", int, 4, where_model, low=1, high=MAX_BATCH),
         threads=get_value(model, "threads", int, 0, where_model, low=0, high=1024),
         top_k=events.top_k, delay_s=get_value(model, "delay_s", float, 0.0, where_model, low=0, high=MAX_WAIT_S),

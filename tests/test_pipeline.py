@@ -209,6 +209,7 @@ def test_sigterm_stops_every_process_and_leaves_whole_lines(tmp_path, checkpoint
     (["--index", "3"], "--index picks the source or worker of a --role"),
     (["--device", "cuda:7"], "device 'cuda:7'"),  # no such GPU: one line, not a worker restarted forever
     (["--output", "/tmp/annotated"], "name it .mp4"),  # no container: the overlay crashed on its first frame
+    (["--precision", "int8"], "precision int8 calibrates on windows of the model's own data"),  # no calibration
 ])
 def test_usage_errors_are_one_line_and_exit_2(args, message, checkpoint):
     proc = run("--headless", *(["--checkpoint", checkpoint] if "--checkpoint" not in args else []), *args,

@@ -55,16 +55,30 @@ class Predictor:
         self.device = pick_device(config.device, config.index)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(config.threads, config.workers_on_host))
-        model = load_model(config.checkpoint, device=self.device, precision=config.precision)
+        static_int8 = config.precision == "int8" and self.device.type == "cpu" and config.backend != "torch"
+        model = load_model(config.checkpoint, device=self.device, precision="fp32" if static_int8 else config.precision)
         self.labels = label_names(model.labels, model.config.num_classes)
         self.pre = model.preprocess
         fold_normalisation(model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels
-        self.model = select(model, config.backend, scale=255.0, batch=config.max_batch * (1 + len(config.flip_views)))
+        self.model = self._int8(model, config) if static_int8 else select(
+            model, config.backend, scale=255.0, batch=config.max_batch * (1 + len(config.flip_views)))
         self.top_k = min(config.top_k, len(self.labels))
         self.views = FlipViews(self.labels, config.flip_views, self.device)
         self.delay_s = config.delay_s
         self.stores = FrameStoreReader(config.frame_store)
         self.stale = messages.MalformedLog(config.name, what="windows whose frames it cannot read")
+
+    @staticmethod
+    def _int8(model, config: WorkerConfig):
+        """OpenVINO static int8 calibrated on the checkpoint's data (workers.quantize); fp32 if that fails."""
+        from workers.openvino_backend import BackendError
+        from workers.quantize import int8_openvino
+
+        try:
+            return int8_openvino(model, config.calibration, threads=torch.get_num_threads())
+        except BackendError as err:
+            logger.warning(f"{config.name}: {err}; running fp32 instead")
+            return select(model, config.backend, scale=255.0)
 
     def warm_up(self) -> float:
         """One forward at the real input size, so the first live window is not the slow one."""
