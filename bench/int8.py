@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +69,7 @@ def main() -> None:
     def raw(frames):  # (B, T, H, W, 3) uint8 → (B, 3, T, H, W) 0..255
         return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float()
 
-    variants = {  # name → (callable on raw input, takes raw?)
+    variants = {  # name → the model called on raw 0..255 input
         "transformers fp32": lambda x: hf(pixel_values=((x - mean) / std).permute(0, 2, 1, 3, 4)).logits,
         "ours torch fp32": lambda x: ours((x - mean) / std),
         "ours OpenVINO fp32": ov_fp32,
