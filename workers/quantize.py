@@ -32,8 +32,8 @@ SYNTHETIC_HELD_OUT = (2000, 2001)
 
 
 def windows(source: str, model: torch.nn.Module):
-    """(calibration, held-out) :class:`~workers.evaluate.WindowSet` from ``source``."""
-    from workers.evaluate import WindowSpec, concat, dataset_windows, synthetic_windows
+    """(calibration, held-out) :class:`~workers.data.WindowSet` from ``source``."""
+    from workers.data import WindowSpec, concat, dataset_windows, synthetic_windows
     from workers.model import label_names
 
     pre = model.preprocess

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from streamer import synthetic
 from streamer.errors import ConfigError, PipelineError, UsageParser
 from streamer.frames import to_model_frame
-from workers import evaluate
+from workers import data, evaluate
 from workers.model import Preprocess, load_model, save_model
 from workers.motion_init import FROZEN, motion_init, sinusoid_table
 from workers.preprocess import to_model_input
@@ -72,7 +72,7 @@ def synthetic_clips(seed: int, pre: Preprocess, cut_p: float, per_scene: int = 6
                 end = second.start_frame + int(rng.integers(0, pre.span - 1))
             else:
                 end = int(rng.integers(second.start_frame, second.end_frame + 1))
-            indices = evaluate.window_indices(end, pre)
+            indices = data.window_indices(end, pre)
             frames = [to_model_frame(f, pre.size) for f in synthetic.render_clip(segs, indices, width, height)]
             yield np.stack(frames), synthetic.CLASSES.index(second.label)
 
@@ -85,10 +85,10 @@ def video_clips(pairs: list[tuple[Path, int]], seed: int, pre: Preprocess) -> It
         for i in rng.permutation(len(pairs)):
             path, label = pairs[i]
             if path not in cache:
-                cache[path] = np.stack(evaluate.read_frames(path, pre.size))
+                cache[path] = np.stack(data.read_frames(path, pre.size))
             frames = cache[path]
             end = int(rng.integers(min(pre.span - 1, len(frames) - 1), len(frames)))
-            clip = frames[evaluate.window_indices(end, pre)]
+            clip = frames[data.window_indices(end, pre)]
             yield augment(clip, rng), label
 
 
@@ -246,14 +246,14 @@ def probe_head(model, stream: "ClipStream", count: int, pre, device: torch.devic
 # ---------------------------------------------------------------- loop
 
 
-def held_out(args: argparse.Namespace, labels: list[str], pre, pairs_val) -> evaluate.WindowSet | None:
+def held_out(args: argparse.Namespace, labels: list[str], pre, pairs_val) -> data.WindowSet | None:
     """Windows of data never used in training: synthetic seeds from ``--val-seeds`` or ``--val-data``."""
-    spec = evaluate.WindowSpec(pre.num_frames, pre.frame_interval, args.val_hop or pre.frame_interval)
+    spec = data.WindowSpec(pre.num_frames, pre.frame_interval, args.val_hop or pre.frame_interval)
     if args.data == "synthetic":
-        return evaluate.concat([evaluate.synthetic_windows(s, args.val_seconds, pre.size, spec, labels)
+        return data.concat([data.synthetic_windows(s, args.val_seconds, pre.size, spec, labels)
                                 for s in args.val_seeds])
     if args.val_data:
-        return evaluate.dataset_windows(args.val_data, pre.size, spec, labels)
+        return data.dataset_windows(args.val_data, pre.size, spec, labels)
     return None
 
 
@@ -269,8 +269,8 @@ def train(args: argparse.Namespace) -> dict:
     if args.data == "synthetic":
         labels, pairs = list(synthetic.CLASSES), []
     else:
-        videos = evaluate.labelled_videos(Path(args.data))
-        labels = evaluate.class_names(videos)
+        videos = data.labelled_videos(Path(args.data))
+        labels = data.class_names(videos)
         pairs = [(p, labels.index(l)) for p, l in videos]
     out = Path(args.out)
     try:
