@@ -89,7 +89,6 @@ class Dispatcher:
         self.capture_of: dict[str, bytes] = {}
         self.workers: dict[bytes, WorkerState] = {}
         self.counters = Counters()
-        self.total_dropped = 0
         self.ended: set[str] = set()
         self.outstanding: dict[str, int] = collections.Counter()   # windows of a stream at workers
         self.first_seen = False
@@ -98,8 +97,11 @@ class Dispatcher:
 
     def drop(self, stream: str, reason: str, n: int = 1) -> None:
         self.counters.dropped += n
-        self.total_dropped += n
         self.totals["windows_dropped", stream, reason] += n
+
+    @property
+    def total_dropped(self) -> int:
+        return sum(n for (name, _, _), n in self.totals.items() if name == "windows_dropped")
 
     def stats(self, log_lines: int, malformed: int) -> Stats:
         """Everything this hub counts, for the web stage's /metrics and /readyz (sent once a second)."""

@@ -54,6 +54,16 @@ class Security:
         return bool(self.server_public_key)
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address: reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_endpoint(address: str, where: str, security: Security) -> str:
     """Loopback and ipc:// only, unless keys are configured or plaintext is explicitly allowed."""
     parsed = urlparse(address)
@@ -61,14 +71,7 @@ def check_endpoint(address: str, where: str, security: Security) -> str:
         return address
     if parsed.scheme != "tcp" or not parsed.hostname or not parsed.port:
         raise ConfigError(f"{where}: endpoint {address!r} must look like tcp://127.0.0.1:5555 or ipc:///path")
-    host = parsed.hostname
-    loopback = host == "localhost"
-    if not loopback:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-    if not loopback and not security.curve and not security.allow_plaintext:
+    if not is_loopback(parsed.hostname) and not security.curve and not security.allow_plaintext:
         raise ConfigError(
             f"{where}: endpoint {address!r} is reachable from other hosts; set [security] keys "
             "(python -m streamer.keys DIR) or allow_plaintext = true"

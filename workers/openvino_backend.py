@@ -57,9 +57,9 @@ def cache_key(model: torch.nn.Module, num_frames: int, size: int) -> str:
 class OpenVinoModel(torch.nn.Module):
     """The compiled model behind the torch model's interface (``config``, ``labels``, ``preprocess``...)."""
 
-    def __init__(self, compiled, like: torch.nn.Module, threads: int) -> None:
+    def __init__(self, compiled, like: torch.nn.Module, threads: int, key: str = "") -> None:
         super().__init__()
-        self.compiled = compiled
+        self.compiled, self.key = compiled, key  # key: cache_key of the weights and shape it was made from
         self.config, self.threads = like.config, threads
         self.labels = getattr(like, "labels", None)
         self.preprocess = getattr(like, "preprocess", None)
@@ -107,7 +107,7 @@ def to_openvino(model: torch.nn.Module, num_frames: int, size: int, *, threads: 
         try:
             compiled = _compile(ov.Core().read_model(xml), threads)
             if _max_difference(compiled, model, probe) <= EXACT:
-                return OpenVinoModel(compiled, model, threads)
+                return OpenVinoModel(compiled, model, threads, key)
             logger.warning(f"OpenVINO cache {xml} does not match the model; converting it again")
         except Exception as err:  # a damaged .xml/.bin: convert again rather than fail
             logger.warning(f"OpenVINO cache {xml} is unreadable ({str(err).splitlines()[0][:120]}); converting it again")
@@ -125,7 +125,7 @@ def to_openvino(model: torch.nn.Module, num_frames: int, size: int, *, threads: 
         raise BackendError(f"OpenVINO's logits differ from torch's by {difference:.2e} (more than {EXACT:g})")
     _save(ov_model, xml)
     logger.info(f"converted the model to OpenVINO in {time.perf_counter() - start:.1f} s (cached in {cache_dir})")
-    return OpenVinoModel(compiled, model, threads)
+    return OpenVinoModel(compiled, model, threads, key)
 
 
 def _save(ov_model, xml: Path) -> None:
@@ -144,8 +144,9 @@ def _save(ov_model, xml: Path) -> None:
 
 def faster_than_torch(model: torch.nn.Module, ov_model: OpenVinoModel, example: torch.Tensor,
                       cache_dir: Path | None = None, repeats: int = 3) -> bool:
-    """Whether OpenVINO is faster than torch for this model and input, measured once and remembered."""
-    record = (cache_dir or default_cache_dir()) / f"{cache_key(model, example.shape[2], example.shape[-1])}.speed.json"
+    """Whether OpenVINO is faster than torch for this model and input, measured once and remembered
+    (beside the converted model, under the key ``to_openvino`` already computed)."""
+    record = (cache_dir or default_cache_dir()) / f"{ov_model.key}.speed.json"
     try:
         known = json.loads(record.read_text())
         return known["openvino_ms"] < known["torch_ms"]

@@ -126,7 +126,7 @@ def int8_openvino(model: torch.nn.Module, source: str, *, threads: int = 1,
 
 
 def _wrap(compiled, model, threads, check) -> OpenVinoModel:
-    wrapped = OpenVinoModel(compiled, model, threads)
+    wrapped = OpenVinoModel(compiled, model, threads)  # no speed check: int8 is asked for, not chosen
     wrapped.precision, wrapped.accuracy = "int8", check
     return wrapped
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streamer.errors import ConfigError
+from streamer.security import is_loopback
 
 if TYPE_CHECKING:
     from streamer.config import Endpoints, Security
@@ -51,15 +52,6 @@ class WebConfig:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_listen(value: str, where: str) -> tuple[str, int]:

@@ -42,6 +42,11 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _refuse(exception: type[web.HTTPException], message: str) -> web.HTTPException:
+    """An HTTP error to raise from a handler, with the same ``{"error": ...}`` body as :func:`_error`."""
+    return exception(text=json.dumps({"error": message}), content_type="application/json")
+
+
 def _number(request: web.Request, key: str, kind, low, high):
     """A query parameter as ``kind`` within [low, high], None when absent; 400 when malformed."""
     raw = request.query.get(key)
@@ -50,11 +55,9 @@ def _number(request: web.Request, key: str, kind, low, high):
     try:
         value = kind(raw)
     except ValueError:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"?{key}={raw[:40]!r} is not a number"}),
-                                 content_type="application/json") from None
+        raise _refuse(web.HTTPBadRequest, f"?{key}={raw[:40]!r} is not a number") from None
     if not low <= value <= high:  # nan fails too
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"?{key}= must be from {low} to {high}"}),
-                                 content_type="application/json")
+        raise _refuse(web.HTTPBadRequest, f"?{key}= must be from {low} to {high}")
     return value
 
 
@@ -137,12 +140,9 @@ class WebApp:
         raw = request.rel_url.raw_path.split("/streams/", 1)[1]
         name, dot, suffix = unquote(raw).rpartition(".")
         if not dot or suffix not in ("mjpeg", "jpg"):
-            raise web.HTTPNotFound(text=json.dumps({"error": "streams are /streams/NAME.mjpeg or .jpg"}),
-                                   content_type="application/json")
+            raise _refuse(web.HTTPNotFound, "streams are /streams/NAME.mjpeg or .jpg")
         if name not in self.state.streams:
-            raise web.HTTPNotFound(text=json.dumps({"error": f"no stream named {name[:80]!r}; "
-                                                             "GET /api/streams lists them"}),
-                                   content_type="application/json")
+            raise _refuse(web.HTTPNotFound, f"no stream named {name[:80]!r}; GET /api/streams lists them")
         return name, suffix
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
