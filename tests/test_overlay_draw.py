@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from streamer.overlay_draw import BAR_TOP, STATUS, draw_panel, letterbox, placeholder, tile
+from streamer.overlay_draw import BAR_TOP, STATUS, draw_panel, label_words, letterbox, placeholder, tile
 
 TOP = [("playing basketball", 0.5), ("dribbling basketball", 0.25), ("shooting basketball", 0.125),
        ("dunking basketball", 0.0625), ("passing American football (not in game)", 0.03)]
@@ -54,6 +54,16 @@ def test_panel_darkens_its_region_and_draws_readable_text_and_bars(width, height
     # The best label's bar (50%) is a green row about half the panel wide.
     green = np.all(np.abs(out[:ph, :pw].astype(int) - BAR_TOP) < 30, axis=2)
     assert 0.4 * pw <= green.sum(axis=1).max() <= 0.55 * pw
+
+
+def test_labels_are_drawn_as_words(tmp_path: Path) -> None:
+    """A class name with underscores is drawn exactly as its words would be (people read the panel)."""
+    frame = scene(640, 360, tmp_path)
+    assert label_words("rotating_anticlockwise") == "rotating anticlockwise"
+    assert label_words(" moving__left ") == "moving left"
+    as_named = draw_panel(frame, "cam", [("rotating_anticlockwise", 0.9), ("moving_left", 0.1)], 30.0, 40.0)
+    as_words = draw_panel(frame, "cam", [("rotating anticlockwise", 0.9), ("moving left", 0.1)], 30.0, 40.0)
+    assert np.array_equal(as_named, as_words)
 
 
 def test_status_line_is_drawn_in_the_status_colour(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from tests.test_pipeline import (  # noqa: F401  (the checkpoint fixture is re-u
     write_config,
 )
 from tests.test_reliability import REPO, Pipeline
-from tests.test_web import get, web_url
+from tests.test_web import get, metric, web_url
 
 pytestmark = pytest.mark.rtsp
 
@@ -155,6 +155,10 @@ def test_rtsp_camera_killed_and_restarted_is_lost_then_back(tmp_path, checkpoint
         back_at = time.time()
         check_outage(pipe, events, back_at)
         pipe.wait_for(lambda: readyz()[0] == 200, timeout=10, what="/readyz 200 after the camera came back")
+        text = get(f"{web_url(pipe)}/metrics")[2].decode()  # the outage, counted once each way
+        assert metric(text, "timesformer_source_losses_total", stream=STREAM) == 1
+        assert metric(text, "timesformer_source_reconnects_total", stream=STREAM) == 1
+        assert metric(text, "timesformer_source_up", stream=STREAM) == 1
     finally:
         code = pipe.stop()
     assert code == 0, "".join(pipe.lines[-30:])

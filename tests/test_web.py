@@ -301,6 +301,26 @@ def test_browser_shows_the_stream_live_and_its_action_events(demo):
             browser.close()
 
 
+def test_a_killed_web_stage_is_restarted_on_the_same_address(demo):
+    """Last of the shared run: the supervisor keeps the listening socket, so the view comes back where it was."""
+    import signal as signals
+
+    first = demo.pipe.pids("web")[-1]
+    os.kill(first, signals.SIGKILL)
+    demo.pipe.wait_for(lambda: len(demo.pipe.pids("web")) >= 2, timeout=20, what="the web stage restarted")
+    demo.pipe.wait_for(lambda: _status(f"{demo.base}/readyz") == 200, timeout=30, what="the view back, ready")
+    assert demo.pipe.pids("web")[-1] != first
+    _, _, body = get(f"{demo.base}/streams/demo.jpg")
+    assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+def _status(url: str) -> int | None:
+    try:
+        return get(url, timeout=2)[0]
+    except OSError:  # refused or reset while the new process starts
+        return None
+
+
 # ---------------------------------------------------------------- a web stage of its own: the token
 
 
