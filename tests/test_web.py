@@ -377,6 +377,17 @@ def test_opening_the_page_with_the_token_once_sets_a_cookie(guarded):
     assert get(f"{guarded.base}/?token=not-the-token-at-all")[0] == 401
 
 
+def test_malformed_http_is_a_4xx_and_no_traceback(guarded, caplog):
+    host, port = guarded.base.removeprefix("http://").split(":")
+    for raw in (b"GARBAGE\r\n\r\n", b"GET /streams/\xff\xfe.jpg HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(raw)
+            status = sock.recv(100).split(b"\r\n")[0]
+        assert re.match(rb"HTTP/1\.[01] 4\d\d", status), (raw, status)
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+
+
 def run_pipeline(*args, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "run_pipeline.py", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)

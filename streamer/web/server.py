@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import multiprocessing.synchronize
 import socket
 import threading
@@ -230,6 +231,16 @@ class WebApp:
         return web.json_response({"ready": not problems, "not_ready": problems}, status=503 if problems else 200)
 
 
+class _ClientFaults(logging.Filter):
+    """Drops aiohttp's tracebacks for requests that were malformed (it has already answered them 400):
+    a client's mistake is not the server's error, and the log stays one line per real problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
+
+
 def _sse(kind: str, data) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -297,6 +308,7 @@ def _receive(config: WebConfig, loop: asyncio.AbstractEventLoop, state: WebState
 
 
 async def _serve(config: WebConfig, listener: socket.socket | None, stop: multiprocessing.synchronize.Event) -> int:
+    logging.getLogger("aiohttp.server").addFilter(_ClientFaults())
     web_app = WebApp(config)
     done = threading.Event()
     reader = threading.Thread(target=_receive, args=(config, asyncio.get_running_loop(), web_app.state, web_app.feeds,
