@@ -2,7 +2,8 @@
 
 A frame is converted and resized once (``frames.model_frame``) on arrival, and only if a window will
 hold it (``WindowSchedule.wanted``); the others are decoded and counted but never converted (with
-K400's sampling, 31 frames in 32). Display frames are made only when a viewer stage exists. A window goes out
+K400's sampling, 31 frames in 32). Display frames are made only while the overlay or a web viewer
+subscribes to this stream (``_Display``). A window goes out
 every ``hop`` source frames. Live: windows are sent and forgotten (the dispatcher keeps
 only the newest). Offline: capture waits for the dispatcher's credit before sending
 more, so nothing is dropped and a file is read only as fast as the workers go.
