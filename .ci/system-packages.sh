@@ -2,7 +2,8 @@
 # Debian packages the tests need: GStreamer's RTSP server (driven by Debian's
 # /usr/bin/python3, the only interpreter with the GObject bindings), ffmpeg, the
 # libGL/GLib libraries that opencv-python loads, Chromium (the web page test drives it
-# with Playwright) and Prometheus (its promtool checks /metrics).
+# with Playwright), Prometheus (its promtool checks /metrics) and Mosquitto (the MQTT
+# broker the event-sink tests publish to).
 # Idempotent: packages already installed are left as they are. Run as root.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ packages=(
     libglib2.0-0
     chromium
     prometheus
+    mosquitto
 )
 
 missing=()

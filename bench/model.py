@@ -1,10 +1,13 @@
-"""Model speed: ours (torch and OpenVINO) vs Hugging Face `transformers`, same weights, same input, interleaved.
+"""Model speed: ours (torch and OpenVINO) vs Hugging Face `transformers` and ONNX Runtime, same weights, same
+input, interleaved.
 
     python bench/model.py                 # tiny and base, batch 1 and 8, writes BENCHMARKS.md section
     python bench/model.py --sizes tiny --batches 1 --budget 20
 
 Each cell is the median of repeated forwards, the variants taking turns so that load from
 other processes hits all of them alike; speed is reported as ratios against transformers fp32.
+ONNX Runtime (a peer engine) runs our model exported with ``torch.onnx.export``, the same graph
+OpenVINO converts. The matrix-multiply peak is the best of torch's and OpenVINO's (oneDNN) GEMM.
 """
 
 import argparse
@@ -43,6 +46,45 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> floa
     return best
 
 
+def openvino_matmul_peak(precision: str, threads: int, n: int = 2048, seconds: float = 2.0) -> float:
+    """FLOP/s of OpenVINO's (oneDNN's) n×n GEMM on the CPU in ``precision`` ("f32" or "bf16")."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    a = ops.parameter([n, n], ov.Type.f32)
+    product = ops.matmul(a, ops.constant(np.random.rand(n, n).astype(np.float32)), False, False)
+    compiled = ov.Core().compile_model(ov.Model([product], [a]), "CPU", {
+        "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    x = np.random.rand(n, n).astype(np.float32)
+    request = compiled.create_infer_request()
+    request.infer([x])
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or count < 2:
+        request.infer([x])
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def onnxruntime_model(model, x, path: Path, threads: int):
+    """``model`` exported to ONNX and run by ONNX Runtime's CPU provider (None when it is not installed)."""
+    import warnings
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x[:1],), str(path), input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda inputs: torch.from_numpy(session.run(None, {"x": inputs.numpy()})[0])
+
+
 def model_flops(model, x) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
@@ -76,6 +118,8 @@ def bench_size(size: str, batches: list[int], budget_s: float, workdir: Path) ->
     fast = load_model(folder, precision="bf16")
     int8 = load_model(folder, precision="int8")
     openvino = load_model(folder, backend="openvino")  # converted for 8×224 with a dynamic batch
+    openvino_bf16 = load_model(folder, precision="bf16", backend="openvino")  # bf16 units: OpenVINO in bf16
+    onnx = onnxruntime_model(ours, torch.zeros(1, 3, 8, 224, 224), workdir / f"{size}.onnx", torch.get_num_threads())
     rows = []
     for batch in batches:
         x = torch.randn(batch, 3, 8, 224, 224)
@@ -96,6 +140,10 @@ def bench_size(size: str, batches: list[int], budget_s: float, workdir: Path) ->
             "ours precision=int8": run("int8", lambda: int8(x)),
             f"ours backend=openvino ({getattr(openvino, 'backend', 'torch')}, fp32)": run("openvino", lambda: openvino(x)),
         }
+        if getattr(openvino_bf16, "backend", "torch") == "openvino":
+            variants["ours backend=openvino precision=bf16"] = run("openvino bf16", lambda: openvino_bf16(x))
+        if onnx is not None:
+            variants["ONNX Runtime fp32 (our graph)"] = run("onnxruntime", lambda: onnx(x))
         slow_bf16 = not native_low_precision(torch.bfloat16) and size == "base"
         if slow_bf16:  # emulated bf16 takes minutes per base clip here: one timed call at batch 1, none at 8
             hf_bf16_call = variants.pop("transformers bf16")
@@ -116,6 +164,9 @@ def bench_size(size: str, batches: list[int], budget_s: float, workdir: Path) ->
             size=size, batch=batch, seconds=seconds, flops=flops,
             max_abs_diff_fp32=(exact - outputs["transformers fp32"]).abs().max().item(),
             max_abs_diff_openvino=(exact - outputs["openvino"]).abs().max().item(),
+            max_abs_diff_onnxruntime=(exact - outputs["onnxruntime"]).abs().max().item() if onnx else float("nan"),
+            top1_agree_openvino_bf16=((outputs["openvino bf16"].argmax(-1) == exact.argmax(-1)).float().mean().item()
+                                      if "openvino bf16" in outputs else float("nan")),
             top1_agree_fast=(outputs["fast"].argmax(-1) == exact.argmax(-1)).float().mean().item(),
             top1_agree_hf_bf16=(outputs["transformers bf16"].argmax(-1) == exact.argmax(-1)).float().mean().item(),
             top1_agree_int8=(outputs["int8"].argmax(-1) == exact.argmax(-1)).float().mean().item(),
@@ -137,8 +188,8 @@ def render(rows: list[dict], peaks: dict[str, float], args) -> str:
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"native bf16 matmul: {native_low_precision(torch.bfloat16)}  ",
         f"Date: {datetime.date.today().isoformat()}  ",
-        f"Matrix-multiply peak measured in this run (2048² torch.mm): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
-        f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s",
+        "Matrix-multiply peak measured in this run (2048² GEMM, GFLOP/s; % of peak uses the best): "
+        + ", ".join(f"{name} {value / 1e9:.0f}" for name, value in peaks.items() if "/" in name),
         "",
         "| model | batch | variant | ms / clip | × transformers fp32 | × transformers bf16 | % of peak |",
         "|---|---|---|---|---|---|---|",
@@ -151,20 +202,21 @@ def render(rows: list[dict], peaks: dict[str, float], args) -> str:
                              "call) | | | |")
                 continue
             dtype = "bf16" if ("bf16" in name and "runs fp32" not in name) else "fp32"
-            pct = 100 * row["flops"] / sec / peaks[dtype]
+            pct = "-" if "int8" in name else f"{100 * row['flops'] / sec / peaks[dtype]:.0f}%"  # no int8 peak measured
             vs_hf_bf16 = "-" if math.isnan(hf_bf16) else f"{hf_bf16 / sec:.2f}"
             lines.append(f"| {row['size']} | {row['batch']} | {name} | {1000 * sec / row['batch']:.1f} | "
-                         f"{base / sec:.2f} | {vs_hf_bf16} | {pct:.0f}% |")
+                         f"{base / sec:.2f} | {vs_hf_bf16} | {pct} |")
     lines += ["", "| model | batch | GFLOP / clip | max abs logit diff ours fp32 vs transformers fp32 | "
-                  "OpenVINO vs ours fp32 | top-1 agreement fast path vs fp32 | int8 vs fp32 | "
-                  "transformers bf16 vs fp32 |",
-              "|---|---|---|---|---|---|---|---|"]
+                  "OpenVINO vs ours fp32 | ONNX Runtime vs ours fp32 | top-1 agreement fast path vs fp32 | "
+                  "OpenVINO bf16 vs fp32 | int8 vs fp32 | transformers bf16 vs fp32 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         hf_bf16_agree = ("-" if math.isnan(row["seconds"]["transformers bf16"])
                          else f"{100 * row['top1_agree_hf_bf16']:.0f}%")
         lines.append(f"| {row['size']} | {row['batch']} | {row['flops'] / row['batch'] / 1e9:.1f} | "
                      f"{row['max_abs_diff_fp32']:.2e} | {row['max_abs_diff_openvino']:.2e} | "
-                     f"{100 * row['top1_agree_fast']:.0f}% | "
+                     f"{row['max_abs_diff_onnxruntime']:.2e} | {100 * row['top1_agree_fast']:.0f}% | "
+                     f"{100 * row['top1_agree_openvino_bf16']:.0f}% | "
                      f"{100 * row['top1_agree_int8']:.0f}% | {hf_bf16_agree} |")
     return "\n".join(lines)
 
@@ -178,8 +230,17 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(
+    peaks = {"torch fp32": matmul_peak(torch.float32), "torch bf16": matmul_peak(
         torch.bfloat16, n=2048 if native_low_precision(torch.bfloat16) else 1024)}  # 2048² mm takes ~1 min without
+    try:
+        peaks["OpenVINO fp32"] = openvino_matmul_peak("f32", args.threads)
+        if native_low_precision(torch.bfloat16):
+            peaks["OpenVINO bf16"] = openvino_matmul_peak("bf16", args.threads)
+    except ImportError:
+        pass
+    peaks = {f"{engine} / {dtype}": value for key, value in peaks.items() for engine, dtype in [key.split()]}
+    for dtype in ("fp32", "bf16"):
+        peaks[dtype] = max(v for k, v in peaks.items() if k.endswith(f"/ {dtype}"))
     print({k: f"{v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()}, flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,6 +33,9 @@ STORE_HOPS = 24  # and at least this many hops (offline, where frames come as fa
 STATS_INTERVAL_S = 1.0  # frames captured and input fps go to the dispatcher (and on to /metrics) this often
 
 
+CLIP_QUEUE_FRAMES = 300  # display frames queued for the clips stage (~10 s at 30 fps) before any is dropped
+
+
 class _Display:
     """Display frames for the overlay and the web stage, made only while one of them subscribes to this stream.
 
@@ -48,12 +51,17 @@ class _Display:
     def open(cls, ctx, config: CaptureConfig):
         viewers = [e for e, wanted in ((config.endpoints.display, config.display),
                                        (config.endpoints.web, config.web)) if wanted]
-        if not viewers:
+        if not viewers and not config.clips:
             return None
-        sock = sockets.make_socket(ctx, zmq.XPUB, viewers[0], bind=False, security=config.security,
-                                   options={zmq.SNDHWM: 2})
+        # Viewers want the newest frame, not a backlog; the recorder wants every frame: a deeper queue for its
+        # connection only (a socket's HWM applies to the connections made after it is set).
+        sock = sockets.make_socket(ctx, zmq.XPUB, viewers[0] if viewers else config.endpoints.clips, bind=False,
+                                   security=config.security, options={zmq.SNDHWM: 2 if viewers else CLIP_QUEUE_FRAMES})
         for endpoint in viewers[1:]:
             sock.connect(endpoint)
+        if config.clips and viewers:
+            sock.setsockopt(zmq.SNDHWM, CLIP_QUEUE_FRAMES)
+            sock.connect(config.endpoints.clips)
         return cls(sock, config.stream)
 
     def watched(self) -> bool:
@@ -106,7 +114,8 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
         messages.send(out, Status(kind=kind, stream=config.stream, detail=detail[:2000], ts=time.time()))
 
     source = open_source(SourceConfig(spec=config.source, realtime=not config.offline,
-                                      open_timeout_s=config.open_timeout_s, read_timeout_s=config.read_timeout_s))
+                                      open_timeout_s=config.open_timeout_s, read_timeout_s=config.read_timeout_s,
+                                      hwaccel=config.hwaccel))
     span = window_span(config.num_frames, config.frame_interval)
     store = _open_store(config, span + max(math.ceil(source.fps * STORE_SECONDS), STORE_HOPS * config.hop))
     ring = RingBuffer(store.frames.shape[0] if store else span, config.size, config.size, store=store)
@@ -157,7 +166,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
             counts.last_frame_ts = frame.ts
             if display is not None and display.watched():
                 image = display_image(frame.picture, config.display_width)
-                messages.send(display.sock, DisplayFrame(config.stream, frame.index, frame.ts, image), zmq.NOBLOCK)
+                messages.send(display.sock, DisplayFrame(config.stream, frame.index, frame.ts, image, source.fps), zmq.NOBLOCK)
                 counts.shown += 1
             if not due:
                 continue

@@ -17,8 +17,11 @@ from streamer.errors import ConfigError
 from streamer.events import EventConfig
 from streamer.framestore import store_prefix
 from streamer.messages import MAX_BATCH, MAX_NAME
+from streamer.readers import hwaccel_choices
 from streamer.ringbuffer import window_span
 from streamer.security import Security, check_endpoint, load_security  # noqa: F401  (stages import Security here)
+from streamer.sinks.config import (CLIP_KEYS, MQTT_KEYS, WEBHOOK_KEYS, ClipsConfig, ClipStageConfig, SinksConfig,
+                                   load_clips, load_mqtt, load_webhooks)
 from streamer.toml_values import get_value, read_toml
 from streamer.web.config import KEYS as WEB_KEYS
 from streamer.web.config import WebConfig, load_web_config, web_listen
@@ -30,13 +33,14 @@ DEFAULT_CONFIG = REPO / "configs" / "default.toml"
 @dataclass(frozen=True)
 class Endpoints:
     """ZeroMQ addresses. ``windows``/``work``/``results`` are bound by the dispatcher, ``display`` by the
-    overlay, ``web`` (display frames for the web stage) by the web stage."""
+    overlay, ``web`` (display frames for the web stage) by the web stage, ``clips`` by the clips stage."""
 
     windows: str
     work: str
     results: str
     display: str
     web: str = ""
+    clips: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,11 @@ class CaptureConfig:
     offline: bool = False
     display: bool = False     # send display frames to the overlay
     web: bool = False         # and to the web stage
+    clips: bool = False       # and to the clips stage (every frame: the pre-roll must be there)
     display_width: int = 640
     open_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
+    hwaccel: str = "none"  # hardware decoding for files and RTSP (streamer.readers.open_decoding)
     frame_store: str = ""  # shared-memory frame store prefix (streamer.framestore); "" sends frames inline
     security: Security = field(default_factory=Security)
 
@@ -71,6 +77,7 @@ class DispatchConfig:
     offline: bool = False
     events_path: str | None = None
     events: EventConfig = field(default_factory=EventConfig)
+    clips: ClipsConfig | None = None  # end lines name their clip
     heartbeat_timeout_s: float = 30.0
     status_interval_s: float = 1.0
     security: Security = field(default_factory=Security)
@@ -120,6 +127,8 @@ class PipelineConfig:
     workers: tuple[WorkerConfig, ...]
     overlay: OverlayConfig | None
     web: WebConfig | None = None
+    sinks: SinksConfig | None = None  # MQTT and webhooks
+    clips: ClipStageConfig | None = None
     duration_s: float = 0.0
     security: Security = field(default_factory=Security)
     source_file: str = ""
@@ -161,7 +170,7 @@ def _writable_file(value: str | None, what: str) -> str | None:
     return str(path)
 
 
-ENDPOINT_NAMES = ("windows", "work", "results", "display", "web")
+ENDPOINT_NAMES = ("windows", "work", "results", "display", "web", "clips")
 
 
 def default_endpoints() -> Endpoints:
@@ -253,8 +262,19 @@ KNOWN = {
     "web": WEB_KEYS,
     "security": {"allow_plaintext", "server_public_key", "server_secret_key", "client_secret_key",
                  "allowed_clients"},
-    "sources": {"spec", "name", "open_timeout_s", "read_timeout_s"},
+    "sources": {"spec", "name", "open_timeout_s", "read_timeout_s", "hwaccel"},
+    "mqtt": MQTT_KEYS,
+    "webhooks": WEBHOOK_KEYS,
+    "clips": CLIP_KEYS,
 }
+
+
+def _hwaccel(value: str, where: str, kind: str) -> str:
+    if value not in hwaccel_choices():
+        raise ConfigError(f"{where}: hwaccel {value!r} is not one of {', '.join(hwaccel_choices())}")
+    if value != "none" and kind not in ("file", "rtsp"):
+        raise ConfigError(f"{where}: hwaccel is for video files and RTSP cameras, not a {kind} source")
+    return value
 
 
 def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
@@ -332,6 +352,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     want_overlay = window or bool(output)
     web_table = raw.get("web", {})
     web_on = web_listen(web_table, flags.web) is not None
+    clips = load_clips(raw.get("clips"), where)
 
     taken: set[str] = set()
     captures, finite = [], []
@@ -349,9 +370,11 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         captures.append(CaptureConfig(
             stream=name, source=spec, endpoints=endpoints, size=preprocess.size, num_frames=num_frames,
             frame_interval=frame_interval, hop=hop, offline=offline, display=want_overlay, web=web_on,
+            clips=clips is not None,
             display_width=get_value(ov, "display_width", int, 640, f"{where} [overlay]", low=16, high=7680),
             open_timeout_s=get_value(table, "open_timeout_s", float, 5.0, f"{where} [[sources]]", above=0, high=MAX_WAIT_S),
             read_timeout_s=get_value(table, "read_timeout_s", float, 5.0, f"{where} [[sources]]", above=0, high=MAX_WAIT_S),
+            hwaccel=_hwaccel(get_value(table, "hwaccel", str, "none", f"{where} [[sources]]"), f"{where} [[sources]]", kind),
             frame_store=frame_store, security=security,
         ))
     if offline and len(finite) != len(captures):
@@ -372,7 +395,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
 
     dispatch = DispatchConfig(
         endpoints=endpoints, streams=streams, finite_streams=tuple(finite), labels=tuple(labels or ()),
-        offline=offline, events_path=events_path, events=events,
+        offline=offline, events_path=events_path, events=events, clips=clips,
         heartbeat_timeout_s=get_value(pipe, "heartbeat_timeout_s", float, 30.0, f"{where} [pipeline]", above=0,
                                  high=MAX_WAIT_S),
         security=security,
@@ -414,6 +437,11 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
                                                                        f"{where} [pipeline]")
     if not duration >= 0 or not math.isfinite(duration):
         raise ConfigError(f"--duration must be zero (run until stopped) or positive, got {duration}")
+    mqtt, webhooks = load_mqtt(raw.get("mqtt"), where), load_webhooks(raw.get("webhooks"), where)
+    sinks = SinksConfig(endpoints=endpoints, security=security, streams=streams, labels=tuple(labels or ()),
+                        mqtt=mqtt, webhooks=webhooks) if mqtt or webhooks else None
+    clip_stage = ClipStageConfig(clips=clips, endpoints=endpoints, security=security, streams=streams,
+                                 span=window_span(num_frames, frame_interval), top_k=min(events.top_k, 5)) if clips else None
     return PipelineConfig(captures=tuple(captures), dispatch=dispatch, workers=workers, overlay=overlay, web=web,
-                          duration_s=duration, security=security, source_file=where,
+                          sinks=sinks, clips=clip_stage, duration_s=duration, security=security, source_file=where,
                           fixed_endpoints="endpoints" in raw)

@@ -161,6 +161,8 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
 
     def write(line: dict) -> None:
         """One event-log line, also published for the web stage and the sinks."""
+        if config.clips is not None and line.get("kind") == "end" and isinstance(line.get("id"), str):
+            line["clip"] = config.clips.path(line["stream"], line["id"])
         log.write(line)
         messages.send(results, LogLine(line))
 
@@ -222,8 +224,10 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
                     if msg.kind == "end_of_stream":
                         state.ended.add(msg.stream)
                     write_status(msg)
-                elif isinstance(msg, Stats):
+                elif isinstance(msg, Stats) and msg.sender.startswith("capture"):
                     state.captured.update(msg)
+                elif isinstance(msg, Stats):  # another stage's counters (the sinks): on to the web stage
+                    messages.send(results, msg)
                 else:
                     state.counters.malformed += 1
             for identity, msg in _receive(workers if workers in events else None, state.counters):

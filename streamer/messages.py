@@ -112,12 +112,14 @@ class ResultBatch:
 
 @dataclass(frozen=True, eq=False)
 class DisplayFrame:
-    """A full-size frame for the overlay: (H, W, 3) uint8 BGR as decoded."""
+    """A frame to show (overlay, web) or record (clips): (H, W, 3) uint8 BGR, at most the display width;
+    ``fps``: the source's own rate (0 if unknown), which times clips in offline runs too."""
 
     stream: str
     index: int
     ts: float
     image: np.ndarray
+    fps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,8 @@ def _encode_fields(msg: Message) -> tuple[dict, list[np.ndarray]]:
         return {"results": [h for h, _ in pairs]}, [a for _, a in pairs]
     if isinstance(msg, DisplayFrame):
         image = outgoing(msg.image, U8, 3, "display.image")
-        head = {"stream": msg.stream, "index": _ascheck_int(msg.index), "ts": float(msg.ts), "shape": list(image.shape)}
+        head = {"stream": msg.stream, "index": _ascheck_int(msg.index), "ts": float(msg.ts), "shape": list(image.shape),
+                "fps": float(msg.fps)}
         return head, [image]
     if isinstance(msg, WorkRequest):
         return {"worker": msg.worker, "max_batch": _ascheck_int(msg.max_batch)}, []
@@ -350,10 +353,12 @@ def _decode_result_batch(h: dict, bufs: list[memoryview]) -> ResultBatch:
 def _decode_display(h: dict, bufs: list[memoryview]) -> DisplayFrame:
     f = Fields(h, "display")
     shape = check_shape(f.raw("shape"), "display.shape", IMAGE_SHAPE)
-    stream, index, ts = f.text("stream"), f.integer("index", 0, MAX_INDEX), f.number("ts")
+    stream, index, ts, fps = f.text("stream"), f.integer("index", 0, MAX_INDEX), f.number("ts"), f.number("fps")
     f.done()
     expect_frames(bufs, 1)
-    return DisplayFrame(stream, index, ts, array_view(bufs[0], shape, U8, "display.image"))
+    if not 0 <= fps <= 1000:
+        raise ProtocolError(f"display.fps: {fps} is not a frame rate")
+    return DisplayFrame(stream, index, ts, array_view(bufs[0], shape, U8, "display.image"), fps)
 
 
 def _decode_work_request(h: dict, bufs: list[memoryview]) -> WorkRequest:

@@ -7,10 +7,7 @@ yet shows a placeholder. The video file is finished properly on stop, so it stay
 
 import multiprocessing.synchronize
 import time
-from fractions import Fraction
-from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import zmq
@@ -22,54 +19,13 @@ from streamer.errors import ProtocolError
 from streamer.messages import DisplayFrame, Result, Status
 from streamer.annotate import StreamView, annotate_view
 from streamer.overlay_draw import tile
+from streamer.video_out import VideoOut
+
 
 def compose(views: dict[str, StreamView]) -> np.ndarray:
     """One annotated image: a single stream as is, several as a grid."""
     images = [annotate_view(name, view) for name, view in views.items()]
     return images[0] if len(images) == 1 else tile(images)
-
-
-class VideoOut:
-    """The annotated video: H.264 (plays in browsers and players alike), sized by its first frame
-    (later frames are resized to it).
-
-    MP4 and MOV are written as fragments flushed at every keyframe (one each 2 s), so a kill -9 or a
-    power cut loses at most the last two seconds instead of the whole file, whose index a plain MP4
-    only gets when it is closed.
-    """
-
-    def __init__(self, path: str, fps: float) -> None:
-        self.path, self.fps = path, fps
-        self.container = None
-        self.stream = None
-        self.size: tuple[int, int] | None = None
-
-    def _open(self, width: int, height: int) -> None:
-        fragmented = Path(self.path).suffix.lower() in (".mp4", ".m4v", ".mov")
-        options = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"} if fragmented else {}
-        try:
-            self.container = av.open(self.path, mode="w", options=options)
-        except (OSError, av.FFmpegError) as err:
-            raise OSError(f"cannot write video {self.path} ({err})") from None
-        self.stream = self.container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
-        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
-        self.stream.options = {"preset": "veryfast", "crf": "23", "g": str(max(1, round(2 * self.fps)))}
-        self.stream.codec_context.thread_count = 1  # one core for the overlay; the workers need the rest
-        self.size = (width, height)
-
-    def write(self, image: np.ndarray) -> None:
-        if self.container is None:
-            self._open(image.shape[1] // 2 * 2, image.shape[0] // 2 * 2)  # yuv420p needs even sides
-        if (image.shape[1], image.shape[0]) != self.size:
-            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")):
-            self.container.mux(packet)
-
-    def close(self) -> None:
-        if self.container is not None:
-            for packet in self.stream.encode():  # the frames still in the encoder
-                self.container.mux(packet)
-            self.container.close()
 
 
 def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event) -> int:

@@ -17,6 +17,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from loguru import logger
+
 from streamer.errors import SourceError
 from streamer.frames import Picture
 
@@ -28,6 +30,15 @@ RTSP_OPTIONS = {"rtsp_transport": "tcp", "probesize": "32", "analyzeduration": "
 # cameras on few cores the streams themselves keep every core busy; two keep one 1080p stream
 # real-time on a slow core (bench/capture.py).
 DECODER_THREADS = 2
+# Hardware decoders tried by ``hwaccel = "auto"``, in this order, where the loaded FFmpeg has them.
+HWACCEL_PREFERENCE = ("cuda", "vaapi", "qsv", "videotoolbox", "d3d11va", "vulkan")
+
+
+def hwaccel_choices() -> tuple[str, ...]:
+    """What ``hwaccel`` may be: ``none``, ``auto`` or a device type FFmpeg knows."""
+    from av.codec.hwaccel import HWDeviceType
+
+    return ("none", "auto", *(d.name for d in HWDeviceType if d.name != "none"))
 
 
 def redact(spec: str) -> str:
@@ -107,12 +118,10 @@ class AvReader:
         self._frames = self._decode()
 
     @classmethod
-    def file(cls, path: str) -> AvReader:
-        import av
-
+    def file(cls, path: str, hwaccel: str = "none") -> AvReader:
         failure = f"cannot decode video file {path}; is it a complete video FFmpeg can read?"
         try:
-            container = av.open(path)
+            container = open_decoding(path, f"video file {path}", hwaccel)
         except Exception:  # av raises OSError subclasses and its own FFmpegError
             raise SourceError(failure) from None
         try:
@@ -125,15 +134,14 @@ class AvReader:
         return reader
 
     @classmethod
-    def rtsp(cls, url: str, open_timeout_s: float, read_timeout_s: float) -> AvReader:
-        import av
-
+    def rtsp(cls, url: str, open_timeout_s: float, read_timeout_s: float, hwaccel: str = "none") -> AvReader:
         label = f"RTSP stream {redact(url)}"
         try:
             # FFmpeg's interrupt first cuts a stalled read short (a partial packet comes
             # back) and only fails the second time: half the read timeout makes the
             # failure, or the frame watchdog in _decode, land within read_timeout_s.
-            container = av.open(url, options=RTSP_OPTIONS, timeout=(open_timeout_s, read_timeout_s / 2))
+            container = open_decoding(url, label, hwaccel, options=RTSP_OPTIONS,
+                                      timeout=(open_timeout_s, read_timeout_s / 2))
         except Exception as exc:
             raise SourceError(f"cannot open {label}: {_why(exc, url)}; check the URL and the camera") from None
         try:
@@ -174,6 +182,41 @@ class AvReader:
             self._container.close()
         except Exception:  # closing a broken connection may fail; nothing is left to release
             pass
+
+
+def open_decoding(target: str, label: str, hwaccel: str, **options):
+    """``av.open(target)`` with its video decoded on a hardware device where ``hwaccel`` asks for one
+    (``"auto"``: the first of HWACCEL_PREFERENCE that works here) and it opens and takes the codec;
+    otherwise in software, with one log line when a device was named. Frames come back in system
+    memory (NV12 and the like), which the capture converts as it does software frames."""
+    import av
+
+    tried = []
+    if hwaccel != "none":
+        from av.codec.hwaccel import HWAccel, hwdevices_available
+
+        built = set(hwdevices_available())
+        devices = [d for d in HWACCEL_PREFERENCE if d in built] if hwaccel == "auto" else [hwaccel]
+        for device in devices:
+            if device not in built:
+                tried.append(f"{device}: not in this FFmpeg build")
+                continue
+            try:
+                container = av.open(target, hwaccel=HWAccel(device, allow_software_fallback=True), **options)
+            except Exception as exc:  # no such device here, no driver, no permission
+                tried.append(f"{device}: {_why(exc, target)}")
+                continue
+            videos = container.streams.video
+            if videos and videos[0].codec_context.is_hwaccel:
+                logger.info(f"{label}: decoding on {device}")
+                return container
+            container.close()
+            tried.append(f"{device}: no hardware decoder for this stream's codec")
+        if hwaccel != "auto" or tried:
+            (logger.warning if hwaccel != "auto" else logger.info)(
+                f"{label}: hardware decoding ({hwaccel}) unavailable ({'; '.join(tried) or 'no device type built in'}); "
+                "decoding in software")
+    return av.open(target, **options)
 
 
 def _why(exc: BaseException, url: str) -> str:

@@ -30,7 +30,7 @@ from loguru import logger
 
 from streamer.errors import ConfigError, SourceError
 from streamer.frames import Picture, bgr_of
-from streamer.readers import AvReader, CvReader, Reader, SyntheticReader, redact  # noqa: F401  (redact: API)
+from streamer.readers import AvReader, CvReader, Reader, SyntheticReader, hwaccel_choices, redact  # noqa: F401  (redact: API)
 
 FIRST_BACKOFF_S = 0.25
 
@@ -79,6 +79,8 @@ class SourceConfig:
         read_timeout_s: longest wait for a frame; also the longest ``read`` blocks.
         reconnect: reopen a lost live source; False ends the source instead.
         backoff_max_s: cap of the reconnect backoff (0.25 s doubling).
+        hwaccel: decode files and RTSP on a hardware device (``"auto"``, ``"cuda"``, ``"vaapi"``...)
+            where one works here, else in software; ``"none"`` (the default) decodes in software.
     """
 
     spec: str
@@ -87,8 +89,11 @@ class SourceConfig:
     read_timeout_s: float = 5.0
     reconnect: bool = True
     backoff_max_s: float = 2.0
+    hwaccel: str = "none"
 
     def __post_init__(self) -> None:
+        if self.hwaccel not in hwaccel_choices():
+            raise ConfigError(f"hwaccel {self.hwaccel!r} is not one of {', '.join(hwaccel_choices())}")
         for name in ("open_timeout_s", "read_timeout_s", "backoff_max_s"):
             value = getattr(self, name)
             if not value > 0:
@@ -395,7 +400,7 @@ def open_source(config: SourceConfig) -> VideoSource:
         seed = spec.partition(":")[2]
         return _PacedSource(config, kind, SyntheticReader(int(seed) if seed else 0))
     if kind == "file":
-        return _PacedSource(config, kind, AvReader.file(spec))
+        return _PacedSource(config, kind, AvReader.file(spec, config.hwaccel))
     if kind == "webcam":
         target: int | str = int(spec) if spec.isdigit() else spec
 
@@ -404,6 +409,6 @@ def open_source(config: SourceConfig) -> VideoSource:
     else:
 
         def opener() -> Reader:
-            return AvReader.rtsp(spec, config.open_timeout_s, config.read_timeout_s)
+            return AvReader.rtsp(spec, config.open_timeout_s, config.read_timeout_s, config.hwaccel)
 
     return _LiveSource(config, kind, opener(), opener)

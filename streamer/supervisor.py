@@ -34,10 +34,28 @@ def configure_logging() -> None:
                backtrace=False, diagnose=False)
 
 
+def _die_with_parent() -> None:
+    """End this stage when the supervisor is gone (kill -9 of it): an orphan would keep a camera, a port and
+    its broker connection, whose last will then never comes (Linux: PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the line above
+        os._exit(1)
+
+
 def _child(target: Callable, args: tuple, stop, errors, heartbeat) -> None:
     """Process entry: Ctrl-C goes to the supervisor only; a usage error leaves one line and exit code 2."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
     configure_logging()
     try:
         code = target(*args, stop, **({"heartbeat": heartbeat} if heartbeat is not None else {}))
@@ -92,6 +110,14 @@ class Supervisor:
             from streamer.web import server
 
             self.stages.append(Stage("web", server.run, (config.web, web_listener)))
+        if config.sinks is not None:
+            from streamer.sinks import stage as sinks
+
+            self.stages.append(Stage("sinks", sinks.run, (config.sinks,)))
+        if config.clips is not None:
+            from streamer.sinks import clips
+
+            self.stages.append(Stage("clips", clips.run, (config.clips,)))
         self.stages += [Stage(f"capture {c.stream}", capture.run, (c,), enabled=False) for c in config.captures]
         self._zmq = sockets.Context()
         self._notify = sockets.make_socket(self._zmq, zmq.DEALER, config.dispatch.endpoints.windows, bind=False,

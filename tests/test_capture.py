@@ -120,3 +120,71 @@ def test_capture_converts_exactly_the_frames_its_windows_hold(tmp_path, num_fram
             assert_close(frame, reference[index])
             back = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), (240, 240), interpolation=cv2.INTER_LINEAR)
             assert frame_index_of(back) == index, "a window holds another frame than it names"
+
+
+# ---------------------------------------------------------------- hardware decoding
+
+
+def _software_frames(path, count: int) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f, _ in zip(container.decode(video=0), range(count))]
+
+
+def _hw_frames(path, hwaccel: str, count: int) -> tuple[list[np.ndarray], list[str]]:
+    """Frames of ``path`` read through the file source with ``hwaccel``, and what it logged."""
+    from loguru import logger
+
+    from streamer.sources import SourceConfig, open_source
+
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="INFO")
+    try:
+        with open_source(SourceConfig(str(path), realtime=False, hwaccel=hwaccel)) as source:
+            frames = [source.read() for _ in range(count)]
+    finally:
+        logger.remove(sink)
+    return [f.picture.to_ndarray(format="rgb24") for f in frames], said
+
+
+@pytest.fixture
+def h264_clip(tmp_path):
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for index in range(12):
+            frame = av.VideoFrame.from_ndarray(cv2.cvtColor(textured(240, 320, index), cv2.COLOR_BGR2RGB), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_asked_for_hardware_decoding_that_is_not_here_falls_back_to_software_with_one_line(h264_clip):
+    from av.codec.hwaccel import HWAccel
+
+    for device in ("cuda", "vaapi", "qsv"):
+        try:
+            with av.open(str(h264_clip), hwaccel=HWAccel(device)) as probe:
+                if probe.streams.video[0].codec_context.is_hwaccel:
+                    continue  # this one works here: not a fallback case
+        except Exception:
+            pass
+        frames, said = _hw_frames(h264_clip, device, 12)
+        reference = _software_frames(h264_clip, 12)
+        assert all(np.array_equal(a, b) for a, b in zip(frames, reference))
+        notes = [line for line in said if "hardware decoding" in line]
+        assert len(notes) == 1 and f"({device}) unavailable" in notes[0] and "decoding in software" in notes[0], said
+        return
+    pytest.skip("every hardware decoder tried works on this machine: nothing falls back")
+
+
+def test_hardware_decoding_where_a_device_works(h264_clip):
+    """Where a device decodes (NVDEC, VAAPI, QSV...), its frames are the software decoder's within the stated
+    conversion tolerance; skipped with the reasons where none does."""
+    frames, said = _hw_frames(h264_clip, "auto", 12)
+    used = [line for line in said if "decoding on" in line]
+    if not used:
+        reasons = next((line for line in said if "unavailable" in line), "no hardware device type in this FFmpeg")
+        pytest.skip(f"no hardware decoder works here: {reasons}")
+    for ours, reference in zip(frames, _software_frames(h264_clip, 12)):
+        assert_close(ours, reference)

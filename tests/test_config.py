@@ -37,6 +37,8 @@ BAD = {  # what a config says → what the one-line error must say
     "web at 0 fps": ("[web]\nmax_fps = 0", "'max_fps' must be a number in (0, 240]"),
     "an unknown web key": ("[web]\nport = 8080", "unknown key 'port' in [web]"),
     "an unknown backend": ('[model]\nbackend = "tensorrt"', "'backend' must be torch, openvino or auto"),
+    "an unknown hardware decoder": (SOURCE + 'hwaccel = "gpu"', "hwaccel 'gpu' is not one of none, auto, "),
+    "hardware decoding of the generator": (SOURCE + 'hwaccel = "cuda"', "hwaccel is for video files and RTSP"),
 }
 
 
@@ -58,6 +60,13 @@ def test_named_sources_keep_their_names_and_unnamed_ones_do_not_collide(tmp_path
     path.write_text(SOURCE + "name = 'synthetic'\n" + SOURCE)
     config = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
     assert [c.stream for c in config.captures] == ["synthetic", "synthetic-2"]
+
+
+def test_hardware_decoding_is_asked_for_per_camera(tmp_path, video_file):
+    path = tmp_path / "hw.toml"
+    path.write_text(f"[[sources]]\nspec = '{video_file}'\nhwaccel = 'auto'\n[[sources]]\nspec = '{video_file}'\n")
+    config = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    assert [c.hwaccel for c in config.captures] == ["auto", "none"]
 
 
 def test_the_demo_listens_on_8080_and_a_config_without_web_does_not(tmp_path):

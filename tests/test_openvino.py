@@ -71,3 +71,27 @@ def test_a_gpu_or_low_precision_model_keeps_torch(tmp_path, monkeypatch):
     path = tiny(tmp_path, "divided_space_time")
     assert getattr(load_model(path, backend="auto", precision="int8"), "backend", "torch") == "torch"
     assert getattr(load_model(path, backend="torch"), "backend", "torch") == "torch"
+
+
+def test_bf16_runs_through_openvino_on_cpus_with_bf16_units(tmp_path, monkeypatch):
+    """bf16 asked of OpenVINO: the fp32-checked conversion (one cache file for both precisions) compiled for
+    bf16 units; close to fp32, not exact. Where the CPU has no bf16 units, fp32 as before."""
+    from workers.model import native_low_precision
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tiny(tmp_path, "divided_space_time")
+    reference = load_model(path)
+    fast = load_model(path, precision="bf16", backend="openvino")
+    exact = load_model(path, backend="openvino")
+    assert fast.backend == exact.backend == "openvino" and fast.labels == reference.labels
+    assert len(list((tmp_path / "cache" / "timesformer-stream" / "openvino").glob("*.xml"))) == 1
+    x = torch.randn(4, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = reference(x), fast(x)
+    if not native_low_precision(torch.bfloat16):
+        assert fast.precision == "fp32" and (got - want).abs().max() <= 1e-4
+        pytest.skip("this CPU has no bf16 units (AVX-512 BF16 or AMX): checked that fp32 is kept instead")
+    assert fast.precision == "bf16"
+    assert 1e-4 < (got - want).abs().max() <= 0.05 * want.abs().max()  # really bf16, and close
+    auto = load_model(path, precision="bf16", backend="auto")  # the faster of OpenVINO bf16 and torch bf16
+    assert auto.precision == "bf16"

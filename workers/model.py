@@ -354,6 +354,10 @@ def load_model(
         precision, dtype = "fp32", torch.float32
     if precision == "int8" and device.type != "cpu":
         raise CheckpointError(f"precision 'int8' runs on the CPU only; use bf16 or fp16 on {device}")
+    if precision == "bf16" and device.type == "cpu" and backend != "torch":
+        model = model.eval()
+        model.labels, model.preprocess, model.precision = labels, pre, "fp32"
+        return select(model, backend, precision="bf16")  # OpenVINO in bf16, or torch's bf16 if that is faster
     model = model.to(device=device, dtype=dtype).eval()
     if precision != "fp32":
         model.fuse()  # exact up to rounding; kept off the fp32 path so fp32 stays bit-faithful

@@ -1,11 +1,13 @@
 """The OpenVINO backend for CPU workers: a TimeSformer converted once per weights and input shape, cached on
-disk, compiled for the CPU in fp32, and called like the torch model (float32 ``(B, 3, T, H, W)`` → logits).
+disk, compiled for the CPU in fp32 (or bf16 on CPUs with bf16 units, when asked), and called like the torch
+model (float32 ``(B, 3, T, H, W)`` → logits).
 
 Conversion traces the torch model (``ov.convert_model``) with a dynamic batch, so cross-stream batches and
 flip views need no reconversion. The converted model is saved under ``cache_dir`` keyed by a hash of the
 weights (after any folded normalisation), the input shape and the OpenVINO version, so a restarted worker
-only compiles it. A compiled model is used only if its logits match torch's to 1e-4 on a test input; a
-cache file that does not load or does not match is converted again.
+only compiles it. A compiled model is used only if its fp32 logits match torch's to 1e-4 on a test input; a
+cache file that does not load or does not match is converted again. bf16 compiles that checked model with
+bf16 inference (oneDNN's AVX-512 BF16 / AMX kernels): a fast path, like torch's bf16, not an exact one.
 """
 
 from __future__ import annotations
@@ -57,24 +59,25 @@ def cache_key(model: torch.nn.Module, num_frames: int, size: int) -> str:
 class OpenVinoModel(torch.nn.Module):
     """The compiled model behind the torch model's interface (``config``, ``labels``, ``preprocess``...)."""
 
-    def __init__(self, compiled, like: torch.nn.Module, threads: int, key: str = "") -> None:
+    def __init__(self, compiled, like: torch.nn.Module, threads: int, key: str = "", precision: str = "fp32") -> None:
         super().__init__()
         self.compiled, self.key = compiled, key  # key: cache_key of the weights and shape it was made from
         self.config, self.threads = like.config, threads
         self.labels = getattr(like, "labels", None)
         self.preprocess = getattr(like, "preprocess", None)
-        self.precision, self.backend = "fp32", "openvino"
+        self.precision, self.backend = precision, "openvino"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.compiled(x.detach().to("cpu", torch.float32).contiguous().numpy())[0]
         return torch.from_numpy(np.array(out, dtype=np.float32))  # a copy: the request reuses its buffer
 
 
-def _compile(ov_model, threads: int):
+def _compile(ov_model, threads: int, precision: str = "fp32"):
     import openvino as ov
 
     return ov.Core().compile_model(ov_model, "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32",  # never bf16 behind our back on CPUs with bf16 units
+        # f32 unless asked: OpenVINO would pick bf16 by itself on CPUs with bf16 units
+        "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
         "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
 
 
@@ -85,11 +88,12 @@ def _max_difference(compiled, model: torch.nn.Module, probe: torch.Tensor) -> fl
 
 
 def to_openvino(model: torch.nn.Module, num_frames: int, size: int, *, threads: int = 1,
-                cache_dir: Path | None = None, scale: float = 1.0) -> OpenVinoModel:
+                cache_dir: Path | None = None, scale: float = 1.0, precision: str = "fp32") -> OpenVinoModel:
     """``model`` (eval, fp32, CPU) as an OpenVINO model for ``(B, 3, num_frames, size, size)`` input.
 
     Args:
         threads: CPU threads for each forward.
+        precision: ``"fp32"``, or ``"bf16"`` (the fp32-checked model compiled for bf16 units).
         cache_dir: where converted models are kept (default ``~/.cache/timesformer-stream/openvino``).
         scale: input values of the test that checks the logits (255 for a model with folded normalisation).
     Raises:
@@ -105,9 +109,10 @@ def to_openvino(model: torch.nn.Module, num_frames: int, size: int, *, threads: 
     probe = torch.rand(2, 3, num_frames, size, size, generator=torch.Generator().manual_seed(0)) * scale
     if xml.exists():
         try:
-            compiled = _compile(ov.Core().read_model(xml), threads)
+            ov_model = ov.Core().read_model(xml)
+            compiled = _compile(ov_model, threads)
             if _max_difference(compiled, model, probe) <= EXACT:
-                return OpenVinoModel(compiled, model, threads, key)
+                return _in_precision(ov_model, compiled, model, threads, key, precision)
             logger.warning(f"OpenVINO cache {xml} does not match the model; converting it again")
         except Exception as err:  # a damaged .xml/.bin: convert again rather than fail
             logger.warning(f"OpenVINO cache {xml} is unreadable ({str(err).splitlines()[0][:120]}); converting it again")
@@ -125,7 +130,13 @@ def to_openvino(model: torch.nn.Module, num_frames: int, size: int, *, threads: 
         raise BackendError(f"OpenVINO's logits differ from torch's by {difference:.2e} (more than {EXACT:g})")
     _save(ov_model, xml)
     logger.info(f"converted the model to OpenVINO in {time.perf_counter() - start:.1f} s (cached in {cache_dir})")
-    return OpenVinoModel(compiled, model, threads, key)
+    return _in_precision(ov_model, compiled, model, threads, key, precision)
+
+
+def _in_precision(ov_model, compiled_fp32, model, threads: int, key: str, precision: str) -> OpenVinoModel:
+    if precision == "fp32":
+        return OpenVinoModel(compiled_fp32, model, threads, key)
+    return OpenVinoModel(_compile(ov_model, threads, precision), model, threads, key, precision)
 
 
 def _save(ov_model, xml: Path) -> None:
@@ -146,7 +157,8 @@ def faster_than_torch(model: torch.nn.Module, ov_model: OpenVinoModel, example: 
                       cache_dir: Path | None = None, repeats: int = 3) -> bool:
     """Whether OpenVINO is faster than torch for this model and input, measured once and remembered
     (beside the converted model, under the key ``to_openvino`` already computed)."""
-    record = (cache_dir or default_cache_dir()) / f"{ov_model.key}.speed.json"
+    tag = "" if ov_model.precision == "fp32" else f"-{ov_model.precision}"
+    record = (cache_dir or default_cache_dir()) / f"{ov_model.key}{tag}.speed.json"
     try:
         known = json.loads(record.read_text())
         return known["openvino_ms"] < known["torch_ms"]
@@ -171,34 +183,49 @@ def faster_than_torch(model: torch.nn.Module, ov_model: OpenVinoModel, example: 
 BACKENDS = ("torch", "openvino", "auto")
 
 
-def select(model: torch.nn.Module, backend: str, *, scale: float = 1.0, batch: int = 1,
-           cache_dir: Path | None = None) -> torch.nn.Module:
+def torch_in(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The torch model in ``precision`` ("fp32" as it is, "bf16" cast and fused, as load_model makes it)."""
+    if precision == getattr(model, "precision", "fp32"):
+        return model
+    model = model.to(torch.bfloat16)
+    model.fuse()
+    model.precision = precision
+    return model
+
+
+def select(model: torch.nn.Module, backend: str, *, precision: str | None = None, scale: float = 1.0,
+           batch: int = 1, cache_dir: Path | None = None) -> torch.nn.Module:
     """``model`` on the backend asked for: ``torch`` as is; ``openvino`` converted (torch kept, with one log
-    line, if that fails); ``auto`` converted where it is exact and faster, else torch. OpenVINO runs fp32
-    on the CPU only; elsewhere both other choices keep torch."""
+    line, if that fails); ``auto`` converted where it is exact and faster, else torch. OpenVINO runs on the
+    CPU only; elsewhere both other choices keep torch.
+
+    ``precision="bf16"`` with an fp32 model (CPUs with bf16 units): OpenVINO compiled for bf16 after its
+    fp32 check, or for ``auto`` whichever of it and torch's bf16 is faster here."""
+    precision = precision or getattr(model, "precision", "fp32")
     if backend == "torch":
-        return model
+        return torch_in(model, precision)
     device = next(model.parameters()).device
-    if device.type != "cpu" or getattr(model, "precision", "fp32") != "fp32":
+    if device.type != "cpu" or precision not in ("fp32", "bf16") or getattr(model, "precision", "fp32") != "fp32":
         if backend == "openvino":
-            logger.warning(f"backend 'openvino' runs fp32 on the CPU; this model is {model.precision} on {device}: "
-                           "using torch")
-        return model
+            logger.warning(f"backend 'openvino' runs fp32 or bf16 on the CPU; this model is "
+                           f"{getattr(model, 'precision', precision)} on {device}: using torch")
+        return torch_in(model, precision) if device.type == "cpu" else model
     if not available():
         if backend == "openvino":
             logger.warning("backend 'openvino' asked for but the openvino package is missing: using torch")
-        return model
+        return torch_in(model, precision)
     pre = model.preprocess
     try:
         converted = to_openvino(model, pre.num_frames, pre.size, threads=torch.get_num_threads(),
-                                cache_dir=cache_dir, scale=scale)
+                                cache_dir=cache_dir, scale=scale, precision=precision)
     except BackendError as err:
         logger.warning(f"{err}; using torch")
-        return model
+        return torch_in(model, precision)
     if backend == "openvino":
         return converted
+    rival = torch_in(model, precision)
     example = torch.rand(batch, 3, pre.num_frames, pre.size, pre.size) * scale
-    if faster_than_torch(model, converted, example, cache_dir):
+    if faster_than_torch(rival, converted, example, cache_dir):
         return converted
-    logger.info("OpenVINO is not faster than torch for this model here: using torch")
-    return model
+    logger.info(f"OpenVINO {precision} is not faster than torch {precision} for this model here: using torch")
+    return rival

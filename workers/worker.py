@@ -19,7 +19,7 @@ from streamer.config import WorkerConfig
 from streamer.errors import ProtocolError
 from streamer.framestore import FrameStoreReader
 from streamer.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
-from workers.model import label_names, load_model
+from workers.model import label_names, load_model, native_low_precision
 from workers.openvino_backend import select
 from workers.preprocess import fold_normalisation, to_raw_input
 from workers.views import FlipViews
@@ -55,13 +55,17 @@ class Predictor:
         self.device = pick_device(config.device, config.index)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(config.threads, config.workers_on_host))
-        static_int8 = config.precision == "int8" and self.device.type == "cpu" and config.backend != "torch"
-        model = load_model(config.checkpoint, device=self.device, precision="fp32" if static_int8 else config.precision)
+        # int8 and bf16 on a CPU with another backend than torch: loaded in fp32 and handed to OpenVINO after folding
+        via_openvino = self.device.type == "cpu" and config.backend != "torch" and (
+            config.precision == "int8" or config.precision == "bf16" and native_low_precision(torch.bfloat16))
+        static_int8 = via_openvino and config.precision == "int8"
+        model = load_model(config.checkpoint, device=self.device, precision="fp32" if via_openvino else config.precision)
         self.labels = label_names(model.labels, model.config.num_classes)
         self.pre = model.preprocess
         fold_normalisation(model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels
         self.model = self._int8(model, config) if static_int8 else select(
-            model, config.backend, scale=255.0, batch=config.max_batch * (1 + len(config.flip_views)))
+            model, config.backend, precision=config.precision if via_openvino else None, scale=255.0,
+            batch=config.max_batch * (1 + len(config.flip_views)))
         self.top_k = min(config.top_k, len(self.labels))
         self.views = FlipViews(self.labels, config.flip_views, self.device)
         self.delay_s = config.delay_s

@@ -31,6 +31,9 @@ REPORTED_COUNTERS = {
                        "stale: its frames were overwritten before a worker read them)",
     "event_log_lines": "Lines written to the event log",
     "malformed_messages": "Messages the dispatcher dropped as malformed",
+    "sink_messages": "Messages of the event sinks, by sink (mqtt, webhook N) and outcome (published or delivered; "
+                     "dropped: their queue was full; failed: given up after the retries; retries)",
+    "clips": "Action clips, by outcome (written, failed)",
 }
 # (metric, help) of what the web stage counts from the lines and status it receives
 COUNTED = {

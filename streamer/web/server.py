@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import replace
 from importlib import resources
+from pathlib import Path
 from urllib.parse import unquote
 
 import zmq
@@ -80,6 +81,7 @@ class WebApp:
             web.get("/streams/{file}", self.stream),
             web.get("/api/streams", self.api_streams), web.get("/api/events", self.api_events),
             web.get("/api/live", self.live),
+            web.get("/events/{event_id}/{file}", self.event_file),
             web.get("/metrics", self.metrics_text), web.get("/healthz", self.healthz), web.get("/readyz", self.readyz),
         ])
         return app
@@ -189,6 +191,23 @@ class WebApp:
             self.feeds.viewers[name] -= 1
         return response
 
+    # ------------------------------------------------------------------ clips
+
+    async def event_file(self, request: web.Request) -> web.StreamResponse:
+        """``/events/<id>/clip.mp4`` and ``thumbnail.jpg``: the files the clips stage wrote for that action."""
+        event_id, name = request.match_info["event_id"], request.match_info["file"]
+        if name not in ("clip.mp4", "thumbnail.jpg"):
+            raise _refuse(web.HTTPNotFound, "an event has /events/ID/clip.mp4 and /events/ID/thumbnail.jpg")
+        clip = self.state.clips.get(event_id)
+        if clip is None:
+            raise _refuse(web.HTTPNotFound, f"no clip is known for event {event_id[:80]!r} (clips are made with "
+                                            "[clips] in the config; /api/events lists the events)")
+        path = Path(clip) if name == "clip.mp4" else Path(clip).with_suffix(".jpg")
+        if not path.is_file():
+            raise _refuse(web.HTTPNotFound, f"{name} of event {event_id} is not written (yet): a clip is complete "
+                                            "its post-roll after the action's end")
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
     # ------------------------------------------------------------------ API
 
     async def api_streams(self, request: web.Request) -> web.Response:
@@ -291,7 +310,7 @@ def _receive(config: WebConfig, loop: asyncio.AbstractEventLoop, state: WebState
                         malformed.saw(err)
                         continue
                     if isinstance(msg, DisplayFrame):
-                        msg = DisplayFrame(msg.stream, msg.index, msg.ts, msg.image.copy())  # off zmq's buffer
+                        msg = DisplayFrame(msg.stream, msg.index, msg.ts, msg.image.copy(), msg.fps)  # off zmq's buffer
                         with lock:
                             first = not newest
                             newest[msg.stream] = msg

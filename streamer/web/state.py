@@ -64,6 +64,8 @@ class WebState:
         self.events: collections.deque[dict] = collections.deque(maxlen=config.events_kept)
         self.counts: collections.Counter = collections.Counter()  # (metric, ((label, value), ...)) → n
         self.reported: dict[tuple, float] = {}  # the dispatcher's latest samples
+        self.stage_reports: dict[str, dict[tuple, float]] = {}  # other stages' (the sinks'), by sender
+        self.clips: collections.OrderedDict[str, str] = collections.OrderedDict()  # event id → clip path, newest last
         self.reported_at = 0.0
         self.malformed = 0
         self.started = time.time()
@@ -87,6 +89,9 @@ class WebState:
             for labels, ts in self.reported_samples("last_frame_ts"):
                 if (stream := self.streams.get(labels.get("stream"))) is not None:
                     stream.last_frame = max(stream.last_frame, ts)
+        elif isinstance(msg, Stats) and msg.sender in ("sinks", "clips"):  # forwarded by the dispatcher
+            self.stage_reports[msg.sender] = {(name, tuple(sorted(labels.items()))): value
+                                              for name, labels, value in msg.samples}
 
     def _frame(self, msg: DisplayFrame) -> None:
         stream = self.streams.get(msg.stream)
@@ -123,6 +128,10 @@ class WebState:
             self.malformed += 1
             return
         stream.active = line if kind == "start" else None
+        if kind == "end" and isinstance(line.get("clip"), str) and isinstance(line.get("id"), str):
+            self.clips[line["id"]] = line["clip"]
+            while len(self.clips) > self.config.events_kept:
+                self.clips.popitem(last=False)
         self.events.appendleft(line)
         self.counts["action_events", (("kind", kind), ("label", line["label"]), ("stream", stream.name))] += 1
         self.publish("event", line)
@@ -169,8 +178,10 @@ class WebState:
         return self.reported.get((name, tuple(sorted(labels.items()))), 0.0)
 
     def reported_samples(self, name: str):
-        """``(labels, value)`` of each sample of ``name`` in the dispatcher's latest report."""
-        return [(dict(labels), value) for (metric, labels), value in self.reported.items() if metric == name]
+        """``(labels, value)`` of each sample of ``name`` in the latest reports (the dispatcher's and the sinks')."""
+        reports = [self.reported, *self.stage_reports.values()]
+        return [(dict(labels), value) for report in reports for (metric, labels), value in report.items()
+                if metric == name]
 
     def stream_list(self) -> list[dict[str, Any]]:
         now = time.time()

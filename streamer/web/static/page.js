@@ -62,8 +62,30 @@ function showEvent(line, atTop = true) {
   li.querySelector(".time").textContent = clock(line.frame_ts);
   li.querySelector(".label").textContent = `${words(line.label)} (${Math.round(line.score * 100)}%)`;
   li.dataset.id = line.id || "";
+  if (line.kind === "end" && line.clip && line.id) addClip(li, line.id);
   if (atTop) eventsList.prepend(li); else eventsList.append(li);
   while (eventsList.children.length > MAX_EVENTS) eventsList.lastElementChild.remove();
+}
+
+// An ended action's clip: its thumbnail (retried until the clip is written, after its post-roll), and a
+// click plays the clip in place.
+function addClip(li, id) {
+  const base = `/events/${encodeURIComponent(id)}`;
+  const thumb = document.createElement("img");
+  thumb.className = "thumb";
+  thumb.alt = "clip of this action (click to play)";
+  let tries = 0;
+  thumb.onerror = () => { if (++tries < 30) setTimeout(() => { thumb.src = `${base}/thumbnail.jpg?t=${tries}`; }, 2000); };
+  thumb.src = `${base}/thumbnail.jpg`;
+  thumb.addEventListener("click", () => {
+    const video = document.createElement("video");
+    video.className = "clip";
+    video.controls = true;
+    video.autoplay = true;
+    video.src = `${base}/clip.mp4`;
+    thumb.replaceWith(video);
+  });
+  li.append(thumb);
 }
 
 async function checkReady() {

@@ -1,0 +1,82 @@
+"""The sinks stage: every start and end line the dispatcher publishes, to MQTT and the webhooks.
+
+It only reads the dispatcher's results socket, so however the sinks fare, the pipeline does not
+wait: a message this stage is too slow to take is dropped by ZeroMQ (RCVHWM is large) and the
+sinks' own queues are bounded. Delivery counts go to the dispatcher once a second as ``Stats``,
+from where the web stage's /metrics shows them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.synchronize
+import time
+
+import zmq
+from loguru import logger
+
+from streamer import messages, sockets
+from streamer.errors import ProtocolError
+from streamer.messages import LogLine, Stats
+from streamer.sinks.config import SinksConfig
+
+REPORT_EVERY_S = 1.0
+
+
+def _samples(sinks) -> tuple:
+    out = []
+    for sink in sinks:
+        name = getattr(sink, "name", "mqtt")
+        for outcome, n in sink.counts.items():
+            out.append(("sink_messages", {"sink": name, "outcome": outcome}, float(n)))
+    return tuple(out)
+
+
+def run(config: SinksConfig, stop: multiprocessing.synchronize.Event) -> int:
+    from streamer.sinks.mqtt import MqttSink
+    from streamer.sinks.webhooks import WebhookSink
+
+    ctx = sockets.Context()
+    results = sockets.make_socket(ctx, zmq.SUB, config.endpoints.results, bind=False, security=config.security,
+                                  options={zmq.SUBSCRIBE: b"", zmq.RCVHWM: 100_000})
+    report = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.windows, bind=False, security=config.security,
+                                 options={zmq.LINGER: 0, zmq.SNDHWM: 4})
+    sinks: list = []
+    if config.mqtt is not None:
+        sinks.append(MqttSink(config.mqtt, config.streams, config.labels))
+    sinks += [WebhookSink(hook, f"webhook {i + 1}") for i, hook in enumerate(config.webhooks)]
+    logger.info("sinks: " + ", ".join(
+        ([f"MQTT {config.mqtt.where}"] if config.mqtt else []) + [f"{s.name} {s.config.where}" for s in sinks[1 if config.mqtt else 0:]]))
+    malformed = messages.MalformedLog("sinks")
+    next_report = time.monotonic() + REPORT_EVERY_S
+
+    def send_report() -> None:
+        try:
+            messages.send(report, Stats("sinks", time.time(), _samples(sinks)), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    try:
+        while not stop.is_set():
+            if results.poll(100):
+                while True:
+                    try:
+                        msg = messages.decode(results.recv_multipart(zmq.NOBLOCK, copy=False))
+                    except zmq.Again:
+                        break
+                    except ProtocolError as err:
+                        malformed.saw(err)
+                        continue
+                    if isinstance(msg, LogLine) and msg.line.get("kind") in ("start", "end"):
+                        for sink in sinks:
+                            sink.event(msg.line)
+            if time.monotonic() >= next_report:
+                next_report += REPORT_EVERY_S
+                send_report()
+    finally:
+        for sink in sinks:
+            sink.close()
+        send_report()
+        results.close(linger=0)
+        report.close(linger=500)
+        ctx.term()
+    return 0
