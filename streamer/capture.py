@@ -34,6 +34,8 @@ STATS_INTERVAL_S = 1.0  # frames captured and input fps go to the dispatcher (an
 
 
 CLIP_QUEUE_FRAMES = 300  # display frames queued for the clips stage (~10 s at 30 fps) before any is dropped
+RECORDER_TOPIC = messages.recorder_topic()
+RECORDER_WAIT_S = 10.0   # offline: the longest a frame waits for a recorder that is behind (or restarting)
 
 
 class _Display:
@@ -62,7 +64,33 @@ class _Display:
         if config.clips and viewers:
             sock.setsockopt(zmq.SNDHWM, CLIP_QUEUE_FRAMES)
             sock.connect(config.endpoints.clips)
-        return cls(sock, config.stream)
+        display = cls(sock, config.stream)
+        if config.offline and config.clips:
+            # Offline, clips must hold every frame however fast the file is read: wait for the recorder
+            # rather than drop (live sources never wait; the recorder's deep queue absorbs bursts there).
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+            display.wait_for_all = True
+        return display
+
+    wait_for_all = False
+
+    def send(self, frame: DisplayFrame, stop) -> None:
+        if not self.wait_for_all:
+            messages.send(self.sock, frame, zmq.NOBLOCK)  # XPUB drops for a subscriber that is behind
+            return
+        deadline = time.monotonic() + RECORDER_WAIT_S
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                messages.send(self.sock, frame, zmq.NOBLOCK)
+                return
+            except zmq.Again:  # the recorder is behind: offline, wait for it
+                self.sock.poll(100, zmq.POLLOUT)
+
+    def wait_for_subscriber(self, stop, timeout_s: float = RECORDER_WAIT_S) -> None:
+        """Offline: hold the first frame until the recorder's subscription has arrived (its pre-roll)."""
+        deadline = time.monotonic() + timeout_s
+        while self.wait_for_all and not self.watched() and not stop.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def watched(self) -> bool:
         """Take the (un)subscriptions that arrived; True while one covers this stream."""
@@ -76,6 +104,10 @@ class _Display:
             elif event[:1] == b"\x00":
                 self.topics.discard(event[1:])
         return any(self.topic.startswith(topic) for topic in self.topics)
+
+    def viewed(self) -> bool:
+        """Whether a viewer (overlay, web), not only the clip recorder, takes this stream's frames."""
+        return any(self.topic.startswith(topic) for topic in self.topics if topic != RECORDER_TOPIC)
 
 
 class _Counts:
@@ -128,6 +160,8 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     malformed = messages.MalformedLog(f"capture {config.stream}")
     counts = _Counts(config.stream)
     try:
+        if display is not None:
+            display.wait_for_subscriber(stop)
         while not stop.is_set():
             if time.monotonic() >= counts.next_report:
                 counts.report(out)
@@ -166,8 +200,8 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
             counts.last_frame_ts = frame.ts
             if display is not None and display.watched():
                 image = display_image(frame.picture, config.display_width)
-                messages.send(display.sock, DisplayFrame(config.stream, frame.index, frame.ts, image, source.fps), zmq.NOBLOCK)
-                counts.shown += 1
+                display.send(DisplayFrame(config.stream, frame.index, frame.ts, image, source.fps), stop)
+                counts.shown += display.viewed()  # frames for people; the recorder's are not counted here
             if not due:
                 continue
             found = ring.window_serials(config.num_frames, config.frame_interval)

@@ -537,6 +537,13 @@ def decode(parts: Sequence[bytes | zmq.Frame | memoryview]) -> Message:
         raise ProtocolError(f"{kind}: a number is out of range") from None
 
 
+def recorder_topic() -> bytes:
+    """What the clips stage subscribes to: every stream's DisplayFrames, under a prefix of its own so that a
+    capture tells the recorder (which needs every frame) from viewers (counted as display frames)."""
+    head = json.dumps({"v": VERSION, "type": "display"}, allow_nan=False, separators=(",", ":"))
+    return head[:-1].encode("utf-8") + b","
+
+
 def display_topic(stream: str) -> bytes:
     """The first bytes of every encoded DisplayFrame of ``stream``: what a SUB socket subscribes to in order
     to receive that stream's frames only (a capture makes display frames only while someone subscribes)."""

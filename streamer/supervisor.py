@@ -24,6 +24,7 @@ from streamer.framestore import remove_stores
 from streamer.messages import Status
 
 STOP_GRACE_S = 3.0
+CLIPS_GRACE_S = 20.0  # the clip recorder finishes the clips under way (the post-roll it has) before it ends
 HEALTHY_AFTER_S = 30.0
 WORKER_READY_TIMEOUT_S = 120.0  # a stage up this long has its crash backoff reset
 
@@ -82,6 +83,7 @@ class Stage:
     heartbeat: object = None        # workers: shared Unix time of their last sign of life, 0 until warm
     enabled: bool = True            # captures start disabled, enabled once a worker is warm
     starts: int = 0
+    grace_s: float = STOP_GRACE_S   # how long a stop may take before the stage is terminated
 
 
 def video_part(path: str, part: int) -> str:
@@ -117,7 +119,7 @@ class Supervisor:
         if config.clips is not None:
             from streamer.sinks import clips
 
-            self.stages.append(Stage("clips", clips.run, (config.clips,)))
+            self.stages.append(Stage("clips", clips.run, (config.clips,), grace_s=CLIPS_GRACE_S))
         self.stages += [Stage(f"capture {c.stream}", capture.run, (c,), enabled=False) for c in config.captures]
         self._zmq = sockets.Context()
         self._notify = sockets.make_socket(self._zmq, zmq.DEALER, config.dispatch.endpoints.windows, bind=False,
@@ -240,10 +242,11 @@ class Supervisor:
     def shutdown(self) -> None:
         """Ask every stage to stop, wait a little, then terminate and kill what is left."""
         self.stop.set()
-        deadline = time.monotonic() + STOP_GRACE_S
-        procs = [s.process for s in self.stages if s.process is not None]
-        for proc in procs:
-            proc.join(timeout=max(0.05, deadline - time.monotonic()))
+        begun = time.monotonic()
+        stages = [s for s in self.stages if s.process is not None]
+        for stage in stages:
+            stage.process.join(timeout=max(0.05, begun + stage.grace_s - time.monotonic()))
+        procs = [s.process for s in stages]
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()

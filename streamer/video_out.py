@@ -17,17 +17,19 @@ class VideoOut:
     only gets when it is closed.
     """
 
-    def __init__(self, path: str, fps: float) -> None:
+    def __init__(self, path, fps: float) -> None:
+        """``path``: a file name, or a binary file object (then fragmented MP4)."""
         self.path, self.fps = path, fps
         self.container = None
         self.stream = None
         self.size: tuple[int, int] | None = None
 
     def _open(self, width: int, height: int) -> None:
-        fragmented = Path(self.path).suffix.lower() in (".mp4", ".m4v", ".mov")
+        in_memory = not isinstance(self.path, (str, Path))
+        fragmented = in_memory or Path(self.path).suffix.lower() in (".mp4", ".m4v", ".mov")
         options = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"} if fragmented else {}
         try:
-            self.container = av.open(self.path, mode="w", options=options)
+            self.container = av.open(self.path, mode="w", options=options, **({"format": "mp4"} if in_memory else {}))
         except (OSError, av.FFmpegError) as err:
             raise OSError(f"cannot write video {self.path} ({err})") from None
         self.stream = self.container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))

@@ -72,7 +72,10 @@ def demo(tmp_path_factory):
     """The demo as a user starts it, with the web view on a free port; shared by the tests below."""
     tmp = tmp_path_factory.mktemp("web")
     events = tmp / "events.jsonl"
-    pipe = Pipeline("--headless", "--web", "127.0.0.1:0", "--events", events, "--duration", 300)
+    config = tmp / "demo-with-clips.toml"  # the demo's own config, plus clips for the /events/<id>/ routes
+    config.write_text((REPO / "configs" / "default.toml").read_text()
+                      + f'\n[clips]\ndir = "{tmp / "clips"}"\npre_s = 1\npost_s = 1\n')
+    pipe = Pipeline("--config", config, "--headless", "--web", "127.0.0.1:0", "--events", events, "--duration", 300)
     try:
         pipe.wait_for(lambda: web_url(pipe), timeout=60, what="the 'web view at' line")
         pipe.wait_for(lambda: events.exists() and len(of_kind(log_lines(events), "start")) >= 1, timeout=60,
@@ -270,6 +273,27 @@ def test_twenty_viewers_one_stalled_do_not_slow_the_pipeline(demo):
     assert rss_after - rss_before < 60, f"web stage grew {rss_after - rss_before:.0f} MB"
 
 
+def test_an_ended_action_serves_its_clip_and_thumbnail(demo):
+    demo.pipe.wait_for(lambda: of_kind(log_lines(demo.events), "end"), timeout=60, what="an action's end")
+    end = of_kind(log_lines(demo.events), "end")[0]
+    assert end["clip"] == str(demo.tmp / "clips" / "demo" / f"{end['id']}.mp4")
+    deadline = time.monotonic() + 20
+    while (answer := get(f"{demo.base}/events/{end['id']}/clip.mp4"))[0] == 404:  # done after its post-roll
+        assert time.monotonic() < deadline, answer[2][:200]
+        time.sleep(0.3)
+    status, headers, body = answer
+    assert status == 200 and headers["Content-Type"] == "video/mp4" and body == open(end["clip"], "rb").read()
+    import av
+
+    with av.open(end["clip"]) as container:
+        assert sum(1 for _ in container.decode(video=0)) > 30  # at least its 1 s pre- and post-roll
+    status, headers, jpeg = get(f"{demo.base}/events/{end['id']}/thumbnail.jpg")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg" and jpeg[:2] == b"\xff\xd8"
+    status, _, body = get(f"{demo.base}/events/no-such-event/clip.mp4")
+    assert status == 404 and "no clip is known" in json.loads(body)["error"]
+    assert get(f"{demo.base}/events/{end['id']}/other.txt")[0] == 404
+
+
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium missing (.ci/system-packages.sh)")
 def test_browser_shows_the_stream_live_and_its_action_events(demo):
     from playwright.sync_api import sync_playwright
@@ -293,7 +317,18 @@ def test_browser_shows_the_stream_live_and_its_action_events(demo):
             page.wait_for_selector('article[data-stream="demo"] .state.live', timeout=10_000)
             text = page.inner_text("#events")
             assert "_" not in text, f"labels must read as words: {text[:200]}"
+            thumb = page.wait_for_selector("#events img.thumb", timeout=30_000)  # an ended action's clip
+            deadline = time.monotonic() + 30
+            while thumb.evaluate("img => img.naturalWidth") == 0:
+                assert time.monotonic() < deadline, "the clip's thumbnail never loaded"
+                page.wait_for_timeout(200)
             page.screenshot(path=str(demo.tmp / "page.png"))
+            thumb.click()
+            video = page.wait_for_selector("#events video.clip", timeout=5_000)
+            deadline = time.monotonic() + 10
+            while video.evaluate("v => v.readyState") < 1:  # HAVE_METADATA: the browser read the MP4
+                assert time.monotonic() < deadline, "the browser could not read the clip"
+                page.wait_for_timeout(200)
             page.click('article[data-stream="demo"]')
             assert page.eval_on_selector("#grid", "g => g.classList.contains('single')")
             assert all(url.startswith(demo.base) for url in requests), [u for u in requests if not u.startswith(demo.base)]

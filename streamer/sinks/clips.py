@@ -4,8 +4,8 @@ of the frame where the action scored highest.
 
 Every stream's recent display frames are kept JPEG-compressed (a few seconds more than ``pre_s``), so
 the pre-roll is there when a start line comes. A frame is drawn once a prediction at or after it has
-arrived (so it shows what the overlay showed at that moment), encoded, and the file renamed from a
-hidden temporary name when the clip is complete. A clip that cannot be written (full disk, unwritable
+arrived (so it shows what the overlay showed at that moment) and encoded in memory; the complete clip is
+written under a hidden temporary name and renamed. A clip that cannot be written (full disk, unwritable
 folder) costs one warning and that clip only.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import io
 import multiprocessing.synchronize
 import os
 import time
@@ -166,12 +167,11 @@ class Recorder:
             top, latency = self._top_at(index)
             image = annotated(self.name, image, top, self.fps, latency, None)
         try:
-            if clip.writer is None:
-                clip.final.parent.mkdir(parents=True, exist_ok=True)
-                clip.writer = VideoOut(str(clip.temporary), self.fps or 30.0)
+            if clip.writer is None:  # encoded in memory: a full or failing disk is met in plain file I/O at the end
+                clip.writer = VideoOut(io.BytesIO(), self.fps or 30.0)
             clip.writer.write(image)
             clip.frames += 1
-        except (OSError, ValueError, RuntimeError) as err:  # PyAV's errors are OSError subclasses
+        except Exception as err:  # OSError, or PyAV's FFmpegError (a full disk shows there first)
             clip.failed = warn(clip, err)
         clip.next = index + 1
 
@@ -184,6 +184,8 @@ class ClipStage:
         self.recorders = {name: Recorder(name, config.clips, config.span) for name in config.streams}
         self.counts = {"written": 0, "failed": 0}
         self._warned: set[str] = set()
+        for stale in Path(config.clips.dir).glob("*/.*.part.mp4"):  # left by a stage that crashed: never complete
+            stale.unlink(missing_ok=True)
 
     def apply(self, msg, now: float) -> None:
         recorder = self.recorders.get(getattr(msg, "stream", None) or (msg.line.get("stream") if isinstance(
@@ -219,6 +221,9 @@ class ClipStage:
             if clip.writer is not None:
                 clip.writer.close()
             if not clip.failed and clip.frames:
+                clip.final.parent.mkdir(parents=True, exist_ok=True)
+                with open(clip.temporary, "wb") as out:
+                    out.write(clip.writer.path.getvalue())
                 os.replace(clip.temporary, clip.final)
                 if clip.thumbnail:
                     thumb = clip.final.with_suffix(".jpg")
@@ -229,7 +234,7 @@ class ClipStage:
                 logger.info(f"clip {clip.final}: {clip.frames} frames ({clip.label})")
                 self._prune()
                 return
-        except (OSError, ValueError, RuntimeError) as err:
+        except Exception as err:  # OSError, or PyAV's FFmpegError when the last packets do not fit
             clip.failed = clip.failed or self._warn(clip, err)
         self.counts["failed"] += 1
         try:
@@ -258,7 +263,7 @@ class ClipStage:
 def run(config: ClipStageConfig, stop: multiprocessing.synchronize.Event) -> int:
     ctx = sockets.Context()
     frames = sockets.make_socket(ctx, zmq.SUB, config.endpoints.clips, bind=True, security=config.security,
-                                 options={zmq.SUBSCRIBE: b"", zmq.RCVHWM: 1000})
+                                 options={zmq.SUBSCRIBE: messages.recorder_topic(), zmq.RCVHWM: 1000})
     results = sockets.make_socket(ctx, zmq.SUB, config.endpoints.results, bind=False, security=config.security,
                                   options={zmq.SUBSCRIBE: b"", zmq.RCVHWM: 100_000})
     report = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.windows, bind=False, security=config.security,
@@ -280,25 +285,32 @@ def run(config: ClipStageConfig, stop: multiprocessing.synchronize.Event) -> int
         except zmq.Again:
             pass
 
+    def take(ready) -> bool:
+        took, now = False, time.monotonic()
+        for sock in (frames, results):  # frames first: a start line finds its pre-roll in the ring
+            while sock in ready:
+                try:
+                    msg = messages.decode(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+                except zmq.Again:
+                    break
+                except ProtocolError as err:
+                    malformed.saw(err)
+                    continue
+                stage.apply(msg, now)
+                took = True
+        return took
+
     try:
         while not stop.is_set():
-            ready = dict(poller.poll(50))
-            now = time.monotonic()
-            for sock in (frames, results):  # frames first: a start line finds its pre-roll in the ring
-                while sock in ready:
-                    try:
-                        msg = messages.decode(sock.recv_multipart(zmq.NOBLOCK, copy=False))
-                    except zmq.Again:
-                        break
-                    except ProtocolError as err:
-                        malformed.saw(err)
-                        continue
-                    stage.apply(msg, now)
+            take(dict(poller.poll(50)))
             stage.pump(time.monotonic())
             if time.monotonic() >= next_report:
                 next_report += 1.0
                 send_report()
     finally:
+        deadline = time.monotonic() + 5.0  # what is still queued for us: the last frames and end lines
+        while time.monotonic() < deadline and take(dict(poller.poll(100))):
+            stage.pump(time.monotonic())
         stage.pump(time.monotonic(), stopping=True)
         send_report()
         for sock in (frames, results, report):
