@@ -33,7 +33,7 @@ STORE_HOPS = 24  # and at least this many hops (offline, where frames come as fa
 STATS_INTERVAL_S = 1.0  # frames captured and input fps go to the dispatcher (and on to /metrics) this often
 
 
-CLIP_QUEUE_FRAMES = 300  # display frames queued for the clips stage (~10 s at 30 fps) before any is dropped
+CLIP_QUEUE_FRAMES = 8  # display frames queued here for the clips stage (raw: 5.5 MB at 640×360); it must keep up
 RECORDER_TOPIC = messages.recorder_topic()
 RECORDER_WAIT_S = 10.0   # offline: the longest a frame waits for a recorder that is behind (or restarting)
 

@@ -551,6 +551,19 @@ def display_topic(stream: str) -> bytes:
     return head[:-1].encode("utf-8") + b","
 
 
+def drain(socket: zmq.Socket, malformed: MalformedLog):
+    """Every message waiting on ``socket`` now, decoded; a malformed one is counted (and logged) and skipped."""
+    while True:
+        try:
+            parts = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        try:
+            yield decode(parts)
+        except ProtocolError as err:
+            malformed.saw(err)
+
+
 def send(socket: zmq.Socket, msg: Message, flags: int = 0) -> None:
     """Send ``msg`` on ``socket`` without copying its arrays."""
     socket.send_multipart(encode(msg), flags=flags, copy=False)

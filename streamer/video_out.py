@@ -17,9 +17,9 @@ class VideoOut:
     only gets when it is closed.
     """
 
-    def __init__(self, path, fps: float) -> None:
-        """``path``: a file name, or a binary file object (then fragmented MP4)."""
-        self.path, self.fps = path, fps
+    def __init__(self, path, fps: float, preset: str = "veryfast") -> None:
+        """``path``: a file name, or a binary file object (then fragmented MP4); ``preset``: x264's."""
+        self.path, self.fps, self.preset = path, fps, preset
         self.container = None
         self.stream = None
         self.size: tuple[int, int] | None = None
@@ -34,7 +34,7 @@ class VideoOut:
             raise OSError(f"cannot write video {self.path} ({err})") from None
         self.stream = self.container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
-        self.stream.options = {"preset": "veryfast", "crf": "23", "g": str(max(1, round(2 * self.fps)))}
+        self.stream.options = {"preset": self.preset, "crf": "23", "g": str(max(1, round(2 * self.fps)))}
         self.stream.codec_context.thread_count = 1  # one core for the overlay; the workers need the rest
         self.size = (width, height)
 

@@ -5,7 +5,6 @@ warning and no partial file while the others go on."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -128,3 +127,20 @@ def test_a_full_disk_leaves_no_partial_clip(run):
                 and os.path.getsize(run.clips / "full" / name) == 0]
     assert not [name for name in run.left_in_full if name.startswith(".")], run.left_in_full
     assert any("No space left on device" in line for line in run.done.stderr.splitlines()), run.done.stderr[-1500:]
+
+
+def test_old_clips_go_first_when_past_the_age_or_the_size_cap(tmp_path):
+    from streamer.sinks.clips import ClipStage
+    from streamer.sinks.config import ClipsConfig, ClipStageConfig
+
+    now = __import__("time").time()
+    for age_days, name, size in ((10, "old", 100), (2, "middle", 300), (1, "newer", 300), (0, "newest", 300)):
+        for suffix in (".mp4", ".jpg"):
+            path = tmp_path / "cam" / f"{name}{suffix}"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(b"\0" * (size if suffix == ".mp4" else 10))
+            os.utime(path, (now - age_days * 86400, now - age_days * 86400))
+    stage = ClipStage(ClipStageConfig(ClipsConfig(dir=str(tmp_path), keep_days=7, max_bytes=700), None, None, (), 29))
+    stage._prune()
+    left = sorted(p.name for p in (tmp_path / "cam").iterdir())
+    assert left == ["newer.jpg", "newer.mp4", "newest.jpg", "newest.mp4"]  # 'old' by age, 'middle' by size

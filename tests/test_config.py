@@ -39,6 +39,19 @@ BAD = {  # what a config says → what the one-line error must say
     "an unknown backend": ('[model]\nbackend = "tensorrt"', "'backend' must be torch, openvino or auto"),
     "an unknown hardware decoder": (SOURCE + 'hwaccel = "gpu"', "hwaccel 'gpu' is not one of none, auto, "),
     "hardware decoding of the generator": (SOURCE + 'hwaccel = "cuda"', "hwaccel is for video files and RTSP"),
+    "an MQTT URL of another scheme": ('[mqtt]\nurl = "http://127.0.0.1:1883"', "'url' must be mqtt://HOST:PORT"),
+    "MQTT credentials in the URL": ('[mqtt]\nurl = "mqtt://u:p@127.0.0.1:1883"', "not in the URL"),
+    "an MQTT password from an unset variable": ('[mqtt]\nurl = "mqtt://127.0.0.1"\npassword_env = "NO_SUCH_VAR_X"',
+                                                "names NO_SUCH_VAR_X, which is not set"),
+    "MQTT qos 3": ('[mqtt]\nurl = "mqtt://127.0.0.1"\nqos = 3', "'qos' must be 0, 1 or 2"),
+    "a wildcard in the topic prefix": ('[mqtt]\nurl = "mqtt://127.0.0.1"\ntopic_prefix = "a/#"', "'topic_prefix'"),
+    "a webhook to ftp": ('[[webhooks]]\nurl = "ftp://example.com/x"', "'url' must be http://"),
+    "a webhook for unknown events": ('[[webhooks]]\nurl = "http://127.0.0.1/x"\nevents = ["prediction"]',
+                                     "'events' must be a list of start and end"),
+    "a webhook waiting forever": ('[[webhooks]]\nurl = "http://127.0.0.1/x"\ntimeout_s = 0', "'timeout_s' must be"),
+    "clips without a folder": ("[clips]\npre_s = 2", "'dir' must name a folder"),
+    "a minute-long pre-roll and more": ('[clips]\ndir = "c"\npre_s = 61', "'pre_s' and 'post_s' must be 0..60"),
+    "an unknown clips key": ('[clips]\ndir = "c"\nwidth = 3', "unknown key 'width' in [clips]"),
 }
 
 
@@ -60,6 +73,24 @@ def test_named_sources_keep_their_names_and_unnamed_ones_do_not_collide(tmp_path
     path.write_text(SOURCE + "name = 'synthetic'\n" + SOURCE)
     config = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
     assert [c.stream for c in config.captures] == ["synthetic", "synthetic-2"]
+
+
+def test_sinks_and_clips_are_read_with_secrets_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "s3cret-from-env")
+    path = tmp_path / "sinks.toml"
+    path.write_text(SOURCE + '[mqtt]\nurl = "mqtts://broker.example:8883"\nusername = "cam"\n'
+                    'password_env = "TEST_MQTT_PASSWORD"\ndiscovery = true\n'
+                    '[[webhooks]]\nurl = "https://hooks.example/a?token=t0ken"\nsecret = "x"\n'
+                    '[[webhooks]]\nurl = "http://127.0.0.1:9/b"\nevents = ["end"]\n'
+                    '[clips]\ndir = "clips"\npost_s = 3\n')
+    config = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    mqtt = config.sinks.mqtt
+    assert (mqtt.host, mqtt.port, mqtt.tls, mqtt.password, mqtt.discovery) == ("broker.example", 8883, True,
+                                                                               "s3cret-from-env", True)
+    assert "s3cret" not in repr(config.sinks) and "t0ken" not in config.sinks.webhooks[0].where
+    assert [h.events for h in config.sinks.webhooks] == [("start", "end"), ("end",)]
+    assert config.clips.clips.path("demo", "abc") == "clips/demo/abc.mp4" and config.dispatch.clips.post_s == 3
+    assert all(c.clips for c in config.captures) and config.clips.span == 29
 
 
 def test_hardware_decoding_is_asked_for_per_camera(tmp_path, video_file):

@@ -292,6 +292,11 @@ def test_an_ended_action_serves_its_clip_and_thumbnail(demo):
     status, _, body = get(f"{demo.base}/events/no-such-event/clip.mp4")
     assert status == 404 and "no clip is known" in json.loads(body)["error"]
     assert get(f"{demo.base}/events/{end['id']}/other.txt")[0] == 404
+    deadline = time.monotonic() + 5  # the clips stage's counters reach /metrics through the dispatcher
+    while metric(get(f"{demo.base}/metrics")[2].decode(), "timesformer_clips_total", outcome="written") < 1:
+        assert time.monotonic() < deadline, "no written clip counted in /metrics"
+        time.sleep(0.3)
+    assert metric(get(f"{demo.base}/metrics")[2].decode(), "timesformer_clip_buffer_bytes") > 0
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium missing (.ci/system-packages.sh)")

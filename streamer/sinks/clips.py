@@ -27,15 +27,16 @@ from loguru import logger
 
 from streamer import messages, sockets
 from streamer.annotate import SMOOTHING, annotated
-from streamer.errors import ProtocolError
 from streamer.messages import DisplayFrame, LogLine, Stats
 from streamer.sinks.config import ClipsConfig, ClipStageConfig
 from streamer.video_out import VideoOut
 
 JPEG_QUALITY = 85
-EXTRA_KEEP_S = 8.0   # kept beyond pre_s: the window's own span and the start line's delay
+EXTRA_KEEP_S = 3.0   # kept beyond pre_s and a window's span: the start line's delay
 DRAW_WAIT_S = 2.0    # a frame no prediction has reached yet is drawn anyway after this long
 END_WAIT_S = 3.0     # after the post-roll's last frame was due, a clip is finished with what came
+RECEIVE_QUEUE_FRAMES = 8  # a stream's frames waiting in ZeroMQ for this stage (raw BGR: bounded memory, not a backlog)
+CLIP_PRESET = "superfast"  # x264: about half veryfast's time a frame, for files a little larger
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Clip:
     best: tuple[float, int] = (-1.0, -1)  # (score, frame index) of the label's best prediction
     thumbnail: bytes = b""
     frames: int = 0
+    missed: int = 0                 # frames of its span that never reached the recorder (it was behind)
     failed: str = ""
 
     @property
@@ -83,7 +85,7 @@ class Recorder:
             first, last = self.frames[0], self.frames[-1]
             self.fps = (last[0] - first[0]) / max(1e-6, last[1] - first[1])
         self.frames.append((frame.index, frame.ts, now, jpeg.tobytes()))
-        keep_from = frame.index - round((self.config.pre_s + EXTRA_KEEP_S) * (self.fps or 30.0))
+        keep_from = frame.index - self.span - round((self.config.pre_s + EXTRA_KEEP_S) * (self.fps or 30.0))
         waiting = [c.next for c in self.clips.values() if c.next >= 0]
         keep_from = min([keep_from, *waiting])
         while self.frames and self.frames[0][0] < keep_from:
@@ -141,39 +143,56 @@ class Recorder:
         return sorted(scores.items(), key=lambda kv: -kv[1])[:5], recent[-1][2]
 
     def pump(self, now: float, warn, stopping: bool = False) -> list[Clip]:
-        """Write what each clip can take now; return the clips that are finished (written or failed)."""
-        done = []
+        """Write what each clip can take now; return the clips that are finished (written or failed).
+
+        Frame by frame, each drawn once for every clip that holds it (actions overlap by their rolls)."""
         newest_prediction = self.predictions[-1][0] if self.predictions else -1
+        for index, _, received, jpeg in list(self.frames):
+            takers = [c for c in self.clips.values() if not c.failed and c.next <= index <= c.last]
+            if not takers:
+                continue
+            if self.config.annotated and index > newest_prediction and now - received < DRAW_WAIT_S and not stopping:
+                break  # its prediction is not here yet: draw it later, as the overlay showed it
+            image = self._draw(index, jpeg)
+            for clip in takers:
+                clip.missed += index - clip.next  # a gap: frames dropped on the way to this stage
+                self._write(clip, index, image, warn)
+        done = []
+        newest = self.frames[-1] if self.frames else None
         for clip in list(self.clips.values()):
-            for index, ts, received, jpeg in list(self.frames):
-                if index < clip.next or clip.failed:
-                    continue
-                if index > clip.last:
-                    break
-                if self.config.annotated and index > newest_prediction and now - received < DRAW_WAIT_S \
-                        and not stopping:
-                    break
-                self._write(clip, index, jpeg, warn)
-            newest = self.frames[-1] if self.frames else None
             due = clip.ended and (clip.next > clip.last or now - clip.ended_at > self.config.post_s + END_WAIT_S)
             capped = clip.next > clip.last
             if clip.failed or due or capped or stopping or (newest and now - newest[2] > 30 and clip.ended):
                 done.append(self.clips.pop(clip.event_id))
         return done
 
-    def _write(self, clip: Clip, index: int, jpeg: bytes, warn) -> None:
+    def _draw(self, index: int, jpeg: bytes) -> np.ndarray:
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         if self.config.annotated:
             top, latency = self._top_at(index)
             image = annotated(self.name, image, top, self.fps, latency, None)
+        return image
+
+    def _write(self, clip: Clip, index: int, image: np.ndarray, warn) -> None:
         try:
             if clip.writer is None:  # encoded in memory: a full or failing disk is met in plain file I/O at the end
-                clip.writer = VideoOut(io.BytesIO(), self.fps or 30.0)
+                clip.writer = VideoOut(io.BytesIO(), self.fps or 30.0, preset=CLIP_PRESET)
             clip.writer.write(image)
             clip.frames += 1
-        except Exception as err:  # OSError, or PyAV's FFmpegError (a full disk shows there first)
+        except Exception as err:  # OSError, or PyAV's FFmpegError
             clip.failed = warn(clip, err)
         clip.next = index + 1
+
+
+def _return_freed_memory() -> None:
+    """Hand what a finished clip's encoder freed back to the system (glibc keeps it otherwise: each clip's
+    x264 buffers would stay in the stage's memory as its high-water mark)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class ClipStage:
@@ -183,6 +202,7 @@ class ClipStage:
         self.config, self.clips = config, config.clips
         self.recorders = {name: Recorder(name, config.clips, config.span) for name in config.streams}
         self.counts = {"written": 0, "failed": 0}
+        self.missed_frames = 0
         self._warned: set[str] = set()
         for stale in Path(config.clips.dir).glob("*/.*.part.mp4"):  # left by a stage that crashed: never complete
             stale.unlink(missing_ok=True)
@@ -218,6 +238,13 @@ class ClipStage:
 
     def _finish(self, clip: Clip) -> None:
         try:
+            self._write_out(clip)
+        finally:
+            clip.writer = None
+            _return_freed_memory()
+
+    def _write_out(self, clip: Clip) -> None:
+        try:
             if clip.writer is not None:
                 clip.writer.close()
             if not clip.failed and clip.frames:
@@ -231,7 +258,9 @@ class ClipStage:
                     part.write_bytes(clip.thumbnail)
                     os.replace(part, thumb)
                 self.counts["written"] += 1
-                logger.info(f"clip {clip.final}: {clip.frames} frames ({clip.label})")
+                self.missed_frames += clip.missed
+                gap = f"; {clip.missed} frames missing: the recorder fell behind (CPU)" if clip.missed else ""
+                (logger.warning if clip.missed else logger.info)(f"clip {clip.final}: {clip.frames} frames ({clip.label}){gap}")
                 self._prune()
                 return
         except Exception as err:  # OSError, or PyAV's FFmpegError when the last packets do not fit
@@ -263,7 +292,7 @@ class ClipStage:
 def run(config: ClipStageConfig, stop: multiprocessing.synchronize.Event) -> int:
     ctx = sockets.Context()
     frames = sockets.make_socket(ctx, zmq.SUB, config.endpoints.clips, bind=True, security=config.security,
-                                 options={zmq.SUBSCRIBE: messages.recorder_topic(), zmq.RCVHWM: 1000})
+                                 options={zmq.SUBSCRIBE: messages.recorder_topic(), zmq.RCVHWM: RECEIVE_QUEUE_FRAMES})
     results = sockets.make_socket(ctx, zmq.SUB, config.endpoints.results, bind=False, security=config.security,
                                   options={zmq.SUBSCRIBE: b"", zmq.RCVHWM: 100_000})
     report = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.windows, bind=False, security=config.security,
@@ -279,7 +308,8 @@ def run(config: ClipStageConfig, stop: multiprocessing.synchronize.Event) -> int
 
     def send_report() -> None:
         samples = tuple(("clips", {"outcome": k}, float(v)) for k, v in stage.counts.items())
-        samples += (("clip_buffer_bytes", {}, float(stage.ring_bytes())),)
+        samples += (("clip_buffer_bytes", {}, float(stage.ring_bytes())),
+                    ("clip_frames_missed", {}, float(stage.missed_frames)))
         try:
             messages.send(report, Stats("clips", time.time(), samples), zmq.NOBLOCK)
         except zmq.Again:
@@ -288,14 +318,7 @@ def run(config: ClipStageConfig, stop: multiprocessing.synchronize.Event) -> int
     def take(ready) -> bool:
         took, now = False, time.monotonic()
         for sock in (frames, results):  # frames first: a start line finds its pre-roll in the ring
-            while sock in ready:
-                try:
-                    msg = messages.decode(sock.recv_multipart(zmq.NOBLOCK, copy=False))
-                except zmq.Again:
-                    break
-                except ProtocolError as err:
-                    malformed.saw(err)
-                    continue
+            for msg in messages.drain(sock, malformed) if sock in ready else ():
                 stage.apply(msg, now)
                 took = True
         return took

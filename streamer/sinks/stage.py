@@ -15,7 +15,6 @@ import zmq
 from loguru import logger
 
 from streamer import messages, sockets
-from streamer.errors import ProtocolError
 from streamer.messages import LogLine, Stats
 from streamer.sinks.config import SinksConfig
 
@@ -57,18 +56,10 @@ def run(config: SinksConfig, stop: multiprocessing.synchronize.Event) -> int:
 
     try:
         while not stop.is_set():
-            if results.poll(100):
-                while True:
-                    try:
-                        msg = messages.decode(results.recv_multipart(zmq.NOBLOCK, copy=False))
-                    except zmq.Again:
-                        break
-                    except ProtocolError as err:
-                        malformed.saw(err)
-                        continue
-                    if isinstance(msg, LogLine) and msg.line.get("kind") in ("start", "end"):
-                        for sink in sinks:
-                            sink.event(msg.line)
+            for msg in messages.drain(results, malformed) if results.poll(100) else ():
+                if isinstance(msg, LogLine) and msg.line.get("kind") in ("start", "end"):
+                    for sink in sinks:
+                        sink.event(msg.line)
             if time.monotonic() >= next_report:
                 next_report += REPORT_EVERY_S
                 send_report()

@@ -34,6 +34,7 @@ REPORTED_COUNTERS = {
     "sink_messages": "Messages of the event sinks, by sink (mqtt, webhook N) and outcome (published or delivered; "
                      "dropped: their queue was full; failed: given up after the retries; retries)",
     "clips": "Action clips, by outcome (written, failed)",
+    "clip_frames_missed": "Frames missing from written clips (the recorder fell behind and ZeroMQ dropped them)",
 }
 # (metric, help) of what the web stage counts from the lines and status it receives
 COUNTED = {
@@ -65,6 +66,8 @@ class _PipelineCollector(Collector):
                       state.reported_samples("input_fps"))
         yield _family(GaugeMetricFamily, "workers_answering", "Workers warm and answering the dispatcher",
                       state.reported_samples("workers_answering"))
+        yield _family(GaugeMetricFamily, "clip_buffer_bytes", "Recent frames the clips stage holds for pre-roll (JPEG)",
+                      state.reported_samples("clip_buffer_bytes"))
         now = time.time()
         yield _family(GaugeMetricFamily, "source_up", "1 while the source delivers frames, else 0",
                       [({"stream": s.name}, float(s.state(now) == "live")) for s in state.streams.values()])

@@ -26,7 +26,7 @@ from aiohttp import web
 from loguru import logger
 
 from streamer import messages, sockets
-from streamer.errors import ConfigError, ProtocolError
+from streamer.errors import ConfigError
 from streamer.messages import DisplayFrame
 from streamer.web.config import WebConfig, bind_listener
 from streamer.web.feeds import MAX_WIDTH, MIN_WIDTH, Feeds
@@ -301,14 +301,7 @@ def _receive(config: WebConfig, loop: asyncio.AbstractEventLoop, state: WebState
             subscribed = wanted
             ready = dict(poller.poll(50))
             for sock in (frames, results):
-                while sock in ready:
-                    try:
-                        msg = messages.decode(sock.recv_multipart(zmq.NOBLOCK, copy=False))
-                    except zmq.Again:
-                        break
-                    except ProtocolError as err:
-                        malformed.saw(err)
-                        continue
+                for msg in messages.drain(sock, malformed) if sock in ready else ():
                     if isinstance(msg, DisplayFrame):
                         msg = DisplayFrame(msg.stream, msg.index, msg.ts, msg.image.copy(), msg.fps)  # off zmq's buffer
                         with lock:
