@@ -28,7 +28,7 @@ def mount_tmpfs(path, size: str) -> bool:
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("clips")
     video = tmp / "actions.mp4"
-    subprocess.run([sys.executable, "-m", "streamer.synthetic", "--out", str(video), "--seconds", "20", "--seed", "7"],
+    subprocess.run([sys.executable, "-m", "streamer.synthetic", "--out", str(video), "--seconds", "13", "--seed", "7"],
                    cwd=REPO, check=True, capture_output=True)
     clips = tmp / "clips"
     clips.mkdir()
