@@ -74,8 +74,16 @@ function addClip(li, id) {
   const thumb = document.createElement("img");
   thumb.className = "thumb";
   thumb.alt = "clip of this action (click to play)";
+  thumb.hidden = true;  // shown once loaded; meanwhile a note
+  const note = document.createElement("span");
+  note.className = "pending";
+  note.textContent = "clip being written…";
   let tries = 0;
-  thumb.onerror = () => { if (++tries < 30) setTimeout(() => { thumb.src = `${base}/thumbnail.jpg?t=${tries}`; }, 2000); };
+  thumb.onload = () => { thumb.hidden = false; note.remove(); };
+  thumb.onerror = () => {
+    if (++tries < 30) setTimeout(() => { thumb.src = `${base}/thumbnail.jpg?t=${tries}`; }, 2000);
+    else note.textContent = "no clip";
+  };
   thumb.src = `${base}/thumbnail.jpg`;
   thumb.addEventListener("click", () => {
     const video = document.createElement("video");
@@ -85,7 +93,7 @@ function addClip(li, id) {
     video.src = `${base}/clip.mp4`;
     thumb.replaceWith(video);
   });
-  li.append(thumb);
+  li.append(note, thumb);
 }
 
 async function checkReady() {
