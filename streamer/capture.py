@@ -86,10 +86,12 @@ class _Display:
             except zmq.Again:  # the recorder is behind: offline, wait for it
                 self.sock.poll(100, zmq.POLLOUT)
 
-    def wait_for_subscriber(self, stop, timeout_s: float = RECORDER_WAIT_S) -> None:
-        """Offline: hold the first frame until the recorder's subscription has arrived (its pre-roll)."""
-        deadline = time.monotonic() + timeout_s
-        while self.wait_for_all and not self.watched() and not stop.is_set() and time.monotonic() < deadline:
+    def wait_for_subscriber(self, stop, offline: bool) -> None:
+        """With clips: hold the first frame until the recorder's subscription has arrived, so that its
+        pre-roll starts at frame 0 (offline up to RECORDER_WAIT_S; live a second at most)."""
+        deadline = time.monotonic() + (RECORDER_WAIT_S if offline else 1.0)
+        while RECORDER_TOPIC not in self.topics and not stop.is_set() and time.monotonic() < deadline:
+            self.watched()
             time.sleep(0.01)
 
     def watched(self) -> bool:
@@ -161,7 +163,8 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     counts = _Counts(config.stream)
     try:
         if display is not None:
-            display.wait_for_subscriber(stop)
+            if config.clips:
+                display.wait_for_subscriber(stop, config.offline)
         while not stop.is_set():
             if time.monotonic() >= counts.next_report:
                 counts.report(out)

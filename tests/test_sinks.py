@@ -151,13 +151,21 @@ def test_webhooks_get_each_event_once_signed_despite_failures(run):
     assert not run.stalled.received
 
 
-def test_a_killed_pipeline_leaves_its_last_will(tmp_path):
+def test_a_broker_down_at_start_is_waited_for_and_a_killed_pipeline_leaves_its_last_will(tmp_path):
     broker = Broker(tmp_path)
-    watcher = Subscriber(broker.port, ("timesformer/available",))
+    broker.kill()  # down when the pipeline starts
     pipe = Pipeline("--config", sinks_config(tmp_path, broker, [], discovery=False), "--headless", "--web", "off",
                     "--duration", 120)
+    watcher = None
     try:
+        pipe.wait_for(lambda: any("MQTT: cannot reach" in line for line in pipe.lines), timeout=60,
+                      what="the one line saying the broker is not there")
+        pipe.wait_for(lambda: any("start '" in line for line in pipe.lines), timeout=60, what="a first action")
+        broker.start()
+        watcher = Subscriber(broker.port, ("timesformer/#",))
         pipe.wait_for(lambda: watcher.on("timesformer/available")[-1:] == ["online"], timeout=60, what="online")
+        pipe.wait_for(lambda: watcher.events(), timeout=30, what="the events held while the broker was away")
+        assert sum("MQTT: cannot reach" in line for line in pipe.lines) == 1
         pipe.proc.send_signal(signal.SIGKILL)
         pipe.proc.wait()
         deadline = time.monotonic() + 10
@@ -166,5 +174,6 @@ def test_a_killed_pipeline_leaves_its_last_will(tmp_path):
         assert watcher.on("timesformer/available")[-1:] == ["offline"], "no last will after kill -9"
     finally:
         pipe.stop()
-        watcher.close()
+        if watcher is not None:
+            watcher.close()
         broker.kill()

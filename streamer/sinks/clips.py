@@ -36,6 +36,7 @@ EXTRA_KEEP_S = 3.0   # kept beyond pre_s and a window's span: the start line's d
 DRAW_WAIT_S = 2.0    # a frame no prediction has reached yet is drawn anyway after this long
 END_WAIT_S = 3.0     # after the post-roll's last frame was due, a clip is finished with what came
 RECEIVE_QUEUE_FRAMES = 8  # a stream's frames waiting in ZeroMQ for this stage (raw BGR: bounded memory, not a backlog)
+DRAWN_PER_PUMP = 6  # frames drawn between two looks at the sockets (their queues hold 8 a stream)
 CLIP_PRESET = "superfast"  # x264: about half veryfast's time a frame, for files a little larger
 
 
@@ -147,13 +148,17 @@ class Recorder:
 
         Frame by frame, each drawn once for every clip that holds it (actions overlap by their rolls)."""
         newest_prediction = self.predictions[-1][0] if self.predictions else -1
+        budget = DRAWN_PER_PUMP  # a clip's pre-roll is drawn a few frames at a time, so the sockets keep draining
         for index, _, received, jpeg in list(self.frames):
+            if budget <= 0 and not stopping:
+                break
             takers = [c for c in self.clips.values() if not c.failed and c.next <= index <= c.last]
             if not takers:
                 continue
             if self.config.annotated and index > newest_prediction and now - received < DRAW_WAIT_S and not stopping:
                 break  # its prediction is not here yet: draw it later, as the overlay showed it
             image = self._draw(index, jpeg)
+            budget -= 1
             for clip in takers:
                 clip.missed += index - clip.next  # a gap: frames dropped on the way to this stage
                 self._write(clip, index, image, warn)

@@ -41,7 +41,7 @@ class MqttSink:
         self.available = f"{self.prefix}/available"
         self.counts = {"published": 0, "dropped": 0}
         self._lock = threading.Lock()
-        self._ever_connected, self._down_since = False, time.monotonic()
+        self._ever_connected, self._down_since = False, 0.0
         self.active: set[tuple[str, str]] = set()  # (stream, label) of the actions under way
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id,
                                   protocol=mqtt.MQTTv311)
@@ -54,6 +54,8 @@ class MqttSink:
         self.client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
+        self.client.on_connect_fail = lambda client, userdata: self._disconnected(client, userdata, None,
+                                                                                   "connection refused", None)
         self.client.on_publish = self._acknowledged
         self._last_acked = -1  # the newest message the broker took (qos 1/2 are taken in order)
         self._closing = False
