@@ -96,10 +96,12 @@ class Recorder:
         index, top = line.get("frame_index"), line.get("top")
         if type(index) is not int or not isinstance(top, list):
             return
-        top = [(str(t[0]), float(t[1])) for t in top if isinstance(t, list) and len(t) == 2]
+        top = [(str(t[0]), float(t[1])) for t in top
+               if isinstance(t, list) and len(t) == 2 and type(t[1]) in (int, float)]
         if self.predictions and index < self.predictions[-1][0]:
             return  # an older window answered late: the drawing goes by frame order
-        self.predictions.append((index, top, float(line.get("latency_ms", 0.0))))
+        latency = line.get("latency_ms")
+        self.predictions.append((index, top, float(latency) if type(latency) in (int, float) else 0.0))
         del self.predictions[:-4096]
         for clip in self.clips.values():
             score = dict(top).get(clip.label, -1.0)
