@@ -48,6 +48,7 @@ class _Display:
 
     def __init__(self, sock: zmq.Socket, stream: str) -> None:
         self.sock, self.topic, self.topics = sock, messages.display_topic(stream), set()
+        self.wait_for_all = False  # offline with clips: wait for the recorder rather than drop
 
     @classmethod
     def open(cls, ctx, config: CaptureConfig):
@@ -71,8 +72,6 @@ class _Display:
             sock.setsockopt(zmq.XPUB_NODROP, 1)
             display.wait_for_all = True
         return display
-
-    wait_for_all = False
 
     def send(self, frame: DisplayFrame, stop) -> None:
         if not self.wait_for_all:
@@ -162,9 +161,8 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     malformed = messages.MalformedLog(f"capture {config.stream}")
     counts = _Counts(config.stream)
     try:
-        if display is not None:
-            if config.clips:
-                display.wait_for_subscriber(stop, config.offline)
+        if display is not None and config.clips:
+            display.wait_for_subscriber(stop, config.offline)
         while not stop.is_set():
             if time.monotonic() >= counts.next_report:
                 counts.report(out)

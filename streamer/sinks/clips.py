@@ -135,7 +135,7 @@ class Recorder:
 
     def _top_at(self, index: int) -> tuple[list, float | None]:
         """What the overlay showed at frame ``index``: the mean of the last few predictions up to it."""
-        at = bisect.bisect_right([p[0] for p in self.predictions], index)
+        at = bisect.bisect_right(self.predictions, index, key=lambda p: p[0])  # no copy of the list per frame
         recent = self.predictions[max(0, at - SMOOTHING):at]
         if not recent:
             return [], None

@@ -33,6 +33,8 @@ def _object_id(text: str) -> str:
 class MqttSink:
     """One connection to the broker for the life of the stage."""
 
+    name = "mqtt"
+
     def __init__(self, config: MqttConfig, streams: tuple[str, ...], labels: tuple[str, ...]) -> None:
         import paho.mqtt.client as mqtt
 

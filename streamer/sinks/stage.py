@@ -22,12 +22,8 @@ REPORT_EVERY_S = 1.0
 
 
 def _samples(sinks) -> tuple:
-    out = []
-    for sink in sinks:
-        name = getattr(sink, "name", "mqtt")
-        for outcome, n in sink.counts.items():
-            out.append(("sink_messages", {"sink": name, "outcome": outcome}, float(n)))
-    return tuple(out)
+    return tuple(("sink_messages", {"sink": sink.name, "outcome": outcome}, float(n))
+                 for sink in sinks for outcome, n in sink.counts.items())
 
 
 def run(config: SinksConfig, stop: multiprocessing.synchronize.Event) -> int:
@@ -43,8 +39,7 @@ def run(config: SinksConfig, stop: multiprocessing.synchronize.Event) -> int:
     if config.mqtt is not None:
         sinks.append(MqttSink(config.mqtt, config.streams, config.labels))
     sinks += [WebhookSink(hook, f"webhook {i + 1}") for i, hook in enumerate(config.webhooks)]
-    logger.info("sinks: " + ", ".join(
-        ([f"MQTT {config.mqtt.where}"] if config.mqtt else []) + [f"{s.name} {s.config.where}" for s in sinks[1 if config.mqtt else 0:]]))
+    logger.info("sinks: " + ", ".join(f"{sink.name} {sink.config.where}" for sink in sinks))
     malformed = messages.MalformedLog("sinks")
     next_report = time.monotonic() + REPORT_EVERY_S
 
