@@ -14,6 +14,7 @@ names its frames instead of carrying them (:mod:`streamer.framestore`).
 import math
 import multiprocessing.synchronize
 import time
+from dataclasses import replace
 
 import zmq
 from loguru import logger
@@ -21,10 +22,11 @@ from loguru import logger
 from streamer import messages, sockets
 from streamer.config import CaptureConfig
 from streamer.errors import ProtocolError
-from streamer.frames import display_image, model_frame
-from streamer.framestore import FrameRef, FrameStore
-from streamer.messages import Credit, DisplayFrame, Stats, Status, Window
-from streamer.ringbuffer import RingBuffer, WindowSchedule, window_span
+from streamer.crops import LookConfig
+from streamer.feeds import FrameView, TrackFeed, make_feeds
+from streamer.framestore import FrameStore
+from streamer.messages import Credit, DisplayFrame, Stats, Status
+from streamer.ringbuffer import window_span
 from streamer.sources import SourceConfig, SourceLost, open_source
 
 OFFLINE_IN_FLIGHT = 2  # windows a file may be ahead of the workers in offline mode
@@ -46,8 +48,9 @@ class _Display:
     fans each frame out to both, dropping for a slow one.
     """
 
-    def __init__(self, sock: zmq.Socket, stream: str) -> None:
-        self.sock, self.topic, self.topics = sock, messages.display_topic(stream), set()
+    def __init__(self, sock: zmq.Socket, streams: tuple[str, ...]) -> None:
+        self.sock, self.topics = sock, set()
+        self.stream_topics = {stream: messages.display_topic(stream) for stream in streams}
         self.wait_for_all = False  # offline with clips: wait for the recorder rather than drop
 
     @classmethod
@@ -65,7 +68,7 @@ class _Display:
         if config.clips and viewers:
             sock.setsockopt(zmq.SNDHWM, CLIP_QUEUE_FRAMES)
             sock.connect(config.endpoints.clips)
-        display = cls(sock, config.stream)
+        display = cls(sock, config.look.streams(config.stream))
         if config.offline and config.clips:
             # Offline, clips must hold every frame however fast the file is read: wait for the recorder
             # rather than drop (live sources never wait; the recorder's deep queue absorbs bursts there).
@@ -90,11 +93,11 @@ class _Display:
         pre-roll starts at frame 0 (offline up to RECORDER_WAIT_S; live a second at most)."""
         deadline = time.monotonic() + (RECORDER_WAIT_S if offline else 1.0)
         while RECORDER_TOPIC not in self.topics and not stop.is_set() and time.monotonic() < deadline:
-            self.watched()
+            self.watched(next(iter(self.stream_topics)))
             time.sleep(0.01)
 
-    def watched(self) -> bool:
-        """Take the (un)subscriptions that arrived; True while one covers this stream."""
+    def watched(self, stream: str) -> bool:
+        """Take the (un)subscriptions that arrived; True while one covers ``stream``."""
         while True:
             try:
                 event = self.sock.recv(zmq.NOBLOCK)
@@ -104,19 +107,23 @@ class _Display:
                 self.topics.add(event[1:])
             elif event[:1] == b"\x00":
                 self.topics.discard(event[1:])
-        return any(self.topic.startswith(topic) for topic in self.topics)
+        topic = self.stream_topics[stream]
+        return any(topic.startswith(t) for t in self.topics)
 
-    def viewed(self) -> bool:
-        """Whether a viewer (overlay, web), not only the clip recorder, takes this stream's frames."""
-        return any(self.topic.startswith(topic) for topic in self.topics if topic != RECORDER_TOPIC)
+    def viewed(self, stream: str) -> bool:
+        """Whether a viewer (overlay, web), not only the clip recorder, takes ``stream``'s frames."""
+        topic = self.stream_topics[stream]
+        return any(topic.startswith(t) for t in self.topics if t != RECORDER_TOPIC)
 
 
 class _Counts:
-    """What a capture reports once a second and at its end: frames read and converted, input fps."""
+    """What a capture reports once a second and at its end, for each stream it sends: frames read and
+    converted, input fps, and for tracked actors how many are active and how many the cap left out."""
 
-    def __init__(self, stream: str) -> None:
-        self.stream, self.started = stream, time.time()
+    def __init__(self, streams: tuple[str, ...]) -> None:
+        self.streams, self.started = streams, time.time()
         self.captured = self.converted = self.shown = 0
+        self.tracks_active = self.tracks_skipped = 0
         self.last_frame_ts = 0.0
         self._since = (time.monotonic(), 0)
         self.next_report = time.monotonic() + STATS_INTERVAL_S
@@ -125,14 +132,17 @@ class _Counts:
         now = time.monotonic()
         seconds = now - self._since[0]
         fps = (self.captured - self._since[1]) / seconds if seconds > 0 else 0.0
-        labels = {"stream": self.stream}
-        samples = (("frames_captured", labels, float(self.captured)), ("frames_converted", labels, float(self.converted)),
-                   ("display_frames", labels, float(self.shown)), ("capture_started", labels, self.started),
-                   ("input_fps", labels, fps), ("last_frame_ts", labels, self.last_frame_ts))
-        try:
-            messages.send(sock, Stats(f"capture {self.stream}", time.time(), samples), 0 if block else zmq.NOBLOCK)
-        except zmq.Again:  # the dispatcher is behind; the next report carries the totals
-            pass
+        for stream in self.streams:
+            labels = {"stream": stream}
+            samples = (("frames_captured", labels, float(self.captured)), ("frames_converted", labels, float(self.converted)),
+                       ("display_frames", labels, float(self.shown)), ("capture_started", labels, self.started),
+                       ("input_fps", labels, fps), ("last_frame_ts", labels, self.last_frame_ts),
+                       ("tracks_active", labels, float(self.tracks_active)),
+                       ("tracks_skipped", labels, float(self.tracks_skipped)))
+            try:
+                messages.send(sock, Stats(f"capture {stream}", time.time(), samples), 0 if block else zmq.NOBLOCK)
+            except zmq.Again:  # the dispatcher is behind; the next report carries the totals
+                pass
         self._since, self.next_report = (now, self.captured), now + STATS_INTERVAL_S
 
 
@@ -142,24 +152,29 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     out = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.windows, bind=False, security=config.security,
                               options={zmq.LINGER: 2000, zmq.SNDHWM: 4})
     display = _Display.open(ctx, config)
+    streams = config.look.streams(config.stream)
 
-    def status(kind: str, detail: str) -> None:
-        messages.send(out, Status(kind=kind, stream=config.stream, detail=detail[:2000], ts=time.time()))
+    def status(kind: str, detail: str, track: int | None = None) -> None:
+        for stream in streams:
+            messages.send(out, Status(kind=kind, stream=stream, detail=detail[:2000], ts=time.time(), track=track))
 
     source = open_source(SourceConfig(spec=config.source, realtime=not config.offline,
                                       open_timeout_s=config.open_timeout_s, read_timeout_s=config.read_timeout_s,
                                       hwaccel=config.hwaccel))
+    if config.look.tracking is not None and source.fps > 0:
+        config = replace(config, look=replace(config.look, tracking=replace(config.look.tracking, fps=source.fps)))
     span = window_span(config.num_frames, config.frame_interval)
-    store = _open_store(config, span + max(math.ceil(source.fps * STORE_SECONDS), STORE_HOPS * config.hop))
-    ring = RingBuffer(store.frames.shape[0] if store else span, config.size, config.size, store=store)
+    plain = config.look == LookConfig()  # the whole frame's centre crop: the only feed a frame store serves
+    store = _open_store(config, span + max(math.ceil(source.fps * STORE_SECONDS), STORE_HOPS * config.hop)) \
+        if plain else None
     logger.info(f"capture {config.stream}: {source.kind} source open at {source.fps:.1f} fps; " + (
         f"frames through shared memory ({store.frames.shape[0]} frames, {store.frames.nbytes / 2**20:.0f} MB)"
-        if store else "frames inline"))
-    schedule = WindowSchedule(config.num_frames, config.frame_interval, config.hop)
-    seq, credits, segment, lost = 0, OFFLINE_IN_FLIGHT, 0, False
+        if store else "frames inline") + _looking(config))
+    feeds = None  # made at the first frame: regions need its size
+    credits, segment, lost = OFFLINE_IN_FLIGHT, 0, False
     last_index = None  # the ring forgets it on a loss; the end-of-stream line still names it
     malformed = messages.MalformedLog(f"capture {config.stream}")
-    counts = _Counts(config.stream)
+    counts = _Counts(streams)
     try:
         if display is not None and config.clips:
             display.wait_for_subscriber(stop, config.offline)
@@ -176,8 +191,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
                 status(kind, detail)
                 logger.warning(f"capture {config.stream}: {kind.replace('_', ' ')}: {detail}")
                 if kind == "source_lost":
-                    ring.reset()
-                    schedule.reset()
+                    _reset(feeds)
                 lost = kind == "source_lost"
             if silent is not None and not lost and not events:  # one line per outage; the source's reason first
                 logger.warning(f"capture {config.stream}: {silent}")
@@ -185,40 +199,41 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
             if frame is False:  # still reconnecting
                 continue
             if frame is None:
+                _end_tracks(feeds, status, end_all=True)
                 counts.report(out, block=True)  # the final counts, before the end
                 status("end_of_stream", f"{config.stream}: last frame was {last_index}")
                 logger.info(f"capture {config.stream}: end of source after frame {last_index}")
                 return 0
+            view = FrameView(frame.index, frame.ts, frame.picture)
+            if feeds is None:
+                feeds = make_feeds(config.stream, config.look, view, config.size, config.num_frames,
+                                   config.frame_interval, config.hop, store.frames.shape[0] if store else 0, store)
             if frame.segment != segment:  # a reconnect: never let a window span the gap
                 segment = frame.segment
-                ring.reset()
-                schedule.reset()
-            due = schedule.due(frame.index)
-            wanted = schedule.wanted(frame.index)
-            ring.push(frame.index, frame.ts, model_frame(frame.picture, config.size) if wanted else None)
+                _reset(feeds)
+            windows, converted = [], False
+            for feed in feeds:
+                wanted, due = feed.push(view)
+                windows += due
+                converted |= wanted
+            _end_tracks(feeds, status)
             last_index = frame.index
-            counts.captured, counts.converted = counts.captured + 1, counts.converted + wanted
+            counts.captured, counts.converted = counts.captured + 1, counts.converted + converted
             counts.last_frame_ts = frame.ts
-            if display is not None and display.watched():
-                image = display_image(frame.picture, config.display_width)
-                display.send(DisplayFrame(config.stream, frame.index, frame.ts, image, source.fps), stop)
-                counts.shown += display.viewed()  # frames for people; the recorder's are not counted here
-            if not due:
-                continue
-            found = ring.window_serials(config.num_frames, config.frame_interval)
-            if found is None:
-                continue
-            if config.offline:
-                credits = _wait_for_credit(out, credits, stop, malformed)
-                if credits is None:
-                    break
-            indices, stamps, serials = found
-            if store is None:
-                messages.send(out, Window(config.stream, seq, indices, stamps, ring.frames_at(serials), time.time()))
-            else:
-                ref = FrameRef(store.name, serials, (config.num_frames, config.size, config.size, 3))
-                messages.send(out, Window(config.stream, seq, indices, stamps, None, time.time(), ref))
-            seq += 1
+            if isinstance(feeds[0], TrackFeed):
+                counts.tracks_active = len(feeds[0].active)
+                counts.tracks_skipped = feeds[0].tracker.skipped_total
+            for feed in feeds if display is not None else ():
+                if display.watched(feed.stream):
+                    image, tracks = feed.display(view, config.display_width)
+                    display.send(DisplayFrame(feed.stream, frame.index, frame.ts, image, source.fps, tracks), stop)
+                    counts.shown += display.viewed(feed.stream)  # frames for people; the recorder's are not counted
+            for window in windows:
+                if config.offline:
+                    credits = _wait_for_credit(out, credits, stop, malformed)
+                    if credits is None:
+                        return 0
+                messages.send(out, window)
     finally:
         source.close()
         if store is not None:
@@ -228,6 +243,32 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
         out.close()
         ctx.term()
     return 0
+
+
+def _looking(config: CaptureConfig) -> str:
+    """How the log names what the model sees of this source."""
+    look = config.look
+    if look.tracking is not None:
+        return f"; tracking moving actors (at most {look.tracking.max_tracks})"
+    if look.regions:
+        return f"; regions {', '.join(r.name for r in look.regions)} ({look.crop} crop)"
+    return "" if look.crop == "centre" else f"; {look.crop} crop"
+
+
+def _reset(feeds) -> None:
+    for feed in feeds or ():
+        feed.reset()
+
+
+def _end_tracks(feeds, status, end_all: bool = False) -> None:
+    """Tell the dispatcher which tracks ended (their open actions end there)."""
+    for feed in feeds or ():
+        if isinstance(feed, TrackFeed):
+            if end_all:
+                feed.ended.extend(feed.tracker.end_all())
+            for track in feed.ended:
+                status("track_ended", f"track {track} ended", track)
+            feed.ended.clear()
 
 
 def _open_store(config: CaptureConfig, capacity: int) -> FrameStore | None:

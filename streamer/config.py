@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
+from streamer.crops import LOOK_KEYS, LookConfig, load_look
 from streamer.errors import ConfigError
 from streamer.events import EventConfig
 from streamer.framestore import store_prefix
@@ -64,6 +65,7 @@ class CaptureConfig:
     hwaccel: str = "none"  # hardware decoding for files and RTSP (streamer.readers.open_decoding)
     frame_store: str = ""  # shared-memory frame store prefix (streamer.framestore); "" sends frames inline
     security: Security = field(default_factory=Security)
+    look: LookConfig = field(default_factory=LookConfig)  # regions, crop mode, tracked actors (contract 7)
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,7 @@ KNOWN = {
     "web": WEB_KEYS,
     "security": {"allow_plaintext", "server_public_key", "server_secret_key", "client_secret_key",
                  "allowed_clients"},
-    "sources": {"spec", "name", "open_timeout_s", "read_timeout_s", "hwaccel"},
+    "sources": {"spec", "name", "open_timeout_s", "read_timeout_s", "hwaccel", *LOOK_KEYS},
     "mqtt": MQTT_KEYS,
     "webhooks": WEBHOOK_KEYS,
     "clips": CLIP_KEYS,
@@ -365,8 +367,11 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         kind = parse_source(spec)
         name = _stream_label(get_value(table, "name", str, None, f"{where} [[sources]] #{i + 1}"),
                              f"{where} [[sources]] #{i + 1}", taken) or stream_name(spec, i, taken)
+        look = load_look(table, f"{where} [[sources]] {name!r}")
+        for stream in look.streams(name) if look.regions else ():
+            _stream_label(stream, f"{where} [[sources]] {name!r}", taken)
         if kind == "file":
-            finite.append(name)
+            finite.extend(look.streams(name))
         captures.append(CaptureConfig(
             stream=name, source=spec, endpoints=endpoints, size=preprocess.size, num_frames=num_frames,
             frame_interval=frame_interval, hop=hop, offline=offline, display=want_overlay, web=web_on,
@@ -375,11 +380,11 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
             open_timeout_s=get_value(table, "open_timeout_s", float, 5.0, f"{where} [[sources]]", above=0, high=MAX_WAIT_S),
             read_timeout_s=get_value(table, "read_timeout_s", float, 5.0, f"{where} [[sources]]", above=0, high=MAX_WAIT_S),
             hwaccel=_hwaccel(get_value(table, "hwaccel", str, "none", f"{where} [[sources]]"), f"{where} [[sources]]", kind),
-            frame_store=frame_store, security=security,
+            frame_store=frame_store, security=security, look=look,
         ))
-    if offline and len(finite) != len(captures):
+    streams = tuple(s for c in captures for s in c.look.streams(c.stream))
+    if offline and len(finite) != len(streams):
         raise ConfigError("--offline reads files as fast as the workers take them; every source must be a file")
-    streams = tuple(c.stream for c in captures)
 
     try:
         events = EventConfig(
@@ -429,7 +434,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         endpoints=endpoints, streams=streams, window=window, output=output,
         fps=overlay_fps, top_k=min(events.top_k, 5), security=security,
     ) if want_overlay else None
-    kinds = {c.stream: parse_source(c.source) for c in captures}
+    kinds = {s: parse_source(c.source) for c in captures for s in c.look.streams(c.stream)}
     web = load_web_config(web_table, flags.web, where, default_file=path.resolve() == DEFAULT_CONFIG,
                           endpoints=endpoints, security=security, streams=tuple(kinds.items()),
                           top_k=min(events.top_k, 5))

@@ -85,7 +85,7 @@ class Dispatcher:
 
     def __init__(self, config: DispatchConfig) -> None:
         self.config = config
-        self.pending: dict[str, collections.deque[Window]] = {}
+        self.pending: dict[tuple[str, int | None], collections.deque[Window]] = {}  # per stream, or tracked actor
         self.capture_of: dict[str, bytes] = {}
         self.workers: dict[bytes, WorkerState] = {}
         self.counters = Counters()
@@ -114,7 +114,7 @@ class Dispatcher:
 
     def add_window(self, identity: bytes, window: Window) -> None:
         self.capture_of[window.stream] = identity
-        queue = self.pending.setdefault(window.stream, collections.deque())
+        queue = self.pending.setdefault(window.key, collections.deque())
         self.counters.windows_in += 1
         self.totals["windows_sent", window.stream, ""] += 1
         if queue and not self.config.offline:
@@ -141,7 +141,13 @@ class Dispatcher:
         """Every stream is finite, has ended, and has nothing waiting or at a worker."""
         streams = set(self.config.streams)
         return (bool(streams) and streams == set(self.config.finite_streams) and self.ended >= streams
-                and not any(self.pending.get(s) for s in streams) and not any(self.outstanding[s] for s in streams))
+                and not any(q for q in self.pending.values()) and not any(self.outstanding[s] for s in streams))
+
+    def forget_track(self, stream: str, track: int) -> None:
+        """An ended track's queue goes (its waiting window, if any, is still served offline)."""
+        queue = self.pending.get((stream, track))
+        if queue is not None and not queue:
+            del self.pending[stream, track]
 
 
 def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
@@ -168,11 +174,17 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
 
     def write_status(status: Status) -> None:
         line = {"kind": status.kind, "stream": status.stream, "detail": status.detail, "ts": status.ts}
+        if status.track is not None:
+            line["track"] = status.track
         if status.kind != "end_of_stream":
             write(line)
         messages.send(results, status)
         if status.kind == "source_lost":
             for event in tracker.reset(status.stream, lost_ts=status.ts):
+                write(event)
+        elif status.kind == "track_ended" and status.track is not None:
+            state.forget_track(status.stream, status.track)
+            for event in tracker.end_track(status.stream, status.track):
                 write(event)
 
     def dispatch() -> None:

@@ -80,10 +80,14 @@ class _StreamState:
     frame_index: int = 0  # of the newest result
     frame_ts: float = 0.0
     smoothed: np.ndarray | None = None
+    box: tuple[float, float, float, float] | None = None  # a tracked actor's, at frame_index
+
+
+ENDED_TRACKS_KEPT = 4096  # ended tracks remembered, so that a late result does not start one again
 
 
 class ActionTracker:
-    """Smoothed top-k and action start/end events, per stream.
+    """Smoothed top-k and action start/end events, per stream and, within a tracked stream, per actor.
 
     Args:
         config: thresholds and smoothing.
@@ -93,8 +97,9 @@ class ActionTracker:
     def __init__(self, config: EventConfig, labels: Sequence[str] | None) -> None:
         self.config = config
         self.labels = list(labels) if labels is not None else None
-        self._streams: dict[str, _StreamState] = {}
+        self._streams: dict[tuple[str, int | None], _StreamState] = {}  # (stream, track or None) → its state
         self._lost_at: dict[str, float] = {}  # capture time of each stream's last loss
+        self._ended: dict[tuple[str, int], None] = {}  # ended tracks, oldest first (a bounded, ordered set)
 
     def _label(self, i: int) -> str:
         return self.labels[i] if self.labels is not None else f"class_{i}"
@@ -105,11 +110,13 @@ class ActionTracker:
         best = best[np.argsort(-probs[best], kind="stable")]
         return [(self._label(int(i)), float(probs[i])) for i in best]
 
-    def _event(self, kind: str, stream: str, state: _StreamState, cls: int, score: float) -> dict[str, Any]:
+    def _event(self, kind: str, key: tuple[str, int | None], state: _StreamState, cls: int,
+               score: float) -> dict[str, Any]:
         if kind == "start":
             state.active_id = new_event_id()
-        return {"kind": kind, "stream": stream, "label": self._label(cls), "frame_index": state.frame_index,
+        line = {"kind": kind, "stream": key[0], "label": self._label(cls), "frame_index": state.frame_index,
                 "frame_ts": state.frame_ts, "score": round(float(score), 6), "id": state.active_id}
+        return line if key[1] is None else {**line, "track": key[1], "box": box_line(state.box)}
 
     def update(self, result: Result) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
         """Take one result; return its stream's smoothed top-k (best first) and the events it caused.
@@ -122,21 +129,21 @@ class ActionTracker:
             raise ProtocolError(
                 f"result from worker {result.worker!r} has {probs.shape[0]} classes but the model labels "
                 f"list {len(self.labels)}; restart with matching checkpoints")
-        if result.frame_ts <= self._lost_at.get(result.stream, -math.inf):
-            return self._top(probs), []  # captured before its source was lost: that action already ended there
-        state = self._streams.get(result.stream)
+        if result.frame_ts <= self._lost_at.get(result.stream, -math.inf) or result.key in self._ended:
+            return self._top(probs), []  # captured before its source was lost or its track ended: that action ended
+        state = self._streams.get(result.key)
         if state is not None and state.history and state.history[-1].shape != probs.shape:
             state = None  # the model changed under this stream: start afresh
         if state is None:
-            state = self._streams[result.stream] = _StreamState(deque(maxlen=self.config.smoothing))
+            state = self._streams[result.key] = _StreamState(deque(maxlen=self.config.smoothing))
         elif state.smoothed is not None and 0 < state.frame_ts - result.frame_ts <= LATE_TOLERANCE_S:
             return self._top(state.smoothed), []
         state.history.append(probs)
-        state.frame_index, state.frame_ts = result.frame_index, result.frame_ts
+        state.frame_index, state.frame_ts, state.box = result.frame_index, result.frame_ts, result.box
         state.smoothed = np.mean(state.history, axis=0)
-        return self._top(state.smoothed), self._transition(result.stream, state)
+        return self._top(state.smoothed), self._transition(result.key, state)
 
-    def _transition(self, stream: str, state: _StreamState) -> list[dict[str, Any]]:
+    def _transition(self, stream: tuple[str, int | None], state: _StreamState) -> list[dict[str, Any]]:
         p, cfg, events = state.smoothed, self.config, []
         best = int(np.argmax(p))
         if best != state.active and p[best] >= cfg.start_threshold:
@@ -149,32 +156,49 @@ class ActionTracker:
             state.active = None
         return events
 
-    def active(self, stream: str) -> str | None:
-        """Label of the stream's ongoing action, if any."""
-        state = self._streams.get(stream)
+    def active(self, stream: str, track: int | None = None) -> str | None:
+        """Label of the stream's (or its tracked actor's) ongoing action, if any."""
+        state = self._streams.get((stream, track))
         return None if state is None or state.active is None else self._label(state.active)
 
+    def _forget(self, key: tuple[str, int | None]) -> list[dict[str, Any]]:
+        state = self._streams.pop(key, None)
+        if state is None or state.active is None:
+            return []
+        return [self._event("end", key, state, state.active, state.smoothed[state.active])]
+
     def reset(self, stream: str, lost_ts: float | None = None) -> list[dict[str, Any]]:
-        """Forget a stream; returns the ``end`` event of its ongoing action, if any.
+        """Forget a stream and all its tracks; returns the ``end`` events of their ongoing actions.
 
         With ``lost_ts`` (its source was lost then), results of windows captured before it that
         are still at a worker are logged but start no action: the one they belong to has ended.
         """
         if lost_ts is not None:
             self._lost_at[stream] = lost_ts
-        state = self._streams.pop(stream, None)
-        if state is None or state.active is None:
-            return []
-        return [self._event("end", stream, state, state.active, state.smoothed[state.active])]
+        return [event for key in list(self._streams) if key[0] == stream for event in self._forget(key)]
+
+    def end_track(self, stream: str, track: int) -> list[dict[str, Any]]:
+        """A tracked actor is gone: the ``end`` event of its ongoing action; its late results start nothing."""
+        self._ended[stream, track] = None
+        while len(self._ended) > ENDED_TRACKS_KEPT:
+            del self._ended[next(iter(self._ended))]
+        return self._forget((stream, track))
 
     def reset_all(self) -> list[dict[str, Any]]:
         """Forget every stream (clean stop): the ``end`` events of all ongoing actions."""
-        return [event for stream in list(self._streams) for event in self.reset(stream)]
+        return [event for key in list(self._streams) for event in self._forget(key)]
+
+
+def box_line(box) -> list[float] | None:
+    """A box as the event log writes it: pixels to a tenth."""
+    return None if box is None else [round(float(v), 1) for v in box]
 
 
 def prediction_line(result: Result, now: float) -> dict[str, Any]:
-    """The contract's ``prediction`` line for one result, ``now`` being the Unix time it is written."""
-    return {
+    """The contract's ``prediction`` line for one result, ``now`` being the Unix time it is written;
+    a tracked actor's also has ``track`` and ``box`` (contract 7)."""
+    place = {} if result.track is None else {"track": result.track, "box": box_line(result.box)}
+    return {**place,
         "kind": "prediction",
         "stream": result.stream,
         "frame_index": result.frame_index,

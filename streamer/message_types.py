@@ -25,6 +25,10 @@ class Window:
         sent_ts: when capture sent it (Unix seconds), for queue timings.
         store: the frames' place in a shared-memory frame store (same-host workers read them
             there, see :mod:`streamer.framestore`); None when the frames travel inline.
+        track: the tracked actor the window was cut around (contract 7), None for a whole stream.
+        box: that track's box ``[x0, y0, x1, y1]`` (source pixels) at the window's last frame.
+        views: crops of each frame (``crop = "three"``: 3, stacked view after view, ``views·T`` frames);
+            the worker averages their answers.
     """
 
     stream: str
@@ -34,6 +38,14 @@ class Window:
     frames: np.ndarray | None
     sent_ts: float
     store: FrameRef | None = None
+    track: int | None = None
+    box: tuple[float, float, float, float] | None = None
+    views: int = 1
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        """What "only the newest window waits" is per: a stream, or one tracked actor of it."""
+        return self.stream, self.track
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,7 @@ class Result:
         top: ``(label, prob)`` pairs, best first.
         worker: name of the worker that ran it.
         timings: milliseconds per step (``queue_ms``, ``preprocess_ms``, ``forward_ms``, ...).
+        track, box: of the window (a tracked actor), else None.
     """
 
     stream: str
@@ -72,6 +85,12 @@ class Result:
     top: tuple[tuple[str, float], ...]
     worker: str
     timings: dict[str, float] = field(default_factory=dict)
+    track: int | None = None
+    box: tuple[float, float, float, float] | None = None
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return self.stream, self.track
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,23 +103,27 @@ class ResultBatch:
 @dataclass(frozen=True, eq=False)
 class DisplayFrame:
     """A frame to show (overlay, web) or record (clips): (H, W, 3) uint8 BGR, at most the display width;
-    ``fps``: the source's own rate (0 if unknown), which times clips in offline runs too."""
+    ``fps``: the source's own rate (0 if unknown), which times clips in offline runs too; ``tracks``:
+    ``(track, box)`` of each tracked actor in this frame, the box in this image's pixels."""
 
     stream: str
     index: int
     ts: float
     image: np.ndarray
     fps: float = 0.0
+    tracks: tuple[tuple[int, tuple[float, float, float, float]], ...] = ()
 
 
 @dataclass(frozen=True)
 class Status:
-    """Something a user should hear about: ``source_lost``, ``source_restored``, ``worker_restarted``..."""
+    """Something a user should hear about: ``source_lost``, ``source_restored``, ``worker_restarted``...;
+    ``track_ended`` names its ``track``."""
 
     kind: str
     stream: str
     detail: str
     ts: float
+    track: int | None = None
 
 
 @dataclass(frozen=True)

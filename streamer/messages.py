@@ -26,7 +26,7 @@ from streamer.errors import ProtocolError
 from streamer.framestore import FrameRef
 
 from streamer.wire import (  # noqa: F401  (the bounds are part of this module's interface)
-    F32, IMAGE_SHAPE, MAX_ARRAY_BYTES, MAX_BATCH, MAX_CLASSES, MAX_DETAIL, MAX_HEADER_BYTES, MAX_IMAGE_SIDE,
+    F32, IMAGE_SHAPE, check_box, MAX_ARRAY_BYTES, MAX_BATCH, MAX_CLASSES, MAX_DETAIL, MAX_HEADER_BYTES, MAX_IMAGE_SIDE,
     MAX_INDEX, MAX_LABELS, MAX_LINE_FIELDS, MAX_NAME, MAX_PARTS, MAX_SAMPLES, MAX_TIMINGS, MAX_TOP,
     MAX_WINDOW_FRAMES, U8, WINDOW_SHAPE, Fields, MalformedLog, array_view, check_float, check_int, check_shape, check_text,
     expect_frames, outgoing,
@@ -59,7 +59,24 @@ def _window_header(w: Window) -> tuple[dict, np.ndarray | None]:
     }
     if w.store is not None:
         head["store"] = {"name": w.store.name, "serials": [_ascheck_int(s) for s in w.store.serials]}
-    return head, frames
+    if w.views != 1:
+        head["views"] = _ascheck_int(w.views)
+    return {**head, **_place_header(w.track, w.box)}, frames
+
+
+MAX_VIEWS = 8  # crops of one window's frames
+MAX_TRACKS = 256  # tracked actors listed in one display frame
+
+
+def _place_header(track: int | None, box) -> dict:
+    """A tracked actor's id and box, when the message has one."""
+    return {} if track is None else {"track": _ascheck_int(track), "box": [float(v) for v in box]}
+
+
+def _place_meta(f: Fields, where: str) -> dict:
+    if not f.has("track"):
+        return {}
+    return {"track": f.integer("track", 0, MAX_INDEX), "box": check_box(f.raw("box"), f"{where}.box")}
 
 
 def _window_meta(obj: Any, where: str) -> tuple[dict, tuple[int, ...]]:
@@ -68,8 +85,10 @@ def _window_meta(obj: Any, where: str) -> tuple[dict, tuple[int, ...]]:
     shape = check_shape(f.raw("shape"), f"{where}.shape", WINDOW_SHAPE)
     indices = f.items("frame_indices", MAX_WINDOW_FRAMES)
     stamps = f.items("frame_ts", MAX_WINDOW_FRAMES)
-    if len(indices) != shape[0] or len(stamps) != shape[0]:
-        raise ProtocolError(f"{where}: {shape[0]} frames but {len(indices)} indices and {len(stamps)} timestamps")
+    views = f.integer("views", 2, MAX_VIEWS) if f.has("views") else 1
+    if len(indices) * views != shape[0] or len(stamps) != len(indices):
+        raise ProtocolError(f"{where}: {shape[0]} frames but {len(indices)} indices, {len(stamps)} timestamps "
+                            f"and {views} view(s)")
     indices = tuple(check_int(v, f"{where}.frame_indices[{i}]", 0, MAX_INDEX) for i, v in enumerate(indices))
     if any(b <= a for a, b in zip(indices, indices[1:])):
         raise ProtocolError(f"{where}.frame_indices: not strictly increasing")
@@ -79,6 +98,8 @@ def _window_meta(obj: Any, where: str) -> tuple[dict, tuple[int, ...]]:
         "frame_indices": indices,
         "frame_ts": tuple(check_float(v, f"{where}.frame_ts[{i}]") for i, v in enumerate(stamps)),
         "sent_ts": f.number("sent_ts"),
+        "views": views,
+        **_place_meta(f, where),
     }
     if "store" in obj:
         s = Fields(f.raw("store"), f"{where}.store")
@@ -104,6 +125,7 @@ def _result_header(r: Result) -> tuple[dict, np.ndarray]:
         "top": [[label, float(p)] for label, p in r.top],
         "worker": r.worker,
         "timings": {k: float(v) for k, v in r.timings.items()},
+        **_place_header(r.track, r.box),
     }
     return head, probs
 
@@ -127,6 +149,7 @@ def _result_meta(obj: Any, where: str) -> tuple[dict, int]:
         "top": tuple(top),
         "worker": f.text("worker"),
         "timings": timings,
+        **_place_meta(f, where),
     }
     f.done()
     return meta, classes
@@ -160,11 +183,14 @@ def _encode_fields(msg: Message) -> tuple[dict, list[np.ndarray]]:
         image = outgoing(msg.image, U8, 3, "display.image")
         head = {"stream": msg.stream, "index": _ascheck_int(msg.index), "ts": float(msg.ts), "shape": list(image.shape),
                 "fps": float(msg.fps)}
+        if msg.tracks:
+            head["tracks"] = [[_ascheck_int(track), [float(v) for v in box]] for track, box in msg.tracks]
         return head, [image]
     if isinstance(msg, WorkRequest):
         return {"worker": msg.worker, "max_batch": _ascheck_int(msg.max_batch)}, []
     if isinstance(msg, Status):
-        return {"kind": msg.kind, "stream": msg.stream, "detail": msg.detail, "ts": float(msg.ts)}, []
+        head = {"kind": msg.kind, "stream": msg.stream, "detail": msg.detail, "ts": float(msg.ts)}
+        return ({**head, "track": _ascheck_int(msg.track)} if msg.track is not None else head), []
     if isinstance(msg, Credit):
         return {"stream": msg.stream, "n": _ascheck_int(msg.n)}, []
     if isinstance(msg, Heartbeat):
@@ -220,11 +246,17 @@ def _decode_display(h: dict, bufs: list[memoryview]) -> DisplayFrame:
     f = Fields(h, "display")
     shape = check_shape(f.raw("shape"), "display.shape", IMAGE_SHAPE)
     stream, index, ts, fps = f.text("stream"), f.integer("index", 0, MAX_INDEX), f.number("ts"), f.number("fps")
+    tracks = []
+    for i, item in enumerate(f.items("tracks", MAX_TRACKS) if f.has("tracks") else ()):
+        if not isinstance(item, list) or len(item) != 2:
+            raise ProtocolError(f"display.tracks[{i}]: expected [track, box]")
+        tracks.append((check_int(item[0], f"display.tracks[{i}][0]", 0, MAX_INDEX),
+                       check_box(item[1], f"display.tracks[{i}][1]")))
     f.done()
     expect_frames(bufs, 1)
     if not 0 <= fps <= 1000:
         raise ProtocolError(f"display.fps: {fps} is not a frame rate")
-    return DisplayFrame(stream, index, ts, array_view(bufs[0], shape, U8, "display.image"), fps)
+    return DisplayFrame(stream, index, ts, array_view(bufs[0], shape, U8, "display.image"), fps, tuple(tracks))
 
 
 def _decode_work_request(h: dict, bufs: list[memoryview]) -> WorkRequest:
@@ -237,7 +269,8 @@ def _decode_work_request(h: dict, bufs: list[memoryview]) -> WorkRequest:
 
 def _decode_status(h: dict, bufs: list[memoryview]) -> Status:
     f = Fields(h, "status")
-    msg = Status(f.text("kind"), f.text("stream", empty=True), f.text("detail", MAX_DETAIL, empty=True), f.number("ts"))
+    msg = Status(f.text("kind"), f.text("stream", empty=True), f.text("detail", MAX_DETAIL, empty=True), f.number("ts"),
+                 f.integer("track", 0, MAX_INDEX) if f.has("track") else None)
     f.done()
     expect_frames(bufs, 0)
     return msg

@@ -123,11 +123,12 @@ def _place(rng: np.random.Generator, taken: list[tuple[float, float, float]], si
     return best
 
 
-def _sample_actors(rng: np.random.Generator, label: str, duration: float,
-                   background: tuple[int, int, int]) -> tuple[tuple[Actor, ...], list[tuple[float, float, float]]]:
+def _sample_actors(rng: np.random.Generator, label: str, duration: float, background: tuple[int, int, int],
+                   count: int | None = None) -> tuple[tuple[Actor, ...], list[tuple[float, float, float]]]:
     """Actors for one segment; their parameters make the motion clear at 30 fps and ~1 s windows."""
     # Several actors doing the same action make the motion a large part of the picture.
-    count = int(rng.choice([1, 2, 2, 3] if label in ("growing", "shrinking") else [1, 2, 3, 3, 4]))
+    choices = [1, 2, 2, 3] if label in ("growing", "shrinking") else [1, 2, 3, 3, 4]
+    count = int(rng.choice(choices)) if count is None else count
     actors: list[Actor] = []
     taken: list[tuple[float, float, float]] = []
     if label in _MOVES:
@@ -168,10 +169,12 @@ def _sample_actors(rng: np.random.Generator, label: str, duration: float,
 
 
 def sample_segment(rng: np.random.Generator, start_frame: int, fps: float, label: str | None = None,
-                   easy: bool = False) -> Segment:
+                   easy: bool = False, count: int | None = None) -> Segment:
     """Draw one random segment starting at ``start_frame`` (label random unless given).
 
     ``easy`` (a training curriculum): the same scene on a plain gradient, without noise or distractors.
+    ``count``: that many actors (random, 1-4, unless given) and then no distractors (one actor of a
+    multi-actor video, :mod:`streamer.synthetic_actors`).
     """
     label = label if label is not None else str(rng.choice(CLASSES))
     if label in ("growing", "shrinking"):
@@ -181,9 +184,9 @@ def sample_segment(rng: np.random.Generator, start_frame: int, fps: float, label
     num_frames = max(2, round(duration * fps))
     duration = num_frames / fps
     background = tuple(int(c) for c in rng.integers(0, 256, 3))
-    actors, taken = _sample_actors(rng, label, duration, background)
+    actors, taken = _sample_actors(rng, label, duration, background, count)
     distractors = []
-    for _ in range(int(rng.choice([0, 0, 0, 1, 2]))):
+    for _ in range(int(rng.choice([0, 0, 0, 1, 2])) if count is None else 0):
         size = float(rng.uniform(0.1, 0.2))
         if label in _MOVES:  # along the stage edge parallel to the travel, out of the actors' way
             x, y = float(rng.uniform(0.1, 0.9)), float(rng.choice([0.06, 0.94]))
@@ -306,15 +309,30 @@ def _background(segment: Segment, width: int, height: int) -> np.ndarray:
     return out
 
 
+def _placed_outline(actor: Actor, state: tuple[float, float, float, float, bool], side: int, ox: float,
+                    oy: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The actor's outline in pixels (N, 2), its rotation matrix and its centre."""
+    x, y, size, angle, _ = state
+    theta = math.radians(angle)
+    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    centre = np.array([ox + x * side, oy + y * side])
+    return _OUTLINES[actor.shape] @ rot.T * (size * side) + centre, rot, centre
+
+
+def actor_extent(actor: Actor, state: tuple[float, float, float, float, bool], side: int, ox: float,
+                 oy: float) -> tuple[float, float, float, float]:
+    """[x0, y0, x1, y1] in pixels around the actor's outline (where it is, even while blinked off)."""
+    pts, _, _ = _placed_outline(actor, state, side, ox, oy)
+    (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
+    return float(x0), float(y0), float(x1), float(y1)
+
+
 def _draw_actor(image: np.ndarray, actor: Actor, state: tuple[float, float, float, float, bool],
                 side: int, ox: float, oy: float) -> None:
     x, y, size, angle, visible = state
     if not visible or size <= 0:
         return
-    theta = math.radians(angle)
-    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
-    centre = np.array([ox + x * side, oy + y * side])
-    pts = _OUTLINES[actor.shape] @ rot.T * (size * side) + centre
+    pts, rot, centre = _placed_outline(actor, state, side, ox, oy)
     cv2.fillPoly(image, [np.round(pts * _SUBPIXEL).astype(np.int32)], actor.color[::-1], cv2.LINE_AA, _SUBPIXEL_BITS)
     # An off-centre marker makes every shape's rotation visible (even a circle's).
     marker = np.array([0.0, -0.25]) @ rot.T * (size * side) + centre
@@ -405,10 +423,18 @@ def write_video(out: Path, seconds: float, seed: int, fps: float = 30.0, width: 
 
     Labels: a list of ``{"start_frame", "end_frame", "label"}``, ``end_frame`` inclusive.
     """
-    import av  # only the file writer needs PyAV
-
     num_frames = max(1, round(seconds * fps))
     segs = segments_for(seed, num_frames, fps)
+    encode_video(out, (render_frame(segment_at(segs, i), i, width, height) for i in range(num_frames)), fps, width, height)
+    labels = [{"start_frame": s.start_frame, "end_frame": s.end_frame, "label": s.label} for s in segs]
+    labels_path(out).write_text(json.dumps(labels, indent=1) + "\n")
+    return labels
+
+
+def encode_video(out: Path, frames: Iterator[np.ndarray], fps: float, width: int, height: int) -> None:
+    """Write BGR frames as a near-lossless, deterministic H.264 mp4 (the same seed gives the same file)."""
+    import av  # only the file writer needs PyAV
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(out), mode="w") as container:
         stream = container.add_stream("libx264", rate=round(fps))
@@ -416,17 +442,13 @@ def write_video(out: Path, seconds: float, seed: int, fps: float = 30.0, width: 
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "17", "preset": "veryfast", "bf": "0"}  # deterministic, near-lossless
         stream.thread_type, stream.codec_context.thread_count = "NONE", 1  # frame-identical output per seed
-        for index in range(num_frames):
-            frame = render_frame(segment_at(segs, index), index, width, height)
+        for frame in frames:
             if frame.shape[:2] != (stream.height, stream.width):
                 frame = cv2.copyMakeBorder(frame, 0, stream.height - height, 0, stream.width - width, cv2.BORDER_REPLICATE)
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    labels = [{"start_frame": s.start_frame, "end_frame": s.end_frame, "label": s.label} for s in segs]
-    labels_path(out).write_text(json.dumps(labels, indent=1) + "\n")
-    return labels
 
 
 def read_labels(path: Path) -> list[dict]:
@@ -449,16 +471,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, required=True, help="length of the video in seconds")
     parser.add_argument("--seed", type=int, required=True, help="same seed, same video and labels (≥ 0)")
     parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--width", type=int, help="default 320, or 640 with --actors")
+    parser.add_argument("--height", type=int, help="default 240, or 480 with --actors")
+    parser.add_argument("--actors", type=int, default=0, metavar="K",
+                        help="K ≥ 2 actors side by side, each doing its own actions; labels name each actor's boxes")
     args = parser.parse_args(argv)
+    args.width = args.width or (640 if args.actors else 320)
+    args.height = args.height or (480 if args.actors else 240)
     if args.seconds <= 0 or args.fps <= 0 or args.width < 16 or args.height < 16 or args.seed < 0:
         parser.error(f"need --seconds > 0, --fps > 0, --width/--height ≥ 16, --seed ≥ 0; got "
                      f"{args.seconds}, {args.fps}, {args.width}x{args.height}, {args.seed}")
     if args.out.suffix.lower() != ".mp4":
         parser.error(f"--out must end in .mp4, got {args.out}")
+    if args.actors and not 2 <= args.actors <= 8:
+        parser.error(f"--actors must be from 2 to 8, got {args.actors}")
     try:
-        labels = write_video(args.out, args.seconds, args.seed, args.fps, args.width, args.height)
+        if args.actors:
+            from streamer import synthetic_actors
+            labels = synthetic_actors.write_video(args.out, args.seconds, args.seed, args.actors, args.fps,
+                                                  args.width, args.height)
+        else:
+            labels = write_video(args.out, args.seconds, args.seed, args.fps, args.width, args.height)
     except OSError as err:  # PyAV's errors are OSErrors too
         print(f"error: cannot write {args.out} ({err.strerror or err}); pick a writable path", file=sys.stderr)
         return USAGE_ERROR

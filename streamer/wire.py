@@ -47,6 +47,9 @@ class Fields:
         self._where = where
         self._taken: set[str] = set()
 
+    def has(self, key: str) -> bool:
+        return key in self._obj
+
     def raw(self, key: str) -> Any:
         if key not in self._obj:
             raise ProtocolError(f"{self._where}: missing field {key!r}")
@@ -111,6 +114,16 @@ def check_float(value: Any, where: str) -> float:
     if not math.isfinite(result):
         raise ProtocolError(f"{where}: {value!r} is not finite")
     return result
+
+
+def check_box(value: Any, where: str) -> tuple[float, float, float, float]:
+    """``[x0, y0, x1, y1]``: four finite numbers with x0 ≤ x1 and y0 ≤ y1 (a region or track, in pixels)."""
+    if not isinstance(value, list) or len(value) != 4:
+        raise ProtocolError(f"{where}: expected [x0, y0, x1, y1]")
+    box = tuple(check_float(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if box[2] < box[0] or box[3] < box[1]:
+        raise ProtocolError(f"{where}: {list(box)} is not a box (x1 < x0 or y1 < y0)")
+    return box
 
 
 def check_shape(value: Any, where: str, limits: Sequence[tuple[int, int]]) -> tuple[int, ...]:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from streamer import synthetic
 from streamer.errors import ConfigError, PipelineError, UsageParser
 from streamer.frames import to_model_frame
-from workers import data, evaluate
+from workers import actor_clips, data, evaluate
 from workers.model import Preprocess, load_model, save_model
 from workers.motion_init import FROZEN, motion_init, sinusoid_table
 from workers.preprocess import to_model_input
@@ -106,9 +106,11 @@ def augment(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class ClipStream(torch.utils.data.IterableDataset):
     """Endless clips; each DataLoader worker draws from its own seed."""
 
-    def __init__(self, source: str, pairs: list[tuple[Path, int]], seed: int, pre: Preprocess, cut_p: float) -> None:
+    def __init__(self, source: str, pairs: list[tuple[Path, int]], seed: int, pre: Preprocess, cut_p: float,
+                 actor_p: float = 0.0) -> None:
         super().__init__()
         self.source, self.pairs, self.seed, self.pre, self.cut_p = source, pairs, seed, pre, cut_p
+        self.actor_p = actor_p  # share of synthetic clips cut around one actor of a multi-actor scene
         self.easy = mp.Value("d", 0.0, lock=False)  # shared with worker processes; the loop sets it
 
     def __iter__(self):
@@ -117,8 +119,17 @@ class ClipStream(torch.utils.data.IterableDataset):
         clips = synthetic_clips(seed, self.pre, self.cut_p, easy_p=lambda: self.easy.value) \
             if self.source == "synthetic" else \
             video_clips(self.pairs, seed, self.pre)
+        if self.source == "synthetic" and self.actor_p > 0:
+            clips = _mixed(clips, actor_clips.actor_clips(seed, self.pre, self.cut_p / 2), self.actor_p, seed)
         for clip, label in clips:
             yield torch.from_numpy(clip), label
+
+
+def _mixed(whole: Iterator, around_actors: Iterator, actor_p: float, seed: int) -> Iterator:
+    """Clips from ``around_actors`` with probability ``actor_p``, else from ``whole``."""
+    rng = np.random.default_rng([TRAIN_STREAM, seed, 0xA])
+    while True:
+        yield next(around_actors if rng.uniform() < actor_p else whole)
 
 
 # ---------------------------------------------------------------- model
@@ -296,7 +307,7 @@ def train(args: argparse.Namespace) -> dict:
     model.to(device)
     val = held_out(args, labels, pre, pairs)
     stream = ClipStream(args.data if args.data == "synthetic" else "videos", pairs, args.seed + 7919 * state["epoch"],
-                        pre, args.cut_p)
+                        pre, args.cut_p, args.actor_p)
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=args.batch_size, num_workers=args.workers, persistent_workers=False,
@@ -406,6 +417,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opt.add_argument("--label-smoothing", type=float, default=0.0)
     opt.add_argument("--easy-steps", type=int, default=0,
                      help="curriculum: plain, noise-free synthetic scenes fade from all to none over these steps")
+    opt.add_argument("--actor-p", type=float, default=0.0,
+                     help="share of synthetic clips cut around one actor of a multi-actor scene (tracked windows)")
     opt.add_argument("--cut-p", type=float, default=0.2, help="share of synthetic clips that straddle a cut")
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0)
@@ -424,6 +437,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
     if args.embed_dim % args.heads:
         parser.error(f"--embed-dim {args.embed_dim} must divide by --heads {args.heads}")
+    if not 0 <= args.actor_p <= 1:
+        parser.error(f"--actor-p must be within 0..1, got {args.actor_p}")
     if not 0 <= args.cut_p <= 1:
         parser.error(f"--cut-p must be within 0..1, got {args.cut_p}")
     if args.init_lr_mult < 0 or args.head_lr_mult < 0:

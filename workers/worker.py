@@ -48,6 +48,22 @@ def cpu_threads(requested: int, workers_on_cpu: int) -> int:
     return max(1, ((os.cpu_count() or 1) - 1) // max(1, workers_on_cpu))
 
 
+def per_window(probs: np.ndarray, views: list[int]) -> list[np.ndarray]:
+    """Each window's probabilities from those of its views (``crop = "three"``): the softmax of the views'
+    mean log-probability, which is the softmax of their mean logits (the official multi-crop test)."""
+    out, start = [], 0
+    for n in views:
+        part = probs[start:start + n]
+        start += n
+        if n == 1:
+            out.append(part[0])
+            continue
+        mean_log = np.log(np.maximum(part, 1e-30)).mean(axis=0)
+        e = np.exp(mean_log - mean_log.max())
+        out.append((e / e.sum()).astype(np.float32))
+    return out
+
+
 class Predictor:
     """The model and the steps around it, independent of sockets (the benchmarks use it directly)."""
 
@@ -105,7 +121,8 @@ class Predictor:
         return probs, {"preprocess_ms": 1000 * (t1 - t0), "forward_ms": 1000 * (t2 - t1)}
 
     def frames_of(self, batch: Batch) -> tuple[list[Window], np.ndarray | None, list[Status]]:
-        """The windows still readable, their (B, T, H, W, 3) frames, and a ``window_stale`` status for each other.
+        """The windows still readable, their frames as (sum of their views, T, H, W, 3), and a ``window_stale``
+        status for each other.
 
         A shared-memory window is unreadable when its frames were overwritten before we got to
         them (workers far behind) or when it names a store this worker may not or cannot read.
@@ -122,13 +139,13 @@ class Predictor:
                 lost.append(Status("window_stale", window.stream, reason, time.time()))
                 continue
             kept.append(window)
-            frames.append(data)
+            frames.append(data.reshape(window.views, -1, *data.shape[1:]))  # (views, T, H, W, 3)
         self.stores.close_idle()
         if not frames:
             return kept, None, lost
         if len(frames) == 1 and frames[0].flags.writeable:  # already our own copy (from a store)
-            return kept, frames[0][None], lost
-        return kept, np.stack(frames), lost
+            return kept, frames[0], lost
+        return kept, np.concatenate(frames), lost
 
     def results(self, batch: Batch, worker: str) -> tuple[ResultBatch, list[Status]]:
         """Results for the batch's readable windows, and a status for each window that could not be read."""
@@ -140,7 +157,7 @@ class Predictor:
         probs, timings = self.predict(frames)
         timings["preprocess_ms"] += gather_ms
         out = []
-        for window, p in zip(windows, probs):
+        for window, p in zip(windows, per_window(probs, [w.views for w in windows])):
             top = np.argsort(-p)[: self.top_k]
             out.append(Result(
                 stream=window.stream, seq=window.seq, frame_index=window.frame_indices[-1],
@@ -149,6 +166,7 @@ class Predictor:
                 timings={"capture_ms": 1000 * max(0.0, window.sent_ts - window.frame_ts[-1]),
                          "queue_ms": 1000 * max(0.0, received - window.sent_ts), **timings,
                          "batch_size": float(len(windows))},
+                track=window.track, box=window.box,
             ))
         return ResultBatch(tuple(out)), lost
 
