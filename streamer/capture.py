@@ -120,8 +120,8 @@ class _Counts:
     """What a capture reports once a second and at its end, for each stream it sends: frames read and
     converted, input fps, and for tracked actors how many are active and how many the cap left out."""
 
-    def __init__(self, streams: tuple[str, ...]) -> None:
-        self.streams, self.started = streams, time.time()
+    def __init__(self, streams: tuple[str, ...], tracking: bool = False) -> None:
+        self.streams, self.started, self.tracking = streams, time.time(), tracking
         self.captured = self.converted = self.shown = 0
         self.tracks_active = self.tracks_skipped = 0
         self.last_frame_ts = 0.0
@@ -136,9 +136,10 @@ class _Counts:
             labels = {"stream": stream}
             samples = (("frames_captured", labels, float(self.captured)), ("frames_converted", labels, float(self.converted)),
                        ("display_frames", labels, float(self.shown)), ("capture_started", labels, self.started),
-                       ("input_fps", labels, fps), ("last_frame_ts", labels, self.last_frame_ts),
-                       ("tracks_active", labels, float(self.tracks_active)),
-                       ("tracks_skipped", labels, float(self.tracks_skipped)))
+                       ("input_fps", labels, fps), ("last_frame_ts", labels, self.last_frame_ts))
+            if self.tracking:
+                samples += (("tracks_active", labels, float(self.tracks_active)),
+                            ("tracks_skipped", labels, float(self.tracks_skipped)))
             try:
                 messages.send(sock, Stats(f"capture {stream}", time.time(), samples), 0 if block else zmq.NOBLOCK)
             except zmq.Again:  # the dispatcher is behind; the next report carries the totals
@@ -174,7 +175,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     credits, segment, lost = OFFLINE_IN_FLIGHT, 0, False
     last_index = None  # the ring forgets it on a loss; the end-of-stream line still names it
     malformed = messages.MalformedLog(f"capture {config.stream}")
-    counts = _Counts(streams)
+    counts = _Counts(streams, config.look.tracking is not None)
     try:
         if display is not None and config.clips:
             display.wait_for_subscriber(stop, config.offline)

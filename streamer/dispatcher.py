@@ -38,12 +38,13 @@ class Counters:
 class CaptureTotals:
     """Each stream's frame counters, summed over restarts of its capture (each reports its own counts)."""
 
-    COUNTERS = ("frames_captured", "frames_converted", "display_frames")
+    COUNTERS = ("frames_captured", "frames_converted", "display_frames", "tracks_skipped")
 
     def __init__(self) -> None:
         self.earlier: collections.Counter = collections.Counter()  # (counter, stream) → what restarted captures counted
         self.current: dict[str, tuple[float, dict[str, float]]] = {}  # stream → (its capture's start, its counts)
         self.fps: dict[str, float] = {}
+        self.tracks: dict[str, float] = {}  # stream → tracked actors active now
         self.last_frame: dict[str, float] = {}  # stream → capture time of its newest frame
 
     def update(self, stats: Stats) -> None:
@@ -61,6 +62,8 @@ class CaptureTotals:
         self.current[stream] = (started, {name: values[name] for name in self.COUNTERS if name in values})
         if "input_fps" in values:
             self.fps[stream] = values["input_fps"]
+        if "tracks_active" in values:
+            self.tracks[stream] = values["tracks_active"]
         if values.get("last_frame_ts"):
             self.last_frame[stream] = values["last_frame_ts"]
 
@@ -68,6 +71,7 @@ class CaptureTotals:
         out = [(name, {"stream": stream}, self.earlier[name, stream] + n)
                for stream, (_, counts) in self.current.items() for name, n in counts.items()]
         return (out + [("input_fps", {"stream": s}, fps) for s, fps in self.fps.items()]
+                + [("tracks_active", {"stream": s}, n) for s, n in self.tracks.items()]
                 + [("last_frame_ts", {"stream": s}, ts) for s, ts in self.last_frame.items()])
 
 

@@ -18,7 +18,8 @@ from streamer.crops import LookConfig, model_view, region_box, view_boxes
 from streamer.frames import Picture, bgr_of, display_image, is_array, model_frame
 from streamer.message_types import Window
 from streamer.ringbuffer import RingBuffer, WindowSchedule, window_span
-from streamer.tracking import Detector, MotionDetector, Presence, Tracker, TrackingConfig, window_box
+from streamer.motion import Detector, MotionDetector
+from streamer.tracking import Presence, Tracker, TrackingConfig, window_box
 
 SLIVER = 0.25  # a track's box narrower than this share of its length shows too little of its actor to label
 TRACK_MARGIN = 0.15  # a track's window square reaches this far (of its path's size) beyond the path
@@ -150,8 +151,8 @@ class TrackFeed:
             return wanted, []
         windows = []
         for track in self.active:
-            if view.index - track.last_active > self.tracker.coast or not track.covers(indices):
-                continue  # a frozen track (a still actor, or a place an actor left) gets no windows
+            if not self.live(track, view.index) or not track.covers(indices):
+                continue
             x0, y0, x1, y1 = track.box_at(view.index)
             if min(x1 - x0, y1 - y0) < SLIVER * max(x1 - x0, y1 - y0):
                 continue  # the last of an actor leaving the picture (or the first of one coming in)
@@ -165,7 +166,13 @@ class TrackFeed:
     def display(self, view: FrameView, width: int) -> tuple[np.ndarray, tuple]:
         image = display_image(view.picture, width)
         scale = image.shape[1] / view.width
-        return image, tuple((t.id, tuple(v * scale for v in t.box_at(view.index))) for t in self.active)
+        return image, tuple((t.id, tuple(v * scale for v in t.box_at(view.index))) for t in self.active
+                            if self.live(t, view.index))
+
+    def live(self, track, index: int) -> bool:
+        """Whether a track is moving now (or stopped a moment ago): it gets windows and is shown. A frozen one
+        (a still actor, or a place an actor left) is kept, unshown, until it moves again or ends."""
+        return index - track.last_active <= self.tracker.coast
 
 
 def make_feeds(stream: str, look: LookConfig, view: FrameView, size: int, num_frames: int, frame_interval: int,

@@ -57,10 +57,10 @@ def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event) -> int:
                     if view is None:
                         continue
                     if isinstance(msg, DisplayFrame):
-                        view.add_frame(msg.image, msg.index, msg.ts, time.monotonic())
+                        view.add_frame(msg.image, msg.index, msg.ts, time.monotonic(), msg.tracks)
                     elif isinstance(msg, Result):
-                        view.add_top(msg.top, 1000 * (time.time() - msg.frame_ts))
-                    elif isinstance(msg, Status):
+                        view.add_top(msg.top, 1000 * (time.time() - msg.frame_ts), msg.track)
+                    elif isinstance(msg, Status) and msg.kind != "track_ended":
                         view.status = None if msg.kind == "source_restored" else msg.kind.replace("_", " ")
             if time.monotonic() < next_draw:
                 continue

@@ -74,9 +74,8 @@ def draw_panel(image_bgr: np.ndarray, stream: str, top: Sequence[tuple[str, floa
     out = image_bgr.copy()
     height, width = out.shape[:2]
     m = _Metrics.for_frame(height, width)
-    panel_w = min(width, max(int(width * 0.42), int(m.line * 9.5)))
     rows = len(top) + (1 if status else 0)
-    panel_h = min(height, m.pad * 2 + m.line * (1 + rows) + (m.pad if rows else 0))
+    panel_w, panel_h = panel_size(height, width, rows)
     x0, text_w = m.pad, panel_w - 2 * m.pad
 
     roi = out[:panel_h, :panel_w]
@@ -106,6 +105,35 @@ def draw_panel(image_bgr: np.ndarray, stream: str, top: Sequence[tuple[str, floa
         bar_y = y + bar_h // 2
         cv2.rectangle(out, (x0, bar_y), (x0 + text_w, bar_y + bar_h), BAR_BG, -1)
         cv2.rectangle(out, (x0, bar_y), (x0 + int(round(text_w * prob)), bar_y + bar_h), color, -1)
+    return out
+
+
+def panel_size(height: int, width: int, rows: int) -> tuple[int, int]:
+    """(width, height) of the label panel with ``rows`` rows below its title, in a frame of that size."""
+    m = _Metrics.for_frame(height, width)
+    panel_w = min(width, max(int(width * 0.42), int(m.line * 9.5)))
+    return panel_w, min(height, m.pad * 2 + m.line * (1 + rows) + (m.pad if rows else 0))
+
+
+def draw_boxes(image_bgr: np.ndarray, boxes: Sequence[tuple[int, tuple, str, float]],
+               panel: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """A copy of ``image_bgr`` with each tracked actor's box and a tag above it (below it when the label panel,
+    ``panel`` = its width and height, or the frame's top is in the way): ``#id label score``."""
+    out = image_bgr.copy()
+    height, width = out.shape[:2]
+    m = _Metrics.for_frame(height, width)
+    for track, (x0, y0, x1, y1), label, score in boxes:
+        p0 = (int(round(max(0, x0))), int(round(max(0, y0))))
+        p1 = (int(round(min(width - 1, x1))), int(round(min(height - 1, y1))))
+        cv2.rectangle(out, p0, p1, BAR_TOP, m.thick + 1, cv2.LINE_AA)
+        tag = f"#{track} {label_words(label)} {score * 100:.0f}%"
+        (tw, th), base = cv2.getTextSize(tag, FONT, m.scale, m.thick)
+        tx = min(p0[0], max(0, width - tw - 2 * m.pad))
+        ty = p0[1] - base - 2
+        if ty - th - 2 < 0 or (tx < panel[0] and ty - th - 2 < panel[1]):
+            ty = min(height - base - 1, p1[1] + th + 4)
+        cv2.rectangle(out, (tx, ty - th - 2), (tx + tw + 4, ty + base), (20, 20, 20), -1)
+        _put(out, tag, tx + 2, ty, m, WHITE)
     return out
 
 

@@ -294,3 +294,33 @@ def test_two_processes_appending_to_one_log_never_mix_lines(tmp_path: Path) -> N
             proc.kill()
             proc.wait(timeout=10)
     assert len([x for x in _lines(path) if x["kind"] != "pad"]) == 3000
+
+
+def tracked(p_first: float, index: int, track: int, box=(10.0, 20.0, 50.0, 80.0)) -> Result:
+    base = result(p_first, index)
+    return Result(base.stream, base.seq, base.frame_index, base.frame_ts, base.probs, base.top, base.worker,
+                  base.timings, track=track, box=box)
+
+
+def test_tracked_actors_have_their_own_events_with_track_and_box() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=1, start_threshold=0.6, end_threshold=0.4), LABELS)
+    _, first = tracker.update(tracked(0.9, 0, track=1))
+    _, second = tracker.update(tracked(0.9, 0, track=2, box=(100.0, 0.0, 140.0, 60.0)))
+    assert [(e["kind"], e["track"], e["box"]) for e in first + second] == [
+        ("start", 1, [10.0, 20.0, 50.0, 80.0]), ("start", 2, [100.0, 0.0, 140.0, 60.0])]
+    assert first[0]["id"] != second[0]["id"]
+    line = prediction_line(tracked(0.9, 1, track=2), 1002.0)
+    assert line["track"] == 2 and line["box"] == [10.0, 20.0, 50.0, 80.0]
+    assert "track" not in prediction_line(result(0.9, 1), 1002.0), "a whole stream's lines name no track"
+
+
+def test_a_track_that_ends_ends_its_action_and_late_results_start_nothing() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=1, start_threshold=0.6, end_threshold=0.4), LABELS)
+    _, started = tracker.update(tracked(0.9, 0, track=3))
+    ended = tracker.end_track("cam0", 3)
+    assert [(e["kind"], e["id"], e["track"]) for e in ended] == [("end", started[0]["id"], 3)]
+    assert tracker.update(tracked(0.9, 1, track=3))[1] == [], "a window still at a worker when its track ended"
+    assert tracker.end_track("cam0", 3) == []
+    _, other = tracker.update(tracked(0.9, 1, track=4))
+    assert [e["kind"] for e in other] == ["start"]
+    assert [e["track"] for e in tracker.reset("cam0")] == [4], "a lost source ends every track's action"

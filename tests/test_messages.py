@@ -26,6 +26,9 @@ names = st.text(st.characters(codec="utf-8", categories=("L", "N", "P", "S")), m
 indices = st.integers(0, m.MAX_INDEX)
 stamps = st.floats(allow_nan=False, allow_infinity=False)
 probs_f = st.floats(0.0, 1.0, width=32)
+boxes = st.tuples(st.floats(0, 1e4), st.floats(0, 1e4), st.floats(0, 1e4), st.floats(0, 1e4)).map(
+    lambda b: (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])))
+tracks = st.one_of(st.none(), st.integers(1, 10**9))  # a tracked actor's id (contract 7), or none
 
 
 @st.composite
@@ -34,9 +37,10 @@ def windows(draw: st.DrawFn) -> Window:
     h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
     idx = sorted(draw(st.sets(indices, min_size=t, max_size=t)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    frames = rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+    views, track = draw(st.integers(1, 3)), draw(tracks)
+    frames = rng.integers(0, 256, (views * t, h, w, 3), dtype=np.uint8)
     return Window(draw(names), draw(indices), tuple(idx), tuple(draw(st.lists(stamps, min_size=t, max_size=t))),
-                  frames, draw(stamps))
+                  frames, draw(stamps), track=track, box=None if track is None else draw(boxes), views=views)
 
 
 @st.composite
@@ -45,14 +49,17 @@ def results(draw: st.DrawFn) -> Result:
     k = draw(st.integers(0, min(5, probs.size)))
     top = tuple((draw(names), draw(probs_f)) for _ in range(k))
     timings = draw(st.dictionaries(names, stamps, max_size=5))
-    return Result(draw(names), draw(indices), draw(indices), draw(stamps), probs, top, draw(names), timings)
+    track = draw(tracks)
+    return Result(draw(names), draw(indices), draw(indices), draw(stamps), probs, top, draw(names), timings,
+                  track=track, box=None if track is None else draw(boxes))
 
 
 @st.composite
 def display_frames(draw: st.DrawFn) -> DisplayFrame:
     h, w = draw(st.integers(1, 20)), draw(st.integers(1, 20))
     image = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    return DisplayFrame(draw(names), draw(indices), draw(stamps), image)
+    shown = tuple(draw(st.lists(st.tuples(st.integers(1, 10**9), boxes), max_size=4)))
+    return DisplayFrame(draw(names), draw(indices), draw(stamps), image, 0.0, shown)
 
 
 any_message = st.one_of(
@@ -63,7 +70,7 @@ any_message = st.one_of(
     st.builds(ResultBatch, st.lists(results(), max_size=4).map(tuple)),
     display_frames(),
     st.builds(Status, names, st.one_of(st.just(""), names), st.text(st.characters(codec="utf-8",
-              categories=("L", "N", "P"), include_characters=" "), max_size=200), stamps),
+              categories=("L", "N", "P"), include_characters=" "), max_size=200), stamps, tracks),
     st.builds(Credit, names, st.integers(1, m.MAX_BATCH)),
     st.builds(Heartbeat, names, stamps),
     st.builds(LogLine, st.fixed_dictionaries({"kind": names}, optional={"stream": names, "frame_index": indices,

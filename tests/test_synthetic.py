@@ -172,3 +172,37 @@ def test_cli_unwritable_out_exits_2_with_one_line(tmp_path):
                            "--seed", "1"], cwd=REPO, timeout=30, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and "x.mp4" in proc.stderr, proc.stderr
+
+
+def test_actors_cli_writes_each_actors_segments_and_a_box_per_frame(tmp_path):
+    out = tmp_path / "yard.mp4"
+    proc = subprocess.run([sys.executable, "-m", "streamer.synthetic", "--out", str(out), "--seconds", "3",
+                           "--seed", "5", "--actors", "3"], cwd=REPO, timeout=60, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    labels = json.loads(synthetic.labels_path(out).read_text())
+    assert {s["actor"] for s in labels} == {0, 1, 2}
+    for actor in range(3):
+        mine = sorted((s for s in labels if s["actor"] == actor), key=lambda s: s["start_frame"])
+        assert mine[0]["start_frame"] == 0 and mine[-1]["end_frame"] == 89
+        assert all(a["end_frame"] + 1 == b["start_frame"] for a, b in zip(mine, mine[1:]))
+        for seg in mine:
+            assert seg["label"] in synthetic.CLASSES
+            assert len(seg["boxes"]) == seg["end_frame"] - seg["start_frame"] + 1
+            assert all(0 <= x0 <= x1 <= 640 and 0 <= y0 <= y1 <= 480 for x0, y0, x1, y1 in seg["boxes"])
+    # Apart: each actor keeps to its own third of the frame.
+    for seg in labels:
+        assert all(seg["actor"] * 213 <= x0 and x1 <= (seg["actor"] + 1) * 214 for x0, _, x1, _ in seg["boxes"])
+    capture = cv2.VideoCapture(str(out))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok and frame.shape == (480, 640, 3)
+    box = next(s for s in labels if s["actor"] == 1 and s["start_frame"] == 0)["boxes"][0]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    inside = frame[y0:y1, x0:x1].reshape(-1, 3).astype(int)
+    assert np.abs(inside - np.median(frame.reshape(-1, 3), axis=0)).max() > 60, "the actor is drawn inside its box"
+
+
+def test_actors_cli_refuses_one_actor(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "streamer.synthetic", "--out", str(tmp_path / "x.mp4"), "--seconds",
+                           "1", "--seed", "1", "--actors", "1"], cwd=REPO, timeout=30, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--actors" in proc.stderr

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError
+from streamer.motion import MotionDetector, small_copy
 from streamer.tracking import (
     Box,
-    MotionDetector,
     Tracker,
     TrackingConfig,
     TrackUpdate,
-    small_copy,
     window_box,
 )
 

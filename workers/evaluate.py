@@ -7,6 +7,11 @@ rendered ``.mp4`` beside its ``.labels.json``, a folder of clips laid out one fo
 per class, or a list file of ``path label`` lines (paths relative to the list file).
 
     python -m workers.evaluate --checkpoint models/demo.safetensors --synthetic-seeds 1000 1001 --seconds 60
+
+A tracked run (``track = "motion"``) is scored from its event log against a multi-actor video's labels
+(``python -m streamer.synthetic --actors K``), see :mod:`workers.track_scores`:
+
+    python -m workers.evaluate --tracks events.jsonl --labels yard.labels.json
 """
 
 from __future__ import annotations
@@ -111,8 +116,10 @@ def draw_confusion(confusion: np.ndarray, labels: list[str], path: Path, title: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = UsageParser(prog="python -m workers.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="any checkpoint load_model reads")
+    parser.add_argument("--checkpoint", help="any checkpoint load_model reads")
     data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--tracks", type=Path, metavar="EVENTS",
+                      help="score a tracked run's event log against --labels (a multi-actor video's)")
     data.add_argument("--data", type=Path, help="class-per-folder tree, 'path label' list file, or a rendered .mp4")
     data.add_argument("--synthetic-seeds", type=int, nargs="+", help="render synthetic videos with these seeds")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each synthetic video")
@@ -127,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="average each window with these mirror images, as the pipeline does (default: the "
                              "checkpoint's own; --flip-views alone: none)")
     parser.add_argument("--png", type=Path, default=Path("confusion.png"), help="where to save the confusion matrix")
+    parser.add_argument("--labels", type=Path, help="with --tracks: the video's .labels.json")
+    parser.add_argument("--stream", help="with --tracks: score this stream's lines only (default: every stream's)")
     args = parser.parse_args(argv)
+    if args.tracks:
+        return _score_tracks(parser, args)
+    if not args.checkpoint:
+        parser.error("--checkpoint is needed to evaluate windows (or score a run with --tracks)")
     if args.hop < 0 or args.frame_interval < 0 or args.batch_size < 1 or args.seconds <= 0:
         parser.error("--hop, --frame-interval must be ≥ 0, --batch-size ≥ 1, --seconds > 0")
     try:
@@ -161,6 +174,22 @@ def main(argv: list[str] | None = None) -> int:
     draw_confusion(result.confusion, model.labels, args.png,
                    f"top-1 {result.top1:.1%}  top-5 {result.top5:.1%}  on {result.count} windows")
     print(f"confusion matrix saved to {args.png}")
+    return 0
+
+
+def _score_tracks(parser: UsageParser, args) -> int:
+    from workers import track_scores
+
+    if not args.labels:
+        parser.error("--tracks needs --labels: the video's .labels.json")
+    try:
+        lines = track_scores.read_lines(args.tracks)
+        labels = track_scores.read_labels(args.labels)
+        scores = track_scores.score(lines, labels, stream=args.stream)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"error: cannot score {args.tracks} against {args.labels}: {err}", file=sys.stderr)
+        return 2
+    print(scores.summary())
     return 0
 
 

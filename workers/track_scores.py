@@ -105,6 +105,10 @@ def score(lines: list[dict], labels: list[dict], fps: float = 30.0, stream: str 
     return out
 
 
+def read_labels(path: Path) -> list[dict]:
+    return json.loads(Path(path).read_text())
+
+
 def read_lines(path: Path) -> list[dict]:
     """An event log's JSON lines (skipping filler lines)."""
     return [json.loads(text) for text in Path(path).read_text().splitlines() if text.strip()]

@@ -31,8 +31,9 @@ class Jpeg:
     frame_ts: float  # the shown frame's capture time, Unix seconds (glass-to-browser latency starts there)
 
 
-def _encode(name: str, frame, top, fps: float, latency_ms, status, width: int | None, quality: int) -> bytes:
-    image = annotated(name, frame, top, fps, latency_ms, status)
+def _encode(name: str, frame, top, fps: float, latency_ms, status, width: int | None, quality: int,
+            boxes=()) -> bytes:
+    image = annotated(name, frame, top, fps, latency_ms, status, boxes)
     if width is not None and width < image.shape[1]:
         height = max(1, round(image.shape[0] * width / image.shape[1]))
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
@@ -95,7 +96,7 @@ class Feeds:
             view = stream.view
             future = asyncio.get_running_loop().run_in_executor(
                 self.pool, _encode, name, view.frame, view.top(), view.fps(), view.latency_ms, view.status,
-                width, self.quality)
+                width, self.quality, view.boxes())
             entry = cache[(version, width)] = (future, view.frame_index, view.frame_ts)
             self.encodes[name] += 1
             self.last_encode[(name, width)] = time.monotonic()

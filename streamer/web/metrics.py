@@ -26,6 +26,7 @@ REPORTED_COUNTERS = {
     "frames_captured": "Frames read from each source",
     "frames_converted": "Frames converted to model input (the others no window holds are only decoded)",
     "display_frames": "Frames made for the overlay and the live view (only while one of them watches)",
+    "tracks_skipped": "Moving things not tracked because a stream had max_tracks actors already (per frame)",
     "windows_sent": "Windows each capture sent to the dispatcher",
     "windows_dropped": "Windows dropped, by stream and reason (overtaken: a newer one came first; "
                        "stale: its frames were overwritten before a worker read them)",
@@ -64,6 +65,8 @@ class _PipelineCollector(Collector):
             yield _family(CounterMetricFamily, name, text, samples)
         yield _family(GaugeMetricFamily, "input_frames_per_second", "Frames a second read from each source",
                       state.reported_samples("input_fps"))
+        yield _family(GaugeMetricFamily, "tracks_active", "Tracked actors each stream follows now",
+                      state.reported_samples("tracks_active"))
         yield _family(GaugeMetricFamily, "workers_answering", "Workers warm and answering the dispatcher",
                       state.reported_samples("workers_answering"))
         yield _family(GaugeMetricFamily, "clip_buffer_bytes", "Recent frames the clips stage holds for pre-roll (JPEG)",

@@ -98,7 +98,7 @@ class WebState:
         if stream is None:
             return
         now = time.time()
-        stream.view.add_frame(msg.image, msg.index, msg.ts, now)
+        stream.view.add_frame(msg.image, msg.index, msg.ts, now, msg.tracks)
         stream.last_frame, stream.shown_at = max(stream.last_frame, msg.ts), now
         self._redraw(stream)
 
@@ -119,7 +119,9 @@ class WebState:
                 self.malformed += 1
                 return
             stream.latest = line
-            stream.view.add_top([tuple(pair) for pair in line["top"]], float(latency))
+            track = line.get("track")
+            stream.view.add_top([tuple(pair) for pair in line["top"]], float(latency),
+                                track if type(track) is int else None)
             self.counts["predictions", (("stream", stream.name),)] += 1
             if self.observe is not None:
                 self.observe(line)
