@@ -172,7 +172,9 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
         f"frames through shared memory ({store.frames.shape[0]} frames, {store.frames.nbytes / 2**20:.0f} MB)"
         if store else "frames inline") + _looking(config))
     feeds = None  # made at the first frame: regions need its size
-    credits, segment, lost = OFFLINE_IN_FLIGHT, 0, False
+    # Offline, a window of each stream (region) or tracked actor may be at the workers, batched together.
+    credits = OFFLINE_IN_FLIGHT * len(streams) + (config.look.tracking.max_tracks if config.look.tracking else 0)
+    segment, lost = 0, False
     last_index = None  # the ring forgets it on a loss; the end-of-stream line still names it
     malformed = messages.MalformedLog(f"capture {config.stream}")
     counts = _Counts(streams, config.look.tracking is not None)

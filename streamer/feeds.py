@@ -151,7 +151,7 @@ class TrackFeed:
             return wanted, []
         windows = []
         for track in self.active:
-            if not self.live(track, view.index) or not track.covers(indices):
+            if not self.live(track, view.index) or self.presence.doubtful(track.id) or not track.covers(indices):
                 continue
             x0, y0, x1, y1 = track.box_at(view.index)
             if min(x1 - x0, y1 - y0) < SLIVER * max(x1 - x0, y1 - y0):
@@ -167,7 +167,7 @@ class TrackFeed:
         image = display_image(view.picture, width)
         scale = image.shape[1] / view.width
         return image, tuple((t.id, tuple(v * scale for v in t.box_at(view.index))) for t in self.active
-                            if self.live(t, view.index))
+                            if self.live(t, view.index) and not self.presence.doubtful(t.id))
 
     def live(self, track, index: int) -> bool:
         """Whether a track is moving now (or stopped a moment ago): it gets windows and is shown. A frozen one

@@ -84,7 +84,7 @@ class MotionDetector:
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._close)
         count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         keep = [k for k in range(1, count) if stats[k, cv2.CC_STAT_AREA] >= self.config.min_area * mask.size]
-        self.ghosts = np.array([self._ghost(small_bgr, labels, k, stats[k]) for k in keep], bool)  # label 0: ground
+        self.ghosts = np.array([self._foreign(small_bgr, labels, k, stats[k]) < GHOST_FOREIGN for k in keep], bool)
         boxes = [_grown(small_bgr, self._extent(labels, now, k, stats[k])) for k in keep]
         return np.array(boxes, np.float64).reshape(-1, 4) * scale
 
@@ -105,9 +105,9 @@ class MotionDetector:
         return tuple(box)
 
     @staticmethod
-    def _ghost(small_bgr: np.ndarray, labels: np.ndarray, k: int, stat: np.ndarray) -> bool:
-        """A blob left where something *was* (it stood there while the background was learnt, then went):
-        what the frame shows there now looks like the ground around it, which no actor does."""
+    def _foreign(small_bgr: np.ndarray, labels: np.ndarray, k: int, stat: np.ndarray) -> float:
+        """The share of blob ``k``'s pixels unlike the ground around it. A blob left where something *was* (it
+        stood there while the background was learnt, then went) shows the ground: few, a ghost."""
         x, y, w, h = (int(v) for v in stat[:4])
         pad = max(2, (w + h) // 8)
         H, W = labels.shape
@@ -116,10 +116,10 @@ class MotionDetector:
         colour = small_bgr[y0:y1, x0:x1].reshape(-1, small_bgr.shape[2] if small_bgr.ndim == 3 else 1)
         inside, ring = (area == k).ravel(), (area == 0).ravel()
         if ring.sum() < 8 or inside.sum() < 4:
-            return False
+            return 1.0
         ground = colour[ring].astype(np.float32)
-        far = np.abs(colour[inside] - ground.mean(axis=0)) > 2.5 * ground.std(axis=0) + GHOST_LEVELS
-        return float(far.any(axis=1).mean()) < GHOST_FOREIGN
+        far = (np.abs(colour[inside] - ground.mean(axis=0)) > 2.5 * ground.std(axis=0) + GHOST_LEVELS).any(axis=1)
+        return float(far.mean())
 
 
 GROW_REACH = 1.5  # a box grows into its object at most this many of its sides outwards

@@ -25,7 +25,9 @@ from scipy.optimize import linear_sum_assignment
 from streamer.errors import ConfigError
 
 Box = tuple[float, float, float, float]
-GHOST_S = 1.2  # a track whose only motion has been ghosts this long holds an empty place
+GHOST_QUIET_S = 0.25  # a track whose only motion has been ghosts this long gets no windows (while it may still be
+                      # a blinking light in its dark phase)
+GHOST_S = 0.9  # a track whose only motion has been ghosts this long holds an empty place
 COAST_S = 0.3  # a track without any detection moves on its prediction this long, then freezes
 COVER = 0.5  # a predicted box lying this much inside a detection is part of it (for merges)
 TOUCH = 1.25  # a coasting track re-acquires a detection this near: 1 is boxes touching (normalized centre distance)
@@ -323,6 +325,7 @@ class Presence:
         self.looks: dict[int, np.ndarray] = {}
         self.ghostly: dict[int, int] = {}  # track id → frames in a row its motion has been only ghosts
         self.ghost_frames = max(1, tracker.config.frames(GHOST_S))
+        self.quiet_frames = max(1, tracker.config.frames(GHOST_QUIET_S))
 
     def _patch(self, grey: np.ndarray, box: Box, scale: float) -> np.ndarray | None:
         h, w = grey.shape
@@ -331,6 +334,10 @@ class Presence:
         if x1 - x0 < 2 or y1 - y0 < 2:
             return None
         return cv2.resize(grey[y0:y1, x0:x1], (self.PATCH, self.PATCH), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+    def doubtful(self, track_id: int) -> bool:
+        """Whether a track's motion has lately been only ghosts: too doubtful to label (no windows)."""
+        return self.ghostly.get(track_id, 0) >= self.quiet_frames
 
     def gone(self, index: int, small_bgr: np.ndarray, scale: float, active: Sequence[Track],
              detections: np.ndarray = np.zeros((0, 4)), ghosts: np.ndarray | None = None) -> list[int]:

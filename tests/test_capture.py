@@ -61,20 +61,14 @@ def endpoints(tmp_path) -> Endpoints:
     return Endpoints(*(f"ipc://{tmp_path}/{name}" for name in ("windows", "work", "results", "display", "web")))
 
 
-@pytest.mark.parametrize("num_frames,interval,hop", [(4, 2, 4), (4, 8, 8), (3, 5, 7)])
-def test_capture_converts_exactly_the_frames_its_windows_hold(tmp_path, num_frames, interval, hop):
-    """Offline over a real ROUTER socket: every window arrives, its frames equal today's path's within the
-    tolerance, and the capture's own count of conversions is the number of distinct frames windows hold."""
-    total = 90
-    video = make_video(tmp_path / "clip.avi", num_frames=total, size=(240, 240))  # square: the index blocks stay
-    eps = endpoints(tmp_path)
+def run_capture(config: CaptureConfig) -> tuple[list[Window], list[Stats]]:
+    """The real capture stage, offline, over a real ROUTER socket until its file ends: every window it sent
+    (each answered with a credit, as the dispatcher does) and every report."""
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
-    router.bind(eps.windows)
+    router.bind(config.endpoints.windows)
     stop = threading.Event()
-    config = CaptureConfig("cam", str(video), eps, size=64, num_frames=num_frames, frame_interval=interval, hop=hop,
-                           offline=True)
     thread = threading.Thread(target=capture.run, args=(config, stop), daemon=True)
     thread.start()
     windows, stats = [], []
@@ -85,7 +79,7 @@ def test_capture_converts_exactly_the_frames_its_windows_hold(tmp_path, num_fram
             msg = messages.decode(parts)
             if isinstance(msg, Window):
                 windows.append(msg)
-                router.send_multipart([identity, *messages.encode(Credit("cam", 1))])
+                router.send_multipart([identity, *messages.encode(Credit(msg.stream, 1))])
             elif isinstance(msg, Stats):
                 stats.append(msg)
             elif isinstance(msg, Status) and msg.kind == "end_of_stream":
@@ -95,6 +89,18 @@ def test_capture_converts_exactly_the_frames_its_windows_hold(tmp_path, num_fram
         thread.join(timeout=10)
         router.close()
         ctx.term()
+    return windows, stats
+
+
+@pytest.mark.parametrize("num_frames,interval,hop", [(4, 2, 4), (4, 8, 8), (3, 5, 7)])
+def test_capture_converts_exactly_the_frames_its_windows_hold(tmp_path, num_frames, interval, hop):
+    """Offline over a real ROUTER socket: every window arrives, its frames equal today's path's within the
+    tolerance, and the capture's own count of conversions is the number of distinct frames windows hold."""
+    total = 90
+    video = make_video(tmp_path / "clip.avi", num_frames=total, size=(240, 240))  # square: the index blocks stay
+    config = CaptureConfig("cam", str(video), endpoints(tmp_path), size=64, num_frames=num_frames,
+                           frame_interval=interval, hop=hop, offline=True)
+    windows, stats = run_capture(config)
 
     schedule = WindowSchedule(num_frames, interval, hop)
     due, wanted = [], set()

@@ -4,7 +4,6 @@ capture stage over real sockets, and one real offline pipeline run that several 
 import json
 import subprocess
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -13,14 +12,13 @@ import cv2
 import numpy as np
 import pytest
 import tomli_w
-import zmq
 
-from streamer import capture, messages, synthetic, synthetic_actors
+from streamer import synthetic, synthetic_actors
 from streamer.config import CaptureConfig
 from streamer.crops import LookConfig, Region, load_look, region_box, view_boxes
 from streamer.errors import ConfigError
-from streamer.messages import Credit, Status, Window
-from tests.test_capture import endpoints
+from streamer.messages import Window
+from tests.test_capture import endpoints, run_capture
 from workers import track_scores
 from workers.worker import per_window
 
@@ -41,33 +39,9 @@ def edge_video(path: Path, frames: int = 40) -> Path:
 
 def capture_windows(tmp_path: Path, video: Path, look: LookConfig, size: int = 48) -> list[Window]:
     """Every window the real capture stage sends for ``video`` (offline, over a real ROUTER socket)."""
-    eps = endpoints(tmp_path)
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind(eps.windows)
-    stop = threading.Event()
-    config = CaptureConfig("cam", str(video), eps, size=size, num_frames=4, frame_interval=2, hop=8, offline=True,
-                           look=look)
-    thread = threading.Thread(target=capture.run, args=(config, stop), daemon=True)
-    thread.start()
-    windows = []
-    try:
-        while True:
-            assert router.poll(30_000), "capture went silent"
-            identity, *parts = router.recv_multipart()
-            msg = messages.decode(parts)
-            if isinstance(msg, Window):
-                windows.append(msg)
-                router.send_multipart([identity, *messages.encode(Credit(msg.stream, 1))])
-            elif isinstance(msg, Status) and msg.kind == "end_of_stream":
-                break
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        router.close()
-        ctx.term()
-    return windows
+    config = CaptureConfig("cam", str(video), endpoints(tmp_path), size=size, num_frames=4, frame_interval=2, hop=8,
+                           offline=True, look=look)
+    return run_capture(config)[0]
 
 
 def red(frames: np.ndarray) -> np.ndarray:

@@ -16,13 +16,14 @@ import numpy as np
 
 from streamer import synthetic
 from streamer.tracking import window_box
+from streamer.feeds import TRACK_MARGIN
 from streamer.frames import to_model_frame
 from streamer.synthetic_actors import ActorVideo
 from workers import data
 
 ACTOR_TRAIN_STREAM = 0xAC7E  # rng([ACTOR_TRAIN_STREAM, seed, n]): scenes no test video uses
 SCENE_FRAMES = 900  # each training scene is 30 s long; clips come from anywhere in it
-TRACK_MARGIN = 0.15  # what the pipeline's tracks use (streamer.capture_tracks)
+
 
 
 def jittered(box: tuple[float, float, float, float], rng: np.random.Generator, amount: float) -> tuple:

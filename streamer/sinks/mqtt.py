@@ -44,7 +44,7 @@ class MqttSink:
         self.counts = {"published": 0, "dropped": 0}
         self._lock = threading.Lock()
         self._ever_connected, self._down_since = False, 0.0
-        self.active: set[tuple[str, str]] = set()  # (stream, label) of the actions under way
+        self.active: dict[tuple[str, str], set] = {}  # (stream, label) → ids of its actions under way (tracks: several)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id,
                                   protocol=mqtt.MQTTv311)
         if config.username:
@@ -136,9 +136,12 @@ class MqttSink:
         """One start or end line: on ``<prefix>/events``, and the stream/label state."""
         self._publish(f"{self.prefix}/events", json.dumps(line, separators=(",", ":")))
         if isinstance(line.get("stream"), str) and isinstance(line.get("label"), str):
-            key = (line["stream"], line["label"])
-            (self.active.add if line["kind"] == "start" else self.active.discard)(key)
-            self._publish(self.state_topic(*key), "ON" if line["kind"] == "start" else "OFF", retain=True)
+            key, action = (line["stream"], line["label"]), str(line.get("id"))
+            under_way = self.active.setdefault(key, set())
+            (under_way.add if line["kind"] == "start" else under_way.discard)(action)
+            if not under_way:  # ON while any actor of the stream does it (each tracked actor has its own actions)
+                del self.active[key]
+            self._publish(self.state_topic(*key), "ON" if under_way else "OFF", retain=True)
 
     def close(self, timeout_s: float = 3.0) -> None:
         """``offline`` (retained) after what is queued, all sent within ``timeout_s`` if the broker is

@@ -58,7 +58,7 @@ function showEvent(line, atTop = true) {
   li.innerHTML = '<span class="kind"></span><span class="where"></span><span class="time"></span>' +
                  '<span class="label"></span>';
   li.querySelector(".kind").textContent = line.kind;
-  li.querySelector(".where").textContent = line.stream;
+  li.querySelector(".where").textContent = Number.isInteger(line.track) ? `${line.stream} #${line.track}` : line.stream;
   li.querySelector(".time").textContent = clock(line.frame_ts);
   li.querySelector(".label").textContent = `${words(line.label)} (${Math.round(line.score * 100)}%)`;
   li.dataset.id = line.id || "";
@@ -121,7 +121,8 @@ live.addEventListener("event", (e) => {
   const line = JSON.parse(e.data);
   showEvent(line);
   const c = cards.get(line.stream);  // the card follows at once, not at the next stream list
-  if (c) c.action.textContent = line.kind === "start" ? `doing: ${words(line.label)}` : "";
+  if (c && !Number.isInteger(line.track)) c.action.textContent = line.kind === "start" ? `doing: ${words(line.label)}` : "";
+  if (c && Number.isInteger(line.track) && line.kind === "start") c.action.textContent = `#${line.track} ${words(line.label)}`;
 });
 checkReady();
 setInterval(checkReady, 2000);
