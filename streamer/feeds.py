@@ -22,6 +22,8 @@ from streamer.motion import Detector, MotionDetector
 from streamer.tracking import Presence, Tracker, TrackingConfig, window_box
 
 SLIVER = 0.25  # a track's box narrower than this share of its length shows too little of its actor to label
+TRACK_SEEN = 0.5  # a track gets windows once it has boxes for this share of a window's frames (the newest):
+                  # a new actor is labelled half a window sooner, its crop the square around what was seen
 TRACK_MARGIN = 0.15  # a track's window square reaches this far (of its path's size) beyond the path
 
 
@@ -113,6 +115,7 @@ class TrackFeed:
         self.stream, self.tracking, self.size = stream, tracking, size
         self.num_frames, self.interval = num_frames, frame_interval
         self.span = window_span(num_frames, frame_interval)
+        self.seen = max(1, round(TRACK_SEEN * num_frames))
         self.detector = detector or MotionDetector(tracking)
         self.tracker = Tracker(tracking, history=self.span + hop)
         self.presence = Presence(self.tracker)
@@ -151,12 +154,14 @@ class TrackFeed:
             return wanted, []
         windows = []
         for track in self.active:
-            if not self.live(track, view.index) or self.presence.doubtful(track.id) or not track.covers(indices):
+            doubtful = self.presence.doubtful(track.id)
+            if not self.live(track, view.index) or doubtful or not track.covers(indices[-self.seen:]):
                 continue
             x0, y0, x1, y1 = track.box_at(view.index)
             if min(x1 - x0, y1 - y0) < SLIVER * max(x1 - x0, y1 - y0):
                 continue  # the last of an actor leaving the picture (or the first of one coming in)
-            square = window_box([track.box_at(i) for i in indices], view.width, view.height, TRACK_MARGIN)
+            square = window_box([b for i in indices if (b := track.box_at(i)) is not None], view.width, view.height,
+                                TRACK_MARGIN)
             frames = np.stack([model_view(self.kept[i][1], square, self.size) for i in indices])
             windows.append(Window(self.stream, self.seq, tuple(indices), tuple(self.kept[i][0] for i in indices),
                                   frames, time.time(), track=track.id, box=tuple(track.box_at(view.index))))
