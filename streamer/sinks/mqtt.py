@@ -136,12 +136,17 @@ class MqttSink:
         """One start or end line: on ``<prefix>/events``, and the stream/label state."""
         self._publish(f"{self.prefix}/events", json.dumps(line, separators=(",", ":")))
         if isinstance(line.get("stream"), str) and isinstance(line.get("label"), str):
-            key, action = (line["stream"], line["label"]), str(line.get("id"))
-            under_way = self.active.setdefault(key, set())
-            (under_way.add if line["kind"] == "start" else under_way.discard)(action)
-            if not under_way:  # ON while any actor of the stream does it (each tracked actor has its own actions)
-                del self.active[key]
-            self._publish(self.state_topic(*key), "ON" if under_way else "OFF", retain=True)
+            key, start = (line["stream"], line["label"]), line["kind"] == "start"
+            if "track" in line:  # tracked actors: ON while any of them does it (their actions told apart by id)
+                ids = self.active.setdefault(key, set())
+                (ids.add if start else ids.discard)(str(line.get("id")))
+                if not ids:
+                    del self.active[key]
+            elif start:  # a stream's own action: ON from its start to its end
+                self.active[key] = {""}
+            else:
+                self.active.pop(key, None)
+            self._publish(self.state_topic(*key), "ON" if key in self.active else "OFF", retain=True)
 
     def close(self, timeout_s: float = 3.0) -> None:
         """``offline`` (retained) after what is queued, all sent within ``timeout_s`` if the broker is

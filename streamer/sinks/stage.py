@@ -19,6 +19,8 @@ from streamer.messages import LogLine, Stats
 from streamer.sinks.config import SinksConfig
 
 REPORT_EVERY_S = 1.0
+FINAL_LINES_S = 3.0  # at a stop, the dispatcher's last lines are awaited this long at most
+QUIET_MS = 500  # and no longer than this after the last of them
 
 
 def _samples(sinks) -> tuple:
@@ -49,15 +51,26 @@ def run(config: SinksConfig, stop: multiprocessing.synchronize.Event) -> int:
         except zmq.Again:
             pass
 
+    def deliver(wait_ms: int) -> bool:
+        """Hand the start and end lines that arrived to every sink; False when none came within ``wait_ms``."""
+        if not results.poll(wait_ms):
+            return False
+        for msg in messages.drain(results, malformed):
+            if isinstance(msg, LogLine) and msg.line.get("kind") in ("start", "end"):
+                for sink in sinks:
+                    sink.event(msg.line)
+        return True
+
     try:
         while not stop.is_set():
-            for msg in messages.drain(results, malformed) if results.poll(100) else ():
-                if isinstance(msg, LogLine) and msg.line.get("kind") in ("start", "end"):
-                    for sink in sinks:
-                        sink.event(msg.line)
+            deliver(100)
             if time.monotonic() >= next_report:
                 next_report += REPORT_EVERY_S
                 send_report()
+        # Stopping: the dispatcher's last lines (the end of every action under way) come after the stop.
+        deadline = time.monotonic() + FINAL_LINES_S
+        while time.monotonic() < deadline and deliver(QUIET_MS):
+            pass
     finally:
         for sink in sinks:
             sink.close()
