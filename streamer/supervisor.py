@@ -24,6 +24,7 @@ from streamer.framestore import remove_stores
 from streamer.messages import Status
 
 STOP_GRACE_S = 3.0
+SINKS_GRACE_S = 6.0  # the sinks stage takes the dispatcher's last lines (≤ 1.5 s), then flushes MQTT (≤ 3 s)
 CLIPS_GRACE_S = 20.0  # the clip recorder finishes the clips under way (the post-roll it has) before it ends
 HEALTHY_AFTER_S = 30.0
 WORKER_READY_TIMEOUT_S = 120.0  # a stage up this long has its crash backoff reset
@@ -115,7 +116,7 @@ class Supervisor:
         if config.sinks is not None:
             from streamer.sinks import stage as sinks
 
-            self.stages.append(Stage("sinks", sinks.run, (config.sinks,)))
+            self.stages.append(Stage("sinks", sinks.run, (config.sinks,), grace_s=SINKS_GRACE_S))
         if config.clips is not None:
             from streamer.sinks import clips
 

@@ -425,30 +425,12 @@ def write_video(out: Path, seconds: float, seed: int, fps: float = 30.0, width: 
     """
     num_frames = max(1, round(seconds * fps))
     segs = segments_for(seed, num_frames, fps)
+    from streamer.video_out import encode_video  # only the file writer needs PyAV
+
     encode_video(out, (render_frame(segment_at(segs, i), i, width, height) for i in range(num_frames)), fps, width, height)
     labels = [{"start_frame": s.start_frame, "end_frame": s.end_frame, "label": s.label} for s in segs]
     labels_path(out).write_text(json.dumps(labels, indent=1) + "\n")
     return labels
-
-
-def encode_video(out: Path, frames: Iterator[np.ndarray], fps: float, width: int, height: int) -> None:
-    """Write BGR frames as a near-lossless, deterministic H.264 mp4 (the same seed gives the same file)."""
-    import av  # only the file writer needs PyAV
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(out), mode="w") as container:
-        stream = container.add_stream("libx264", rate=round(fps))
-        stream.width, stream.height = width + width % 2, height + height % 2  # yuv420p needs even sides
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "17", "preset": "veryfast", "bf": "0"}  # deterministic, near-lossless
-        stream.thread_type, stream.codec_context.thread_count = "NONE", 1  # frame-identical output per seed
-        for frame in frames:
-            if frame.shape[:2] != (stream.height, stream.width):
-                frame = cv2.copyMakeBorder(frame, 0, stream.height - height, 0, stream.width - width, cv2.BORDER_REPLICATE)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def read_labels(path: Path) -> list[dict]:

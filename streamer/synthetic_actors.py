@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from streamer import synthetic
+from streamer.video_out import encode_video
 
 ACTORS_STREAM = 0xAC7  # rng([seed, ACTORS_STREAM, ...]): never the one-actor video's or training's draws
 
@@ -134,7 +135,7 @@ def write_video(out: Path, seconds: float, seed: int, count: int, fps: float = 3
                 height: int = 480) -> list[dict]:
     """Render the video and ``OUT.labels.json``; return the labels."""
     video = ActorVideo(seed, count, max(1, round(seconds * fps)), fps, width, height)
-    synthetic.encode_video(out, (video.render(i) for i in range(video.num_frames)), fps, width, height)
+    encode_video(out, (video.render(i) for i in range(video.num_frames)), fps, width, height)
     labels = video.labels()
     synthetic.labels_path(out).write_text(json.dumps(labels) + "\n")
     return labels

@@ -18,6 +18,7 @@ from streamer.config import CaptureConfig
 from streamer.crops import LookConfig, Region, load_look, region_box, view_boxes
 from streamer.errors import ConfigError
 from streamer.messages import Window
+from streamer.video_out import encode_video
 from tests.test_capture import endpoints, run_capture
 from workers import track_scores
 from workers.worker import per_window
@@ -33,7 +34,7 @@ def edge_video(path: Path, frames: int = 40) -> Path:
     """320×180, mid grey, with a red bar only along the left and right edges (outside the centre square)."""
     image = np.full((180, 320, 3), 128, np.uint8)
     image[:, :20] = image[:, -20:] = (0, 0, 255)
-    synthetic.encode_video(path, (image for _ in range(frames)), 30.0, 320, 180)
+    encode_video(path, (image for _ in range(frames)), 30.0, 320, 180)
     return path
 
 

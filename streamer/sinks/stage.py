@@ -19,7 +19,7 @@ from streamer.messages import LogLine, Stats
 from streamer.sinks.config import SinksConfig
 
 REPORT_EVERY_S = 1.0
-FINAL_LINES_S = 3.0  # at a stop, the dispatcher's last lines are awaited this long at most
+FINAL_LINES_S = 1.5  # at a stop, the dispatcher's last lines are awaited this long at most
 QUIET_MS = 500  # and no longer than this after the last of them
 
 
