@@ -164,7 +164,7 @@ def run(tmp_path_factory):
     halves = folder / "halves.mp4"
     synthetic_actors.write_video(halves, 4.0, 7, 2, width=640, height=320)  # left: moving up; right: moving down
     yard = folder / "yard.mp4"
-    synthetic_actors.write_video(yard, 8.0, HELD_OUT_SEED, 3)
+    synthetic_actors.write_video(yard, 6.0, HELD_OUT_SEED, 3)
     config = folder / "run.toml"
     config.write_text(tomli_w.dumps({
         "model": {"checkpoint": str(REPO / "models/demo.safetensors"), "backend": "torch", "precision": "fp32",
