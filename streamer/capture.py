@@ -202,7 +202,8 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
             if frame is False:  # still reconnecting
                 continue
             if frame is None:
-                _end_tracks(feeds, status, end_all=True)
+                _reset(feeds)  # every tracked actor ends with the source
+                _end_tracks(feeds, status)
                 counts.report(out, block=True)  # the final counts, before the end
                 status("end_of_stream", f"{config.stream}: last frame was {last_index}")
                 logger.info(f"capture {config.stream}: end of source after frame {last_index}")
@@ -263,12 +264,10 @@ def _reset(feeds) -> None:
         feed.reset()
 
 
-def _end_tracks(feeds, status, end_all: bool = False) -> None:
+def _end_tracks(feeds, status) -> None:
     """Tell the dispatcher which tracks ended (their open actions end there)."""
     for feed in feeds or ():
         if isinstance(feed, TrackFeed):
-            if end_all:
-                feed.ended.extend(feed.tracker.end_all())
             for track in feed.ended:
                 status("track_ended", f"track {track} ended", track)
             feed.ended.clear()

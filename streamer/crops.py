@@ -5,7 +5,7 @@ once to the model's input: ``centre`` is the checkpoint's own test crop (short s
 ``full`` pads the whole frame to a square so nothing at its edges is lost, and ``three`` is the
 official three-crop test (left, centre and right squares along the long side, answers averaged).
 A region is cut first and the crop mode applies within it. A tracked actor's window is one fixed
-square over the whole window (:func:`window_box`): a crop that moved with the actor would erase
+square over the whole window (:func:`streamer.tracking.window_box`): a crop that moved with the actor would erase
 the very motion the model must see.
 """
 
@@ -20,10 +20,9 @@ import numpy as np
 
 from streamer.errors import ConfigError
 from streamer.frames import to_model_frame
-from streamer.tracking import TrackingConfig, window_box  # noqa: F401  (window_box: the crops' one)
+from streamer.tracking import TrackingConfig
 
 CROP_MODES = ("centre", "full", "three")
-Box = tuple[float, float, float, float]
 
 
 def region_box(box: Sequence[float], width: int, height: int, where: str) -> tuple[int, int, int, int]:

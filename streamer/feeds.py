@@ -16,6 +16,7 @@ import numpy as np
 
 from streamer.crops import LookConfig, model_view, region_box, view_boxes
 from streamer.frames import Picture, bgr_of, display_image, is_array, model_frame
+from streamer.framestore import FrameRef
 from streamer.message_types import Window
 from streamer.ringbuffer import RingBuffer, WindowSchedule, window_span
 from streamer.motion import Detector, MotionDetector
@@ -47,8 +48,9 @@ class Feed:
                  capacity: int = 0, store=None, views: int = 1) -> None:
         self.stream, self.size, self.num_frames, self.interval = stream, size, num_frames, frame_interval
         span = window_span(num_frames, frame_interval)
-        self.rings = [RingBuffer(capacity or span, size, size, store=store if k == 0 else None) for k in range(views)]
-        self.store = store if views == 1 else None
+        self.store = store if views == 1 else None  # a shared store holds one view's frames
+        self.rings = [RingBuffer(capacity or span, size, size, store=self.store if k == 0 else None)
+                      for k in range(views)]
         self.schedule = WindowSchedule(num_frames, frame_interval, hop)
         self.seq = 0
 
@@ -73,14 +75,13 @@ class Feed:
         if found is None:
             return wanted, []
         indices, stamps, serials = found
-        self.seq += 1
+        seq, self.seq = self.seq, self.seq + 1
         if self.store is not None:
-            from streamer.framestore import FrameRef
             ref = FrameRef(self.store.name, serials, (self.num_frames, self.size, self.size, 3))
-            return wanted, [Window(self.stream, self.seq - 1, indices, stamps, None, time.time(), ref)]
-        frames = np.concatenate([ring.frames_at(serials) for ring in self.rings]) if len(self.rings) > 1 \
-            else self.rings[0].frames_at(serials)
-        return wanted, [Window(self.stream, self.seq - 1, indices, stamps, frames, time.time(), views=len(self.rings))]
+            return wanted, [Window(self.stream, seq, indices, stamps, None, time.time(), ref)]
+        frames = self.rings[0].frames_at(serials) if len(self.rings) == 1 else \
+            np.concatenate([ring.frames_at(serials) for ring in self.rings])  # views one after another
+        return wanted, [Window(self.stream, seq, indices, stamps, frames, time.time(), views=len(self.rings))]
 
     def display(self, view: FrameView, width: int) -> tuple[np.ndarray, tuple]:
         """What people see of this stream: the frame, no wider than ``width``, and no track boxes."""
@@ -108,7 +109,7 @@ class CutFeed(Feed):
 
 class TrackFeed:
     """Tracked actors: every frame's small copy → detector → tracker; each track's windows are one fixed square
-    around its path over the window (:func:`streamer.crops.window_box`), cut from full-resolution frames."""
+    around its path over the window (:func:`streamer.tracking.window_box`), cut from full-resolution frames."""
 
     def __init__(self, stream: str, tracking: TrackingConfig, size: int, num_frames: int, frame_interval: int,
                  hop: int, detector: Detector | None = None) -> None:

@@ -63,7 +63,7 @@ class MotionDetector:
         self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
         self._model = None
         self._shape: tuple[int, ...] = ()
-        self.ghosts = np.zeros(0, bool)  # per box of the last detect(): a ghost (see _ghost), which starts no track
+        self.ghosts = np.zeros(0, bool)  # per box of the last detect(): a ghost (see _foreign), which starts no track
         self._recent: deque = deque(maxlen=max(1, config.frames(MOTION_HISTORY_S)))
 
     def detect(self, small_bgr: np.ndarray, scale: float) -> np.ndarray:
@@ -117,9 +117,14 @@ class MotionDetector:
         inside, ring = (area == k).ravel(), (area == 0).ravel()
         if ring.sum() < 8 or inside.sum() < 4:
             return 1.0
-        ground = colour[ring].astype(np.float32)
-        far = (np.abs(colour[inside] - ground.mean(axis=0)) > 2.5 * ground.std(axis=0) + GHOST_LEVELS).any(axis=1)
-        return float(far.mean())
+        return float(_unlike(colour[inside], colour[ring]).mean())
+
+
+def _unlike(colours: np.ndarray, ground: np.ndarray) -> np.ndarray:
+    """Per pixel of ``colours`` (..., channels): whether it is far (beyond 2.5 std and GHOST_LEVELS, in any
+    channel) from the colours of ``ground`` (N, channels)."""
+    ground = ground.astype(np.float32)
+    return (np.abs(colours - ground.mean(axis=0)) > 2.5 * ground.std(axis=0) + GHOST_LEVELS).any(axis=-1)
 
 
 GROW_REACH = 1.5  # a box grows into its object at most this many of its sides outwards
@@ -138,7 +143,7 @@ def _grown(small_bgr: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, 
     if area.ndim == 2:
         area = area[..., None]
     edge = np.concatenate([area[0], area[-1], area[:, 0], area[:, -1]])
-    far = (np.abs(area - edge.mean(axis=0)) > 2.5 * edge.std(axis=0) + GHOST_LEVELS).any(axis=2).astype(np.uint8)
+    far = _unlike(area, edge).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(far, connectivity=8)
     inner = labels[y0 - sy0:y1 - sy0, x0 - sx0:x1 - sx0]
     out = [x0, y0, x1, y1]

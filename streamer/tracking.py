@@ -27,6 +27,7 @@ from streamer.errors import ConfigError
 Box = tuple[float, float, float, float]
 GHOST_QUIET_S = 0.25  # a track whose only motion has been ghosts this long gets no windows (while it may still be
                       # a blinking light in its dark phase)
+OWN_IOU = 0.3  # a detection this much over a track's box is the track's own (for its ghost count)
 GHOST_S = 0.9  # a track whose only motion has been ghosts this long holds an empty place
 COAST_S = 0.3  # a track without any detection moves on its prediction this long, then freezes
 COVER = 0.5  # a predicted box lying this much inside a detection is part of it (for merges)
@@ -310,7 +311,7 @@ class Presence:
     the same silence, and its track would go on being cropped and labelled over empty background.
     So each track's box is remembered as it looked when last detected (a small grey patch), and a
     frozen track whose box no longer looks like that is ended at once. A track whose motion has
-    been only ghosts (:meth:`MotionDetector._ghost`) for ``GHOST_S`` is ended too: the place it holds
+    been only ghosts (:meth:`streamer.motion.MotionDetector._foreign`) for ``GHOST_S`` is ended too: the place it holds
     shows the ground (longer than a blinking light is dark).
     """
 
@@ -348,7 +349,7 @@ class Presence:
             box = track.box_at(index)
             if ghosts is not None and len(detections):
                 inter, area, det_area = _overlaps(np.asarray([box], np.float64), detections)
-                mine = inter[0] / np.maximum(area[0] + det_area - inter[0], 1e-9) >= 0.3
+                mine = inter[0] / np.maximum(area[0] + det_area - inter[0], 1e-9) >= OWN_IOU
                 if mine.any():
                     self.ghostly[track.id] = self.ghostly.get(track.id, 0) + 1 if ghosts[mine].all() else 0
                 if self.ghostly.get(track.id, 0) >= self.ghost_frames:

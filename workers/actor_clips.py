@@ -1,6 +1,6 @@
 """Training and scoring clips cut around one actor, as the tracked pipeline cuts them.
 
-A tracked actor's window is one fixed square (:func:`streamer.crops.window_box`) around its boxes over
+A tracked actor's window is one fixed square (:func:`streamer.tracking.window_box`) around its boxes over
 the window's frames, cut from full-resolution frames and resized to the model's input. The demo model
 was trained on whole frames, where an actor is a fifth of the picture; around one actor it is most of
 it. ``workers.train --actor-p P`` mixes such clips into training: multi-actor scenes

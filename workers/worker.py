@@ -50,7 +50,8 @@ def cpu_threads(requested: int, workers_on_cpu: int) -> int:
 
 def per_window(probs: np.ndarray, views: list[int]) -> list[np.ndarray]:
     """Each window's probabilities from those of its views (``crop = "three"``): the softmax of the views'
-    mean log-probability, which is the softmax of their mean logits (the official multi-crop test)."""
+    mean log-probability, which is the softmax of their mean logits (the official multi-crop test) when the
+    views have no flip views of their own (with them, of their flip-averaged probabilities)."""
     out, start = [], 0
     for n in views:
         part = probs[start:start + n]

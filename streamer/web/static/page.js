@@ -121,8 +121,12 @@ live.addEventListener("event", (e) => {
   const line = JSON.parse(e.data);
   showEvent(line);
   const c = cards.get(line.stream);  // the card follows at once, not at the next stream list
-  if (c && !Number.isInteger(line.track)) c.action.textContent = line.kind === "start" ? `doing: ${words(line.label)}` : "";
-  if (c && Number.isInteger(line.track) && line.kind === "start") c.action.textContent = `#${line.track} ${words(line.label)}`;
+  if (!c) return;
+  if (Number.isInteger(line.track)) {  // a tracked actor's: the card shows the newest start of any of them
+    if (line.kind === "start") c.action.textContent = `#${line.track} ${words(line.label)}`;
+  } else {
+    c.action.textContent = line.kind === "start" ? `doing: ${words(line.label)}` : "";
+  }
 });
 checkReady();
 setInterval(checkReady, 2000);
