@@ -218,7 +218,8 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
             action_events = []
         for event in action_events:
             write(event)
-            logger.info(f"{event['stream']}: {event['kind']} {label_words(event['label'])!r} "
+            who = event["stream"] + (f" #{event['track']}" if "track" in event else "")
+            logger.info(f"{who}: {event['kind']} {label_words(event['label'])!r} "
                         f"(score {event['score']:.2f}, frame {event['frame_index']})")
         if not state.first_seen:
             state.first_seen = True

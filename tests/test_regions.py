@@ -275,3 +275,42 @@ def test_the_live_view_draws_each_tracked_actor_with_its_label_and_score():
     assert image.shape[1] == 640, "small frames are enlarged for the panel, boxes with them"
     green = (image[..., 1] > 170) & (image[..., 0] < 120) & (image[..., 2] < 130)
     assert green[60:200, 40].mean() > 0.5 and green[100:240, 400].mean() > 0.5, "both boxes' left edges"
+
+
+def test_the_web_stage_draws_the_tracks_its_display_frames_carry(tmp_path):
+    """Over real sockets into the web stage: a tracked stream's display frames (with their track boxes) and a
+    track's prediction line → its /streams/<stream>.jpg shows the box and the track's label."""
+    import time
+
+    import zmq
+
+    from streamer import messages
+    from streamer.messages import DisplayFrame, LogLine
+    from tests.test_web import get, web_stage
+
+    with web_stage(tmp_path, (("yard", "file"),)) as stage:
+        ctx = zmq.Context()
+        frames, lines = ctx.socket(zmq.PUB), ctx.socket(zmq.PUB)
+        frames.connect(stage.endpoints.web)
+        lines.bind(stage.endpoints.results)
+        picture = np.full((240, 320, 3), 90, np.uint8)
+        line = {"kind": "prediction", "stream": "yard", "frame_index": 10, "frame_ts": time.time(),
+                "top": [["moving_left", 0.9]], "latency_ms": 20.0, "track": 4, "box": [40.0, 60.0, 160.0, 200.0]}
+        green = 0.0
+        try:
+            deadline = time.monotonic() + 20
+            while green < 0.5 and time.monotonic() < deadline:
+                messages.send(lines, LogLine(line))
+                messages.send(frames, DisplayFrame("yard", 10, time.time(), picture, 30.0,
+                                                   ((4, (20.0, 30.0, 80.0, 100.0)),)))
+                status, _, body = get(f"{stage.base}/streams/yard.jpg")
+                image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR) if status == 200 else None
+                if image is not None:  # 640 wide: the 320-pixel frame enlarged twice, its box with it
+                    edge = image[60:200, 40]
+                    green = ((edge[:, 1] > 170) & (edge[:, 0] < 120) & (edge[:, 2] < 130)).mean()
+                time.sleep(0.1)
+        finally:
+            frames.close(linger=0)
+            lines.close(linger=0)
+            ctx.term()
+        assert green > 0.5, "the track's box is not drawn in the live view"

@@ -2,6 +2,7 @@
 loopback port, read over real HTTP by urllib, raw sockets, prometheus_client's parser, promtool and a real
 headless Chromium; the token and bad requests against a web stage of its own."""
 
+import contextlib
 import json
 import os
 import re
@@ -364,29 +365,39 @@ def _status(url: str) -> int | None:
 # ---------------------------------------------------------------- a web stage of its own: the token
 
 
-@pytest.fixture()
-def guarded(tmp_path):
-    """The web stage alone (no pipeline behind it), on a free loopback port, with a token."""
+@contextlib.contextmanager
+def web_stage(tmp_path, streams: tuple, token: str = ""):
+    """The web stage alone (no pipeline behind it), on a free loopback port: its base URL and endpoints
+    (frames come to ``endpoints.web``, which it binds; lines from ``endpoints.results``, which it connects to)."""
     from streamer.config import Endpoints, Security
     from streamer.web import server
     from streamer.web.config import WebConfig, bind_listener
 
     endpoints = Endpoints(*(f"ipc://{tmp_path}/{name}" for name in ("windows", "work", "results", "display", "web")))
-    config = WebConfig(host="127.0.0.1", port=0, endpoints=endpoints, security=Security(),
-                       streams=(("cam/door", "rtsp"),), token="correct-horse-battery-staple")
+    config = WebConfig(host="127.0.0.1", port=0, endpoints=endpoints, security=Security(), streams=streams,
+                       token=token)
     listener = bind_listener(config)
     stop = threading.Event()
     thread = threading.Thread(target=server.run, args=(config, listener, stop), daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    deadline = time.monotonic() + 20
-    while get(f"{base}/healthz")[0] != 200:
-        assert time.monotonic() < deadline, "the web stage did not start"
-        time.sleep(0.1)
-    yield SimpleNamespace(base=base, token=config.token)
-    stop.set()
-    thread.join(timeout=10)
-    listener.close()
+    try:
+        deadline = time.monotonic() + 20
+        while get(f"{base}/healthz")[0] != 200:
+            assert time.monotonic() < deadline, "the web stage did not start"
+            time.sleep(0.1)
+        yield SimpleNamespace(base=base, token=token, endpoints=endpoints)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        listener.close()
+
+
+@pytest.fixture()
+def guarded(tmp_path):
+    """The web stage alone with a token."""
+    with web_stage(tmp_path, (("cam/door", "rtsp"),), token="correct-horse-battery-staple") as stage:
+        yield stage
 
 
 def test_with_a_token_requests_without_it_are_401_and_with_it_200(guarded):

@@ -303,7 +303,7 @@ def _receive(config: WebConfig, loop: asyncio.AbstractEventLoop, state: WebState
             for sock in (frames, results):
                 for msg in messages.drain(sock, malformed) if sock in ready else ():
                     if isinstance(msg, DisplayFrame):
-                        msg = DisplayFrame(msg.stream, msg.index, msg.ts, msg.image.copy(), msg.fps)  # off zmq's buffer
+                        msg = replace(msg, image=msg.image.copy())  # off zmq's buffer, every other field kept
                         with lock:
                             first = not newest
                             newest[msg.stream] = msg
