@@ -22,6 +22,8 @@ from streamer.events import ActionTracker, EventLog, prediction_line
 from streamer.messages import Batch, Credit, Heartbeat, LogLine, ResultBatch, Stats, Status, Window, WorkRequest
 from streamer.overlay_draw import label_words
 
+CLOSE_WAIT_S = 10.0  # an ended track's windows still at a worker after this long are not waited for
+
 
 @dataclass
 class Counters:
@@ -81,7 +83,7 @@ class WorkerState:
     name: str
     waiting_for: int = 0          # windows it asked for and has not been sent
     last_seen: float = 0.0
-    holding: tuple[str, ...] = ()  # streams of the batch it is running (empty: idle)
+    holding: tuple[tuple[str, int | None], ...] = ()  # (stream, track) of the batch it is running (empty: idle)
 
 
 class Dispatcher:
@@ -94,7 +96,8 @@ class Dispatcher:
         self.workers: dict[bytes, WorkerState] = {}
         self.counters = Counters()
         self.ended: set[str] = set()
-        self.outstanding: dict[str, int] = collections.Counter()   # windows of a stream at workers
+        self.outstanding: dict[tuple[str, int | None], int] = collections.Counter()  # windows at workers, per key
+        self.closing: dict[tuple[str, int], float] = {}  # ended tracks with windows still to predict → when to give up
         self.first_seen = False
         self.totals: collections.Counter = collections.Counter()  # (metric, stream, reason) → count, for Stats
         self.captured = CaptureTotals()
@@ -134,24 +137,35 @@ class Dispatcher:
         for queue in ready[:limit]:
             window = queue.popleft()
             batch.append(window)
-            self.outstanding[window.stream] += 1
+            self.outstanding[window.key] += 1
         return batch
 
-    def release(self, stream: str) -> None:
-        """A window of ``stream`` is back from a worker (predicted, unreadable, or its worker gone)."""
-        self.outstanding[stream] = max(0, self.outstanding[stream] - 1)
+    def release(self, key: tuple[str, int | None]) -> None:
+        """A window of ``key`` (stream, track) is back from a worker (predicted, unreadable, or its worker gone)."""
+        self.outstanding[key] = max(0, self.outstanding[key] - 1)
 
     def finished(self) -> bool:
         """Every stream is finite, has ended, and has nothing waiting or at a worker."""
         streams = set(self.config.streams)
         return (bool(streams) and streams == set(self.config.finite_streams) and self.ended >= streams
-                and not any(q for q in self.pending.values()) and not any(self.outstanding[s] for s in streams))
+                and not any(q for q in self.pending.values()) and not any(self.outstanding.values()))
 
-    def forget_track(self, stream: str, track: int) -> None:
-        """An ended track's queue goes (its waiting window, if any, is still served offline)."""
-        queue = self.pending.get((stream, track))
-        if queue is not None and not queue:
-            del self.pending[stream, track]
+    def end_track(self, stream: str, track: int) -> None:
+        """A track ended in its capture; it closes once the windows it sent before are predicted (a capture runs
+        ahead of the workers: their results still belong to the actor, and may start its action)."""
+        self.closing[stream, track] = time.monotonic() + CLOSE_WAIT_S
+
+    def closed_tracks(self) -> list[tuple[str, int]]:
+        """The ended tracks with nothing left waiting or at a worker (or waited for long enough), forgotten."""
+        now, out = time.monotonic(), []
+        for key, give_up in list(self.closing.items()):
+            if (self.pending.get(key) or self.outstanding[key]) and now < give_up:
+                continue
+            del self.closing[key]
+            self.pending.pop(key, None)
+            self.outstanding.pop(key, None)
+            out.append(key)
+        return out
 
 
 def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
@@ -187,8 +201,12 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
             for event in tracker.reset(status.stream, lost_ts=status.ts):
                 write(event)
         elif status.kind == "track_ended" and status.track is not None:
-            state.forget_track(status.stream, status.track)
-            for event in tracker.end_track(status.stream, status.track):
+            state.end_track(status.stream, status.track)
+            close_tracks()
+
+    def close_tracks() -> None:
+        for stream, track in state.closed_tracks():
+            for event in tracker.end_track(stream, track):
                 write(event)
 
     def dispatch() -> None:
@@ -198,7 +216,7 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
             batch = state.next_batch(worker.waiting_for)
             if not batch:
                 return
-            worker.waiting_for, worker.holding = 0, tuple(w.stream for w in batch)
+            worker.waiting_for, worker.holding = 0, tuple(w.key for w in batch)
             workers.send_multipart([worker.identity, *messages.encode(Batch(tuple(batch)))], copy=False)
             if config.offline:
                 for window in batch:
@@ -207,7 +225,7 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
                         captures.send_multipart([identity, *messages.encode(Credit(window.stream, 1))])
 
     def on_result(result) -> None:
-        state.release(result.stream)
+        state.release(result.key)
         line = prediction_line(result, time.time())
         write(line)
         try:
@@ -257,12 +275,13 @@ def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
                         state.workers[identity].last_seen = now
                     for result in getattr(msg, "results", ()):
                         on_result(result)
-                elif isinstance(msg, Status) and msg.kind == "window_stale" and msg.stream in state.outstanding:
-                    state.release(msg.stream)
+                elif isinstance(msg, Status) and msg.kind == "window_stale":
+                    state.release((msg.stream, msg.track))
                     state.drop(msg.stream, "stale")
                 else:
                     state.counters.malformed += 1
             _forget_silent_workers(state, config, write)
+            close_tracks()
             dispatch()
             if state.finished():
                 logger.info("dispatcher: every file source ended and its last window is predicted")
@@ -307,8 +326,8 @@ def _forget_silent_workers(state: Dispatcher, config: DispatchConfig, write) -> 
             del state.workers[key]
             logger.warning(f"dispatcher: {worker.name} silent for {config.heartbeat_timeout_s:g} s; forgetting it")
             write({"kind": "worker_lost", "stream": "", "detail": worker.name, "ts": now})
-            for stream in worker.holding:  # its windows will never come back: stop waiting for them
-                state.release(stream)
+            for key in worker.holding:  # its windows will never come back: stop waiting for them
+                state.release(key)
 
 
 def _log_status(state: Dispatcher, seconds: float) -> None:

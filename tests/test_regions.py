@@ -225,6 +225,17 @@ def test_each_tracks_action_starts_and_ends_on_that_track(run):
     assert ended and max(ended.values()) == 1, "a track ends once"
 
 
+def test_a_tracks_windows_are_predicted_before_its_end(run):
+    """Offline the capture runs ahead of the worker, so a track often ends in the capture while its last windows
+    still wait: their predictions belong to the actor (they may start its action), and its end follows them."""
+    lines = [line for line in run["lines"] if line.get("stream") == "yard" and "track" in line]
+    last_end = {line["track"]: k for k, line in enumerate(lines) if line["kind"] == "end"}
+    for k, line in enumerate(lines):
+        if line["kind"] == "prediction" and line["track"] in last_end:
+            assert k < last_end[line["track"]], f"track {line['track']}'s window at frame {line['frame_index']} " \
+                                                 "was predicted after the track's action ended"
+
+
 def test_tracked_predictions_are_right_on_a_held_out_video(run):
     """The fast check; the goals (85% right, 90% of segments started) are measured in bench/tracks.py."""
     scores = track_scores.score(run["lines"], run["yard"], stream="yard")
@@ -243,7 +254,8 @@ def test_the_annotated_video_draws_each_track_with_its_label(run):
 
 
 def test_the_dispatcher_keeps_the_newest_window_of_each_track():
-    """Live, a newer window overtakes only its own track's (batched across tracks), not another actor's."""
+    """Live, a newer window overtakes only its own track's (batched across tracks), not another actor's; an
+    ended track closes once its windows are back."""
     from streamer.config import DispatchConfig
     from streamer.dispatcher import Dispatcher
 
@@ -255,6 +267,11 @@ def test_the_dispatcher_keeps_the_newest_window_of_each_track():
     batch = state.next_batch(8)
     assert sorted((w.track, w.seq) for w in batch) == [(1, 2), (2, 1), (3, 3)]
     assert state.total_dropped == 1
+    state.end_track("yard", 1)
+    state.end_track("yard", 4)  # sent nothing
+    assert state.closed_tracks() == [("yard", 4)], "track 1's window is still at a worker"
+    state.release(("yard", 1))
+    assert state.closed_tracks() == [("yard", 1)]
 
 
 def test_the_live_view_draws_each_tracked_actor_with_its_label_and_score():
