@@ -30,6 +30,7 @@ GHOST_QUIET_S = 0.25  # a track whose only motion has been ghosts this long gets
 OWN_IOU = 0.3  # a detection this much over a track's box is the track's own (for its ghost count)
 GHOST_S = 0.9  # a track whose only motion has been ghosts this long holds an empty place
 COAST_S = 0.3  # a track without any detection moves on its prediction this long, then freezes
+HOLD_AFTER_S = 1.0  # a track whose box kept still this long is a still actor: fading detections do not shrink it
 COVER = 0.5  # a predicted box lying this much inside a detection is part of it (for merges)
 TOUCH = 1.25  # a coasting track re-acquires a detection this near: 1 is boxes touching (normalized centre distance)
 
@@ -125,10 +126,12 @@ def _overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 class _Filter:
     """A track's constant-velocity Kalman filter, its noise scaled by the box's size, and its bookkeeping."""
 
-    def __init__(self, track: Track, box: np.ndarray) -> None:
+    def __init__(self, track: Track, box: np.ndarray, hold_after: int) -> None:
         self.track, self.hits, self.frozen = track, 1, False
         self.last_support = track.first_index  # last frame matched, inside a merged blob, or holding a part of it
-        self.support_box = self.seen = box  # the box then; the last detection that moved out of the box
+        self.support_box = box  # the box then
+        self.still_box, self.still_since = box, track.first_index  # the box it keeps to (each edge within tolerance)
+        self.hold_after = hold_after  # frames still before a shrinking detection is the actor fading, not shrinking
         self.reset(box)
 
     def reset(self, box: np.ndarray) -> None:
@@ -147,21 +150,24 @@ class _Filter:
             self.P = _F @ self.P @ _F.T + np.diag([(0.05 * s) ** 2] * 4 + [(0.01 * s) ** 2] * 4)
 
     def observe(self, det: np.ndarray, index: int) -> None:
-        """A matched detection. One inside the last box of a still track holds that box: a still actor fades into
-        the background unevenly (from where it was covered longest), and its box must not shrink with it."""
+        """A matched detection. One inside the box of a track that has kept to it for ``hold_after`` frames holds
+        that box: a still actor fades into the background unevenly (from where it was covered longest), and its
+        box must not shrink with it; a shrinking actor's box never keeps still that long, and follows it."""
         tol, s = 0.03 * self.size() + 0.5, self.size()
-        still = np.abs(self.x[4:6]).max() < 0.01 * s + 0.2
         if self.frozen:  # it moves again: its old velocity means nothing
             self.frozen = False
             self.reset(det)
-        elif still and (det[:2] >= self.seen[:2] - tol).all() and (det[2:] <= self.seen[2:] + tol).all():
+            self.still_box, self.still_since = det, index
+        elif (index - self.still_since >= self.hold_after and (det[:2] >= self.still_box[:2] - tol).all()
+              and (det[2:] <= self.still_box[2:] + tol).all()):
             self.x = _state(self.support_box)
         else:
             S = _H @ self.P @ _H.T + np.eye(4) * (0.05 * s) ** 2
             K = self.P @ _H.T @ np.linalg.inv(S)
             self.x = self.x + K @ (_state(det)[:4] - self.x[:4])
             self.P = (np.eye(8) - K @ _H) @ self.P
-            self.seen = det
+            if (np.abs(det - self.still_box) > tol).any():
+                self.still_box, self.still_since = det, index
         self.hits += 1
         self.track.last_seen = index
         self.support(index)
@@ -188,6 +194,7 @@ class Tracker:
         self.config, self.history = config, history
         self.keep = max(1, config.frames(config.keep_still_s))
         self.coast = min(self.keep, max(2, config.frames(COAST_S)))
+        self.hold_after = config.frames(HOLD_AFTER_S)
         self.skipped_total = 0
         self._filters: list[_Filter] = []
         self._next_id = 1
@@ -297,7 +304,7 @@ class Tracker:
     def _start(self, index: int, dets: np.ndarray, free: list[int], kept: list[_Filter]) -> int:
         """Tentative tracks for unmatched detections (largest first) up to max_tracks; return how many were not."""
         room = max(0, self.config.max_tracks - len(kept))
-        kept.extend(_Filter(Track(0, index, index), dets[dj]) for dj in free[:room])
+        kept.extend(_Filter(Track(0, index, index), dets[dj], self.hold_after) for dj in free[:room])
         skipped = max(0, len(free) - room)
         self.skipped_total += skipped
         return skipped
