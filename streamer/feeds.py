@@ -25,6 +25,8 @@ from streamer.tracking import Presence, Tracker, TrackingConfig, window_box
 SLIVER = 0.25  # a track's box narrower than this share of its length shows too little of its actor to label
 TRACK_SEEN = 0.5  # a track gets windows once it has boxes for this share of a window's frames (the newest):
                   # a new actor is labelled half a window sooner, its crop the square around what was seen
+UNSEEN_S = 0.1  # a track not seen for longer gets no windows (still shown while it coasts): its box shows where its
+                # actor was, and at a cut or an exit that is ground
 TRACK_MARGIN = 0.15  # a track's window square reaches this far (of its path's size) beyond the path
 
 
@@ -117,6 +119,7 @@ class TrackFeed:
         self.num_frames, self.interval = num_frames, frame_interval
         self.span = window_span(num_frames, frame_interval)
         self.seen = max(1, round(TRACK_SEEN * num_frames))
+        self.unseen = tracking.frames(UNSEEN_S)
         self.detector = detector or MotionDetector(tracking)
         self.tracker = Tracker(tracking, history=self.span + hop)
         self.presence = Presence(self.tracker)
@@ -156,7 +159,7 @@ class TrackFeed:
         windows = []
         for track in self.active:
             doubtful = self.presence.doubtful(track.id)
-            if not self.live(track, view.index) or doubtful or not track.covers(indices[-self.seen:]):
+            if view.index - track.last_active > self.unseen or doubtful or not track.covers(indices[-self.seen:]):
                 continue
             x0, y0, x1, y1 = track.box_at(view.index)
             if min(x1 - x0, y1 - y0) < SLIVER * max(x1 - x0, y1 - y0):
