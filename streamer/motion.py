@@ -117,7 +117,10 @@ class MotionDetector:
         inside, ring = (area == k).ravel(), (area == 0).ravel()
         if ring.sum() < 8 or inside.sum() < 4:
             return 1.0
-        return float(_unlike(colour[inside], colour[ring]).mean())
+        box = np.zeros(area.shape, bool)
+        box[y - y0:y - y0 + h, x - x0:x + w - x0] = True  # the blob's box: what it holds, holes too
+        held = ((area == k) | (area == 0)).ravel() & box.ravel()
+        return min(1.0, float(_unlike(colour[held], colour[ring & ~box.ravel()]).sum()) / float(inside.sum()))
 
 
 def _unlike(colours: np.ndarray, ground: np.ndarray) -> np.ndarray:
