@@ -275,3 +275,65 @@ def test_tracking_config_rejects_bad_values_naming_them(key: str, value: object)
 def test_tracker_rejects_an_empty_history() -> None:
     with pytest.raises(ConfigError, match="history"):
         Tracker(TrackingConfig(), 0)
+
+
+# ---------------------------------------------------------------- shrinking, first-frame actors, vanishing
+
+
+def _shrinking(first: int, side: int = 80, centre: tuple[int, int] = (160, 120)) -> Scene:
+    """A square from frame ``first`` whose sides shrink by 2 px a frame about a fixed centre, down to 12 px."""
+    def scene(i: int) -> list[Square]:
+        if i < first:
+            return []
+        s = max(12, side - 2 * (i - first))
+        return [(centre[0] - s / 2, centre[1] - s / 2, s, (240, 240, 240))]
+    return scene
+
+
+def test_a_shrinking_square_is_boxed_as_it_shrinks_not_held_at_its_first_size() -> None:
+    """Its centre does not move, as a still actor's does not; but its box must follow it, not stay the size of
+    its first detections (the hold is for an actor fading into the background after keeping still)."""
+    scene = _shrinking(first=3)
+    got = run(TrackingConfig(fps=30), scene, 30)
+    for i in range(20, 30):  # side 46..28 px, from 80
+        assert len(got.boxes[i]) == 1, f"frame {i}: {got.boxes[i]}"
+        box = next(iter(got.boxes[i].values()))
+        assert iou(box, truth(scene(i)[0])) >= 0.5, f"frame {i}: box {box} on a {scene(i)[0][2]} px square"
+
+
+def test_an_actor_on_screen_from_the_first_frame_that_shrinks_is_tracked_not_taken_for_a_ghost() -> None:
+    """The first frame is the first background, actor and all: shrinking, it uncovers ground around itself,
+    which a place an actor left also shows. What it still covers is unlike that ground: not a ghost."""
+    config = TrackingConfig(fps=30)
+    scene = _shrinking(first=0)
+    camera, detector, tracker = Camera(320, 240), MotionDetector(config), Tracker(config, 64)
+    tracked = []
+    for i in range(30):
+        small, scale = small_copy(camera.frame(i, scene(i)), config.detect_width)
+        found = detector.detect(small, scale)
+        update = tracker.update(i, found, ~detector.ghosts)
+        tracked.append([t.box_at(i) for t in update.active])
+    assert all(len(boxes) == 1 for boxes in tracked[15:]), "one track on it within half a second"
+    x0, y0, x1, y1 = truth(scene(29)[0])
+    bx0, by0, bx1, by1 = tracked[-1][0]  # the square and the ground it uncovered (until MOG2 learns that ground)
+    assert bx0 <= x0 + 2 and by0 <= y0 + 2 and bx1 >= x1 - 2 and by1 >= y1 - 2, "the box holds the square"
+
+
+def test_a_vanished_actor_gets_no_more_windows_while_its_track_coasts() -> None:
+    """At a cut or an exit the track coasts on for COAST_S (still shown), but its box then holds ground: a
+    track gets windows only while it was seen within UNSEEN_S."""
+    from streamer.feeds import UNSEEN_S, FrameView, TrackFeed
+    from streamer.tracking import COAST_S
+
+    fps, gone = 30.0, 60
+    feed, camera = TrackFeed("s", TrackingConfig(fps=fps), 48, 8, 4, 4), Camera(640, 480)
+    unseen_for, shown = [], []  # per window: frames since its track was last seen
+    for i in range(gone + 20):
+        view = FrameView(i, i / fps, camera.frame(i, [(40 + 4 * i, 200, 60, (30, 200, 240))] if 3 <= i < gone else []))
+        _, sent = feed.push(view)
+        last_active = {t.id: t.last_active for t in feed.active}
+        unseen_for += [i - last_active[w.track] for w in sent]
+        shown.append(bool(feed.display(view, 320)[1]))
+    assert len(unseen_for) >= 8 and max(unseen_for) <= round(UNSEEN_S * fps), unseen_for
+    coasting = [i for i in range(gone, gone + 20) if shown[i]]
+    assert coasting and COAST_S > UNSEEN_S, "still shown while it coasts"
