@@ -179,8 +179,9 @@ class TrackFeed:
                             if self.live(t, view.index) and not self.presence.doubtful(t.id))
 
     def live(self, track, index: int) -> bool:
-        """Whether a track is moving now (or stopped a moment ago): it gets windows and is shown. A frozen one
-        (a still actor, or a place an actor left) is kept, unshown, until it moves again or ends."""
+        """Whether a track is moving now (or stopped a moment ago, coasting): it is shown. A frozen one (a still
+        actor, or a place an actor left) is kept, unshown, until it moves again or ends. Windows want more: a
+        track seen within UNSEEN_S."""
         return index - track.last_active <= self.tracker.coast
 
 

@@ -106,21 +106,24 @@ class MotionDetector:
 
     @staticmethod
     def _foreign(small_bgr: np.ndarray, labels: np.ndarray, k: int, stat: np.ndarray) -> float:
-        """The share of blob ``k``'s pixels unlike the ground around it. A blob left where something *was* (it
-        stood there while the background was learnt, then went) shows the ground: few, a ghost."""
+        """How much of blob ``k``'s box (the blob and its holes, not other blobs) is unlike the ground outside
+        it, per pixel of the blob (at most 1). A blob left where something *was* (it stood there while the
+        background was learnt, then went) shows the ground: little, a ghost. An actor there from the first
+        frame that shrinks or turns uncovers ground too, but its box still holds the actor."""
         x, y, w, h = (int(v) for v in stat[:4])
         pad = max(2, (w + h) // 8)
         H, W = labels.shape
         x0, y0, x1, y1 = max(0, x - pad), max(0, y - pad), min(W, x + w + pad), min(H, y + h + pad)
         area = labels[y0:y1, x0:x1]
         colour = small_bgr[y0:y1, x0:x1].reshape(-1, small_bgr.shape[2] if small_bgr.ndim == 3 else 1)
-        inside, ring = (area == k).ravel(), (area == 0).ravel()
-        if ring.sum() < 8 or inside.sum() < 4:
+        inside, ground = (area == k).ravel(), (area == 0).ravel()
+        if ground.sum() < 8 or inside.sum() < 4:
             return 1.0
         box = np.zeros(area.shape, bool)
         box[y - y0:y - y0 + h, x - x0:x + w - x0] = True  # the blob's box: what it holds, holes too
-        held = ((area == k) | (area == 0)).ravel() & box.ravel()
-        return min(1.0, float(_unlike(colour[held], colour[ring & ~box.ravel()]).sum()) / float(inside.sum()))
+        box = box.ravel()
+        unlike = _unlike(colour[(inside | ground) & box], colour[ground & ~box]).sum()
+        return min(1.0, float(unlike) / float(inside.sum()))
 
 
 def _unlike(colours: np.ndarray, ground: np.ndarray) -> np.ndarray:

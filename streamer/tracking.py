@@ -126,12 +126,11 @@ def _overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 class _Filter:
     """A track's constant-velocity Kalman filter, its noise scaled by the box's size, and its bookkeeping."""
 
-    def __init__(self, track: Track, box: np.ndarray, hold_after: int) -> None:
+    def __init__(self, track: Track, box: np.ndarray) -> None:
         self.track, self.hits, self.frozen = track, 1, False
         self.last_support = track.first_index  # last frame matched, inside a merged blob, or holding a part of it
         self.support_box = box  # the box then
         self.still_box, self.still_since = box, track.first_index  # the box it keeps to (each edge within tolerance)
-        self.hold_after = hold_after  # frames still before a shrinking detection is the actor fading, not shrinking
         self.reset(box)
 
     def reset(self, box: np.ndarray) -> None:
@@ -149,7 +148,7 @@ class _Filter:
             self.x[2:4] = np.maximum(self.x[2:4], 1.0)
             self.P = _F @ self.P @ _F.T + np.diag([(0.05 * s) ** 2] * 4 + [(0.01 * s) ** 2] * 4)
 
-    def observe(self, det: np.ndarray, index: int) -> None:
+    def observe(self, det: np.ndarray, index: int, hold_after: int) -> None:
         """A matched detection. One inside the box of a track that has kept to it for ``hold_after`` frames holds
         that box: a still actor fades into the background unevenly (from where it was covered longest), and its
         box must not shrink with it; a shrinking actor's box never keeps still that long, and follows it."""
@@ -158,7 +157,7 @@ class _Filter:
             self.frozen = False
             self.reset(det)
             self.still_box, self.still_since = det, index
-        elif (index - self.still_since >= self.hold_after and (det[:2] >= self.still_box[:2] - tol).all()
+        elif (index - self.still_since >= hold_after and (det[:2] >= self.still_box[:2] - tol).all()
               and (det[2:] <= self.still_box[2:] + tol).all()):
             self.x = _state(self.support_box)
         else:
@@ -194,7 +193,7 @@ class Tracker:
         self.config, self.history = config, history
         self.keep = max(1, config.frames(config.keep_still_s))
         self.coast = min(self.keep, max(2, config.frames(COAST_S)))
-        self.hold_after = config.frames(HOLD_AFTER_S)
+        self.hold_after = config.frames(HOLD_AFTER_S)  # still this long, a shrinking detection is the actor fading
         self.skipped_total = 0
         self._filters: list[_Filter] = []
         self._next_id = 1
@@ -228,7 +227,7 @@ class Tracker:
         coasting = {ti for ti in free_t if filters[ti].last_support < index - steps}  # stopped, occluded, missed
         pairs += self._assign(coasting, free_d, self._distances(preds, dets), TOUCH)
         for ti, dj in pairs:
-            filters[ti].observe(dets[dj], index)
+            filters[ti].observe(dets[dj], index, self.hold_after)
             if not filters[ti].track.id and filters[ti].hits >= self.config.min_hits:
                 filters[ti].track.id, self._next_id = self._next_id, self._next_id + 1
         inside = inter / np.maximum(det_area[None, :], 1e-9)
@@ -304,7 +303,7 @@ class Tracker:
     def _start(self, index: int, dets: np.ndarray, free: list[int], kept: list[_Filter]) -> int:
         """Tentative tracks for unmatched detections (largest first) up to max_tracks; return how many were not."""
         room = max(0, self.config.max_tracks - len(kept))
-        kept.extend(_Filter(Track(0, index, index), dets[dj], self.hold_after) for dj in free[:room])
+        kept.extend(_Filter(Track(0, index, index), dets[dj]) for dj in free[:room])
         skipped = max(0, len(free) - room)
         self.skipped_total += skipped
         return skipped
