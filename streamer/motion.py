@@ -116,12 +116,12 @@ class MotionDetector:
         x0, y0, x1, y1 = max(0, x - pad), max(0, y - pad), min(W, x + w + pad), min(H, y + h + pad)
         area = labels[y0:y1, x0:x1]
         colour = small_bgr[y0:y1, x0:x1].reshape(-1, small_bgr.shape[2] if small_bgr.ndim == 3 else 1)
-        inside, ground = (area == k).ravel(), (area == 0).ravel()
-        if ground.sum() < 8 or inside.sum() < 4:
-            return 1.0
         box = np.zeros(area.shape, bool)
         box[y - y0:y - y0 + h, x - x0:x + w - x0] = True  # the blob's box: what it holds, holes too
         box = box.ravel()
+        inside, ground = (area == k).ravel(), (area == 0).ravel()
+        if (ground & ~box).sum() < 8 or inside.sum() < 4:  # too little ground to read around it: not a ghost
+            return 1.0
         unlike = _unlike(colour[(inside | ground) & box], colour[ground & ~box]).sum()
         return min(1.0, float(unlike) / float(inside.sum()))
 

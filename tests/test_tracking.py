@@ -337,3 +337,14 @@ def test_a_vanished_actor_gets_no_more_windows_while_its_track_coasts() -> None:
     assert len(unseen_for) >= 8 and max(unseen_for) <= round(UNSEEN_S * fps), unseen_for
     coasting = [i for i in range(gone, gone + 20) if shown[i]]
     assert coasting and COAST_S > UNSEEN_S, "still shown while it coasts"
+
+
+def test_a_blob_with_no_ground_left_around_its_box_is_not_called_a_ghost() -> None:
+    """The ghost test reads the ground outside the blob's box; a blob spanning the picture leaves none to read,
+    and what cannot be read is no evidence of a ghost."""
+    image = np.full((40, 60, 3), 128, np.uint8)
+    labels = np.zeros((40, 60), np.int32)
+    labels[:, :] = 1  # the blob's box is the whole picture
+    labels[10:30, 20:40] = 0  # a hole of ground (inside the box, so not read as the ground around it)
+    stat = np.array([0, 0, 60, 40, int((labels == 1).sum())])
+    assert MotionDetector._foreign(image, labels, 1, stat) == 1.0
