@@ -6,7 +6,7 @@ edge comes back at the other, as in the one-actor video). Each actor's life is a
 one-actor segments (:func:`streamer.synthetic.sample_segment` with ``count=1``): a new shape, colour
 and action at each of its own cuts, on one background shared by the whole video (a fixed camera).
 The labels name each segment's actor and the actor's extent in every frame (contract 4), which is
-what the tracked pipeline is scored against (:mod:`workers.evaluate_tracks`).
+what the tracked pipeline is scored against (:mod:`workers.track_scores`).
 
 Rendering is a pure function of the seed and the frame index, like the one-actor video.
 """
