@@ -10,7 +10,8 @@ import torch
 
 from streamer import synthetic
 from streamer.errors import ConfigError
-from workers import train
+from streamer.synthetic_actors import ActorVideo
+from workers import actor_clips, train
 from workers.model import Preprocess, load_model
 
 TINY = ["--img-size", "16", "--patch-size", "8", "--embed-dim", "32", "--depth", "1", "--heads", "2",
@@ -140,6 +141,26 @@ def test_synthetic_clips_are_labelled_by_their_last_frame_and_match_window_shape
         clip, label = next(clips)
         assert clip.shape == (4, 24, 24, 3) and clip.dtype == np.uint8
         assert 0 <= label < len(synthetic.CLASSES)
+
+
+def test_a_turning_disc_recast_turns_in_place_and_leaves_the_rest_of_the_scene():
+    """The recast segment is a circle turning the way its label says, on the spot; every other segment, and
+    the background, is the scene's own."""
+    video = ActorVideo(77, 3, 300, 30.0, 320, 240)
+    actor, seg = 1, video.segments[1][0]
+    recast = actor_clips.turning_disc(video, actor, seg, np.random.default_rng(3))
+    disc = recast.segments[actor][0]
+    assert disc.label.startswith("rotating_") and disc.actors[0].shape == "circle"
+    assert (disc.start_frame, disc.end_frame) == (seg.start_frame, seg.end_frame)
+    assert recast.segments[0] == video.segments[0] and recast.segments[actor][1:] == video.segments[actor][1:]
+    assert recast.box(actor, 0) == pytest.approx(recast.box(actor, 20), abs=1)  # it turns on the spot
+    a, b = recast.render(0), recast.render(20)
+    stage = recast.stages[actor]
+    inside = np.s_[stage.y0:stage.y0 + stage.side, stage.x0:stage.x0 + stage.side]
+    others = np.ones(a.shape[:2], bool)
+    others[inside] = False
+    assert np.abs(a[inside].astype(int) - b[inside]).max() > 60  # its marker went round
+    assert np.array_equal(a[others], video.render(0)[others])  # the rest of the frame is the scene's own
 
 
 @pytest.mark.timeout(120)

@@ -6,10 +6,15 @@ was trained on whole frames, where an actor is a fifth of the picture; around on
 it. ``workers.train --actor-p P`` mixes such clips into training: multi-actor scenes
 (:mod:`streamer.synthetic_actors`), a random actor, its true boxes jittered the way a motion
 detector's are (a few pixels, a box a little large or small), and a random margin.
+
+A turning disc is the hardest actor to read from its crop: its body stands still and only its marker
+goes round, an arc that a part of a window shows as a short straight move. Scenes draw one in 40
+segments; ``TURNING_DISC_P`` of the clips recast their segment as one, so that the model learns it.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator
 
 import numpy as np
@@ -23,6 +28,7 @@ from workers import data
 
 ACTOR_TRAIN_STREAM = 0xAC7E  # rng([ACTOR_TRAIN_STREAM, seed, n]): scenes no test video uses
 SCENE_FRAMES = 900  # each training scene is 30 s long; clips come from anywhere in it
+TURNING_DISC_P = 0.1  # share of clips whose segment is recast as a turning disc
 
 
 
@@ -52,6 +58,17 @@ def actor_window(video: ActorVideo, actor: int, end: int, pre, rng: np.random.Ge
     return np.stack([to_model_frame(video.render(i, crop), pre.size) for i in indices])
 
 
+def turning_disc(video: ActorVideo, actor: int, seg: synthetic.Segment, rng: np.random.Generator) -> ActorVideo:
+    """``video`` with ``actor``'s segment ``seg`` recast as a disc turning one way or the other."""
+    label = str(rng.choice(["rotating_clockwise", "rotating_anticlockwise"]))
+    drawn = synthetic.sample_segment(rng, seg.start_frame, video.fps, label=label, count=1)
+    disc = replace(drawn, end_frame=seg.end_frame, actors=(replace(drawn.actors[0], shape="circle"),))
+    segments = [[disc if s is seg else s for s in segs] for segs in video.segments]
+    recast = replace(video)  # a new scene object: its cached segments are set here, the rest drawn as before
+    recast.__dict__["segments"] = segments
+    return recast
+
+
 def actor_clips(seed: int, pre, cut_p: float, per_scene: int = 12) -> Iterator[tuple[np.ndarray, int]]:
     """Endless ``(clip, class)`` around one actor of a fresh multi-actor scene, labelled by its last frame."""
     counter = 0
@@ -73,7 +90,11 @@ def actor_clips(seed: int, pre, cut_p: float, per_scene: int = 12) -> Iterator[t
             else:
                 end = int(rng.integers(min(seg.start_frame + pre.span - 1, seg.end_frame), seg.end_frame + 1))
             end = min(end, seg.end_frame)
-            clip = actor_window(video, actor, end, pre, rng)
+            scene = video
+            if rng.uniform() < TURNING_DISC_P:
+                scene = turning_disc(video, actor, seg, rng)
+                seg = synthetic.segment_at(scene.segments[actor], end)
+            clip = actor_window(scene, actor, end, pre, rng)
             if clip is None:
                 continue
             made += 1
