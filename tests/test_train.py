@@ -144,8 +144,8 @@ def test_synthetic_clips_are_labelled_by_their_last_frame_and_match_window_shape
 
 
 def test_a_turning_disc_recast_turns_in_place_and_leaves_the_rest_of_the_scene():
-    """The recast segment is a circle turning the way its label says, on the spot; every other segment, and
-    the background, is the scene's own."""
+    """The recast segment is a circle labelled turning, turning on the spot over the segment's own frames; every
+    other segment, and the background, is the scene's own."""
     video = ActorVideo(77, 3, 300, 30.0, 320, 240)
     actor, seg = 1, video.segments[1][0]
     recast = actor_clips.turning_disc(video, actor, seg, np.random.default_rng(3))

@@ -63,7 +63,8 @@ def turning_disc(video: ActorVideo, actor: int, seg: synthetic.Segment, rng: np.
     label = str(rng.choice(["rotating_clockwise", "rotating_anticlockwise"]))
     drawn = synthetic.sample_segment(rng, seg.start_frame, video.fps, label=label, count=1)
     disc = replace(drawn, end_frame=seg.end_frame, actors=(replace(drawn.actors[0], shape="circle"),))
-    segments = [[disc if s is seg else s for s in segs] for segs in video.segments]
+    segments = list(video.segments)
+    segments[actor] = [disc if s is seg else s for s in segments[actor]]
     recast = replace(video)  # a new scene object: its cached segments are set here, the rest drawn as before
     recast.__dict__["segments"] = segments
     return recast
