@@ -163,6 +163,14 @@ def test_a_turning_disc_recast_turns_in_place_and_leaves_the_rest_of_the_scene()
     assert np.array_equal(a[others], video.render(0)[others])  # the rest of the frame is the scene's own
 
 
+def test_actor_clips_recast_their_share_as_turning_discs(monkeypatch):
+    """The training stream uses the recast: with every clip a disc, every label is a turning one."""
+    monkeypatch.setattr(actor_clips, "TURNING_DISC_P", 1.0)
+    clips = actor_clips.actor_clips(5, Preprocess(size=24, num_frames=4, frame_interval=3), cut_p=0.0, per_scene=1)
+    labels = [synthetic.CLASSES[next(clips)[1]] for _ in range(8)]
+    assert all(label.startswith("rotating_") for label in labels), labels
+
+
 @pytest.mark.timeout(120)
 def test_fine_tune_from_hugging_face_folder_replaces_head(tmp_path, two_class_list):
     from transformers import TimesformerConfig, TimesformerForVideoClassification
