@@ -52,7 +52,7 @@ def has_display() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from streamer.config import Overrides, load_config
+    from streamer.config.loader import Overrides, load_config
     from loguru import logger
 
     from streamer.supervisor import configure_logging
@@ -91,7 +91,7 @@ def preflight(config) -> None:
     import torch
 
     from streamer.errors import ConfigError
-    from streamer.sources import SourceConfig, open_source
+    from streamer.video.sources import SourceConfig, open_source
 
     for worker in config.workers:
         if worker.device.startswith("cuda"):
@@ -135,7 +135,7 @@ def listen_web(config):
     from loguru import logger
 
     from streamer.errors import ConfigError
-    from streamer.web.config import bind_listener
+    from streamer.config.web import bind_listener
 
     web = config.web
     try:
@@ -157,9 +157,9 @@ def run_role(config, role: str, index: int) -> int:
     import multiprocessing as mp
     import signal
 
-    from streamer import capture, dispatcher, overlay
+    from streamer.stages import capture, dispatcher, overlay
     from streamer.errors import ConfigError
-    from workers import worker
+    from streamer.stages import worker
 
     if not config.fixed_endpoints:
         raise ConfigError(f"{config.source_file}: --role needs an [endpoints] table, so that the separately "
@@ -174,7 +174,7 @@ def run_role(config, role: str, index: int) -> int:
             raise ConfigError("--role web needs [web] listen in the config or --web HOST:PORT")
         from dataclasses import replace
 
-        from streamer.web import server
+        from streamer.stages.web import server
 
         return server.run(replace(config.web, build=build_info(config)), None, stop)
     if role == "overlay":

@@ -30,8 +30,8 @@ import cv2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.report import write_section  # noqa: E402
-from streamer.frames import model_frame, to_model_frame  # noqa: E402
-from streamer.ringbuffer import WindowSchedule  # noqa: E402
+from streamer.video.frames import model_frame, to_model_frame  # noqa: E402
+from streamer.video.ringbuffer import WindowSchedule  # noqa: E402
 
 SAMPLINGS = {"every frame": (8, 1, 1), "demo (8×4, hop 4)": (8, 4, 4), "K400 (8×32, hop 32)": (8, 32, 32)}
 SIZE = 224

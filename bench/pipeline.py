@@ -29,9 +29,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.report import write_section  # noqa: E402
-from streamer.frames import to_model_frame  # noqa: E402
-from streamer.ringbuffer import RingBuffer, WindowSchedule, window_span  # noqa: E402
-from streamer.synthetic import SyntheticStream  # noqa: E402
+from streamer.video.frames import to_model_frame  # noqa: E402
+from streamer.video.ringbuffer import RingBuffer, WindowSchedule, window_span  # noqa: E402
+from streamer.synthetic.scenes import SyntheticStream  # noqa: E402
 from workers.model import Preprocess, load_model, native_low_precision, save_model  # noqa: E402
 from workers.preprocess import to_model_input  # noqa: E402
 from workers.timesformer import TimeSformer, TimeSformerConfig  # noqa: E402

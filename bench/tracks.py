@@ -5,7 +5,7 @@ track's forward cost.
     python bench/tracks.py --seeds 5000 --seconds 20 --no-write
 
 Accuracy: K = 3 actor videos (640×480, seeds never used in training) through ``run_pipeline.py --offline`` with
-``track = "motion"``, scored by :mod:`workers.track_scores` (a prediction is right when its box overlaps an
+``track = "motion"``, scored by :mod:`workers.training.track_scores` (a prediction is right when its box overlaps an
 actor, IoU ≥ 0.3, and its top-1 is that actor's label; a segment of 2 s or more with motion is recalled when
 a start with its label falls on a track overlapping that actor). Real time: one of those videos read at its
 own rate (no ``--offline``) at the demo's hop; the dispatcher's dropped-window count says whether the workers
@@ -30,11 +30,11 @@ import tomli_w
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.report import write_section  # noqa: E402
-from streamer import synthetic, synthetic_actors  # noqa: E402
-from streamer.frames import display_image  # noqa: E402
-from streamer.motion import MotionDetector  # noqa: E402
-from streamer.tracking import Presence, Tracker, TrackingConfig  # noqa: E402
-from workers import track_scores  # noqa: E402
+from streamer.synthetic import scenes as synthetic, actors as synthetic_actors  # noqa: E402
+from streamer.video.frames import display_image  # noqa: E402
+from streamer.look.motion import MotionDetector  # noqa: E402
+from streamer.look.tracking import Presence, Tracker, TrackingConfig  # noqa: E402
+from workers.training import track_scores  # noqa: E402
 
 CHECKPOINT = REPO / "models" / "demo.safetensors"
 
@@ -112,10 +112,10 @@ def forward_cost(batches=(1, 2, 3, 4), repeats: int = 30) -> dict[int, float]:
     """ms a batch of N track windows through the worker's own predictor (fp32, its flip views, one thread)."""
     import torch
 
-    from streamer.config import Endpoints
-    from streamer.config import WorkerConfig
+    from streamer.config.loader import Endpoints
+    from streamer.config.loader import WorkerConfig
     from workers.model import load_model
-    from workers.worker import Predictor
+    from streamer.stages.worker import Predictor
 
     torch.set_num_threads(1)
     pre = load_model(CHECKPOINT).preprocess

@@ -164,7 +164,7 @@ benchmark's own clients take from the worker's 2 cores (an earlier run of the sa
 
 def time_one_encode(repeats: int = 200) -> float:
     """Milliseconds to draw the panel on a 640×480 synthetic frame and encode it, as the web stage does."""
-    from streamer.web.feeds import _encode
+    from streamer.stages.web.feeds import _encode
 
     frame = _demo_frame()
     top = [("rotating anticlockwise", 0.9), ("growing", 0.05), ("still", 0.03), ("blinking", 0.01), ("moving up", 0.01)]

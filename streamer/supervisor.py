@@ -17,11 +17,11 @@ from typing import Callable
 import zmq
 from loguru import logger
 
-from streamer import messages, sockets
-from streamer.config import PipelineConfig
+from streamer.transport import messages, sockets
+from streamer.config.loader import PipelineConfig
 from streamer.errors import USAGE_ERROR, PipelineError
-from streamer.framestore import remove_stores
-from streamer.messages import Status
+from streamer.transport.framestore import remove_stores
+from streamer.transport.messages import Status
 
 STOP_GRACE_S = 3.0
 SINKS_GRACE_S = 6.0  # the sinks stage takes the dispatcher's last lines (≤ 1.5 s), then flushes MQTT (≤ 3 s)
@@ -97,8 +97,8 @@ class Supervisor:
     def __init__(self, config: PipelineConfig, web_listener=None) -> None:
         """``web_listener``: the web view's socket, bound by the caller so that a taken port is known
         before anything starts; it is kept here across restarts of the web stage."""
-        from streamer import capture, dispatcher, overlay
-        from workers import worker
+        from streamer.stages import capture, dispatcher, overlay
+        from streamer.stages import worker
 
         self.config = config
         self.ctx = mp.get_context("spawn")
@@ -110,15 +110,15 @@ class Supervisor:
             self.stages.append(Stage("overlay", overlay.run, (config.overlay,)))
         self.web_listener = web_listener
         if config.web is not None:
-            from streamer.web import server
+            from streamer.stages.web import server
 
             self.stages.append(Stage("web", server.run, (config.web, web_listener)))
         if config.sinks is not None:
-            from streamer.sinks import stage as sinks
+            from streamer.stages.sinks import stage as sinks
 
             self.stages.append(Stage("sinks", sinks.run, (config.sinks,), grace_s=SINKS_GRACE_S))
         if config.clips is not None:
-            from streamer.sinks import clips
+            from streamer.stages import clips
 
             self.stages.append(Stage("clips", clips.run, (config.clips,), grace_s=CLIPS_GRACE_S))
         self.stages += [Stage(f"capture {c.stream}", capture.run, (c,), enabled=False) for c in config.captures]

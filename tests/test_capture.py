@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import zmq
 
-from streamer import capture, messages
-from streamer.config import CaptureConfig, Endpoints
-from streamer.frames import display_image, model_frame, to_model_frame
-from streamer.messages import Credit, Stats, Status, Window
-from streamer.ringbuffer import WindowSchedule
+from streamer.stages import capture
+from streamer.transport import messages
+from streamer.config.loader import CaptureConfig, Endpoints
+from streamer.video.frames import display_image, model_frame, to_model_frame
+from streamer.transport.messages import Credit, Stats, Status, Window
+from streamer.video.ringbuffer import WindowSchedule
 from tests.conftest import frame_index_of, make_video
 
 # How far the one-pass conversion may be from today's path (libswscale's default BGR, then OpenCV's resize),
@@ -140,7 +141,7 @@ def _hw_frames(path, hwaccel: str, count: int) -> tuple[list[np.ndarray], list[s
     """Frames of ``path`` read through the file source with ``hwaccel``, and what it logged."""
     from loguru import logger
 
-    from streamer.sources import SourceConfig, open_source
+    from streamer.video.sources import SourceConfig, open_source
 
     said: list[str] = []
     sink = logger.add(lambda m: said.append(m.record["message"]), level="INFO")

@@ -130,8 +130,8 @@ def test_a_full_disk_leaves_no_partial_clip(run):
 
 
 def test_old_clips_go_first_when_past_the_age_or_the_size_cap(tmp_path):
-    from streamer.sinks.clips import ClipStage
-    from streamer.sinks.config import ClipsConfig, ClipStageConfig
+    from streamer.stages.clips import ClipStage
+    from streamer.config.sinks import ClipsConfig, ClipStageConfig
 
     now = __import__("time").time()
     for age_days, name, size in ((10, "old", 100), (2, "middle", 300), (1, "newer", 300), (0, "newest", 300)):

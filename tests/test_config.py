@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.config import Overrides, load_config
+from streamer.config.loader import Overrides, load_config
 from streamer.errors import ConfigError
 from workers.model import describe_checkpoint
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from streamer import synthetic
-from streamer.frames import to_model_frame
-from workers import evaluate
+from streamer.synthetic import scenes as synthetic
+from streamer.video.frames import to_model_frame
+from workers.training import evaluate
 from workers.model import Preprocess, load_model, save_model
 from workers.preprocess import to_model_input
 from workers.timesformer import TimeSformer, TimeSformerConfig

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError, ProtocolError
-from streamer.events import EVENT_ID, PAGE, ActionTracker, EventConfig, EventLog, prediction_line
-from streamer.messages import Result
+from streamer.stages.events import EVENT_ID, PAGE, ActionTracker, EventConfig, EventLog, prediction_line
+from streamer.transport.messages import Result
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["abseiling", "air drumming", "archery"]
@@ -207,8 +207,8 @@ def test_an_unwritable_log_path_is_a_config_error(tmp_path: Path) -> None:
 
 WRITER = textwrap.dedent("""
     import random, sys
-    from streamer.events import EventLog, prediction_line
-    from streamer.messages import Result
+    from streamer.stages.events import EventLog, prediction_line
+    from streamer.transport.messages import Result
     import numpy as np
     log = EventLog(sys.argv[1])
     count, rng = int(sys.argv[2]), random.Random(int(sys.argv[3]))

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import zmq
 
-from streamer import messages
-from streamer.config import WorkerConfig
+from streamer.transport import messages
+from streamer.config.loader import WorkerConfig
 from streamer.errors import ProtocolError
-from streamer.framestore import FrameRef, FrameStore, FrameStoreReader, remove_stores, store_dir, store_prefix
-from streamer.messages import Batch, ResultBatch, Status, Window, WorkRequest
-from streamer.ringbuffer import RingBuffer
+from streamer.transport.framestore import FrameRef, FrameStore, FrameStoreReader, remove_stores, store_dir, store_prefix
+from streamer.transport.messages import Batch, ResultBatch, Status, Window, WorkRequest
+from streamer.video.ringbuffer import RingBuffer
 from tests.test_fuzz_stages import _run_worker, endpoints, stop_stage
 from tests.test_pipeline import PRE, checkpoint  # noqa: F401  (fixture re-used)
 
@@ -162,8 +162,8 @@ def test_capture_falls_back_to_inline_frames_when_dev_shm_is_full(tmp_path, pref
     """A store larger than the memory left (Docker's 64 MB /dev/shm, say): one warning, no file, no SIGBUS later."""
     from loguru import logger
 
-    from streamer import capture
-    from streamer.config import CaptureConfig
+    from streamer.stages import capture
+    from streamer.config.loader import CaptureConfig
 
     config = CaptureConfig(stream="cam", source="synthetic:", endpoints=endpoints(tmp_path), size=224, num_frames=8,
                            frame_interval=4, hop=4, frame_store=prefix)

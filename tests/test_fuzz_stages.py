@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import zmq
 
-from streamer import messages
-from streamer.config import CaptureConfig, Endpoints, OverlayConfig, WorkerConfig
-from streamer.messages import Batch, Credit, DisplayFrame, Result, ResultBatch, Window, WorkRequest
+from streamer.transport import messages
+from streamer.config.loader import CaptureConfig, Endpoints, OverlayConfig, WorkerConfig
+from streamer.transport.messages import Batch, Credit, DisplayFrame, Result, ResultBatch, Window, WorkRequest
 from tests.conftest import make_video
 from tests.test_pipeline import LABELS, PRE, checkpoint  # noqa: F401  (fixture re-used)
 
@@ -55,19 +55,19 @@ def stop_stage(proc, stop) -> None:
 
 
 def _run_worker(config, stop):
-    from workers import worker
+    from streamer.stages import worker
     worker.run(config, stop)
 
 
 def _run_overlay(config, stop):
-    from streamer import overlay
+    from streamer.stages import overlay
     overlay.run(config, stop)
 
 
 def _run_capture(config, stop, log_path):
     from loguru import logger
 
-    from streamer import capture
+    from streamer.stages import capture
     logger.remove()
     logger.add(log_path, level="INFO")
     capture.run(config, stop)

@@ -13,9 +13,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamer import messages as m
+from streamer.transport import messages as m
 from streamer.errors import ProtocolError
-from streamer.messages import (Batch, Credit, DisplayFrame, Heartbeat, LogLine, Result, ResultBatch, Stats, Status,
+from streamer.transport.messages import (Batch, Credit, DisplayFrame, Heartbeat, LogLine, Result, ResultBatch, Stats, Status,
                                Window, WorkRequest, decode, encode)
 
 # ---------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from streamer.framestore import store_dir
-from streamer.ringbuffer import WindowSchedule
+from streamer.transport.framestore import store_dir
+from streamer.video.ringbuffer import WindowSchedule
 from tests.conftest import make_video
 from workers.model import Preprocess, save_model
 from workers.timesformer import TimeSformer, TimeSformerConfig
@@ -281,7 +281,7 @@ def test_damaged_video_source_is_one_line_and_exit_2(tmp_path, checkpoint):
 def test_default_demo_runs_with_the_shipped_model(tmp_path):
     """`python run_pipeline.py` as a newcomer runs it (headless here, no display): synthetic actions named live.
     Its web view's port (127.0.0.1:8080) is taken here: one warning, and the demo runs on without it."""
-    from streamer.synthetic import CLASSES
+    from streamer.synthetic.scenes import CLASSES
 
     events = tmp_path / "events.jsonl"
     with socket.socket() as taken:

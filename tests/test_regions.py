@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 import tomli_w
 
-from streamer import synthetic, synthetic_actors
-from streamer.config import CaptureConfig
-from streamer.crops import LookConfig, Region, load_look, region_box, view_boxes
+from streamer.synthetic import scenes as synthetic, actors as synthetic_actors
+from streamer.config.loader import CaptureConfig
+from streamer.look.crops import LookConfig, Region, load_look, region_box, view_boxes
 from streamer.errors import ConfigError
-from streamer.messages import Window
-from streamer.video_out import encode_video
+from streamer.transport.messages import Window
+from streamer.video.writer import encode_video
 from tests.test_capture import endpoints, run_capture
-from workers import track_scores
-from workers.worker import per_window
+from workers.training import track_scores
+from streamer.stages.worker import per_window
 
 REPO = Path(__file__).resolve().parents[1]
-HELD_OUT_SEED = 4242  # never a training scene (those come from workers.actor_clips' own streams)
+HELD_OUT_SEED = 4242  # never a training scene (those come from workers.training.actor_clips' own streams)
 
 
 # ---------------------------------------------------------------- crops reach the model
@@ -256,8 +256,8 @@ def test_the_annotated_video_draws_each_track_with_its_label(run):
 def test_the_dispatcher_keeps_the_newest_window_of_each_track():
     """Live, a newer window overtakes only its own track's (batched across tracks), not another actor's; an
     ended track closes once its windows are back."""
-    from streamer.config import DispatchConfig
-    from streamer.dispatcher import Dispatcher
+    from streamer.config.loader import DispatchConfig
+    from streamer.stages.dispatcher import Dispatcher
 
     state = Dispatcher(DispatchConfig(endpoints=None, streams=("yard",), finite_streams=(), labels=()))
     frames = np.zeros((4, 8, 8, 3), np.uint8)
@@ -277,8 +277,8 @@ def test_the_dispatcher_keeps_the_newest_window_of_each_track():
 def test_the_live_view_draws_each_tracked_actor_with_its_label_and_score():
     """What the web stage encodes (the same drawing as the overlay): boxes from the display frame, labels from
     each track's own predictions, a panel row per track."""
-    from streamer.annotate import StreamView
-    from streamer.web.feeds import _encode
+    from streamer.render.panel import StreamView
+    from streamer.stages.web.feeds import _encode
 
     view = StreamView(top_k=5)
     frame = np.full((240, 320, 3), 90, np.uint8)
@@ -301,8 +301,8 @@ def test_the_web_stage_draws_the_tracks_its_display_frames_carry(tmp_path):
 
     import zmq
 
-    from streamer import messages
-    from streamer.messages import DisplayFrame, LogLine
+    from streamer.transport import messages
+    from streamer.transport.messages import DisplayFrame, LogLine
     from tests.test_web import get, web_stage
 
     with web_stage(tmp_path, (("yard", "file"),)) as stage:

@@ -14,8 +14,8 @@ import cv2
 import pytest
 import zmq
 
-from streamer import messages
-from streamer.messages import Status, Window
+from streamer.transport import messages
+from streamer.transport.messages import Status, Window
 from tests.conftest import make_video
 from tests.test_pipeline import REPO, checkpoint, write_config  # noqa: F401  (fixture re-used)
 

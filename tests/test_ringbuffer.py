@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError
-from streamer.ringbuffer import RingBuffer, WindowSchedule, window_span
+from streamer.video.ringbuffer import RingBuffer, WindowSchedule, window_span
 
 H, W = 6, 5
 

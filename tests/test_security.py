@@ -1,4 +1,4 @@
-"""CurveZMQ: keys from ``python -m streamer.keys``, encrypted and authenticated sockets, clear key errors."""
+"""CurveZMQ: keys from ``python -m streamer.transport.keys``, encrypted and authenticated sockets, clear key errors."""
 
 import dataclasses
 import os
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import zmq
 
-from streamer import messages
-from streamer.config import Overrides, Security, load_config, load_security
+from streamer.transport import messages
+from streamer.config.loader import Overrides, Security, load_config, load_security
 from streamer.errors import ConfigError
-from streamer.messages import Result, Status
-from streamer.sockets import Context, make_socket
+from streamer.transport.messages import Result, Status
+from streamer.transport.sockets import Context, make_socket
 from tests.conftest import free_port, make_video
 from tests.test_pipeline import REPO, checkpoint, read_lines, write_config  # noqa: F401  (fixture re-used)
 from workers.model import describe_checkpoint
@@ -26,7 +26,7 @@ QUIET_S = 1.0    # a client that should not get through stays silent this long a
 
 
 def make_keys(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streamer.keys", str(folder), *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "streamer.transport.keys", str(folder), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -303,7 +303,7 @@ def test_keys_command_writes_private_secrets_and_refuses_to_overwrite(tmp_path):
 
 @pytest.mark.parametrize("args", [[], ["--bogus"]])
 def test_keys_command_bad_arguments_exit_2_with_one_line(tmp_path, args):
-    proc = subprocess.run([sys.executable, "-m", "streamer.keys", *args], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "streamer.transport.keys", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and not proc.stdout, proc.stderr
 

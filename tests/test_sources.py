@@ -10,7 +10,7 @@ import pytest
 
 from conftest import frame_index_of, make_video
 from streamer.errors import ConfigError, SourceError
-from streamer.sources import (
+from streamer.video.sources import (
     Frame,
     SourceConfig,
     SourceLost,
@@ -273,7 +273,7 @@ class BlockingCamera:
 
 @pytest.mark.timeout(30)
 def test_a_webcam_whose_read_blocks_is_reported_lost_once_then_restored():
-    from streamer.sources import _LiveSource
+    from streamer.video.sources import _LiveSource
 
     camera = BlockingCamera()
     config = SourceConfig("0", open_timeout_s=1.0, read_timeout_s=0.5)

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from streamer import synthetic
-from streamer.frames import to_model_frame
+from streamer.synthetic import scenes as synthetic
+from streamer.video.frames import to_model_frame
 
 REPO = Path(__file__).resolve().parents[1]
 W, H = 160, 120

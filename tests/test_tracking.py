@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError
-from streamer.motion import MotionDetector, small_copy
-from streamer.tracking import (
+from streamer.look.motion import MotionDetector, small_copy
+from streamer.look.tracking import (
     Box,
     Tracker,
     TrackingConfig,
@@ -322,8 +322,8 @@ def test_an_actor_on_screen_from_the_first_frame_that_shrinks_is_tracked_not_tak
 def test_a_vanished_actor_gets_no_more_windows_while_its_track_coasts() -> None:
     """At a cut or an exit the track coasts on for COAST_S (still shown), but its box then holds ground: a
     track gets windows only while it was seen within UNSEEN_S."""
-    from streamer.feeds import UNSEEN_S, FrameView, TrackFeed
-    from streamer.tracking import COAST_S
+    from streamer.look.feeds import UNSEEN_S, FrameView, TrackFeed
+    from streamer.look.tracking import COAST_S
 
     fps, gone = 30.0, 60
     feed, camera = TrackFeed("s", TrackingConfig(fps=fps), 48, 8, 4, 4), Camera(640, 480)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from streamer import synthetic
+from streamer.synthetic import scenes as synthetic
 from streamer.errors import ConfigError
-from streamer.synthetic_actors import ActorVideo
-from workers import actor_clips, train
+from streamer.synthetic.actors import ActorVideo
+from workers.training import actor_clips, train
 from workers.model import Preprocess, load_model
 
 TINY = ["--img-size", "16", "--patch-size", "8", "--embed-dim", "32", "--depth", "1", "--heads", "2",

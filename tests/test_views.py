@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from streamer import synthetic
-from streamer.config import FLIP_VIEWS, Endpoints, Overrides, WorkerConfig, load_config
+from streamer.synthetic import scenes as synthetic
+from streamer.config.loader import FLIP_VIEWS, Endpoints, Overrides, WorkerConfig, load_config
 from streamer.errors import CheckpointError
-from workers import evaluate, train
+from workers.training import evaluate, train
 from workers.model import Preprocess, describe_checkpoint, load_model, save_model
 from workers.preprocess import to_model_input
 from workers.timesformer import TimeSformer, TimeSformerConfig
 from workers.views import FLIPS, FlipViews, mirror_map, mirrored
-from workers.worker import Predictor
+from streamer.stages.worker import Predictor
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo.safetensors"
 

@@ -17,9 +17,9 @@ from loguru import logger
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from streamer.config import check_flip_views
+from streamer.config.loader import check_flip_views
 from streamer.errors import CheckpointError, ConfigError
-from streamer.ringbuffer import window_span
+from streamer.video.ringbuffer import window_span
 from workers.timesformer import TimeSformer, TimeSformerConfig
 
 FORMAT_NAME = "timesformer-stream"

@@ -35,8 +35,8 @@ SYNTHETIC_HELD_OUT = (2000, 2001)
 
 
 def windows(source: str, model: torch.nn.Module):
-    """(calibration, held-out) :class:`~workers.data.WindowSet` from ``source``."""
-    from workers.data import WindowSpec, concat, dataset_windows, synthetic_windows
+    """(calibration, held-out) :class:`~workers.training.data.WindowSet` from ``source``."""
+    from workers.training.data import WindowSpec, concat, dataset_windows, synthetic_windows
     from workers.model import label_names
 
     pre = model.preprocess

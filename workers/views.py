@@ -17,7 +17,7 @@ import re
 import torch
 
 # Words a flip swaps, and the input axis it reverses in a (B, 3, T, H, W) clip; the names are
-# streamer.config.FLIP_VIEWS.
+# streamer.config.loader.FLIP_VIEWS.
 FLIPS: dict[str, tuple[int, dict[str, str]]] = {
     "horizontal": (-1, {"left": "right", "clockwise": "anticlockwise"}),
     "vertical": (-2, {"up": "down", "clockwise": "anticlockwise"}),

@@ -1,0 +1,301 @@
+"""Capture stage: one source → stamped, model-size frames in a ring buffer → windows to the dispatcher.
+
+A frame is converted and resized once (``frames.model_frame``) on arrival, and only if a window will
+hold it (``WindowSchedule.wanted``); the others are decoded and counted but never converted (with
+K400's sampling, 31 frames in 32). Display frames are made only while the overlay or a web viewer
+subscribes to this stream (``_Display``). A window goes out
+every ``hop`` source frames. Live: windows are sent and forgotten (the dispatcher keeps
+only the newest). Offline: capture waits for the dispatcher's credit before sending
+more, so nothing is dropped and a file is read only as fast as the workers go.
+With a frame store (same-host workers), the ring lives in shared memory and a window
+names its frames instead of carrying them (:mod:`streamer.transport.framestore`).
+"""
+
+import math
+import multiprocessing.synchronize
+import time
+from dataclasses import replace
+
+import zmq
+from loguru import logger
+
+from streamer.transport import messages, sockets
+from streamer.config.loader import CaptureConfig
+from streamer.errors import ProtocolError
+from streamer.look.crops import LookConfig
+from streamer.look.feeds import FrameView, TrackFeed, make_feeds
+from streamer.transport.framestore import FrameStore
+from streamer.transport.messages import Credit, DisplayFrame, Stats, Status
+from streamer.video.ringbuffer import window_span
+from streamer.video.sources import SourceConfig, SourceLost, open_source
+
+OFFLINE_IN_FLIGHT = 2  # windows a file may be ahead of the workers in offline mode
+STORE_SECONDS = 8.0  # a shared frame store keeps this much video beyond one window (a slow worker's margin)
+STORE_HOPS = 24  # and at least this many hops (offline, where frames come as fast as credits allow)
+STATS_INTERVAL_S = 1.0  # frames captured and input fps go to the dispatcher (and on to /metrics) this often
+
+
+CLIP_QUEUE_FRAMES = 8  # display frames queued here for the clips stage (raw: 5.5 MB at 640×360); it must keep up
+RECORDER_TOPIC = messages.recorder_topic()
+RECORDER_WAIT_S = 10.0   # offline: the longest a frame waits for a recorder that is behind (or restarting)
+
+
+class _Display:
+    """Display frames for the overlay and the web stage, made only while one of them subscribes to this stream.
+
+    An XPUB socket hears each subscription: the overlay takes every stream always, the web stage
+    subscribes to a stream (``messages.display_topic``) only while someone watches it. One socket
+    fans each frame out to both, dropping for a slow one.
+    """
+
+    def __init__(self, sock: zmq.Socket, streams: tuple[str, ...]) -> None:
+        self.sock, self.topics = sock, set()
+        self.stream_topics = {stream: messages.display_topic(stream) for stream in streams}
+        self.wait_for_all = False  # offline with clips: wait for the recorder rather than drop
+
+    @classmethod
+    def open(cls, ctx, config: CaptureConfig):
+        viewers = [e for e, wanted in ((config.endpoints.display, config.display),
+                                       (config.endpoints.web, config.web)) if wanted]
+        if not viewers and not config.clips:
+            return None
+        # Viewers want the newest frame, not a backlog; the recorder wants every frame: a deeper queue for its
+        # connection only (a socket's HWM applies to the connections made after it is set).
+        sock = sockets.make_socket(ctx, zmq.XPUB, viewers[0] if viewers else config.endpoints.clips, bind=False,
+                                   security=config.security, options={zmq.SNDHWM: 2 if viewers else CLIP_QUEUE_FRAMES})
+        for endpoint in viewers[1:]:
+            sock.connect(endpoint)
+        if config.clips and viewers:
+            sock.setsockopt(zmq.SNDHWM, CLIP_QUEUE_FRAMES)
+            sock.connect(config.endpoints.clips)
+        display = cls(sock, config.look.streams(config.stream))
+        if config.offline and config.clips:
+            # Offline, clips must hold every frame however fast the file is read: wait for the recorder
+            # rather than drop (live sources never wait; the recorder's deep queue absorbs bursts there).
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+            display.wait_for_all = True
+        return display
+
+    def send(self, frame: DisplayFrame, stop) -> None:
+        if not self.wait_for_all:
+            messages.send(self.sock, frame, zmq.NOBLOCK)  # XPUB drops for a subscriber that is behind
+            return
+        deadline = time.monotonic() + RECORDER_WAIT_S
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                messages.send(self.sock, frame, zmq.NOBLOCK)
+                return
+            except zmq.Again:  # the recorder is behind: offline, wait for it
+                self.sock.poll(100, zmq.POLLOUT)
+
+    def wait_for_subscriber(self, stop, offline: bool) -> None:
+        """With clips: hold the first frame until the recorder's subscription has arrived, so that its
+        pre-roll starts at frame 0 (offline up to RECORDER_WAIT_S; live a second at most)."""
+        deadline = time.monotonic() + (RECORDER_WAIT_S if offline else 1.0)
+        while RECORDER_TOPIC not in self.topics and not stop.is_set() and time.monotonic() < deadline:
+            self.watched(next(iter(self.stream_topics)))
+            time.sleep(0.01)
+
+    def watched(self, stream: str) -> bool:
+        """Take the (un)subscriptions that arrived; True while one covers ``stream``."""
+        while True:
+            try:
+                event = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event[:1] == b"\x01":
+                self.topics.add(event[1:])
+            elif event[:1] == b"\x00":
+                self.topics.discard(event[1:])
+        topic = self.stream_topics[stream]
+        return any(topic.startswith(t) for t in self.topics)
+
+    def viewed(self, stream: str) -> bool:
+        """Whether a viewer (overlay, web), not only the clip recorder, takes ``stream``'s frames."""
+        topic = self.stream_topics[stream]
+        return any(topic.startswith(t) for t in self.topics if t != RECORDER_TOPIC)
+
+
+class _Counts:
+    """What a capture reports once a second and at its end, for each stream it sends: frames read and
+    converted, input fps, and for tracked actors how many are active and how many the cap left out."""
+
+    def __init__(self, streams: tuple[str, ...], tracking: bool = False) -> None:
+        self.streams, self.started, self.tracking = streams, time.time(), tracking
+        self.captured = self.converted = self.shown = 0
+        self.tracks_active = self.tracks_skipped = 0
+        self.last_frame_ts = 0.0
+        self._since = (time.monotonic(), 0)
+        self.next_report = time.monotonic() + STATS_INTERVAL_S
+
+    def report(self, sock: zmq.Socket, block: bool = False) -> None:
+        now = time.monotonic()
+        seconds = now - self._since[0]
+        fps = (self.captured - self._since[1]) / seconds if seconds > 0 else 0.0
+        for stream in self.streams:
+            labels = {"stream": stream}
+            samples = (("frames_captured", labels, float(self.captured)), ("frames_converted", labels, float(self.converted)),
+                       ("display_frames", labels, float(self.shown)), ("capture_started", labels, self.started),
+                       ("input_fps", labels, fps), ("last_frame_ts", labels, self.last_frame_ts))
+            if self.tracking:
+                samples += (("tracks_active", labels, float(self.tracks_active)),
+                            ("tracks_skipped", labels, float(self.tracks_skipped)))
+            try:
+                messages.send(sock, Stats(f"capture {stream}", time.time(), samples), 0 if block else zmq.NOBLOCK)
+            except zmq.Again:  # the dispatcher is behind; the next report carries the totals
+                pass
+        self._since, self.next_report = (now, self.captured), now + STATS_INTERVAL_S
+
+
+def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
+    """Read the source until it ends or ``stop`` is set; return 0 at a file's end."""
+    ctx = sockets.Context()
+    out = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.windows, bind=False, security=config.security,
+                              options={zmq.LINGER: 2000, zmq.SNDHWM: 4})
+    display = _Display.open(ctx, config)
+    streams = config.look.streams(config.stream)
+
+    def status(kind: str, detail: str, track: int | None = None) -> None:
+        for stream in streams:
+            messages.send(out, Status(kind=kind, stream=stream, detail=detail[:2000], ts=time.time(), track=track))
+
+    source = open_source(SourceConfig(spec=config.source, realtime=not config.offline,
+                                      open_timeout_s=config.open_timeout_s, read_timeout_s=config.read_timeout_s,
+                                      hwaccel=config.hwaccel))
+    if config.look.tracking is not None and source.fps > 0:
+        config = replace(config, look=replace(config.look, tracking=replace(config.look.tracking, fps=source.fps)))
+    span = window_span(config.num_frames, config.frame_interval)
+    plain = config.look == LookConfig()  # the whole frame's centre crop: the only feed a frame store serves
+    store = _open_store(config, span + max(math.ceil(source.fps * STORE_SECONDS), STORE_HOPS * config.hop)) \
+        if plain else None
+    logger.info(f"capture {config.stream}: {source.kind} source open at {source.fps:.1f} fps; " + (
+        f"frames through shared memory ({store.frames.shape[0]} frames, {store.frames.nbytes / 2**20:.0f} MB)"
+        if store else "frames inline") + _looking(config))
+    feeds = None  # made at the first frame: regions need its size
+    # Offline, a window of each stream (region) or tracked actor may be at the workers, batched together.
+    credits = OFFLINE_IN_FLIGHT * len(streams) + (config.look.tracking.max_tracks if config.look.tracking else 0)
+    segment, lost = 0, False
+    last_index = None  # the ring forgets it on a loss; the end-of-stream line still names it
+    malformed = messages.MalformedLog(f"capture {config.stream}")
+    counts = _Counts(streams, config.look.tracking is not None)
+    try:
+        if display is not None and config.clips:
+            display.wait_for_subscriber(stop, config.offline)
+        while not stop.is_set():
+            if time.monotonic() >= counts.next_report:
+                counts.report(out)
+            silent = None  # a read that timed out without the source saying why
+            try:
+                frame = source.read()
+            except SourceLost as err:
+                frame, silent = False, err
+            events = source.events()
+            for kind, detail in events:
+                status(kind, detail)
+                logger.warning(f"capture {config.stream}: {kind.replace('_', ' ')}: {detail}")
+                if kind == "source_lost":
+                    _reset(feeds)
+                lost = kind == "source_lost"
+            if silent is not None and not lost and not events:  # one line per outage; the source's reason first
+                logger.warning(f"capture {config.stream}: {silent}")
+                lost = True
+            if frame is False:  # still reconnecting
+                continue
+            if frame is None:
+                _reset(feeds)  # every tracked actor ends with the source
+                _end_tracks(feeds, status)
+                counts.report(out, block=True)  # the final counts, before the end
+                status("end_of_stream", f"{config.stream}: last frame was {last_index}")
+                logger.info(f"capture {config.stream}: end of source after frame {last_index}")
+                return 0
+            view = FrameView(frame.index, frame.ts, frame.picture)
+            if feeds is None:
+                feeds = make_feeds(config.stream, config.look, view, config.size, config.num_frames,
+                                   config.frame_interval, config.hop, store.frames.shape[0] if store else 0, store)
+            if frame.segment != segment:  # a reconnect: never let a window span the gap
+                segment = frame.segment
+                _reset(feeds)
+            windows, converted = [], False
+            for feed in feeds:
+                wanted, due = feed.push(view)
+                windows += due
+                converted |= wanted
+            _end_tracks(feeds, status)
+            last_index = frame.index
+            counts.captured, counts.converted = counts.captured + 1, counts.converted + converted
+            counts.last_frame_ts = frame.ts
+            if isinstance(feeds[0], TrackFeed):
+                counts.tracks_active = len(feeds[0].active)
+                counts.tracks_skipped = feeds[0].tracker.skipped_total
+            for feed in feeds if display is not None else ():
+                if display.watched(feed.stream):
+                    image, tracks = feed.display(view, config.display_width)
+                    display.send(DisplayFrame(feed.stream, frame.index, frame.ts, image, source.fps, tracks), stop)
+                    counts.shown += display.viewed(feed.stream)  # frames for people; the recorder's are not counted
+            for window in windows:
+                if config.offline:
+                    credits = _wait_for_credit(out, credits, stop, malformed)
+                    if credits is None:
+                        return 0
+                messages.send(out, window)
+    finally:
+        source.close()
+        if store is not None:
+            store.close()
+        if display is not None:
+            display.sock.close(linger=0)
+        out.close()
+        ctx.term()
+    return 0
+
+
+def _looking(config: CaptureConfig) -> str:
+    """How the log names what the model sees of this source."""
+    look = config.look
+    if look.tracking is not None:
+        return f"; tracking moving actors (at most {look.tracking.max_tracks})"
+    if look.regions:
+        return f"; regions {', '.join(r.name for r in look.regions)} ({look.crop} crop)"
+    return "" if look.crop == "centre" else f"; {look.crop} crop"
+
+
+def _reset(feeds) -> None:
+    for feed in feeds or ():
+        feed.reset()
+
+
+def _end_tracks(feeds, status) -> None:
+    """Tell the dispatcher which tracks ended (their open actions end there)."""
+    for feed in feeds or ():
+        if isinstance(feed, TrackFeed):
+            for track in feed.ended:
+                status("track_ended", f"track {track} ended", track)
+            feed.ended.clear()
+
+
+def _open_store(config: CaptureConfig, capacity: int) -> FrameStore | None:
+    """The shared frame store when the config asks for one; None (frames inline) if it cannot be made."""
+    if not config.frame_store:
+        return None
+    try:
+        return FrameStore(config.frame_store, config.stream, capacity, config.size, config.size)
+    except OSError as err:
+        logger.warning(f"capture {config.stream}: no shared frame store ({err.strerror or err}); "
+                       "sending frames inline (slower; free space in /dev/shm to get it back)")
+        return None
+
+
+def _wait_for_credit(sock: zmq.Socket, credits: int, stop, malformed: messages.MalformedLog) -> int | None:
+    """Offline flow control: block until the dispatcher has taken an earlier window (None: stopping)."""
+    while credits <= 0:
+        if stop.is_set():
+            return None
+        if sock.poll(200):
+            try:
+                msg = messages.recv(sock)
+            except ProtocolError as err:
+                malformed.saw(err)
+                continue
+            if isinstance(msg, Credit):
+                credits += msg.n
+    return credits - 1

@@ -1,0 +1,322 @@
+"""Predictions → the event log (contract 3 in DESIGN.md).
+
+Every result becomes a ``prediction`` line; :class:`ActionTracker` smooths each
+stream's probabilities over its last few results and, with a start and a lower
+end threshold (hysteresis), turns them into ``start``/``end`` lines, so one
+noisy window neither starts nor ends an action. :class:`EventLog` appends each
+line with a single ``write`` on an ``O_APPEND`` descriptor, placed so that it
+never crosses a page boundary: a crash, even SIGKILL, never leaves a half line,
+and a written line is never held back in a buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import re
+import secrets
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from streamer.errors import ConfigError, ProtocolError
+from streamer.transport.messages import Result
+
+# A result older than the newest one seen for its stream is late (two workers
+# finished out of order) and skipped; one older by more than this is taken as a
+# restarted source or a clock step, and accepted.
+LATE_TOLERANCE_S = 30.0
+EVENT_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what an action id may look like (it names files and URLs)
+
+
+def new_event_id() -> str:
+    """An id for one action, shared by its start and end lines: the start's Unix milliseconds and 24 random
+    bits, so ids sort by time and stay unique across dispatcher restarts within a run."""
+    return f"{time.time_ns() // 1_000_000}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class EventConfig:
+    """How predictions become action events.
+
+    Args:
+        smoothing: results averaged per stream (a moving average of probabilities).
+        start_threshold: smoothed probability at which an action starts.
+        end_threshold: smoothed probability below which it ends (≤ start_threshold).
+        top_k: labels in the smoothed top list.
+    """
+
+    smoothing: int = 3
+    start_threshold: float = 0.6
+    end_threshold: float = 0.4
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        if type(self.smoothing) is not int or not 1 <= self.smoothing <= 1000:
+            raise ConfigError(f"events.smoothing = {self.smoothing!r}: must be an integer from 1 to 1000")
+        if type(self.top_k) is not int or self.top_k < 1:
+            raise ConfigError(f"events.top_k = {self.top_k!r}: must be a positive integer")
+        for name in ("start_threshold", "end_threshold"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not 0.0 < value <= 1.0:
+                raise ConfigError(f"events.{name} = {value!r}: must be a number in (0, 1]")
+        if self.end_threshold > self.start_threshold:
+            raise ConfigError(
+                f"events.end_threshold = {self.end_threshold} is above start_threshold = {self.start_threshold}; "
+                "it must be lower or equal (hysteresis)")
+
+
+@dataclass
+class _StreamState:
+    history: deque  # of (classes,) float32 arrays
+    active: int | None = None  # class index of the ongoing action
+    active_id: str = ""  # its event id
+    frame_index: int = 0  # of the newest result
+    frame_ts: float = 0.0
+    smoothed: np.ndarray | None = None
+    box: tuple[float, float, float, float] | None = None  # a tracked actor's, at frame_index
+
+
+ENDED_TRACKS_KEPT = 4096  # ended tracks remembered, so that a late result does not start one again
+
+
+class ActionTracker:
+    """Smoothed top-k and action start/end events, per stream and, within a tracked stream, per actor.
+
+    Args:
+        config: thresholds and smoothing.
+        labels: class names in model order (``model.labels``); None names them ``class_<i>``.
+    """
+
+    def __init__(self, config: EventConfig, labels: Sequence[str] | None) -> None:
+        self.config = config
+        self.labels = list(labels) if labels is not None else None
+        self._streams: dict[tuple[str, int | None], _StreamState] = {}  # (stream, track or None) → its state
+        self._lost_at: dict[str, float] = {}  # capture time of each stream's last loss
+        self._ended: dict[tuple[str, int], None] = {}  # ended tracks, oldest first (a bounded, ordered set)
+
+    def _label(self, i: int) -> str:
+        return self.labels[i] if self.labels is not None else f"class_{i}"
+
+    def _top(self, probs: np.ndarray) -> list[tuple[str, float]]:
+        k = min(self.config.top_k, probs.shape[0])
+        best = np.argpartition(-probs, k - 1)[:k]
+        best = best[np.argsort(-probs[best], kind="stable")]
+        return [(self._label(int(i)), float(probs[i])) for i in best]
+
+    def _event(self, kind: str, key: tuple[str, int | None], state: _StreamState, cls: int,
+               score: float) -> dict[str, Any]:
+        if kind == "start":
+            state.active_id = new_event_id()
+        line = {"kind": kind, "stream": key[0], "label": self._label(cls), "frame_index": state.frame_index,
+                "frame_ts": state.frame_ts, "score": round(float(score), 6), "id": state.active_id}
+        return line if key[1] is None else {**line, "track": key[1], "box": box_line(state.box)}
+
+    def update(self, result: Result) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
+        """Take one result; return its stream's smoothed top-k (best first) and the events it caused.
+
+        A late result (its stream already has a newer one) changes nothing.
+        Raises ProtocolError if its class count does not match the labels.
+        """
+        probs = np.asarray(result.probs, np.float32)
+        if self.labels is not None and probs.shape != (len(self.labels),):
+            raise ProtocolError(
+                f"result from worker {result.worker!r} has {probs.shape[0]} classes but the model labels "
+                f"list {len(self.labels)}; restart with matching checkpoints")
+        if result.frame_ts <= self._lost_at.get(result.stream, -math.inf) or result.key in self._ended:
+            return self._top(probs), []  # captured before its source was lost or its track ended: that action ended
+        state = self._streams.get(result.key)
+        if state is not None and state.history and state.history[-1].shape != probs.shape:
+            state = None  # the model changed under this stream: start afresh
+        if state is None:
+            state = self._streams[result.key] = _StreamState(deque(maxlen=self.config.smoothing))
+        elif state.smoothed is not None and 0 < state.frame_ts - result.frame_ts <= LATE_TOLERANCE_S:
+            return self._top(state.smoothed), []
+        state.history.append(probs)
+        state.frame_index, state.frame_ts, state.box = result.frame_index, result.frame_ts, result.box
+        state.smoothed = np.mean(state.history, axis=0)
+        return self._top(state.smoothed), self._transition(result.key, state)
+
+    def _transition(self, stream: tuple[str, int | None], state: _StreamState) -> list[dict[str, Any]]:
+        p, cfg, events = state.smoothed, self.config, []
+        best = int(np.argmax(p))
+        if best != state.active and p[best] >= cfg.start_threshold:
+            if state.active is not None:  # a new action takes over: the old one ends first
+                events.append(self._event("end", stream, state, state.active, p[state.active]))
+            events.append(self._event("start", stream, state, best, p[best]))
+            state.active = best
+        elif state.active is not None and p[state.active] < cfg.end_threshold:
+            events.append(self._event("end", stream, state, state.active, p[state.active]))
+            state.active = None
+        return events
+
+    def active(self, stream: str, track: int | None = None) -> str | None:
+        """Label of the stream's (or its tracked actor's) ongoing action, if any."""
+        state = self._streams.get((stream, track))
+        return None if state is None or state.active is None else self._label(state.active)
+
+    def _forget(self, key: tuple[str, int | None]) -> list[dict[str, Any]]:
+        state = self._streams.pop(key, None)
+        if state is None or state.active is None:
+            return []
+        return [self._event("end", key, state, state.active, state.smoothed[state.active])]
+
+    def reset(self, stream: str, lost_ts: float | None = None) -> list[dict[str, Any]]:
+        """Forget a stream and all its tracks; returns the ``end`` events of their ongoing actions.
+
+        With ``lost_ts`` (its source was lost then), results of windows captured before it that
+        are still at a worker are logged but start no action: the one they belong to has ended.
+        """
+        if lost_ts is not None:
+            self._lost_at[stream] = lost_ts
+        return [event for key in list(self._streams) if key[0] == stream for event in self._forget(key)]
+
+    def end_track(self, stream: str, track: int) -> list[dict[str, Any]]:
+        """A tracked actor is gone: the ``end`` event of its ongoing action; its late results start nothing."""
+        self._ended[stream, track] = None
+        while len(self._ended) > ENDED_TRACKS_KEPT:
+            del self._ended[next(iter(self._ended))]
+        return self._forget((stream, track))
+
+    def reset_all(self) -> list[dict[str, Any]]:
+        """Forget every stream (clean stop): the ``end`` events of all ongoing actions."""
+        return [event for key in list(self._streams) for event in self._forget(key)]
+
+
+def box_line(box) -> list[float] | None:
+    """A box as the event log writes it: pixels to a tenth."""
+    return None if box is None else [round(float(v), 1) for v in box]
+
+
+def prediction_line(result: Result, now: float) -> dict[str, Any]:
+    """The contract's ``prediction`` line for one result, ``now`` being the Unix time it is written;
+    a tracked actor's also has ``track`` and ``box`` (contract 7)."""
+    place = {} if result.track is None else {"track": result.track, "box": box_line(result.box)}
+    return {**place,
+        "kind": "prediction",
+        "stream": result.stream,
+        "frame_index": result.frame_index,
+        "frame_ts": result.frame_ts,
+        "top": [[label, round(float(p), 6)] for label, p in result.top],
+        "latency_ms": round((now - result.frame_ts) * 1000.0, 3),
+        "seq": result.seq,
+        "worker": result.worker,
+        "timings": {k: round(float(v), 3) for k, v in result.timings.items()},
+    }
+
+
+PAGE = mmap.PAGESIZE
+_PAD = b'{"kind":"pad"}\n'  # the shortest filler line
+
+
+def encode_line(obj: dict[str, Any]) -> bytes:
+    """One JSON line, UTF-8, newline-terminated; NaN/inf refused (they are not JSON)."""
+    return (json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+class EventLog:
+    """Appends JSON lines to a file (and optionally stdout), each with one ``os.write``.
+
+    Why page boundaries matter: the kernel copies a write into the file page by
+    page and stops between pages when the process gets SIGKILL, so a line that
+    spans two pages can be cut in half. So a line that does not fit in what is
+    left of the current page starts on the next one: the line before it is
+    padded with trailing spaces (still valid JSON), or, if that line is already
+    written, a ``{"kind": "pad"}`` filler line (a kind readers skip) fills the
+    gap. Lines longer than a page cannot be protected; opening a log cuts a torn
+    last line left by any earlier writer. Several processes may append to one
+    file (alignment is then best effort).
+
+    Args:
+        path: the JSONL file (created with its folder); None writes no file.
+        stdout: also print every line to stdout.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, stdout: bool = False) -> None:
+        self.path = None if path is None else os.fspath(path)
+        self.stdout = stdout
+        self.lines = 0
+        self._fd: int | None = None
+        self._recent: deque[int] = deque(maxlen=32)  # lengths of the last lines, to guess the next
+        if self.path is None:
+            return
+        try:
+            folder = os.path.dirname(self.path)
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"event log {self.path}: cannot open for appending ({exc.strerror}); "
+                              "pick a writable path") from None
+        self._drop_torn_tail()
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line without its newline (a writer killed mid-write) back to the last whole line."""
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return
+        with open(self.path, "rb") as f:
+            pos = size
+            while pos > 0:
+                step = min(pos, 65536)
+                f.seek(pos - step)
+                chunk = f.read(step)
+                if pos == size and chunk.endswith(b"\n"):
+                    return
+                cut = chunk.rfind(b"\n")
+                if cut >= 0:
+                    os.truncate(self.path, pos - step + cut + 1)
+                    return
+                pos -= step
+        os.truncate(self.path, 0)
+
+    def _pieces(self, line: bytes) -> list[bytes]:
+        """What to write for ``line`` so that it lies within one page (see the class docstring)."""
+        if len(line) > PAGE:
+            return [line]
+        self._recent.append(len(line))
+        expected = sorted(self._recent)[len(self._recent) * 9 // 10]  # a longer next line gets a filler
+        room = PAGE - os.fstat(self._fd).st_size % PAGE
+        pieces = []
+        if len(line) > room and room >= len(_PAD):  # room < len(_PAD) only after a foreign writer
+            pieces.append(_PAD[:-2] + b" " * (room - len(_PAD)) + _PAD[-2:])
+            room = PAGE
+        left = room - len(line)
+        if 0 < left < max(len(_PAD), expected):  # the next line would not fit: end the page here
+            line = line[:-1] + b" " * left + b"\n"
+        pieces.append(line)
+        return pieces
+
+    def write(self, obj: dict[str, Any]) -> None:
+        """Append ``obj`` as one line, in one system call."""
+        data = encode_line(obj)
+        if self._fd is not None:
+            for piece in self._pieces(data):
+                written = os.write(self._fd, piece)
+                while written < len(piece):  # only on a full disk; keep the line whole if we can
+                    written += os.write(self._fd, piece[written:])
+        if self.stdout:
+            sys.stdout.write(data.decode("utf-8"))
+            sys.stdout.flush()
+        self.lines += 1
+
+    def close(self) -> None:
+        """Flush to disk and close; further writes go nowhere."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

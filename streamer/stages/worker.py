@@ -1,0 +1,214 @@
+"""Worker stage: load the model once, warm it up, then ask the dispatcher for windows and answer with results.
+
+Per batch: uint8 windows (inline, or copied out of the captures' shared frame stores) →
+one tensor → to the device → float and normalise there → forward on the fast path →
+softmax → top-k, with the time each step took.
+"""
+
+import multiprocessing.synchronize
+import os
+import time
+
+import numpy as np
+import torch
+import zmq
+from loguru import logger
+
+from streamer.transport import messages, sockets
+from streamer.config.loader import WorkerConfig
+from streamer.errors import ProtocolError
+from streamer.transport.framestore import FrameStoreReader
+from streamer.transport.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
+from workers.model import label_names, load_model, native_low_precision
+from workers.openvino_backend import select
+from workers.preprocess import fold_normalisation, to_raw_input
+from workers.views import FlipViews
+
+HEARTBEAT_S = 1.0
+
+
+def pick_device(requested: str, index: int) -> torch.device:
+    """``auto``: GPU ``index mod count`` when CUDA exists (round robin over workers), else the CPU."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{index % torch.cuda.device_count()}")
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def cpu_threads(requested: int, workers_on_cpu: int) -> int:
+    """Cores for one CPU worker: one core is left to capture, dispatch and overlay, the rest shared evenly.
+
+    More intra-op threads than free cores is far worse than fewer: OpenMP threads spin at every
+    barrier, and measured here a small model took 380 ms a forward with 2 threads beside a busy
+    process against 14 ms with 1.
+    """
+    if requested > 0:
+        return requested
+    return max(1, ((os.cpu_count() or 1) - 1) // max(1, workers_on_cpu))
+
+
+def per_window(probs: np.ndarray, views: list[int]) -> list[np.ndarray]:
+    """Each window's probabilities from those of its views (``crop = "three"``): the softmax of the views'
+    mean log-probability, which is the softmax of their mean logits (the official multi-crop test) when the
+    views have no flip views of their own (with them, of their flip-averaged probabilities)."""
+    out, start = [], 0
+    for n in views:
+        part = probs[start:start + n]
+        start += n
+        if n == 1:
+            out.append(part[0])
+            continue
+        mean_log = np.log(np.maximum(part, 1e-30)).mean(axis=0)
+        e = np.exp(mean_log - mean_log.max())
+        out.append((e / e.sum()).astype(np.float32))
+    return out
+
+
+class Predictor:
+    """The model and the steps around it, independent of sockets (the benchmarks use it directly)."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.device = pick_device(config.device, config.index)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(config.threads, config.workers_on_host))
+        # int8 and bf16 on a CPU with another backend than torch: loaded in fp32 and handed to OpenVINO after folding
+        via_openvino = self.device.type == "cpu" and config.backend != "torch" and (
+            config.precision == "int8" or config.precision == "bf16" and native_low_precision(torch.bfloat16))
+        static_int8 = via_openvino and config.precision == "int8"
+        model = load_model(config.checkpoint, device=self.device, precision="fp32" if via_openvino else config.precision)
+        self.labels = label_names(model.labels, model.config.num_classes)
+        self.pre = model.preprocess
+        fold_normalisation(model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels
+        self.model = self._int8(model, config) if static_int8 else select(
+            model, config.backend, precision=config.precision if via_openvino else None, scale=255.0,
+            batch=config.max_batch * (1 + len(config.flip_views)))
+        self.top_k = min(config.top_k, len(self.labels))
+        self.views = FlipViews(self.labels, config.flip_views, self.device)
+        self.delay_s = config.delay_s
+        self.stores = FrameStoreReader(config.frame_store)
+        self.stale = messages.MalformedLog(config.name, what="windows whose frames it cannot read")
+
+    @staticmethod
+    def _int8(model, config: WorkerConfig):
+        """OpenVINO static int8 calibrated on the checkpoint's data (workers.quantize); fp32 if that fails."""
+        from workers.openvino_backend import BackendError
+        from workers.quantize import int8_openvino
+
+        try:
+            return int8_openvino(model, config.calibration, threads=torch.get_num_threads())
+        except BackendError as err:
+            logger.warning(f"{config.name}: {err}; running fp32 instead")
+            return select(model, config.backend, scale=255.0)
+
+    def warm_up(self) -> float:
+        """One forward at the real input size, so the first live window is not the slow one."""
+        start = time.perf_counter()
+        frames = np.zeros((1, self.pre.num_frames, self.pre.size, self.pre.size, 3), np.uint8)
+        self.predict(frames)
+        return time.perf_counter() - start
+
+    @torch.inference_mode()
+    def predict(self, frames: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """(B, T, H, W, 3) uint8 → (B, classes) float32 probabilities and the step timings in ms."""
+        t0 = time.perf_counter()
+        batch = torch.from_numpy(frames).to(self.device, non_blocking=True)
+        x = to_raw_input(batch)
+        t1 = time.perf_counter()
+        probs = self.views(self.model, x).cpu().numpy()
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        t2 = time.perf_counter()
+        return probs, {"preprocess_ms": 1000 * (t1 - t0), "forward_ms": 1000 * (t2 - t1)}
+
+    def frames_of(self, batch: Batch) -> tuple[list[Window], np.ndarray | None, list[Status]]:
+        """The windows still readable, their frames as (sum of their views, T, H, W, 3), and a ``window_stale``
+        status for each other.
+
+        A shared-memory window is unreadable when its frames were overwritten before we got to
+        them (workers far behind) or when it names a store this worker may not or cannot read.
+        """
+        kept, frames, lost = [], [], []
+        for window in batch.windows:
+            try:
+                data = window.frames if window.store is None else self.stores.frames(window.store)
+                reason = "its frames were overwritten in the frame store before a worker read them"
+            except ProtocolError as err:
+                data, reason = None, str(err)
+            if data is None:
+                self.stale.saw(f"{window.stream} window {window.seq}: {reason}")
+                lost.append(Status("window_stale", window.stream, reason, time.time()))
+                continue
+            kept.append(window)
+            frames.append(data.reshape(window.views, -1, *data.shape[1:]))  # (views, T, H, W, 3)
+        self.stores.close_idle()
+        if not frames:
+            return kept, None, lost
+        if len(frames) == 1 and frames[0].flags.writeable:  # already our own copy (from a store)
+            return kept, frames[0], lost
+        return kept, np.concatenate(frames), lost
+
+    def results(self, batch: Batch, worker: str) -> tuple[ResultBatch, list[Status]]:
+        """Results for the batch's readable windows, and a status for each window that could not be read."""
+        received, gather_start = time.time(), time.perf_counter()
+        windows, frames, lost = self.frames_of(batch)
+        if frames is None:
+            return ResultBatch(()), lost
+        gather_ms = 1000 * (time.perf_counter() - gather_start)  # copying frames out of the stores
+        probs, timings = self.predict(frames)
+        timings["preprocess_ms"] += gather_ms
+        out = []
+        for window, p in zip(windows, per_window(probs, [w.views for w in windows])):
+            top = np.argsort(-p)[: self.top_k]
+            out.append(Result(
+                stream=window.stream, seq=window.seq, frame_index=window.frame_indices[-1],
+                frame_ts=window.frame_ts[-1], probs=p.astype(np.float32),
+                top=tuple((self.labels[i], float(p[i])) for i in top), worker=worker,
+                timings={"capture_ms": 1000 * max(0.0, window.sent_ts - window.frame_ts[-1]),
+                         "queue_ms": 1000 * max(0.0, received - window.sent_ts), **timings,
+                         "batch_size": float(len(windows))},
+                track=window.track, box=window.box,
+            ))
+        return ResultBatch(tuple(out)), lost
+
+
+def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat=None) -> int:
+    """Serve batches until ``stop`` is set.
+
+    ``heartbeat`` (a shared double from the supervisor) gets the time after warm-up and
+    after every batch or idle second; the supervisor kills a worker whose heartbeat stops.
+    """
+    predictor = Predictor(config)
+    seconds = predictor.warm_up()
+    views = f" with its {' and '.join(config.flip_views)} mirror images" if config.flip_views else ""
+    backend = getattr(predictor.model, "backend", "torch")
+    logger.info(f"{config.name}: {predictor.model.config.attention_type} model on {predictor.device} "
+                f"({predictor.model.precision}, {backend}){views}, warm-up {1000 * seconds:.0f} ms")
+    ctx = sockets.Context()
+    sock = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.work, bind=False, security=config.security)
+    messages.send(sock, WorkRequest(config.name, config.max_batch))
+    malformed = messages.MalformedLog(config.name)
+    try:
+        while not stop.is_set():
+            if heartbeat is not None:
+                heartbeat.value = time.time()
+            if not sock.poll(int(HEARTBEAT_S * 1000)):
+                # Re-asking is idempotent and lets a restarted dispatcher learn about us.
+                messages.send(sock, WorkRequest(config.name, config.max_batch))
+                continue
+            try:
+                msg = messages.recv(sock)
+            except ProtocolError as err:
+                malformed.saw(err)
+                continue
+            if not isinstance(msg, Batch):
+                continue
+            results, lost = predictor.results(msg, config.name)
+            messages.send(sock, results)
+            for status in lost:  # so the dispatcher stops waiting for them
+                messages.send(sock, status)
+            messages.send(sock, WorkRequest(config.name, config.max_batch))
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    return 0
