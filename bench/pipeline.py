@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.report import write_section  # noqa: E402
 from streamer.video.frames import to_model_frame  # noqa: E402
-from streamer.video.ringbuffer import RingBuffer, WindowSchedule, window_span  # noqa: E402
+from streamer.video.ringbuffer import RingBuffer, WindowSchedule  # noqa: E402
+from workers.sampling import window_span
 from streamer.synthetic.scenes import SyntheticStream  # noqa: E402
 from workers.model import Preprocess, load_model, native_low_precision, save_model  # noqa: E402
 from workers.preprocess import to_model_input  # noqa: E402

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError
-from streamer.video.ringbuffer import RingBuffer, WindowSchedule, window_span
+from streamer.video.ringbuffer import RingBuffer, WindowSchedule
+from workers.sampling import window_span
 
 H, W = 6, 5
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from streamer.synthetic import scenes as synthetic
-from streamer.config.loader import FLIP_VIEWS, Endpoints, Overrides, WorkerConfig, load_config
+from streamer.config.loader import Endpoints, Overrides, WorkerConfig, load_config
 from streamer.errors import CheckpointError
+from workers.views import FLIP_VIEWS
 from workers.training import evaluate, train
 from workers.model import Preprocess, describe_checkpoint, load_model, save_model
 from workers.preprocess import to_model_input
@@ -92,7 +93,7 @@ def test_the_checkpoint_says_which_flips_its_classes_allow_and_the_config_can_ov
     assert workers_flips(tiny_model, "[model]\nflip_views = ['vertical']") == {("vertical",)}
     # a model trained on the synthetic actions records that both flips are safe for it
     args = train.parse_args(["--data", "synthetic", "--out", str(tmp_path / "run")])
-    assert train.build_model(args, synthetic.CLASSES)[1].flip_views == synthetic.MIRROR_VIEWS == FLIP_VIEWS
+    assert train.build_model(args, synthetic.CLASSES)[1].flip_views == FLIP_VIEWS == ("horizontal", "vertical")
 
 
 def test_a_checkpoint_naming_an_unknown_flip_is_refused(tmp_path, tiny_model):

@@ -17,10 +17,10 @@ from loguru import logger
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from streamer.config.loader import check_flip_views
 from streamer.errors import CheckpointError, ConfigError
-from streamer.video.ringbuffer import window_span
+from workers.sampling import window_span
 from workers.timesformer import TimeSformer, TimeSformerConfig
+from workers.views import check_flip_views
 
 FORMAT_NAME = "timesformer-stream"
 FORMAT_VERSION = "1"

@@ -38,3 +38,4 @@ def fold_normalisation(model: torch.nn.Module, mean: tuple[float, ...], std: tup
 def to_raw_input(frames: torch.Tensor) -> torch.Tensor:
     """(B, T, H, W, 3) uint8 → (B, 3, T, H, W) float 0..255, for a model with the normalisation folded in."""
     return frames.permute(0, 4, 1, 2, 3).float()
+

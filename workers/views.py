@@ -16,12 +16,26 @@ import re
 
 import torch
 
-# Words a flip swaps, and the input axis it reverses in a (B, 3, T, H, W) clip; the names are
-# streamer.config.loader.FLIP_VIEWS.
+from streamer.errors import ConfigError
+
+# Words a flip swaps, and the input axis it reverses in a (B, 3, T, H, W) clip.
 FLIPS: dict[str, tuple[int, dict[str, str]]] = {
     "horizontal": (-1, {"left": "right", "clockwise": "anticlockwise"}),
     "vertical": (-2, {"up": "down", "clockwise": "anticlockwise"}),
 }
+FLIP_VIEWS = tuple(FLIPS)  # the flips a config or a checkpoint may name
+
+
+def check_flip_views(flips, where: str) -> tuple[str, ...]:
+    """A list of flip names as a tuple, or a ConfigError naming what is wrong with it."""
+    if not isinstance(flips, (list, tuple)) or not all(isinstance(f, str) for f in flips):
+        raise ConfigError(f"{where}: 'flip_views' must be a list such as [\"horizontal\"], got {flips!r}")
+    for flip in flips:
+        if flip not in FLIP_VIEWS:
+            raise ConfigError(f"{where}: 'flip_views' entry {flip!r} is not one of {', '.join(FLIP_VIEWS)}")
+    if len(set(flips)) != len(flips):
+        raise ConfigError(f"{where}: 'flip_views' names a flip twice: {list(flips)}")
+    return tuple(flips)
 _WORD = re.compile(r"[A-Za-z]+")
 
 

@@ -19,13 +19,14 @@ from streamer.stages.events import EventConfig
 from streamer.transport.framestore import store_prefix
 from streamer.transport.messages import MAX_BATCH, MAX_NAME
 from streamer.video.readers import hwaccel_choices
-from streamer.video.ringbuffer import window_span
 from streamer.transport.security import Security, check_endpoint, load_security  # noqa: F401  (stages import Security here)
 from streamer.config.sinks import (CLIP_KEYS, MQTT_KEYS, WEBHOOK_KEYS, ClipsConfig, ClipStageConfig, SinksConfig,
                                    load_clips, load_mqtt, load_webhooks)
 from streamer.config.toml import get_value, read_toml
 from streamer.config.web import KEYS as WEB_KEYS
 from streamer.config.web import WebConfig, load_web_config, web_listen
+from workers.sampling import window_span
+from workers.views import check_flip_views
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "default.toml"
@@ -135,21 +136,6 @@ class PipelineConfig:
     security: Security = field(default_factory=Security)
     source_file: str = ""
     fixed_endpoints: bool = False  # the file names them (needed when stages run as separate commands)
-
-
-FLIP_VIEWS = ("horizontal", "vertical")  # the flips workers.views knows
-
-
-def check_flip_views(flips, where: str) -> tuple[str, ...]:
-    """A list of flip names as a tuple, or a ConfigError naming what is wrong with it."""
-    if not isinstance(flips, (list, tuple)) or not all(isinstance(f, str) for f in flips):
-        raise ConfigError(f"{where}: 'flip_views' must be a list such as [\"horizontal\"], got {flips!r}")
-    for flip in flips:
-        if flip not in FLIP_VIEWS:
-            raise ConfigError(f"{where}: 'flip_views' entry {flip!r} is not one of {', '.join(FLIP_VIEWS)}")
-    if len(set(flips)) != len(flips):
-        raise ConfigError(f"{where}: 'flip_views' names a flip twice: {list(flips)}")
-    return tuple(flips)
 
 
 def _writable_file(value: str | None, what: str) -> str | None:

@@ -18,7 +18,8 @@ from streamer.look.crops import LookConfig, model_view, region_box, view_boxes
 from streamer.video.frames import Picture, bgr_of, display_image, is_array, model_frame
 from streamer.transport.framestore import FrameRef
 from streamer.transport.message_types import Window
-from streamer.video.ringbuffer import RingBuffer, WindowSchedule, window_span
+from streamer.video.ringbuffer import RingBuffer, WindowSchedule
+from workers.sampling import window_span
 from streamer.look.motion import Detector, MotionDetector
 from streamer.look.tracking import Presence, Tracker, TrackingConfig, window_box
 

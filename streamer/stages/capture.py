@@ -26,7 +26,7 @@ from streamer.look.crops import LookConfig
 from streamer.look.feeds import FrameView, TrackFeed, make_feeds
 from streamer.transport.framestore import FrameStore
 from streamer.transport.messages import Credit, DisplayFrame, Stats, Status
-from streamer.video.ringbuffer import window_span
+from workers.sampling import window_span
 from streamer.video.sources import SourceConfig, SourceLost, open_source
 
 OFFLINE_IN_FLIGHT = 2  # windows a file may be ahead of the workers in offline mode

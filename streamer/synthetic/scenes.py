@@ -43,9 +43,8 @@ CLASSES: list[str] = [
     "still",
 ]
 
-# Every class's mirror image, flipped either way, is a class too (left↔right, up↔down,
-# clockwise↔anticlockwise), so a model of these classes may average its answers over flips.
-MIRROR_VIEWS = ("horizontal", "vertical")
+# Every class's mirror image, flipped either way (workers.views.FLIP_VIEWS), is a class too
+# (left↔right, up↔down, clockwise↔anticlockwise), so a model of these classes may average over flips.
 
 SHAPES = ("square", "triangle", "pentagon", "star", "cross", "ellipse", "arrow", "circle")
 _MOVES = {"moving_left": (-1, 0), "moving_right": (1, 0), "moving_up": (0, -1), "moving_down": (0, 1)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamer.errors import ConfigError
+from workers.sampling import window_span
 
 MAX_SIDE = 4096
 
@@ -24,13 +25,6 @@ def _positive(name: str, value: object, hi: int | None = None) -> int:
         limit = f"an integer from 1 to {hi}" if hi else "a positive integer"
         raise ConfigError(f"{name} = {value!r}: must be {limit}")
     return value
-
-
-def window_span(num_frames: int, frame_interval: int) -> int:
-    """Source frames a window covers, first to last: ``(num_frames - 1) * frame_interval + 1``."""
-    _positive("num_frames", num_frames)
-    _positive("frame_interval", frame_interval)
-    return (num_frames - 1) * frame_interval + 1
 
 
 class RingBuffer:

@@ -18,7 +18,7 @@ from streamer.synthetic import scenes as synthetic
 from streamer.errors import ConfigError, SourceError
 from streamer.video.frames import to_model_frame
 from streamer.video.readers import quiet_opencv
-from streamer.video.ringbuffer import window_span
+from workers.sampling import window_span
 from workers.model import Preprocess
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")

@@ -35,6 +35,7 @@ from streamer.synthetic import scenes as synthetic
 from streamer.errors import ConfigError, PipelineError, UsageParser
 from streamer.video.frames import to_model_frame
 from workers.training import actor_clips, data, evaluate
+from workers.views import FLIP_VIEWS
 from workers.model import Preprocess, load_model, save_model
 from workers.training.motion_init import FROZEN, motion_init, sinusoid_table
 from workers.preprocess import to_model_input
@@ -175,7 +176,7 @@ def build_model(args: argparse.Namespace, labels: list[str]):
 def mirror_views(args: argparse.Namespace) -> tuple[str, ...]:
     """Flips the trained classes allow averaging over at test time: known for the synthetic actions;
     for clips of your own, set ``[model] flip_views`` in the pipeline's config if they allow it."""
-    return synthetic.MIRROR_VIEWS if args.data == "synthetic" else ()
+    return FLIP_VIEWS if args.data == "synthetic" else ()
 
 
 def add_identity_blocks(model, count: int) -> None:
