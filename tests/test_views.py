@@ -9,12 +9,13 @@ import torch
 from streamer.synthetic import scenes as synthetic
 from streamer.config.loader import Endpoints, Overrides, WorkerConfig, load_config
 from streamer.errors import CheckpointError
-from workers.views import FLIP_VIEWS
+from workers.flips import FLIP_VIEWS
 from workers.training import evaluate, train
 from workers.model import Preprocess, describe_checkpoint, load_model, save_model
 from workers.preprocess import to_model_input
 from workers.timesformer import TimeSformer, TimeSformerConfig
-from workers.views import FLIPS, FlipViews, mirror_map, mirrored
+from workers.flips import FLIPS, mirror_map, mirrored
+from workers.views import FlipViews
 from streamer.stages.worker import Predictor
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo.safetensors"

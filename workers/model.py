@@ -20,7 +20,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from streamer.errors import CheckpointError, ConfigError
 from workers.sampling import window_span
 from workers.timesformer import TimeSformer, TimeSformerConfig
-from workers.views import check_flip_views
+from workers.flips import check_flip_views
 
 FORMAT_NAME = "timesformer-stream"
 FORMAT_VERSION = "1"

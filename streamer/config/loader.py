@@ -26,7 +26,7 @@ from streamer.config.toml import get_value, read_toml
 from streamer.config.web import KEYS as WEB_KEYS
 from streamer.config.web import WebConfig, load_web_config, web_listen
 from workers.sampling import window_span
-from workers.views import check_flip_views
+from workers.flips import check_flip_views
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "default.toml"

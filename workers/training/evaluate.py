@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from workers.views import FLIP_VIEWS
+from workers.flips import FLIP_VIEWS
 from streamer.errors import CheckpointError, ConfigError, PipelineError, UsageParser
 from workers.training.data import (  # noqa: F401  (the window readers, also reached as evaluate.*)
     VIDEO_SUFFIXES, WindowSet, WindowSpec, class_names, concat, dataset_windows, labelled_videos, read_frames,

@@ -35,7 +35,7 @@ from streamer.synthetic import scenes as synthetic
 from streamer.errors import ConfigError, PipelineError, UsageParser
 from streamer.video.frames import to_model_frame
 from workers.training import actor_clips, data, evaluate
-from workers.views import FLIP_VIEWS
+from workers.flips import FLIP_VIEWS
 from workers.model import Preprocess, load_model, save_model
 from workers.training.motion_init import FROZEN, motion_init, sinusoid_table
 from workers.preprocess import to_model_input
