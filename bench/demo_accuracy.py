@@ -25,7 +25,7 @@ DEFAULT_CONFIG = REPO / "configs" / "default.toml"
 sys.path.insert(0, str(REPO))
 from bench.pipeline import forward_rate  # noqa: E402
 from bench.report import write_section  # noqa: E402
-from streamer.synthetic.scenes import frame_labels, read_labels  # noqa: E402
+from streamer.synthetic.files import frame_labels, read_labels  # noqa: E402
 from workers.model import describe_checkpoint  # noqa: E402
 
 

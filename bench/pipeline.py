@@ -32,7 +32,7 @@ from bench.report import write_section  # noqa: E402
 from streamer.video.frames import to_model_frame  # noqa: E402
 from streamer.video.ringbuffer import RingBuffer, WindowSchedule  # noqa: E402
 from workers.sampling import window_span
-from streamer.synthetic.scenes import SyntheticStream  # noqa: E402
+from streamer.synthetic.drawing import SyntheticStream  # noqa: E402
 from workers.model import Preprocess, load_model, native_low_precision, save_model  # noqa: E402
 from workers.preprocess import to_model_input  # noqa: E402
 from workers.timesformer import TimeSformer, TimeSformerConfig  # noqa: E402

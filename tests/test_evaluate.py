@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamer.synthetic import scenes as synthetic
+from streamer.synthetic import files as synthetic_files, scenes as synthetic
 from streamer.video.frames import to_model_frame
 from workers.training import evaluate
 from workers.model import Preprocess, load_model, save_model
@@ -57,7 +57,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.mark.timeout(120)
 def test_accuracy_on_rendered_video_matches_direct_count(tmp_path, tiny_model):
     video = tmp_path / "clip.mp4"
-    synthetic.write_video(video, seconds=8, seed=11, width=96, height=72)
+    synthetic_files.write_video(video, seconds=8, seed=11, width=96, height=72)
     png = tmp_path / "confusion.png"
     proc = subprocess.run([sys.executable, "-m", "workers.evaluate", "--checkpoint", str(tiny_model), "--data",
                            str(video), "--hop", "2", "--png", str(png)],

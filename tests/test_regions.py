@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import tomli_w
 
-from streamer.synthetic import scenes as synthetic, actors as synthetic_actors
+from streamer.synthetic import actors as synthetic_actors, files as synthetic_files, scenes as synthetic
 from streamer.config.loader import CaptureConfig
 from streamer.look.crops import LookConfig, Region, load_look, region_box, view_boxes
 from streamer.errors import ConfigError
 from streamer.transport.messages import Window
-from streamer.video.writer import encode_video
+from streamer.synthetic.files import encode_video
 from tests.test_capture import endpoints, run_capture
 from workers.training import track_scores
 from streamer.stages.worker import per_window
@@ -178,8 +178,8 @@ def run(tmp_path_factory):
                     "--output", folder / "annotated.mp4", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in events.read_text().splitlines()]
-    return {"lines": lines, "halves": synthetic.read_labels(synthetic.labels_path(halves)),
-            "yard": synthetic.read_labels(synthetic.labels_path(yard)), "log": done.stderr,
+    return {"lines": lines, "halves": synthetic_files.read_labels(synthetic_files.labels_path(halves)),
+            "yard": synthetic_files.read_labels(synthetic_files.labels_path(yard)), "log": done.stderr,
             "annotated": folder / "annotated.mp4"}
 
 

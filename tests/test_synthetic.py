@@ -11,23 +11,23 @@ import cv2
 import numpy as np
 import pytest
 
-from streamer.synthetic import scenes as synthetic
+from streamer.synthetic import drawing, files, scenes
 from streamer.video.frames import to_model_frame
 
 REPO = Path(__file__).resolve().parents[1]
 W, H = 160, 120
 
 
-def segment_of(label: str, index: int = 0) -> synthetic.Segment:
+def segment_of(label: str, index: int = 0) -> scenes.Segment:
     """A random segment of ``label`` without pixel noise (so differences are the actors)."""
-    seg = synthetic.sample_segment(np.random.default_rng([99, index]), 0, 30.0, label)
+    seg = scenes.sample_segment(np.random.default_rng([99, index]), 0, 30.0, label)
     return replace(seg, noise=0.0)
 
 
-def actor_mask(seg: synthetic.Segment, frame: int, width: int = W, height: int = H) -> np.ndarray:
+def actor_mask(seg: scenes.Segment, frame: int, width: int = W, height: int = H) -> np.ndarray:
     """Pixels where the actors are, measured by rendering the scene with and without them."""
-    with_actors = synthetic.render_frame(seg, frame, width, height).astype(np.int16)
-    without = synthetic.render_frame(replace(seg, actors=()), frame, width, height).astype(np.int16)
+    with_actors = drawing.render_frame(seg, frame, width, height).astype(np.int16)
+    without = drawing.render_frame(replace(seg, actors=()), frame, width, height).astype(np.int16)
     return np.abs(with_actors - without).sum(axis=2) > 30
 
 
@@ -37,7 +37,7 @@ def centroid(mask: np.ndarray) -> np.ndarray:
 
 
 def test_same_seed_gives_same_frames_and_labels():
-    a, b, c = synthetic.SyntheticStream(7, W, H), synthetic.SyntheticStream(7, W, H), synthetic.SyntheticStream(8, W, H)
+    a, b, c = drawing.SyntheticStream(7, W, H), drawing.SyntheticStream(7, W, H), drawing.SyntheticStream(8, W, H)
     for _ in range(40):
         fa, la = a.next_frame()
         fb, lb = b.next_frame()
@@ -49,21 +49,21 @@ def test_same_seed_gives_same_frames_and_labels():
 
 
 def test_frame_is_pure_function_of_segment_and_index():
-    seg = next(synthetic.segments(3))
-    late = synthetic.render_frame(seg, 50, W, H)  # drawn without drawing frames 0..49
-    stream = synthetic.SyntheticStream(3, W, H)
+    seg = next(scenes.segments(3))
+    late = drawing.render_frame(seg, 50, W, H)  # drawn without drawing frames 0..49
+    stream = drawing.SyntheticStream(3, W, H)
     frames = [stream.next_frame()[0] for _ in range(51)]
     assert np.array_equal(late, frames[50])
 
 
 def test_segments_are_contiguous_inclusive_and_cover_every_class():
-    segs = synthetic.segments_for(5, 30 * 600)
+    segs = scenes.segments_for(5, 30 * 600)
     assert segs[0].start_frame == 0 and segs[-1].end_frame == 30 * 600 - 1
     for prev, nxt in zip(segs, segs[1:]):
         assert nxt.start_frame == prev.end_frame + 1
         assert 3.0 <= prev.num_frames / 30 <= 8.0
-    assert {s.label for s in segs} == set(synthetic.CLASSES)
-    assert len(synthetic.CLASSES) >= 10
+    assert {s.label for s in segs} == set(scenes.CLASSES)
+    assert len(scenes.CLASSES) >= 10
 
 
 @pytest.mark.parametrize("label, direction", [
@@ -93,7 +93,7 @@ def test_rotating_actor_turns_in_labelled_sense(label, sign):
     seg = replace(seg, actors=(actor,), distractors=(), background=(128, 128, 128), texture=0)
     angles = []
     for frame in range(0, 30, 3):
-        rgb = to_model_frame(synthetic.render_frame(seg, frame, W, H), 120)
+        rgb = to_model_frame(drawing.render_frame(seg, frame, W, H), 120)
         marker = centroid((rgb[..., 2] > 200) & (rgb[..., 0] < 60))  # the blue marker dot
         body = centroid(((rgb[..., 0] > 200) & (rgb[..., 2] < 60)) | ((rgb[..., 2] > 200) & (rgb[..., 0] < 60)))
         angles.append(math.degrees(math.atan2(*(marker - body)[::-1])))
@@ -114,14 +114,14 @@ def test_blinking_actors_vanish_and_return_while_still_ones_do_not_change():
     visible = [actor_mask(seg, f).any() for f in range(0, 60, 2)]
     assert any(visible) and not all(visible)
     still = segment_of("still")
-    frames = [synthetic.render_frame(still, f, W, H) for f in (0, 17, 45)]
+    frames = [drawing.render_frame(still, f, W, H) for f in (0, 17, 45)]
     assert all(np.array_equal(frames[0], f) for f in frames[1:])
 
 
 def test_action_stays_in_centre_square_at_any_aspect():
     seg = replace(segment_of("moving_right"), noise=0.0)
-    wide = to_model_frame(synthetic.render_frame(seg, 20, 320, 240), 48).astype(int)
-    square = to_model_frame(synthetic.render_frame(seg, 20, 240, 240), 48).astype(int)
+    wide = to_model_frame(drawing.render_frame(seg, 20, 320, 240), 48).astype(int)
+    square = to_model_frame(drawing.render_frame(seg, 20, 240, 240), 48).astype(int)
     assert np.abs(wide - square).mean() < 2.0
 
 
@@ -133,7 +133,7 @@ def test_cli_writes_mp4_and_inclusive_labels_that_opencv_and_pyav_read(tmp_path)
     labels = json.loads(out.with_suffix(".labels.json").read_text())
     assert labels[0]["start_frame"] == 0 and labels[-1]["end_frame"] == 269
     assert all(b["start_frame"] == a["end_frame"] + 1 for a, b in zip(labels, labels[1:]))
-    assert [s["label"] for s in labels] == [s.label for s in synthetic.segments_for(4, 270)]
+    assert [s["label"] for s in labels] == [s.label for s in scenes.segments_for(4, 270)]
 
     capture = cv2.VideoCapture(str(out))
     frames = []
@@ -141,7 +141,7 @@ def test_cli_writes_mp4_and_inclusive_labels_that_opencv_and_pyav_read(tmp_path)
         frames.append(ok[1])
     capture.release()
     assert len(frames) == 270 and frames[0].shape == (64, 96, 3)
-    expected = synthetic.render_frame(synthetic.segments_for(4, 270)[0], 0, 96, 64)
+    expected = drawing.render_frame(scenes.segments_for(4, 270)[0], 0, 96, 64)
     assert np.abs(frames[0].astype(int) - expected).mean() < 8  # near-lossless encode of the same picture
 
     import av
@@ -179,14 +179,14 @@ def test_actors_cli_writes_each_actors_segments_and_a_box_per_frame(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "streamer.synthetic", "--out", str(out), "--seconds", "3",
                            "--seed", "5", "--actors", "3"], cwd=REPO, timeout=60, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    labels = json.loads(synthetic.labels_path(out).read_text())
+    labels = json.loads(files.labels_path(out).read_text())
     assert {s["actor"] for s in labels} == {0, 1, 2}
     for actor in range(3):
         mine = sorted((s for s in labels if s["actor"] == actor), key=lambda s: s["start_frame"])
         assert mine[0]["start_frame"] == 0 and mine[-1]["end_frame"] == 89
         assert all(a["end_frame"] + 1 == b["start_frame"] for a, b in zip(mine, mine[1:]))
         for seg in mine:
-            assert seg["label"] in synthetic.CLASSES
+            assert seg["label"] in scenes.CLASSES
             assert len(seg["boxes"]) == seg["end_frame"] - seg["start_frame"] + 1
             assert all(0 <= x0 <= x1 <= 640 and 0 <= y0 <= y1 <= 480 for x0, y0, x1, y1 in seg["boxes"])
     # Apart: each actor keeps to its own third of the frame.

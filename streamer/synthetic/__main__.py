@@ -1,6 +1,6 @@
 import sys
 
-from streamer.synthetic.scenes import main
+from streamer.synthetic.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

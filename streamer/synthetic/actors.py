@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.synthetic import scenes as synthetic
-from streamer.video.writer import encode_video
+from streamer.synthetic.drawing import actor_extent, background, draw_actor
+from streamer.synthetic.files import encode_video, labels_path
+from streamer.synthetic.scenes import Segment, actor_state, sample_segment, segment_at
 
 ACTORS_STREAM = 0xAC7  # rng([seed, ACTORS_STREAM, ...]): never the one-actor video's or training's draws
 
 
 @dataclass(frozen=True)
-class Stage:
+class ActorStage:
     """One actor's square of the frame: pixels ``x0 ≤ x < x0 + side``, ``y0 ≤ y < y0 + side``."""
 
     x0: int
@@ -41,7 +42,7 @@ class Stage:
         return cx0, cy0, max(cx0, min(box[2], x1)), max(cy0, min(box[3], y1))
 
 
-def stages(count: int, width: int, height: int) -> list[Stage]:
+def actor_stages(count: int, width: int, height: int) -> list[ActorStage]:
     """``count`` cells along the long side, a centred square stage in each."""
     along, across = (width, height) if width >= height else (height, width)
     cell = along // count
@@ -49,7 +50,7 @@ def stages(count: int, width: int, height: int) -> list[Stage]:
     out = []
     for k in range(count):
         a, b = k * cell + (cell - side) // 2, (across - side) // 2
-        out.append(Stage(a, b, side) if width >= height else Stage(b, a, side))
+        out.append(ActorStage(a, b, side) if width >= height else ActorStage(b, a, side))
     return out
 
 
@@ -65,23 +66,23 @@ class ActorVideo:
     height: int
 
     @cached_property
-    def scene(self) -> synthetic.Segment:
+    def scene(self) -> Segment:
         """The background (and noise) of the whole video: the camera does not move."""
-        return synthetic.sample_segment(np.random.default_rng([self.seed, ACTORS_STREAM]), 0, self.fps)
+        return sample_segment(np.random.default_rng([self.seed, ACTORS_STREAM]), 0, self.fps)
 
     @cached_property
-    def stages(self) -> list[Stage]:
-        return stages(self.count, self.width, self.height)
+    def stages(self) -> list[ActorStage]:
+        return actor_stages(self.count, self.width, self.height)
 
     @cached_property
-    def segments(self) -> list[list[synthetic.Segment]]:
+    def segments(self) -> list[list[Segment]]:
         """Per actor, its segments in order, the last cut at the video's end."""
         out = []
         for actor in range(self.count):
             segs, start, n = [], 0, 0
             while start < self.num_frames:
                 rng = np.random.default_rng([self.seed, ACTORS_STREAM, actor, n])
-                seg = synthetic.sample_segment(rng, start, self.fps, count=1)
+                seg = sample_segment(rng, start, self.fps, count=1)
                 if seg.end_frame >= self.num_frames:
                     seg = replace(seg, end_frame=self.num_frames - 1)
                 segs.append(seg)
@@ -90,23 +91,23 @@ class ActorVideo:
         return out
 
     def _state(self, actor: int, index: int):
-        seg = synthetic.segment_at(self.segments[actor], index)
+        seg = segment_at(self.segments[actor], index)
         person = seg.actors[0]
-        return seg, person, synthetic.actor_state(person, seg.label, (index - seg.start_frame) / seg.fps)
+        return seg, person, actor_state(person, seg.label, (index - seg.start_frame) / seg.fps)
 
     def render(self, index: int, part: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """BGR frame ``index``, or only its ``part`` ``(x0, y0, x1, y1)`` (training crops draw no more than
         they keep; a part's noise is its own draw, the same in distribution)."""
         x0, y0, x1, y1 = part or (0, 0, self.width, self.height)
-        image = synthetic._background(self.scene, self.width, self.height)[y0:y1, x0:x1].copy()
+        image = background(self.scene, self.width, self.height)[y0:y1, x0:x1].copy()
         for actor, stage in enumerate(self.stages):
             sx0, sy0 = max(stage.x0, x0), max(stage.y0, y0)
             sx1, sy1 = min(stage.x0 + stage.side, x1), min(stage.y0 + stage.side, y1)
             if sx1 <= sx0 or sy1 <= sy0:
                 continue
             _, person, state = self._state(actor, index)
-            view = image[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]  # the stage's visible part: drawing clips to it
-            synthetic._draw_actor(view, person, state, stage.side, stage.x0 - sx0, stage.y0 - sy0)
+            on_stage = image[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]  # the stage's visible part: drawing clips to it
+            draw_actor(on_stage, person, state, stage.side, stage.x0 - sx0, stage.y0 - sy0)
         if self.scene.noise > 0:
             rng = np.random.default_rng([self.scene.noise_seed, index] + ([x0, y0] if part else []))
             noise = rng.standard_normal(image.shape, dtype=np.float32) * self.scene.noise
@@ -117,7 +118,7 @@ class ActorVideo:
         """The actor's extent at frame ``index`` in pixels, clipped to its stage."""
         _, person, state = self._state(actor, index)
         stage = self.stages[actor]
-        x0, y0, x1, y1 = synthetic.actor_extent(person, state, stage.side, stage.x0, stage.y0)
+        x0, y0, x1, y1 = actor_extent(person, state, stage.side, stage.x0, stage.y0)
         return stage.clip((x0, y0, x1 + 1, y1 + 1))
 
     def labels(self) -> list[dict]:
@@ -137,5 +138,5 @@ def write_video(out: Path, seconds: float, seed: int, count: int, fps: float = 3
     video = ActorVideo(seed, count, max(1, round(seconds * fps)), fps, width, height)
     encode_video(out, (video.render(i) for i in range(video.num_frames)), fps, width, height)
     labels = video.labels()
-    synthetic.labels_path(out).write_text(json.dumps(labels) + "\n")
+    labels_path(out).write_text(json.dumps(labels) + "\n")
     return labels

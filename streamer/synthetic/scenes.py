@@ -1,34 +1,24 @@
-"""Labelled synthetic action video: the demo source and the demo model's training data.
+"""What happens in the synthetic demo: the action classes, the shapes that act them out, and the
+labelled shots (segments) a seed draws, each a pure function of its random numbers.
 
 Each segment is one "shot" (a fresh background and objects, a hard cut between
 shots) in which 1–4 *actors* all do the segment's action (moving actors wrap
 around the stage) and 0–2 distractors stand still. One frame shows only shapes on a texture; the class can be told
-only from how the actors change over time.
+only from how the actors change over time (:func:`actor_state`).
 
 The action happens inside the centre square of the frame (the "stage", side =
 the short side), because the model sees a short-side resize plus centre crop;
-outside the stage there is only background. Any width/height works; the
-default is 320×240 at 30 fps.
-
-Rendering is a pure function of ``(segment, frame_index, width, height)``: any
-frame of any segment can be drawn without drawing the ones before it, and the
-same seed always gives the same pixels.
+outside the stage there is only background. Positions here are in stage units;
+:mod:`streamer.synthetic.drawing` turns a segment into pixels at any size.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from dataclasses import dataclass, replace
-from functools import lru_cache
-from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
-
-from streamer.errors import USAGE_ERROR, UsageParser
 
 CLASSES: list[str] = [
     "moving_left",
@@ -48,8 +38,6 @@ CLASSES: list[str] = [
 
 SHAPES = ("square", "triangle", "pentagon", "star", "cross", "ellipse", "arrow", "circle")
 _MOVES = {"moving_left": (-1, 0), "moving_right": (1, 0), "moving_up": (0, -1), "moving_down": (0, 1)}
-_SUBPIXEL_BITS = 4  # cv2 fixed-point drawing: positions to 1/16 px, so slow motion is smooth
-_SUBPIXEL = 1 << _SUBPIXEL_BITS
 _WRAP = 1.3  # moving actors wrap around over this many stage units
 
 
@@ -94,6 +82,9 @@ class Segment:
     @property
     def num_frames(self) -> int:
         return self.end_frame - self.start_frame + 1
+
+
+ActorState = tuple[float, float, float, float, bool]  # (x, y, diameter, angle°, visible), see actor_state
 
 
 # ---------------------------------------------------------------- scene sampling
@@ -230,35 +221,7 @@ def segments_for(seed: int, num_frames: int, fps: float = 30.0) -> list[Segment]
     return out
 
 
-# ---------------------------------------------------------------- rendering
-
-
-def _shape_points(shape: str) -> np.ndarray:
-    """Unit-diameter outline (N, 2) centred on 0, pointing 'up' at angle 0."""
-    if shape == "square":
-        pts = [(-0.4, -0.4), (0.4, -0.4), (0.4, 0.4), (-0.4, 0.4)]
-    elif shape == "cross":
-        a, b = 0.5, 0.17
-        pts = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]
-    elif shape == "arrow":
-        pts = [(0, -0.5), (0.35, -0.1), (0.14, -0.1), (0.14, 0.5), (-0.14, 0.5), (-0.14, -0.1), (-0.35, -0.1)]
-    elif shape == "star":
-        pts = [((0.5 if k % 2 == 0 else 0.22) * math.sin(k * math.pi / 5),
-                -(0.5 if k % 2 == 0 else 0.22) * math.cos(k * math.pi / 5)) for k in range(10)]
-    elif shape == "ellipse":
-        pts = [(0.3 * math.sin(t), -0.5 * math.cos(t)) for t in np.linspace(0, 2 * math.pi, 24, endpoint=False)]
-    elif shape == "circle":
-        pts = [(0.5 * math.sin(t), -0.5 * math.cos(t)) for t in np.linspace(0, 2 * math.pi, 24, endpoint=False)]
-    else:  # regular polygons
-        n = {"triangle": 3, "pentagon": 5}[shape]
-        pts = [(0.5 * math.sin(2 * math.pi * k / n), -0.5 * math.cos(2 * math.pi * k / n)) for k in range(n)]
-    return np.asarray(pts, dtype=np.float64)
-
-
-_OUTLINES = {name: _shape_points(name) for name in SHAPES}
-
-
-def actor_state(actor: Actor, label: str, t: float) -> tuple[float, float, float, float, bool]:
+def actor_state(actor: Actor, label: str, t: float) -> ActorState:
     """(x, y, diameter, angle°, visible) of an actor ``t`` seconds into its segment."""
     x, y, size, angle, visible = actor.x, actor.y, actor.size, actor.angle, True
     if label in _MOVES:
@@ -279,89 +242,6 @@ def actor_state(actor: Actor, label: str, t: float) -> tuple[float, float, float
     return x, y, size, angle, visible
 
 
-@lru_cache(maxsize=8)  # a few segments at a time: bounded memory in a months-long stream
-def _background(segment: Segment, width: int, height: int) -> np.ndarray:
-    """Static textured background (BGR uint8) for a segment at one resolution."""
-    side = min(width, height)
-    ox, oy = (width - side) / 2, (height - side) / 2
-    u = (np.arange(width, dtype=np.float32) - ox) / side  # stage units
-    v = (np.arange(height, dtype=np.float32) - oy) / side
-    uu, vv = np.meshgrid(u, v)
-    theta = math.radians(segment.texture_angle)
-    along = uu * math.cos(theta) + vv * math.sin(theta)
-    if segment.texture == 0:
-        pattern = along - 0.5
-    elif segment.texture == 1:
-        pattern = 0.5 * np.sin(2 * math.pi * segment.texture_scale * along)
-    elif segment.texture == 2:
-        across = -uu * math.sin(theta) + vv * math.cos(theta)
-        pattern = 0.5 * np.sign(np.sin(math.pi * segment.texture_scale * along) *
-                                np.sin(math.pi * segment.texture_scale * across))
-    else:
-        grid = np.random.default_rng(segment.texture_seed).uniform(-0.5, 0.5, (8, 8)).astype(np.float32)
-        cells = np.clip((uu + 0.5) / 2 * 7, 0, 7), np.clip((vv + 0.5) / 2 * 7, 0, 7)  # covers -0.5..1.5
-        pattern = cv2.remap(grid, cells[0].astype(np.float32), cells[1].astype(np.float32), cv2.INTER_CUBIC)
-    tint = np.random.default_rng(segment.texture_seed + 1).uniform(-1, 1, 3).astype(np.float32)
-    image = np.asarray(segment.background, np.float32) + 60.0 * pattern[..., None] * (0.5 + 0.5 * np.abs(tint))
-    out = np.clip(image, 0, 255).astype(np.uint8)
-    out.flags.writeable = False
-    return out
-
-
-def _placed_outline(actor: Actor, state: tuple[float, float, float, float, bool], side: int, ox: float,
-                    oy: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The actor's outline in pixels (N, 2), its rotation matrix and its centre."""
-    x, y, size, angle, _ = state
-    theta = math.radians(angle)
-    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
-    centre = np.array([ox + x * side, oy + y * side])
-    return _OUTLINES[actor.shape] @ rot.T * (size * side) + centre, rot, centre
-
-
-def actor_extent(actor: Actor, state: tuple[float, float, float, float, bool], side: int, ox: float,
-                 oy: float) -> tuple[float, float, float, float]:
-    """[x0, y0, x1, y1] in pixels around the actor's outline (where it is, even while blinked off)."""
-    pts, _, _ = _placed_outline(actor, state, side, ox, oy)
-    (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
-    return float(x0), float(y0), float(x1), float(y1)
-
-
-def _draw_actor(image: np.ndarray, actor: Actor, state: tuple[float, float, float, float, bool],
-                side: int, ox: float, oy: float) -> None:
-    x, y, size, angle, visible = state
-    if not visible or size <= 0:
-        return
-    pts, rot, centre = _placed_outline(actor, state, side, ox, oy)
-    cv2.fillPoly(image, [np.round(pts * _SUBPIXEL).astype(np.int32)], actor.color[::-1], cv2.LINE_AA, _SUBPIXEL_BITS)
-    # An off-centre marker makes every shape's rotation visible (even a circle's).
-    marker = np.array([0.0, -0.25]) @ rot.T * (size * side) + centre
-    radius = max(1.0, 0.12 * size * side)
-    cv2.circle(image, tuple(int(c) for c in np.round(marker * _SUBPIXEL)), int(round(radius * _SUBPIXEL)),
-               actor.marker_color[::-1], -1, cv2.LINE_AA, _SUBPIXEL_BITS)
-
-
-def render_frame(segment: Segment, frame_index: int, width: int, height: int) -> np.ndarray:
-    """BGR uint8 (height, width, 3) frame ``frame_index`` (a stream index inside ``segment``)."""
-    image = _background(segment, width, height).copy()
-    side = min(width, height)
-    ox, oy = (width - side) / 2, (height - side) / 2
-    t = (frame_index - segment.start_frame) / segment.fps
-    for actor in segment.distractors:
-        _draw_actor(image, actor, actor_state(actor, "still", 0.0), side, ox, oy)
-    for actor in segment.actors:
-        _draw_actor(image, actor, actor_state(actor, segment.label, t), side, ox, oy)
-    if segment.noise > 0:
-        rng = np.random.default_rng([segment.noise_seed, frame_index])
-        noise = rng.standard_normal(image.shape, dtype=np.float32) * segment.noise
-        image = np.clip(image + noise, 0, 255).astype(np.uint8)
-    return image
-
-
-def render_clip(segs: list[Segment], frame_indices: list[int], width: int, height: int) -> list[np.ndarray]:
-    """BGR frames at the given stream indices, each drawn on its own (no frames in between)."""
-    return [render_frame(segment_at(segs, i), i, width, height) for i in frame_indices]
-
-
 def segment_at(segs: list[Segment], frame_index: int) -> Segment:
     """The segment of a sorted, contiguous list that holds ``frame_index``."""
     lo, hi = 0, len(segs) - 1
@@ -373,112 +253,3 @@ def segment_at(segs: list[Segment], frame_index: int) -> Segment:
             hi = mid - 1
     return segs[lo]
 
-
-# ---------------------------------------------------------------- live stream
-
-
-class SyntheticStream:
-    """An endless labelled frame stream: the ``synthetic:`` demo source.
-
-    Args:
-        seed: the same seed gives the same frames and labels.
-        width, height: frame size in pixels; the action stays in the centre square.
-        fps: nominal frame rate; motion is defined in seconds, so it looks the same at any fps.
-
-    ``next_frame()`` returns ``(bgr uint8 (height, width, 3), label)`` and advances
-    ``frame_index``; ``segment`` is the segment of the frame returned last.
-    """
-
-    def __init__(self, seed: int = 0, width: int = 320, height: int = 240, fps: float = 30.0) -> None:
-        if width < 16 or height < 16 or fps <= 0:
-            raise ValueError(f"synthetic stream needs width, height ≥ 16 and fps > 0, got {width}x{height}@{fps}")
-        self.seed, self.width, self.height, self.fps = seed, width, height, fps
-        self.frame_index = 0
-        self._segments = segments(seed, fps)
-        self.segment = next(self._segments)
-
-    def next_frame(self) -> tuple[np.ndarray, str]:
-        while self.frame_index > self.segment.end_frame:
-            self.segment = next(self._segments)
-        frame = render_frame(self.segment, self.frame_index, self.width, self.height)
-        self.frame_index += 1
-        return frame, self.segment.label
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, str]]:
-        while True:
-            yield self.next_frame()
-
-
-# ---------------------------------------------------------------- files
-
-
-def labels_path(video: Path) -> Path:
-    """``clip.mp4`` → ``clip.labels.json``."""
-    return video.with_suffix(".labels.json")
-
-
-def write_video(out: Path, seconds: float, seed: int, fps: float = 30.0, width: int = 320, height: int = 240) -> list[dict]:
-    """Render ``seconds`` of the stream to an H.264 mp4 and its labels json; return the labels.
-
-    Labels: a list of ``{"start_frame", "end_frame", "label"}``, ``end_frame`` inclusive.
-    """
-    num_frames = max(1, round(seconds * fps))
-    segs = segments_for(seed, num_frames, fps)
-    from streamer.video.writer import encode_video  # only the file writer needs PyAV
-
-    encode_video(out, (render_frame(segment_at(segs, i), i, width, height) for i in range(num_frames)), fps, width, height)
-    labels = [{"start_frame": s.start_frame, "end_frame": s.end_frame, "label": s.label} for s in segs]
-    labels_path(out).write_text(json.dumps(labels, indent=1) + "\n")
-    return labels
-
-
-def read_labels(path: Path) -> list[dict]:
-    """Read a labels json written by :func:`write_video` (``end_frame`` inclusive)."""
-    return json.loads(Path(path).read_text())
-
-
-def frame_labels(labels: list[dict], num_frames: int) -> list[str | None]:
-    """Per-frame label list from segments (None where no segment covers a frame)."""
-    out: list[str | None] = [None] * num_frames
-    for seg in labels:
-        for i in range(max(0, seg["start_frame"]), min(num_frames, seg["end_frame"] + 1)):
-            out[i] = seg["label"]
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = UsageParser(prog="python -m streamer.synthetic", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="output .mp4; labels go to OUT.labels.json")
-    parser.add_argument("--seconds", type=float, required=True, help="length of the video in seconds")
-    parser.add_argument("--seed", type=int, required=True, help="same seed, same video and labels (≥ 0)")
-    parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--width", type=int, help="default 320, or 640 with --actors")
-    parser.add_argument("--height", type=int, help="default 240, or 480 with --actors")
-    parser.add_argument("--actors", type=int, default=0, metavar="K",
-                        help="K ≥ 2 actors side by side, each doing its own actions; labels name each actor's boxes")
-    args = parser.parse_args(argv)
-    args.width = args.width or (640 if args.actors else 320)
-    args.height = args.height or (480 if args.actors else 240)
-    if args.seconds <= 0 or args.fps <= 0 or args.width < 16 or args.height < 16 or args.seed < 0:
-        parser.error(f"need --seconds > 0, --fps > 0, --width/--height ≥ 16, --seed ≥ 0; got "
-                     f"{args.seconds}, {args.fps}, {args.width}x{args.height}, {args.seed}")
-    if args.out.suffix.lower() != ".mp4":
-        parser.error(f"--out must end in .mp4, got {args.out}")
-    if args.actors and not 2 <= args.actors <= 8:
-        parser.error(f"--actors must be from 2 to 8, got {args.actors}")
-    try:
-        if args.actors:
-            from streamer.synthetic import actors as synthetic_actors
-            labels = synthetic_actors.write_video(args.out, args.seconds, args.seed, args.actors, args.fps,
-                                                  args.width, args.height)
-        else:
-            labels = write_video(args.out, args.seconds, args.seed, args.fps, args.width, args.height)
-    except OSError as err:  # PyAV's errors are OSErrors too
-        print(f"error: cannot write {args.out} ({err.strerror or err}); pick a writable path", file=sys.stderr)
-        return USAGE_ERROR
-    print(f"wrote {args.out} and {labels_path(args.out)} ({len(labels)} segments)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -229,7 +229,7 @@ class SyntheticReader:
     """The demo generator (``streamer.synthetic``), imported only when used."""
 
     def __init__(self, seed: int) -> None:
-        from streamer.synthetic.scenes import SyntheticStream
+        from streamer.synthetic.drawing import SyntheticStream
 
         self._stream = SyntheticStream(seed=seed)
         self.fps = float(self._stream.fps)

@@ -1,7 +1,6 @@
 """H.264 video files the overlay and the clip recorder write, playable while they grow."""
 
 from fractions import Fraction
-from typing import Iterator
 from pathlib import Path
 
 import av
@@ -53,20 +52,3 @@ class VideoOut:
                 self.container.mux(packet)
             self.container.close()
 
-
-def encode_video(out: Path, frames: Iterator[np.ndarray], fps: float, width: int, height: int) -> None:
-    """Write BGR frames as a near-lossless, deterministic H.264 mp4 (the same seed gives the same file)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(out), mode="w") as container:
-        stream = container.add_stream("libx264", rate=round(fps))
-        stream.width, stream.height = width + width % 2, height + height % 2  # yuv420p needs even sides
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "17", "preset": "veryfast", "bf": "0"}  # deterministic, near-lossless
-        stream.thread_type, stream.codec_context.thread_count = "NONE", 1  # frame-identical output per seed
-        for frame in frames:
-            if frame.shape[:2] != (stream.height, stream.width):
-                frame = cv2.copyMakeBorder(frame, 0, stream.height - height, 0, stream.width - width, cv2.BORDER_REPLICATE)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from streamer.synthetic import scenes as synthetic
+from streamer.synthetic.scenes import CLASSES, Segment, sample_segment, segment_at
 from streamer.look.tracking import window_box
 from streamer.look.feeds import TRACK_MARGIN
 from streamer.video.frames import to_model_frame
@@ -58,10 +58,10 @@ def actor_window(video: ActorVideo, actor: int, end: int, pre, rng: np.random.Ge
     return np.stack([to_model_frame(video.render(i, crop), pre.size) for i in indices])
 
 
-def turning_disc(video: ActorVideo, actor: int, seg: synthetic.Segment, rng: np.random.Generator) -> ActorVideo:
+def turning_disc(video: ActorVideo, actor: int, seg: Segment, rng: np.random.Generator) -> ActorVideo:
     """``video`` with ``actor``'s segment ``seg`` recast as a disc turning one way or the other."""
     label = str(rng.choice(["rotating_clockwise", "rotating_anticlockwise"]))
-    drawn = synthetic.sample_segment(rng, seg.start_frame, video.fps, label=label, count=1)
+    drawn = sample_segment(rng, seg.start_frame, video.fps, label=label, count=1)
     disc = replace(drawn, end_frame=seg.end_frame, actors=(replace(drawn.actors[0], shape="circle"),))
     segments = list(video.segments)
     segments[actor] = [disc if s is seg else s for s in segments[actor]]
@@ -94,9 +94,9 @@ def actor_clips(seed: int, pre, cut_p: float, per_scene: int = 12) -> Iterator[t
             scene = video
             if rng.uniform() < TURNING_DISC_P:
                 scene = turning_disc(video, actor, seg, rng)
-                seg = synthetic.segment_at(scene.segments[actor], end)
+                seg = segment_at(scene.segments[actor], end)
             clip = actor_window(scene, actor, end, pre, rng)
             if clip is None:
                 continue
             made += 1
-            yield clip, synthetic.CLASSES.index(seg.label)
+            yield clip, CLASSES.index(seg.label)

@@ -14,7 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamer.synthetic import scenes as synthetic
+from streamer.synthetic.drawing import render_frame
+from streamer.synthetic.files import frame_labels, labels_path, read_labels
+from streamer.synthetic.scenes import segment_at, segments_for
 from streamer.errors import ConfigError, SourceError
 from streamer.video.frames import to_model_frame
 from streamer.video.readers import quiet_opencv
@@ -82,12 +84,12 @@ def synthetic_windows(seed: int, seconds: float, size: int, spec: WindowSpec, cl
                       width: int = 320, height: int = 240, fps: float = 30.0) -> WindowSet:
     """Windows of the synthetic video ``seed`` rendered in memory (the same pixels as the live source)."""
     num = max(1, round(seconds * fps))
-    segs = synthetic.segments_for(seed, num, fps)
+    segs = segments_for(seed, num, fps)
     needed = sorted({i for e in window_ends(num, spec) for i in window_indices(e, spec)})
     frames: list[np.ndarray] = [np.zeros((size, size, 3), np.uint8)] * num  # only the needed ones are drawn
     for i in needed:
-        frames[i] = to_model_frame(synthetic.render_frame(synthetic.segment_at(segs, i), i, width, height), size)
-    per_frame = [classes.index(label) for label in synthetic.frame_labels(
+        frames[i] = to_model_frame(render_frame(segment_at(segs, i), i, width, height), size)
+    per_frame = [classes.index(label) for label in frame_labels(
         [{"start_frame": s.start_frame, "end_frame": s.end_frame, "label": s.label} for s in segs], num)]
     return windows_from_frames(frames, per_frame, spec)
 
@@ -145,11 +147,11 @@ def class_names(pairs: list[tuple[Path, str]]) -> list[str]:
 def dataset_windows(data: Path, size: int, spec: WindowSpec, classes: list[str]) -> WindowSet:
     """Windows of a folder, a list file, or one rendered ``.mp4`` with its ``.labels.json``."""
     if data.suffix.lower() in VIDEO_SUFFIXES:
-        labels_file = synthetic.labels_path(data)
+        labels_file = labels_path(data)
         if not labels_file.is_file():
             raise ConfigError(f"{data}: a single video needs its labels beside it in {labels_file.name}")
         frames = read_frames(data, size)
-        names = synthetic.frame_labels(synthetic.read_labels(labels_file), len(frames))
+        names = frame_labels(read_labels(labels_file), len(frames))
         return windows_from_frames(frames, [_class_index(n, classes, data) for n in names], spec)
     sets = []
     for video, label in labelled_videos(data):
