@@ -13,7 +13,7 @@ import torch
 
 from streamer.synthetic import files as synthetic_files, scenes as synthetic
 from streamer.video.frames import to_model_frame
-from workers.training import evaluate
+from workers.training import data, evaluate
 from workers.model import Preprocess, load_model, save_model
 from workers.preprocess import to_model_input
 from workers.timesformer import TimeSformer, TimeSformerConfig
@@ -23,19 +23,19 @@ DEMO = REPO / "models" / "demo.safetensors"
 
 
 def test_windows_end_every_hop_once_a_whole_window_exists():
-    spec = evaluate.WindowSpec(num_frames=4, frame_interval=3, hop=5)
+    spec = data.WindowSpec(num_frames=4, frame_interval=3, hop=5)
     assert spec.span == 10
-    assert evaluate.window_ends(30, spec) == [9, 14, 19, 24, 29]
-    assert evaluate.window_indices(14, spec) == [5, 8, 11, 14]
-    assert evaluate.window_ends(6, spec) == [5]  # a clip shorter than a window still gives one
-    assert evaluate.window_indices(5, spec) == [0, 2, 5][:0] + [0, 0, 2, 5]
+    assert data.window_ends(30, spec) == [9, 14, 19, 24, 29]
+    assert data.window_indices(14, spec) == [5, 8, 11, 14]
+    assert data.window_ends(6, spec) == [5]  # a clip shorter than a window still gives one
+    assert data.window_indices(5, spec) == [0, 2, 5][:0] + [0, 0, 2, 5]
 
 
 def test_window_label_is_label_of_its_last_frame():
-    spec = evaluate.WindowSpec(num_frames=2, frame_interval=4, hop=1)
+    spec = data.WindowSpec(num_frames=2, frame_interval=4, hop=1)
     frames = [np.full((2, 2, 3), i, np.uint8) for i in range(10)]
     labels = [0] * 6 + [1] * 4
-    windows = evaluate.windows_from_frames(frames, labels, spec)
+    windows = data.windows_from_frames(frames, labels, spec)
     assert list(windows.ends) == [4, 5, 6, 7, 8, 9]
     assert list(windows.targets) == [0, 0, 1, 1, 1, 1]
     assert list(windows.whole) == [True, True, False, False, False, False]  # frames 2..9 span the change
@@ -95,9 +95,9 @@ def test_folder_of_class_folders_is_scored_per_window(tmp_path, tiny_model):
             writer.write(np.full((32, 40, 3), 50 + (100 * (t % 2) if label == "blinking" else 0), np.uint8))
         writer.release()
     model = load_model(tiny_model)
-    spec = evaluate.WindowSpec(4, 3, 3)
-    windows = evaluate.dataset_windows(tmp_path / "data", 32, spec, model.labels)
-    assert len(windows.targets) == 2 * len(evaluate.window_ends(16, spec))
+    spec = data.WindowSpec(4, 3, 3)
+    windows = data.dataset_windows(tmp_path / "data", 32, spec, model.labels)
+    assert len(windows.targets) == 2 * len(data.window_ends(16, spec))
     logits = evaluate.predict(model, windows.frames, model.preprocess.mean, model.preprocess.std)
     scores = evaluate.score(logits, windows.targets, len(model.labels))
     assert scores.confusion.sum() == len(windows.targets)
@@ -127,7 +127,7 @@ def test_shipped_demo_model_names_held_out_synthetic_video():
     model = load_model(DEMO)
     pre = model.preprocess
     assert model.labels == synthetic.CLASSES
-    spec = evaluate.WindowSpec(pre.num_frames, pre.frame_interval, 8)
+    spec = data.WindowSpec(pre.num_frames, pre.frame_interval, 8)
     windows = evaluate.synthetic_windows(424242, 120.0, pre.size, spec, model.labels)  # a seed never trained on
     probs = evaluate.predict(model, windows.frames, pre.mean, pre.std, flips=pre.flip_views)  # as the pipeline runs it
     scores = evaluate.score(probs, windows.targets, len(model.labels))

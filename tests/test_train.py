@@ -11,7 +11,7 @@ import torch
 from streamer.synthetic import scenes as synthetic
 from streamer.errors import ConfigError
 from streamer.synthetic.actors import ActorVideo
-from workers.training import actor_clips, train
+from workers.training import actor_clips, build, clips, flags, train
 from workers.model import Preprocess, load_model
 
 TINY = ["--img-size", "16", "--patch-size", "8", "--embed-dim", "32", "--depth", "1", "--heads", "2",
@@ -74,9 +74,9 @@ def test_added_blocks_start_as_identity_and_train_into_a_deeper_checkpoint(tmp_p
     first = tmp_path / "first"
     assert train.main([*common, "--out", str(first)]) == 0
     trained = load_model(first / "last.safetensors")
-    args = train.parse_args([*common, "--init", str(first / "last.safetensors"), "--out", str(tmp_path / "x"),
+    args = flags.parse_args([*common, "--init", str(first / "last.safetensors"), "--out", str(tmp_path / "x"),
                              "--add-blocks", "2"])
-    deeper, _ = train.build_model(args, trained.labels)
+    deeper, _ = build.build_model(args, trained.labels)
     clip = torch.randn(2, 3, 4, 16, 16)
     assert len(deeper.blocks) == 3
     assert torch.equal(deeper.eval()(clip), trained(clip))
@@ -126,8 +126,8 @@ def test_continuing_a_model_keeps_or_slows_its_motion_init_layers(tmp_path, two_
 
 
 def test_from_scratch_time_embedding_starts_as_unit_sinusoids():
-    args = train.parse_args(["--data", "synthetic", "--out", "x", "--embed-dim", "32", "--heads", "2", "--num-frames", "8"])
-    model, pre = train.build_model(args, synthetic.CLASSES)
+    args = flags.parse_args(["--data", "synthetic", "--out", "x", "--embed-dim", "32", "--heads", "2", "--num-frames", "8"])
+    model, pre = build.build_model(args, synthetic.CLASSES)
     table = model.time_embed.detach()[0]  # (T, D)
     assert table.abs().max() <= 1.0 and table.abs().max() > 0.9
     assert not torch.allclose(table[0], table[1])
@@ -136,9 +136,9 @@ def test_from_scratch_time_embedding_starts_as_unit_sinusoids():
 
 def test_synthetic_clips_are_labelled_by_their_last_frame_and_match_window_shape():
     pre = Preprocess(size=24, num_frames=4, frame_interval=3)
-    clips = train.synthetic_clips(1, pre, cut_p=1.0, per_scene=2)  # every clip straddles a cut
+    stream = clips.synthetic_clips(1, pre, cut_p=1.0, per_scene=2)  # every clip straddles a cut
     for _ in range(4):
-        clip, label = next(clips)
+        clip, label = next(stream)
         assert clip.shape == (4, 24, 24, 3) and clip.dtype == np.uint8
         assert 0 <= label < len(synthetic.CLASSES)
 
@@ -166,8 +166,8 @@ def test_a_turning_disc_recast_turns_in_place_and_leaves_the_rest_of_the_scene()
 def test_actor_clips_recast_their_share_as_turning_discs(monkeypatch):
     """The training stream uses the recast: with every clip a disc, every label is a turning one."""
     monkeypatch.setattr(actor_clips, "TURNING_DISC_P", 1.0)
-    clips = actor_clips.actor_clips(5, Preprocess(size=24, num_frames=4, frame_interval=3), cut_p=0.0, per_scene=1)
-    labels = [synthetic.CLASSES[next(clips)[1]] for _ in range(8)]
+    stream = actor_clips.actor_clips(5, Preprocess(size=24, num_frames=4, frame_interval=3), cut_p=0.0, per_scene=1)
+    labels = [synthetic.CLASSES[next(stream)[1]] for _ in range(8)]
     assert all(label.startswith("rotating_") for label in labels), labels
 
 
@@ -206,7 +206,7 @@ def test_fine_tune_from_hugging_face_folder_replaces_head(tmp_path, two_class_li
                                   ["--add-blocks", "-1", "--init", "x.pyth"]])
 def test_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(["--data", "synthetic", "--out", "x", *argv])
+        flags.parse_args(["--data", "synthetic", "--out", "x", *argv])
     assert exit_info.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
 
@@ -224,9 +224,9 @@ def test_bad_setup_is_one_line_and_exit_2(tmp_path, capsys, problem):
 
 
 def _motion_model():
-    args = train.parse_args(["--data", "synthetic", "--out", "x", "--img-size", "32", "--embed-dim", "96",
+    args = flags.parse_args(["--data", "synthetic", "--out", "x", "--img-size", "32", "--embed-dim", "96",
                              "--heads", "4", "--motion-init"])
-    model, _ = train.build_model(args, synthetic.CLASSES)
+    model, _ = build.build_model(args, synthetic.CLASSES)
     return model.eval()
 
 
@@ -274,7 +274,7 @@ def test_motion_init_features_tell_direction_apart(dx, dy):
 
 
 def test_motion_init_refuses_a_model_it_cannot_set_up():
-    args = train.parse_args(["--data", "synthetic", "--out", "x", "--img-size", "32", "--embed-dim", "64",
+    args = flags.parse_args(["--data", "synthetic", "--out", "x", "--img-size", "32", "--embed-dim", "64",
                              "--heads", "4", "--motion-init"])
     with pytest.raises(ConfigError, match="motion init needs"):
-        train.build_model(args, synthetic.CLASSES)
+        build.build_model(args, synthetic.CLASSES)

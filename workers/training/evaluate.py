@@ -27,14 +27,10 @@ import torch
 
 from workers.flips import FLIP_VIEWS
 from streamer.errors import CheckpointError, ConfigError, PipelineError, UsageParser
-from workers.training.data import (  # noqa: F401  (the window readers, also reached as evaluate.*)
-    VIDEO_SUFFIXES, WindowSet, WindowSpec, class_names, concat, dataset_windows, labelled_videos, read_frames,
-    synthetic_windows, window_ends, window_indices, windows_from_frames,
-)
+from workers.training.data import WindowSpec, concat, dataset_windows, synthetic_windows
 from workers.model import label_names, load_model
 from workers.preprocess import to_model_input
 from workers.views import FlipViews
-
 
 
 @torch.no_grad()
@@ -43,11 +39,11 @@ def predict(model: torch.nn.Module, frames: np.ndarray, mean, std, batch_size: i
     """Class probabilities (N, classes) float32 on the CPU for uint8 windows (N, T, H, W, 3),
     averaged with those of the windows' mirror images when ``flips`` names any (workers.views)."""
     device = next(model.parameters()).device
-    views = FlipViews(label_names(model.labels, model.config.num_classes), flips, device)
+    averaged = FlipViews(label_names(model.labels, model.config.num_classes), flips, device)
     out = []
     for start in range(0, len(frames), batch_size):
         batch = torch.from_numpy(frames[start:start + batch_size]).to(device)
-        out.append(views(model, to_model_input(batch, mean, std)).cpu())
+        out.append(averaged(model, to_model_input(batch, mean, std)).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -114,7 +110,7 @@ def draw_confusion(confusion: np.ndarray, labels: list[str], path: Path, title: 
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> UsageParser:
     parser = UsageParser(prog="python -m workers.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="any checkpoint load_model reads")
     data = parser.add_mutually_exclusive_group(required=True)
@@ -136,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", type=Path, default=Path("confusion.png"), help="where to save the confusion matrix")
     parser.add_argument("--labels", type=Path, help="with --tracks: the video's .labels.json")
     parser.add_argument("--stream", help="with --tracks: score this stream's lines only (default: every stream's)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.tracks:
         return _score_tracks(parser, args)
@@ -164,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_confusion(result.confusion, model.labels))
-    views = f", with {' and '.join(flips)} flips" if flips else ""
-    print(f"windows: {result.count} ({spec.num_frames} frames every {spec.frame_interval}, hop {spec.hop}{views})  "
+    with_flips = f", with {' and '.join(flips)} flips" if flips else ""
+    print(f"windows: {result.count} ({spec.num_frames} frames every {spec.frame_interval}, hop {spec.hop}{with_flips})  "
           f"top-1: {result.top1:.2%}  top-5: {result.top5:.2%}  ({elapsed:.1f} s)")
     if not windows.whole.all():  # windows across an action change are labelled by their last frame
         inside = windows.whole
