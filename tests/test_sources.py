@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ from streamer.video.sources import (
     parse_source,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 SLACK_S = 1.0  # what a read may take beyond read_timeout_s on a loaded 2-core machine
 
 
@@ -77,6 +81,15 @@ def assert_indices_increase(frames: list[Frame]) -> None:
 ])
 def test_parse_source_names_the_kind(spec, kind):
     assert parse_source(spec) == kind
+
+
+def test_specs_are_checked_without_loading_a_decoder():
+    """The config loader checks every source spec before any process starts: that must not cost cv2 or PyAV."""
+    code = ("import sys; from streamer.video.specs import parse_source, synthetic_seed; "
+            "assert parse_source('synthetic:7') == 'synthetic' and synthetic_seed(' synthetic:7') == 7; "
+            "print(sorted(m for m in ('cv2', 'av', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
 
 
 def test_parse_source_accepts_an_existing_file(video_file):

@@ -10,7 +10,6 @@ with OpenCV, the synthetic demo with its generator.
 from __future__ import annotations
 
 import os
-import re
 import time
 from typing import Protocol
 
@@ -21,6 +20,7 @@ from loguru import logger
 
 from streamer.errors import SourceError
 from streamer.video.frames import Picture
+from streamer.video.specs import redact
 
 DEFAULT_FPS = 30.0
 # FFmpeg probes an RTSP stream for ~1 s before the first frame; a tiny probe is
@@ -39,11 +39,6 @@ def hwaccel_choices() -> tuple[str, ...]:
     from av.codec.hwaccel import HWDeviceType
 
     return ("none", "auto", *(d.name for d in HWDeviceType if d.name != "none"))
-
-
-def redact(spec: str) -> str:
-    """The spec with any ``user:password@`` removed, safe for logs and messages."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", spec)
 
 
 class Reader(Protocol):

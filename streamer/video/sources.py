@@ -7,30 +7,27 @@ when one is lost it is reopened with capped exponential backoff, and the loss
 and the return are reported as events. Files and the synthetic stream are read
 in the caller's thread, paced to their frame rate unless ``realtime`` is off.
 
-The readers themselves (PyAV for RTSP and files, OpenCV for webcams) are in
-:mod:`streamer.video.readers`; a frame leaves here as a *picture* (see :mod:`streamer.video.frames`)
+A spec is checked and named by :mod:`streamer.video.specs` (no decoder needed); the readers
+themselves (PyAV for RTSP and files, OpenCV for webcams) are in :mod:`streamer.video.readers`; a frame leaves here as a *picture* (see :mod:`streamer.video.frames`)
 that capture converts only if a window or a viewer needs it.
 """
 
 from __future__ import annotations
 
 import collections
-import os
-import re
 import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit
 
 import numpy as np
 from loguru import logger
 
 from streamer.errors import ConfigError, SourceError
 from streamer.video.frames import Picture, bgr_of
-from streamer.video.readers import AvReader, CvReader, Reader, SyntheticReader, hwaccel_choices, redact  # noqa: F401  (redact: API)
+from streamer.video.readers import AvReader, CvReader, Reader, SyntheticReader, hwaccel_choices
+from streamer.video.specs import parse_source, source_name, synthetic_seed
 
 FIRST_BACKOFF_S = 0.25
 
@@ -100,61 +97,6 @@ class SourceConfig:
                 raise ConfigError(f"source {name}={value!r} must be a positive number of seconds")
 
 
-# ---------------------------------------------------------------- specs
-
-
-def parse_source(spec: str) -> str:
-    """Check a source spec and return its kind: "webcam", "rtsp", "file" or "synthetic".
-
-    Raises:
-        SourceError: naming the spec and what to use instead.
-    """
-    text = spec.strip()
-    if not text:
-        raise SourceError("empty source; use a webcam index (0), /dev/videoN, rtsp://…, a video file or synthetic:")
-    if text == "synthetic" or text.startswith("synthetic:"):
-        seed = text.partition(":")[2]
-        if seed and not re.fullmatch(r"\d+", seed):
-            raise SourceError(f"source {text!r}: the seed must be a non-negative integer, e.g. synthetic:7")
-        return "synthetic"
-    if text.isdigit():
-        return "webcam"
-    if text.startswith("/dev/video"):
-        if not os.path.exists(text):
-            raise SourceError(f"no webcam at {text}; list the cameras with `ls /dev/video*`")
-        return "webcam"
-    scheme = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", text)
-    if scheme:
-        if scheme.group(1).lower() not in ("rtsp", "rtsps"):
-            raise SourceError(
-                f"source {redact(text)!r}: {scheme.group(1)}:// is not supported; "
-                "use rtsp://, a video file, a webcam index or synthetic:"
-            )
-        if not urlsplit(text).hostname:
-            raise SourceError(f"source {redact(text)!r} has no host; use rtsp://HOST[:PORT]/PATH")
-        return "rtsp"
-    path = Path(text)
-    if not path.exists():
-        raise SourceError(f"video file {text} does not exist; check the path")
-    if not path.is_file():
-        raise SourceError(f"source {text} is not a regular file; give a video file")
-    if not os.access(path, os.R_OK):
-        raise SourceError(f"video file {text} is not readable; check its permissions")
-    return "file"
-
-
-def _source_name(spec: str, kind: str) -> str:
-    text = spec.strip()
-    if kind == "rtsp":
-        url = urlsplit(text)
-        return f"{url.hostname}{':' + str(url.port) if url.port else ''}{url.path}"
-    if kind == "file":
-        return Path(text).name
-    if kind == "webcam":
-        return f"webcam{text}" if text.isdigit() else Path(text).name
-    return text if ":" in text else "synthetic"
-
-
 # ---------------------------------------------------------------- sources
 
 
@@ -179,7 +121,7 @@ class VideoSource:
 
     def __init__(self, config: SourceConfig, kind: str, reader: Reader) -> None:
         self.config, self.kind = config, kind
-        self.name = _source_name(config.spec, kind)
+        self.name = source_name(config.spec, kind)
         self.fps = reader.fps
         self.state = SourceState.LIVE
         self._events: list[tuple[str, str]] = []
@@ -397,8 +339,7 @@ def open_source(config: SourceConfig) -> VideoSource:
     kind = parse_source(config.spec)
     spec = config.spec.strip()
     if kind == "synthetic":
-        seed = spec.partition(":")[2]
-        return _PacedSource(config, kind, SyntheticReader(int(seed) if seed else 0))
+        return _PacedSource(config, kind, SyntheticReader(synthetic_seed(spec)))
     if kind == "file":
         return _PacedSource(config, kind, AvReader.file(spec, config.hwaccel))
     if kind == "webcam":
