@@ -322,7 +322,7 @@ def test_an_actor_on_screen_from_the_first_frame_that_shrinks_is_tracked_not_tak
 def test_a_vanished_actor_gets_no_more_windows_while_its_track_coasts() -> None:
     """At a cut or an exit the track coasts on for COAST_S (still shown), but its box then holds ground: a
     track gets windows only while it was seen within UNSEEN_S."""
-    from streamer.look.feeds import UNSEEN_S, FrameView, TrackFeed
+    from streamer.look.windowing import UNSEEN_S, FrameView, TrackFeed
     from streamer.look.tracking import COAST_S
 
     fps, gone = 30.0, 60
@@ -336,6 +336,20 @@ def test_a_vanished_actor_gets_no_more_windows_while_its_track_coasts() -> None:
         shown_unseen += [i - last_active[track] for track, _ in feed.display(view, 320)[1]]
     assert len(unseen_for) >= 8 and max(unseen_for) <= round(UNSEEN_S * fps), unseen_for
     assert COAST_S > UNSEEN_S and max(shown_unseen) > round(UNSEEN_S * fps), "still shown while it coasts"
+
+
+def test_the_detectors_small_copy_of_a_decoder_frame_matches_that_of_its_array() -> None:
+    """The track feed hands the detector small_copy of whatever the source decoded (a PyAV frame from files and
+    cameras, an array from webcams): the same size and scale either way, and nearly the same pixels."""
+    import av
+
+    bgr = Camera(640, 480).frame(0, [(100, 120, 80, (30, 200, 240))])
+    from_array, scale = small_copy(bgr, 320)
+    from_decoder, decoder_scale = small_copy(av.VideoFrame.from_ndarray(bgr, format="bgr24"), 320)
+    assert from_array.shape == from_decoder.shape == (240, 320, 3) and scale == decoder_scale == 2.0
+    assert np.abs(from_array.astype(int) - from_decoder).mean() < 4
+    same, one = small_copy(bgr, 1280)
+    assert same is bgr and one == 1.0  # never enlarged
 
 
 def test_a_blob_with_no_ground_left_around_its_box_is_not_called_a_ghost() -> None:

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from streamer.look.tracking import TrackingConfig
+from streamer.video.frames import Picture, display_image, is_array
 
 ABSORB_S = 3.0  # a still object stays foreground about this long (MOG2 absorbs in ~history / 10 frames)
 MAX_FOREGROUND = 0.5  # more of the frame moving is a global change (lights, exposure, the first frame)
@@ -43,13 +44,12 @@ class Detector(Protocol):
         ...
 
 
-def small_copy(frame_bgr: np.ndarray, detect_width: int) -> tuple[np.ndarray, float]:
-    """The copy a detector works on (``detect_width`` wide, aspect kept, never enlarged) and its scale."""
-    height, width = frame_bgr.shape[:2]
-    if width <= detect_width:
-        return frame_bgr, 1.0
-    small_h = max(1, round(height * detect_width / width))
-    return cv2.resize(frame_bgr, (detect_width, small_h), interpolation=cv2.INTER_AREA), width / detect_width
+def small_copy(picture: Picture, detect_width: int) -> tuple[np.ndarray, float]:
+    """The BGR copy a detector works on (``detect_width`` wide, aspect kept, never enlarged; a decoder frame
+    is converted and shrunk in one pass) and its scale: source pixels per small pixel."""
+    small = display_image(picture, detect_width)
+    width = picture.shape[1] if is_array(picture) else picture.width
+    return small, width / small.shape[1]
 
 
 class MotionDetector:

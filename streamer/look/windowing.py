@@ -5,6 +5,7 @@ fast path of :func:`streamer.video.frames.model_frame` and the shared frame stor
 crop mode other than the centre (cut from the full-resolution frame, :mod:`streamer.look.crops`), or the
 tracked actors of the frame (:class:`TrackFeed`). One decode serves them all: a frame's full-size
 BGR copy is made at most once (:class:`FrameView`), and only for frames a window will hold.
+(What the web stage sends its viewers is another thing: :mod:`streamer.stages.web.feeds`.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from streamer.transport.framestore import FrameRef
 from streamer.transport.message_types import Window
 from streamer.video.ringbuffer import RingBuffer, WindowSchedule
 from workers.sampling import window_span
-from streamer.look.motion import Detector, MotionDetector
+from streamer.look.motion import Detector, MotionDetector, small_copy
 from streamer.look.tracking import Presence, Tracker, TrackingConfig, window_box
 
 SLIVER = 0.25  # a track's box narrower than this share of its length shows too little of its actor to label
@@ -45,15 +46,16 @@ class FrameView:
 
 
 class Feed:
-    """The windows of one stream: a ring per view, the schedule, the window counter."""
+    """The windows of one stream: a ring per crop (:func:`streamer.look.crops.view_boxes`), the schedule, the
+    window counter."""
 
     def __init__(self, stream: str, size: int, num_frames: int, frame_interval: int, hop: int,
-                 capacity: int = 0, store=None, views: int = 1) -> None:
+                 capacity: int = 0, store=None, crops: int = 1) -> None:
         self.stream, self.size, self.num_frames, self.interval = stream, size, num_frames, frame_interval
         span = window_span(num_frames, frame_interval)
-        self.store = store if views == 1 else None  # a shared store holds one view's frames
+        self.store = store if crops == 1 else None  # a shared store holds one crop's frames
         self.rings = [RingBuffer(capacity or span, size, size, store=self.store if k == 0 else None)
-                      for k in range(views)]
+                      for k in range(crops)]
         self.schedule = WindowSchedule(num_frames, frame_interval, hop)
         self.seq = 0
 
@@ -62,16 +64,16 @@ class Feed:
             ring.reset()
         self.schedule.reset()
 
-    def model_frames(self, view: FrameView) -> list[np.ndarray]:
-        """The frame as each view's (size, size, 3) RGB model frame: here the checkpoint's centre crop."""
-        return [model_frame(view.picture, self.size)]
+    def model_frames(self, frame: FrameView) -> list[np.ndarray]:
+        """The frame as each crop's (size, size, 3) RGB model frame: here the checkpoint's centre crop."""
+        return [model_frame(frame.picture, self.size)]
 
-    def push(self, view: FrameView) -> tuple[bool, list[Window]]:
+    def push(self, frame: FrameView) -> tuple[bool, list[Window]]:
         """Take one frame; return whether it was converted for the model and the windows due now."""
-        due, wanted = self.schedule.due(view.index), self.schedule.wanted(view.index)
-        pictures = self.model_frames(view) if wanted else [None] * len(self.rings)
+        due, wanted = self.schedule.due(frame.index), self.schedule.wanted(frame.index)
+        pictures = self.model_frames(frame) if wanted else [None] * len(self.rings)
         for ring, picture in zip(self.rings, pictures):
-            ring.push(view.index, view.ts, picture)
+            ring.push(frame.index, frame.ts, picture)
         if not due:
             return wanted, []
         found = self.rings[0].window_serials(self.num_frames, self.interval)
@@ -83,12 +85,12 @@ class Feed:
             ref = FrameRef(self.store.name, serials, (self.num_frames, self.size, self.size, 3))
             return wanted, [Window(self.stream, seq, indices, stamps, None, time.time(), ref)]
         frames = self.rings[0].frames_at(serials) if len(self.rings) == 1 else \
-            np.concatenate([ring.frames_at(serials) for ring in self.rings])  # views one after another
+            np.concatenate([ring.frames_at(serials) for ring in self.rings])  # crops one after another
         return wanted, [Window(self.stream, seq, indices, stamps, frames, time.time(), views=len(self.rings))]
 
-    def display(self, view: FrameView, width: int) -> tuple[np.ndarray, tuple]:
+    def display(self, frame: FrameView, width: int) -> tuple[np.ndarray, tuple]:
         """What people see of this stream: the frame, no wider than ``width``, and no track boxes."""
-        return display_image(view.picture, width), ()
+        return display_image(frame.picture, width), ()
 
 
 class CutFeed(Feed):
@@ -97,17 +99,17 @@ class CutFeed(Feed):
     def __init__(self, stream: str, box: tuple[int, int, int, int], crop: str, **kwargs) -> None:
         self.box, self.crop = box, crop
         x0, y0, x1, y1 = box
-        self.views = [(x0 + a, y0 + b, x0 + c, y0 + d) for a, b, c, d in view_boxes(crop, x1 - x0, y1 - y0)]
-        super().__init__(stream, views=len(self.views), **kwargs)
+        self.crop_boxes = [(x0 + a, y0 + b, x0 + c, y0 + d) for a, b, c, d in view_boxes(crop, x1 - x0, y1 - y0)]
+        super().__init__(stream, crops=len(self.crop_boxes), **kwargs)
 
-    def model_frames(self, view: FrameView) -> list[np.ndarray]:
-        return [model_view(view.bgr, box, self.size, pad=self.crop == "full") for box in self.views]
+    def model_frames(self, frame: FrameView) -> list[np.ndarray]:
+        return [model_view(frame.bgr, box, self.size, pad=self.crop == "full") for box in self.crop_boxes]
 
-    def display(self, view: FrameView, width: int) -> tuple[np.ndarray, tuple]:
+    def display(self, frame: FrameView, width: int) -> tuple[np.ndarray, tuple]:
         x0, y0, x1, y1 = self.box
-        if (x0, y0, x1, y1) == (0, 0, view.width, view.height):
-            return super().display(view, width)
-        return display_image(np.ascontiguousarray(view.bgr[y0:y1, x0:x1]), width), ()
+        if (x0, y0, x1, y1) == (0, 0, frame.width, frame.height):
+            return super().display(frame, width)
+        return display_image(np.ascontiguousarray(frame.bgr[y0:y1, x0:x1]), width), ()
 
 
 class TrackFeed:
@@ -138,46 +140,45 @@ class TrackFeed:
         self.kept.clear()
         self.active = ()
 
-    def push(self, view: FrameView) -> tuple[bool, list[Window]]:
-        due, wanted = self.schedule.due(view.index), self.schedule.wanted(view.index)
-        small = display_image(view.picture, self.tracking.detect_width)
-        scale = view.width / small.shape[1]
+    def push(self, frame: FrameView) -> tuple[bool, list[Window]]:
+        due, wanted = self.schedule.due(frame.index), self.schedule.wanted(frame.index)
+        small, scale = small_copy(frame.picture, self.tracking.detect_width)
         detections = self.detector.detect(small, scale)
         ghosts = getattr(self.detector, "ghosts", None)  # the motion detector's; a person detector has none
-        update = self.tracker.update(view.index, detections, None if ghosts is None else ~ghosts)
-        gone = self.presence.gone(view.index, small, scale, update.active, detections, ghosts)
+        update = self.tracker.update(frame.index, detections, None if ghosts is None else ~ghosts)
+        gone = self.presence.gone(frame.index, small, scale, update.active, detections, ghosts)
         self.active = tuple(t for t in update.active if t.id not in gone)
         self.ended.extend(update.ended + tuple(gone))
         if wanted:
-            self.kept[view.index] = (view.ts, view.bgr)
-        for old in [i for i in self.kept if i <= view.index - self.span]:
+            self.kept[frame.index] = (frame.ts, frame.bgr)
+        for old in [i for i in self.kept if i <= frame.index - self.span]:
             del self.kept[old]
         if not due:
             return wanted, []
-        indices = [view.index - k * self.interval for k in range(self.num_frames - 1, -1, -1)]
+        indices = [frame.index - k * self.interval for k in range(self.num_frames - 1, -1, -1)]
         if any(i not in self.kept for i in indices):
             return wanted, []
         windows = []
         for track in self.active:
             doubtful = self.presence.doubtful(track.id)
-            if view.index - track.last_active > self.unseen or doubtful or not track.covers(indices[-self.seen:]):
+            if frame.index - track.last_active > self.unseen or doubtful or not track.covers(indices[-self.seen:]):
                 continue
-            x0, y0, x1, y1 = track.box_at(view.index)
+            x0, y0, x1, y1 = track.box_at(frame.index)
             if min(x1 - x0, y1 - y0) < SLIVER * max(x1 - x0, y1 - y0):
                 continue  # the last of an actor leaving the picture (or the first of one coming in)
-            square = window_box([b for i in indices if (b := track.box_at(i)) is not None], view.width, view.height,
+            square = window_box([b for i in indices if (b := track.box_at(i)) is not None], frame.width, frame.height,
                                 TRACK_MARGIN)
             frames = np.stack([model_view(self.kept[i][1], square, self.size) for i in indices])
             windows.append(Window(self.stream, self.seq, tuple(indices), tuple(self.kept[i][0] for i in indices),
-                                  frames, time.time(), track=track.id, box=tuple(track.box_at(view.index))))
+                                  frames, time.time(), track=track.id, box=tuple(track.box_at(frame.index))))
             self.seq += 1
         return wanted, windows
 
-    def display(self, view: FrameView, width: int) -> tuple[np.ndarray, tuple]:
-        image = display_image(view.picture, width)
-        scale = image.shape[1] / view.width
-        return image, tuple((t.id, tuple(v * scale for v in t.box_at(view.index))) for t in self.active
-                            if self.live(t, view.index) and not self.presence.doubtful(t.id))
+    def display(self, frame: FrameView, width: int) -> tuple[np.ndarray, tuple]:
+        image = display_image(frame.picture, width)
+        scale = image.shape[1] / frame.width
+        return image, tuple((t.id, tuple(v * scale for v in t.box_at(frame.index))) for t in self.active
+                            if self.live(t, frame.index) and not self.presence.doubtful(t.id))
 
     def live(self, track, index: int) -> bool:
         """Whether a track is moving now (or stopped a moment ago, coasting): it is shown. A frozen one (a still
@@ -186,7 +187,7 @@ class TrackFeed:
         return index - track.last_active <= self.tracker.coast
 
 
-def make_feeds(stream: str, look: LookConfig, view: FrameView, size: int, num_frames: int, frame_interval: int,
+def make_feeds(stream: str, look: LookConfig, frame: FrameView, size: int, num_frames: int, frame_interval: int,
                hop: int, capacity: int = 0, store=None) -> list:
     """The feeds of one capture, made at its first frame: region boxes need the frame's size (a box that
     does not fit it is a ConfigError naming the source and the region)."""
@@ -195,7 +196,7 @@ def make_feeds(stream: str, look: LookConfig, view: FrameView, size: int, num_fr
         return [TrackFeed(stream, look.tracking, **common)]
     if not look.regions and look.crop == "centre":
         return [Feed(stream, capacity=capacity, store=store, **common)]
-    whole = (0, 0, view.width, view.height)
+    whole = (0, 0, frame.width, frame.height)
     return [CutFeed(stream, whole, look.crop, **common)] if not look.regions else [
-        CutFeed(f"{stream}/{r.name}", region_box(r.box, view.width, view.height, f"source {stream} region {r.name!r}"),
+        CutFeed(f"{stream}/{r.name}", region_box(r.box, frame.width, frame.height, f"source {stream} region {r.name!r}"),
                 look.crop, **common) for r in look.regions]

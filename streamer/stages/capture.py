@@ -23,7 +23,7 @@ from streamer.transport import messages, sockets
 from streamer.config.loader import CaptureConfig
 from streamer.errors import ProtocolError
 from streamer.look.crops import LookConfig
-from streamer.look.feeds import FrameView, TrackFeed, make_feeds
+from streamer.look.windowing import FrameView, TrackFeed, make_feeds
 from streamer.transport.framestore import FrameStore
 from streamer.transport.messages import Credit, DisplayFrame, Stats, Status
 from workers.sampling import window_span

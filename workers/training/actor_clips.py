@@ -21,7 +21,7 @@ import numpy as np
 
 from streamer.synthetic.scenes import CLASSES, Segment, sample_segment, segment_at
 from streamer.look.tracking import window_box
-from streamer.look.feeds import TRACK_MARGIN
+from streamer.look.windowing import TRACK_MARGIN
 from streamer.video.frames import to_model_frame
 from streamer.synthetic.actors import ActorVideo
 from workers.training import data
