@@ -12,7 +12,7 @@ from streamer.synthetic.files import labels_path, write_video
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = UsageParser(prog="python -m streamer.synthetic", 
+    parser = UsageParser(prog="python -m streamer.synthetic",
                          description="Labelled synthetic action video: the demo source and the demo model's training data.")
     parser.add_argument("--out", type=Path, required=True, help="output .mp4; labels go to OUT.labels.json")
     parser.add_argument("--seconds", type=float, required=True, help="length of the video in seconds")

@@ -33,7 +33,7 @@ CLASSES: list[str] = [
     "still",
 ]
 
-# Every class's mirror image, flipped either way (workers.views.FLIP_VIEWS), is a class too
+# Every class's mirror image, flipped either way (workers.flips.FLIP_VIEWS), is a class too
 # (left↔right, up↔down, clockwise↔anticlockwise), so a model of these classes may average over flips.
 
 SHAPES = ("square", "triangle", "pentagon", "star", "cross", "ellipse", "arrow", "circle")
