@@ -7,7 +7,9 @@ what the supervisor did. A restart is also reported to a real ZeroMQ socket, as 
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,6 +77,19 @@ def stage(tmp_path: Path, name: str, kind: StageKind, mode: str, **spec_changes)
     return StageProcess(name, spec, Double(str(tmp_path / f"{name}.log"), mode))
 
 
+def stop_when(condition, timeout_s: float = 20.0) -> None:
+    """SIGTERM to this process (the supervisor's stop, as from a service manager) once ``condition()`` holds."""
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 @pytest.fixture
 def log_lines():
     lines: list[str] = []
@@ -88,10 +103,12 @@ def test_a_crashing_stage_is_restarted_with_a_growing_backoff_and_each_restart_r
     ctx = zmq.Context()
     dispatcher = ctx.socket(zmq.ROUTER)  # where the supervisor reports restarts: the dispatcher's windows socket
     dispatcher.bind(endpoint)
-    crashing = stage(tmp_path, "sinks", StageKind.SINKS, "crash", restart=QUICK)
+    crashing = stage(tmp_path, "sinks", StageKind.SINKS, "crash",
+                     restart=RestartPolicy(first_delay_s=0.1, max_delay_s=0.4))
     try:
         began = time.monotonic()
-        code = Supervisor([crashing], duration_s=3.5, notify=endpoint, security=Security()).run()
+        stop_when(lambda: len(times(tmp_path / "sinks.log", "start")) >= 5)
+        code = Supervisor([crashing], duration_s=15, notify=endpoint, security=Security()).run()
         reports = []
         while dispatcher.poll(200):
             reports.append(messages.decode(dispatcher.recv_multipart()[1:]))
@@ -100,9 +117,9 @@ def test_a_crashing_stage_is_restarted_with_a_growing_backoff_and_each_restart_r
         ctx.term()
     assert code == 0 and time.monotonic() - began < 8
     delays = [float(line.split("restarting in ")[1].split()[0]) for line in log_lines if "restarting in" in line]
-    assert delays[:4] == [0.2, 0.4, 0.8, 0.8], log_lines  # doubling from first_delay_s, capped at max_delay_s
+    assert delays[:4] == [0.1, 0.2, 0.4, 0.4], log_lines  # doubling from first_delay_s, capped at max_delay_s
     starts = times(tmp_path / "sinks.log", "start")
-    assert len(starts) >= 4, "restarted fewer times than its backoff allows"
+    assert len(starts) >= 5
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert all(gap >= delay for gap, delay in zip(gaps, delays)), (gaps, delays)  # it waited each delay out
     assert len(reports) == len(starts) - 1
@@ -124,14 +141,16 @@ def test_a_usage_error_on_the_first_start_stops_the_pipeline_with_its_one_line(t
 
 def test_sources_wait_for_a_warm_worker_and_a_file_capture_that_ends_is_not_restarted(tmp_path):
     worker = stage(tmp_path, "worker-0", StageKind.WORKER, "warm")
-    worker.config = replace(worker.config, after_s=1.0)
+    worker.config = replace(worker.config, after_s=0.5)
     capture = stage(tmp_path, "capture cam", StageKind.CAPTURE, "clean", restart=QUICK)
-    code = Supervisor([worker, capture], duration_s=3.0).run()
+    # Stopped 1 s after the capture's start: time for a restart (QUICK: 0.2 s), were its end not final.
+    stop_when(lambda: any(time.time() > t + 1.0 for t in times(tmp_path / "capture cam.log", "start")))
+    code = Supervisor([worker, capture], duration_s=15).run()
     assert code == 0
     warm, captures = times(tmp_path / "worker-0.log", "warm"), times(tmp_path / "capture cam.log", "start")
     assert warm and len(captures) == 1, f"capture started {len(captures)} times: its clean exit must be final"
     assert captures[0] >= warm[0], "the capture started before a worker was warm"
-    assert times(tmp_path / "worker-0.log", "stop"), "the pipeline stopped at the capture's end, not the duration's"
+    assert times(tmp_path / "worker-0.log", "stop"), "the pipeline stopped at the capture's end, not when asked"
 
 
 def test_the_dispatchers_clean_exit_ends_the_pipeline(tmp_path):
@@ -147,11 +166,11 @@ def test_the_dispatchers_clean_exit_ends_the_pipeline(tmp_path):
 def test_stop_terminates_a_stage_that_outlives_its_grace(tmp_path, log_lines):
     stubborn = stage(tmp_path, "web", StageKind.WEB, "stubborn", grace_s=0.5)
     polite = stage(tmp_path, "sinks", StageKind.SINKS, "serve")
-    supervisor = Supervisor([stubborn, polite], duration_s=1.5)
+    supervisor = Supervisor([stubborn, polite], duration_s=0.8)
     began = time.monotonic()
     assert supervisor.run() == 0
     took = time.monotonic() - began
     assert stubborn.process.exitcode == -signal.SIGTERM, "the stage that ignores the stop was not terminated"
     assert polite.process.exitcode == 0 and times(tmp_path / "sinks.log", "stop")
-    assert 1.5 + 0.5 <= took < 1.5 + 0.5 + 3.0, f"stopping took {took - 1.5:.1f} s for a grace of 0.5 s"
+    assert 0.8 + 0.5 <= took < 0.8 + 0.5 + 3.0, f"stopping took {took - 0.8:.1f} s for a grace of 0.5 s"
     assert any("web did not stop within 0.5 s; terminating it" in line for line in log_lines)
