@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_role(config, args.role, args.index or 0)
         from streamer.supervisor import Supervisor
 
-        return Supervisor(config, web_listener=listener).run()
+        return Supervisor.for_pipeline(config, web_listener=listener).run()
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return USAGE_ERROR
@@ -174,9 +174,9 @@ def run_role(config, role: str, index: int) -> int:
             raise ConfigError("--role web needs [web] listen in the config or --web HOST:PORT")
         from dataclasses import replace
 
-        from streamer.stages.web import server
+        from streamer.stages import web
 
-        return server.run(replace(config.web, build=build_info(config)), None, stop)
+        return web.run(replace(config.web, build=build_info(config)), stop)
     if role == "overlay":
         if config.overlay is None:
             raise ConfigError("--role overlay needs a window or --output FILE.mp4")

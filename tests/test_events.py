@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError, ProtocolError
-from streamer.stages.events import EVENT_ID, PAGE, ActionTracker, EventConfig, EventLog, prediction_line
+from streamer.stages.dispatcher.event_log import PAGE, EventLog
+from streamer.stages.dispatcher.tracker import EVENT_ID, ActionTracker, EventConfig, prediction_line
 from streamer.transport.messages import Result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,7 +208,8 @@ def test_an_unwritable_log_path_is_a_config_error(tmp_path: Path) -> None:
 
 WRITER = textwrap.dedent("""
     import random, sys
-    from streamer.stages.events import EventLog, prediction_line
+    from streamer.stages.dispatcher.event_log import EventLog
+    from streamer.stages.dispatcher.tracker import prediction_line
     from streamer.transport.messages import Result
     import numpy as np
     log = EventLog(sys.argv[1])

@@ -370,7 +370,7 @@ def web_stage(tmp_path, streams: tuple, token: str = ""):
     """The web stage alone (no pipeline behind it), on a free loopback port: its base URL and endpoints
     (frames come to ``endpoints.web``, which it binds; lines from ``endpoints.results``, which it connects to)."""
     from streamer.config.loader import Endpoints, Security
-    from streamer.stages.web import server
+    from streamer.stages.web import run as run_web
     from streamer.config.web import WebConfig, bind_listener
 
     endpoints = Endpoints(*(f"ipc://{tmp_path}/{name}" for name in ("windows", "work", "results", "display", "web")))
@@ -378,7 +378,7 @@ def web_stage(tmp_path, streams: tuple, token: str = ""):
                        token=token)
     listener = bind_listener(config)
     stop = threading.Event()
-    thread = threading.Thread(target=server.run, args=(config, listener, stop), daemon=True)
+    thread = threading.Thread(target=run_web, args=(config, stop, listener), daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{listener.getsockname()[1]}"
     try:

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from streamer.look.crops import LOOK_KEYS, LookConfig, load_look
 from streamer.errors import ConfigError
-from streamer.stages.events import EventConfig
+from streamer.stages.dispatcher.tracker import EventConfig
 from streamer.transport.framestore import store_prefix
 from streamer.transport.messages import MAX_BATCH, MAX_NAME
 from streamer.video.readers import hwaccel_choices

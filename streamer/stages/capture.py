@@ -22,6 +22,7 @@ from loguru import logger
 from streamer.transport import messages, sockets
 from streamer.config.loader import CaptureConfig
 from streamer.errors import ProtocolError
+from streamer.kinds import LineKind, StageKind
 from streamer.look.crops import LookConfig
 from streamer.look.windowing import FrameView, TrackFeed, make_feeds
 from streamer.transport.framestore import FrameStore
@@ -141,7 +142,8 @@ class _Counts:
                 samples += (("tracks_active", labels, float(self.tracks_active)),
                             ("tracks_skipped", labels, float(self.tracks_skipped)))
             try:
-                messages.send(sock, Stats(f"capture {stream}", time.time(), samples), 0 if block else zmq.NOBLOCK)
+                messages.send(sock, Stats(f"{StageKind.CAPTURE} {stream}", time.time(), samples),
+                              0 if block else zmq.NOBLOCK)
             except zmq.Again:  # the dispatcher is behind; the next report carries the totals
                 pass
         self._since, self.next_report = (now, self.captured), now + STATS_INTERVAL_S
@@ -150,103 +152,150 @@ class _Counts:
 def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
     """Read the source until it ends or ``stop`` is set; return 0 at a file's end."""
     ctx = sockets.Context()
-    out = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.windows, bind=False, security=config.security,
-                              options={zmq.LINGER: 2000, zmq.SNDHWM: 4})
-    display = _Display.open(ctx, config)
-    streams = config.look.streams(config.stream)
-
-    def status(kind: str, detail: str, track: int | None = None) -> None:
-        for stream in streams:
-            messages.send(out, Status(kind=kind, stream=stream, detail=detail[:2000], ts=time.time(), track=track))
-
-    source = open_source(SourceConfig(spec=config.source, realtime=not config.offline,
-                                      open_timeout_s=config.open_timeout_s, read_timeout_s=config.read_timeout_s,
-                                      hwaccel=config.hwaccel))
-    if config.look.tracking is not None and source.fps > 0:
-        config = replace(config, look=replace(config.look, tracking=replace(config.look.tracking, fps=source.fps)))
-    span = window_span(config.num_frames, config.frame_interval)
-    plain = config.look == LookConfig()  # the whole frame's centre crop: the only feed a frame store serves
-    store = _open_store(config, span + max(math.ceil(source.fps * STORE_SECONDS), STORE_HOPS * config.hop)) \
-        if plain else None
-    logger.info(f"capture {config.stream}: {source.kind} source open at {source.fps:.1f} fps; " + (
-        f"frames through shared memory ({store.frames.shape[0]} frames, {store.frames.nbytes / 2**20:.0f} MB)"
-        if store else "frames inline") + _looking(config))
-    feeds = None  # made at the first frame: regions need its size
-    # Offline, a window of each stream (region) or tracked actor may be at the workers, batched together.
-    credits = OFFLINE_IN_FLIGHT * len(streams) + (config.look.tracking.max_tracks if config.look.tracking else 0)
-    segment, lost = 0, False
-    last_index = None  # the ring forgets it on a loss; the end-of-stream line still names it
-    malformed = messages.MalformedLog(f"capture {config.stream}")
-    counts = _Counts(streams, config.look.tracking is not None)
+    capture = _Capture(ctx, config, stop)
     try:
-        if display is not None and config.clips:
-            display.wait_for_subscriber(stop, config.offline)
-        while not stop.is_set():
-            if time.monotonic() >= counts.next_report:
-                counts.report(out)
-            silent = None  # a read that timed out without the source saying why
-            try:
-                frame = source.read()
-            except SourceLost as err:
-                frame, silent = False, err
-            events = source.events()
-            for kind, detail in events:
-                status(kind, detail)
-                logger.warning(f"capture {config.stream}: {kind.replace('_', ' ')}: {detail}")
-                if kind == "source_lost":
-                    _reset(feeds)
-                lost = kind == "source_lost"
-            if silent is not None and not lost and not events:  # one line per outage; the source's reason first
-                logger.warning(f"capture {config.stream}: {silent}")
-                lost = True
-            if frame is False:  # still reconnecting
-                continue
-            if frame is None:
-                _reset(feeds)  # every tracked actor ends with the source
-                _end_tracks(feeds, status)
-                counts.report(out, block=True)  # the final counts, before the end
-                status("end_of_stream", f"{config.stream}: last frame was {last_index}")
-                logger.info(f"capture {config.stream}: end of source after frame {last_index}")
-                return 0
-            view = FrameView(frame.index, frame.ts, frame.picture)
-            if feeds is None:
-                feeds = make_feeds(config.stream, config.look, view, config.size, config.num_frames,
-                                   config.frame_interval, config.hop, store.frames.shape[0] if store else 0, store)
-            if frame.segment != segment:  # a reconnect: never let a window span the gap
-                segment = frame.segment
-                _reset(feeds)
-            windows, converted = [], False
-            for feed in feeds:
-                wanted, due = feed.push(view)
-                windows += due
-                converted |= wanted
-            _end_tracks(feeds, status)
-            last_index = frame.index
-            counts.captured, counts.converted = counts.captured + 1, counts.converted + converted
-            counts.last_frame_ts = frame.ts
-            if isinstance(feeds[0], TrackFeed):
-                counts.tracks_active = len(feeds[0].active)
-                counts.tracks_skipped = feeds[0].tracker.skipped_total
-            for feed in feeds if display is not None else ():
-                if display.watched(feed.stream):
-                    image, tracks = feed.display(view, config.display_width)
-                    display.send(DisplayFrame(feed.stream, frame.index, frame.ts, image, source.fps, tracks), stop)
-                    counts.shown += display.viewed(feed.stream)  # frames for people; the recorder's are not counted
-            for window in windows:
-                if config.offline:
-                    credits = _wait_for_credit(out, credits, stop, malformed)
-                    if credits is None:
-                        return 0
-                messages.send(out, window)
+        capture.wait_for_recorder()
+        while not stop.is_set() and capture.step():
+            pass
     finally:
-        source.close()
-        if store is not None:
-            store.close()
-        if display is not None:
-            display.sock.close(linger=0)
-        out.close()
+        capture.close()
         ctx.term()
     return 0
+
+
+class _Capture:
+    """One capture process: its source, the feeds its frames go through, its sockets and its counts."""
+
+    def __init__(self, ctx, config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> None:
+        self.stop = stop
+        self.out = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.windows, bind=False,
+                                       security=config.security, options={zmq.LINGER: 2000, zmq.SNDHWM: 4})
+        self.display = _Display.open(ctx, config)
+        self.streams = config.look.streams(config.stream)
+        self.source = open_source(SourceConfig(spec=config.source, realtime=not config.offline,
+                                               open_timeout_s=config.open_timeout_s,
+                                               read_timeout_s=config.read_timeout_s, hwaccel=config.hwaccel))
+        fps = self.source.fps
+        if config.look.tracking is not None and fps > 0:
+            config = replace(config, look=replace(config.look, tracking=replace(config.look.tracking, fps=fps)))
+        self.config = config
+        span = window_span(config.num_frames, config.frame_interval)
+        plain = config.look == LookConfig()  # the whole frame's centre crop: the only feed a frame store serves
+        self.store = _open_store(config, span + max(math.ceil(fps * STORE_SECONDS), STORE_HOPS * config.hop)) \
+            if plain else None
+        logger.info(f"capture {config.stream}: {self.source.kind} source open at {fps:.1f} fps; " + (
+            f"frames through shared memory ({self.store.frames.shape[0]} frames, "
+            f"{self.store.frames.nbytes / 2**20:.0f} MB)" if self.store else "frames inline") + _looking(config))
+        self.feeds = None  # made at the first frame: regions need its size
+        # Offline, a window of each stream (region) or tracked actor may be at the workers, batched together.
+        self.credits = OFFLINE_IN_FLIGHT * len(self.streams) + (
+            config.look.tracking.max_tracks if config.look.tracking else 0)
+        self.segment, self.lost = 0, False
+        self.last_index = None  # the ring forgets it on a loss; the end-of-stream line still names it
+        self.malformed = messages.MalformedLog(f"capture {config.stream}")
+        self.counts = _Counts(self.streams, config.look.tracking is not None)
+
+    def status(self, kind: str, detail: str, track: int | None = None) -> None:
+        for stream in self.streams:
+            messages.send(self.out, Status(kind=kind, stream=stream, detail=detail[:2000], ts=time.time(),
+                                           track=track))
+
+    def wait_for_recorder(self) -> None:
+        if self.display is not None and self.config.clips:
+            self.display.wait_for_subscriber(self.stop, self.config.offline)
+
+    def step(self) -> bool:
+        """Take one frame (or one wait of a source that reconnects); False at the source's end or a stop."""
+        if time.monotonic() >= self.counts.next_report:
+            self.counts.report(self.out)
+        frame = self._read()
+        if frame is False:  # still reconnecting
+            return True
+        if frame is None:
+            self._end()
+            return False
+        view = FrameView(frame.index, frame.ts, frame.picture)
+        windows = self._push(view, frame.segment)
+        self._show(view)
+        return self._send(windows)
+
+    def _read(self):
+        """The next frame, None at the end, False while the source is away; its events go out as status."""
+        silent = None  # a read that timed out without the source saying why
+        try:
+            frame = self.source.read()
+        except SourceLost as err:
+            frame, silent = False, err
+        events = self.source.events()
+        for kind, detail in events:
+            self.status(kind, detail)
+            logger.warning(f"capture {self.config.stream}: {kind.replace('_', ' ')}: {detail}")
+            if kind == LineKind.SOURCE_LOST:
+                _reset(self.feeds)
+            self.lost = kind == LineKind.SOURCE_LOST
+        if silent is not None and not self.lost and not events:  # one line per outage; the source's reason first
+            logger.warning(f"capture {self.config.stream}: {silent}")
+            self.lost = True
+        return frame
+
+    def _push(self, view: FrameView, segment: int) -> list:
+        """The frame into every feed; the windows that became due."""
+        config = self.config
+        if self.feeds is None:
+            self.feeds = make_feeds(config.stream, config.look, view, config.size, config.num_frames,
+                                    config.frame_interval, config.hop,
+                                    self.store.frames.shape[0] if self.store else 0, self.store)
+        if segment != self.segment:  # a reconnect: never let a window span the gap
+            self.segment = segment
+            _reset(self.feeds)
+        windows, converted = [], False
+        for feed in self.feeds:
+            wanted, due = feed.push(view)
+            windows += due
+            converted |= wanted
+        _end_tracks(self.feeds, self.status)
+        self.last_index = view.index
+        counts = self.counts
+        counts.captured, counts.converted, counts.last_frame_ts = counts.captured + 1, counts.converted + converted, view.ts
+        if isinstance(self.feeds[0], TrackFeed):
+            counts.tracks_active = len(self.feeds[0].active)
+            counts.tracks_skipped = self.feeds[0].tracker.skipped_total
+        return windows
+
+    def _show(self, view: FrameView) -> None:
+        """Display frames of the streams someone watches (or records)."""
+        for feed in self.feeds if self.display is not None else ():
+            if self.display.watched(feed.stream):
+                image, tracks = feed.display(view, self.config.display_width)
+                self.display.send(DisplayFrame(feed.stream, view.index, view.ts, image, self.source.fps, tracks),
+                                  self.stop)
+                self.counts.shown += self.display.viewed(feed.stream)  # for people; the recorder's not counted
+
+    def _send(self, windows: list) -> bool:
+        """The due windows to the dispatcher (offline, each once a credit allows); False when stopped waiting."""
+        for window in windows:
+            if self.config.offline:
+                self.credits = _wait_for_credit(self.out, self.credits, self.stop, self.malformed)
+                if self.credits is None:
+                    return False
+            messages.send(self.out, window)
+        return True
+
+    def _end(self) -> None:
+        """The source ended: every tracked actor ends with it, then the final counts and end_of_stream."""
+        _reset(self.feeds)
+        _end_tracks(self.feeds, self.status)
+        self.counts.report(self.out, block=True)  # the final counts, before the end
+        self.status(LineKind.END_OF_STREAM, f"{self.config.stream}: last frame was {self.last_index}")
+        logger.info(f"capture {self.config.stream}: end of source after frame {self.last_index}")
+
+    def close(self) -> None:
+        self.source.close()
+        if self.store is not None:
+            self.store.close()
+        if self.display is not None:
+            self.display.sock.close(linger=0)
+        self.out.close()
 
 
 def _looking(config: CaptureConfig) -> str:
@@ -269,7 +318,7 @@ def _end_tracks(feeds, status) -> None:
     for feed in feeds or ():
         if isinstance(feed, TrackFeed):
             for track in feed.ended:
-                status("track_ended", f"track {track} ended", track)
+                status(LineKind.TRACK_ENDED, f"track {track} ended", track)
             feed.ended.clear()
 
 

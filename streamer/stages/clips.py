@@ -25,6 +25,7 @@ import numpy as np
 import zmq
 from loguru import logger
 
+from streamer.kinds import LineKind, StageKind
 from streamer.transport import messages, sockets
 from streamer.render.panel import SMOOTHING, annotated
 from streamer.transport.messages import DisplayFrame, LogLine, Stats
@@ -223,11 +224,11 @@ class ClipStage:
             recorder.add_frame(msg, now)
         elif isinstance(msg, LogLine):
             line = msg.line
-            if line.get("kind") == "prediction":
+            if line.get("kind") == LineKind.PREDICTION:
                 recorder.add_prediction(line)
-            elif line.get("kind") == "start" and isinstance(line.get("id"), str) and type(line.get("frame_index")) is int:
+            elif line.get("kind") == LineKind.START and isinstance(line.get("id"), str) and type(line.get("frame_index")) is int:
                 recorder.start(line)
-            elif line.get("kind") == "end":
+            elif line.get("kind") == LineKind.END:
                 recorder.end(line, now)
 
     def pump(self, now: float, stopping: bool = False) -> None:
@@ -318,7 +319,7 @@ def run(config: ClipStageConfig, stop: multiprocessing.synchronize.Event) -> int
         samples += (("clip_buffer_bytes", {}, float(stage.ring_bytes())),
                     ("clip_frames_missed", {}, float(stage.missed_frames)))
         try:
-            messages.send(report, Stats("clips", time.time(), samples), zmq.NOBLOCK)
+            messages.send(report, Stats(StageKind.CLIPS, time.time(), samples), zmq.NOBLOCK)
         except zmq.Again:
             pass
 

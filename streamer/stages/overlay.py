@@ -13,6 +13,7 @@ import numpy as np
 import zmq
 from loguru import logger
 
+from streamer.kinds import LineKind
 from streamer.transport import messages, sockets
 from streamer.config.loader import OverlayConfig
 from streamer.errors import ProtocolError
@@ -60,8 +61,8 @@ def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event) -> int:
                         view.add_frame(msg.image, msg.index, msg.ts, time.monotonic(), msg.tracks)
                     elif isinstance(msg, Result):
                         view.add_top(msg.top, 1000 * (time.time() - msg.frame_ts), msg.track)
-                    elif isinstance(msg, Status) and msg.kind != "track_ended":
-                        view.status = None if msg.kind == "source_restored" else msg.kind.replace("_", " ")
+                    elif isinstance(msg, Status) and msg.kind != LineKind.TRACK_ENDED:
+                        view.status = None if msg.kind == LineKind.SOURCE_RESTORED else msg.kind.replace("_", " ")
             if time.monotonic() < next_draw:
                 continue
             next_draw += period

@@ -15,6 +15,7 @@ import time
 
 from loguru import logger
 
+from streamer.kinds import LineKind
 from streamer.config.sinks import MqttConfig
 
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
@@ -136,7 +137,7 @@ class MqttSink:
         """One start or end line: on ``<prefix>/events``, and the stream/label state."""
         self._publish(f"{self.prefix}/events", json.dumps(line, separators=(",", ":")))
         if isinstance(line.get("stream"), str) and isinstance(line.get("label"), str):
-            key, start = (line["stream"], line["label"]), line["kind"] == "start"
+            key, start = (line["stream"], line["label"]), line["kind"] == LineKind.START
             if "track" in line:  # tracked actors: ON while any of them does it (their actions told apart by id)
                 ids = self.active.setdefault(key, set())
                 (ids.add if start else ids.discard)(str(line.get("id")))

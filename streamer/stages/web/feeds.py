@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import cv2
 
+from streamer.kinds import StreamState
 from streamer.render.panel import annotated
-from streamer.stages.web.state import StreamState
+from streamer.stages.web.state import WebStream
 
 MIN_WIDTH, MAX_WIDTH = 16, 4096  # what ?width= may ask for
 KEEP_WATCHING_S = 5.0  # after a .jpg request the stream's frames keep coming this long (a poller's next request)
@@ -46,7 +47,7 @@ def _encode(name: str, frame, top, fps: float, latency_ms, status, width: int | 
 class Feeds:
     """The JPEG side of every stream: one encode per (frame, width), shared by all who wait for it."""
 
-    def __init__(self, streams: dict[str, StreamState], quality: int, max_fps: float, threads: int = 2) -> None:
+    def __init__(self, streams: dict[str, WebStream], quality: int, max_fps: float, threads: int = 2) -> None:
         self.streams = streams
         self.quality = quality
         self.min_period = 1.0 / max_fps
@@ -72,7 +73,7 @@ class Feeds:
         stream = self.streams[name]
         self.asked[name] = time.monotonic()
         now = time.time()
-        if stream.state(now) == "live" and now - stream.shown_at > FRESH_S:
+        if stream.state(now) == StreamState.LIVE and now - stream.shown_at > FRESH_S:
             try:
                 await asyncio.wait_for(stream.changed.wait(), FIRST_FRAME_WAIT_S)
             except asyncio.TimeoutError:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, disable_created_metr
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from streamer.kinds import StreamState
 from streamer.stages.web.feeds import Feeds
 from streamer.stages.web.state import WebState
 
@@ -73,7 +74,7 @@ class _PipelineCollector(Collector):
                       state.reported_samples("clip_buffer_bytes"))
         now = time.time()
         yield _family(GaugeMetricFamily, "source_up", "1 while the source delivers frames, else 0",
-                      [({"stream": s.name}, float(s.state(now) == "live")) for s in state.streams.values()])
+                      [({"stream": s.name}, float(s.state(now) == StreamState.LIVE)) for s in state.streams.values()])
         yield _family(GaugeMetricFamily, "web_viewers", "Live-view clients watching each stream",
                       [({"stream": n}, float(v)) for n, v in self.feeds.viewers.items()])
         yield _family(CounterMetricFamily, "web_jpeg_encodes", "Annotated frames encoded as JPEG for viewers",

@@ -264,7 +264,7 @@ def _sse(kind: str, data) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def _receive(config: WebConfig, loop: asyncio.AbstractEventLoop, state: WebState, feeds: Feeds,
+def _read_sockets(config: WebConfig, loop: asyncio.AbstractEventLoop, state: WebState, feeds: Feeds,
              done: threading.Event) -> None:
     """Socket thread: display frames (newest per stream, coalesced) and the dispatcher's messages → the loop.
 
@@ -323,7 +323,7 @@ async def _serve(config: WebConfig, listener: socket.socket | None, stop: multip
     logging.getLogger("aiohttp.server").addFilter(_ClientFaults())
     web_app = WebApp(config)
     done = threading.Event()
-    reader = threading.Thread(target=_receive, args=(config, asyncio.get_running_loop(), web_app.state, web_app.feeds,
+    reader = threading.Thread(target=_read_sockets, args=(config, asyncio.get_running_loop(), web_app.state, web_app.feeds,
                                                      done),
                               name="web-sockets", daemon=True)
     reader.start()
@@ -348,6 +348,6 @@ async def _serve(config: WebConfig, listener: socket.socket | None, stop: multip
     return 0
 
 
-def run(config: WebConfig, listener: socket.socket | None, stop: multiprocessing.synchronize.Event) -> int:
+def serve(config: WebConfig, stop: multiprocessing.synchronize.Event, listener: socket.socket | None) -> int:
     """Serve until ``stop`` is set; ``listener`` is the socket the supervisor bound (None: bind here)."""
     return asyncio.run(_serve(config, listener, stop))

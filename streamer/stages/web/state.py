@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamer.kinds import RESTARTED_STAGE, LineKind, StageKind, StreamState
 from streamer.render.panel import StreamView
 from streamer.transport.messages import DisplayFrame, LogLine, Stats, Status
 from streamer.config.web import WebConfig
@@ -26,7 +27,7 @@ SUBSCRIBER_BACKLOG = 256  # server-sent events waiting for one page; a page furt
 
 
 @dataclass
-class StreamState:
+class WebStream:
     """One stream as the page and the API show it."""
 
     name: str
@@ -41,12 +42,12 @@ class StreamState:
     active: dict | None = None  # the start line of its ongoing action
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # set (and replaced) on each frame
 
-    def state(self, now: float) -> str:
+    def state(self, now: float) -> StreamState:
         if self.ended:
-            return "ended"
+            return StreamState.ENDED
         if self.lost is not None or (self.last_frame and now - self.last_frame > FRAME_AGE_S):
-            return "lost"
-        return "live" if self.last_frame else "starting"
+            return StreamState.LOST
+        return StreamState.LIVE if self.last_frame else StreamState.STARTING
 
 
 def _valid_top(top: Any) -> bool:
@@ -60,7 +61,7 @@ class WebState:
 
     def __init__(self, config: WebConfig, observe=None) -> None:
         self.config = config
-        self.streams = {name: StreamState(name, kind, StreamView(config.top_k)) for name, kind in config.streams}
+        self.streams = {name: WebStream(name, kind, StreamView(config.top_k)) for name, kind in config.streams}
         self.events: collections.deque[dict] = collections.deque(maxlen=config.events_kept)
         self.counts: collections.Counter = collections.Counter()  # (metric, ((label, value), ...)) → n
         self.reported: dict[tuple, float] = {}  # the dispatcher's latest samples
@@ -83,13 +84,13 @@ class WebState:
             self._line(msg.line)
         elif isinstance(msg, Status):
             self._status(msg)
-        elif isinstance(msg, Stats) and msg.sender == "dispatcher":
+        elif isinstance(msg, Stats) and msg.sender == StageKind.DISPATCHER:
             self.reported = {(name, tuple(sorted(labels.items()))): value for name, labels, value in msg.samples}
             self.reported_at = time.time()
             for labels, ts in self.reported_samples("last_frame_ts"):
                 if (stream := self.streams.get(labels.get("stream"))) is not None:
                     stream.last_frame = max(stream.last_frame, ts)
-        elif isinstance(msg, Stats) and msg.sender in ("sinks", "clips"):  # forwarded by the dispatcher
+        elif isinstance(msg, Stats) and msg.sender in (StageKind.SINKS, StageKind.CLIPS):  # forwarded by the dispatcher
             self.stage_reports[msg.sender] = {(name, tuple(sorted(labels.items()))): value
                                               for name, labels, value in msg.samples}
 
@@ -103,7 +104,7 @@ class WebState:
         self._redraw(stream)
 
     @staticmethod
-    def _redraw(stream: StreamState) -> None:
+    def _redraw(stream: WebStream) -> None:
         """A new picture to show (a new frame, or the same one with a new status): wake its viewers."""
         stream.frame_version += 1
         changed, stream.changed = stream.changed, asyncio.Event()
@@ -111,9 +112,9 @@ class WebState:
 
     def _line(self, line: dict) -> None:
         kind, stream = line.get("kind"), self.streams.get(line.get("stream"))
-        if stream is None or kind not in ("prediction", "start", "end"):
+        if stream is None or kind not in (LineKind.PREDICTION, LineKind.START, LineKind.END):
             return  # status lines come as Status messages too; other streams are not shown
-        if kind == "prediction":
+        if kind == LineKind.PREDICTION:
             latency = line.get("latency_ms")
             if not _valid_top(line.get("top")) or type(latency) not in (int, float):
                 self.malformed += 1
@@ -129,8 +130,8 @@ class WebState:
         if not isinstance(line.get("label"), str):
             self.malformed += 1
             return
-        stream.active = line if kind == "start" else None
-        if kind == "end" and isinstance(line.get("clip"), str) and isinstance(line.get("id"), str):
+        stream.active = line if kind == LineKind.START else None
+        if kind == LineKind.END and isinstance(line.get("clip"), str) and isinstance(line.get("id"), str):
             self.clips[line["id"]] = line["clip"]
             while len(self.clips) > self.config.events_kept:
                 self.clips.popitem(last=False)
@@ -139,19 +140,19 @@ class WebState:
         self.publish("event", line)
 
     def _status(self, msg: Status) -> None:
-        if msg.kind.endswith("_restarted"):
-            self.counts["stage_restarts", (("stage", msg.kind.removesuffix("_restarted")),)] += 1
+        if (stage := RESTARTED_STAGE.get(msg.kind)) is not None:
+            self.counts["stage_restarts", (("stage", stage),)] += 1
             return
         stream = self.streams.get(msg.stream)
         if stream is None:
             return
-        if msg.kind == "source_lost":
+        if msg.kind == LineKind.SOURCE_LOST:
             stream.lost, stream.view.status, stream.active = msg.detail or "lost", "source lost", None
             self.counts["source_losses", (("stream", stream.name),)] += 1
-        elif msg.kind == "source_restored":
+        elif msg.kind == LineKind.SOURCE_RESTORED:
             stream.lost, stream.view.status = None, None
             self.counts["source_reconnects", (("stream", stream.name),)] += 1
-        elif msg.kind == "end_of_stream":
+        elif msg.kind == LineKind.END_OF_STREAM:
             stream.ended, stream.view.status = True, "ended"
         else:
             return

@@ -1,0 +1,226 @@
+"""The dispatcher's sockets and loop: windows in from the captures, batches out to the workers, lines out.
+
+Captures (and the supervisor's notices) come in on a ROUTER, workers on another; event-log lines,
+results and status go out on a PUB for the overlay, the web stage, the sinks and the clips. What to
+do with each message is decided by :class:`~streamer.stages.dispatcher.rules.Dispatcher` and
+:class:`~streamer.stages.dispatcher.tracker.ActionTracker`; this module only moves messages.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.synchronize
+import time
+from typing import TYPE_CHECKING, Any, Iterator
+
+import zmq
+from loguru import logger
+
+from streamer.errors import ProtocolError
+from streamer.kinds import LineKind, StageKind
+from streamer.render.draw import label_words
+from streamer.stages.dispatcher.event_log import EventLog
+from streamer.stages.dispatcher.rules import Counters, Dispatcher
+from streamer.stages.dispatcher.tracker import ActionTracker, prediction_line
+from streamer.transport import messages, sockets
+from streamer.transport.messages import (Batch, Credit, Heartbeat, LogLine, Result, ResultBatch, Stats, Status, Window,
+                                         WorkRequest)
+
+if TYPE_CHECKING:
+    from streamer.config.loader import DispatchConfig
+
+READ_AT_ONCE = 64  # messages taken from one socket before the other gets its turn
+
+
+class Hub:
+    """One dispatcher process: its sockets, event log and tracker around the :class:`Dispatcher` rules."""
+
+    def __init__(self, config: DispatchConfig) -> None:
+        self.config = config
+        self.log = EventLog(config.events_path)
+        self.tracker = ActionTracker(config.events, config.labels or None)
+        self.rules = Dispatcher(config)
+        self.ctx = sockets.Context()
+        self.captures = sockets.make_socket(self.ctx, zmq.ROUTER, config.endpoints.windows, bind=True,
+                                            security=config.security)
+        self.workers = sockets.make_socket(self.ctx, zmq.ROUTER, config.endpoints.work, bind=True,
+                                           security=config.security)
+        self.results = sockets.make_socket(self.ctx, zmq.PUB, config.endpoints.results, bind=True,
+                                           security=config.security)
+        self.poller = zmq.Poller()
+        self.poller.register(self.captures, zmq.POLLIN)
+        self.poller.register(self.workers, zmq.POLLIN)
+        self.last_status, self.malformed_total, self.first_seen = time.monotonic(), 0, False
+
+    def serve(self, stop: multiprocessing.synchronize.Event) -> int:
+        """Serve until ``stop`` is set, or until every file source has ended and been predicted (returns 0)."""
+        logger.info(f"dispatcher: serving {len(self.config.streams)} stream(s), "
+                    f"events → {self.config.events_path or 'nowhere'}")
+        try:
+            while not stop.is_set():
+                ready = dict(self.poller.poll(100))
+                for identity, msg in _read_router(self.captures, self.rules.counters) if self.captures in ready else ():
+                    self._from_capture(identity, msg)
+                for identity, msg in _read_router(self.workers, self.rules.counters) if self.workers in ready else ():
+                    self._from_worker(identity, msg)
+                self._forget_silent_workers()
+                self._close_tracks()
+                self._dispatch()
+                if self.rules.finished():
+                    logger.info("dispatcher: every file source ended and its last window is predicted")
+                    return 0
+                self._report()
+        finally:
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        """End every action under way in the log, then close the log and the sockets."""
+        for event in self.tracker.reset_all():
+            self._write(event)
+        self.log.close()
+        for sock in (self.captures, self.workers, self.results):
+            sock.close(linger=0)
+        self.ctx.term()
+
+    # ------------------------------------------------------------------ what comes in
+
+    def _from_capture(self, identity: bytes, msg: Any) -> None:
+        """A window, a source's status (or the supervisor's notice), or a stage's counters."""
+        if isinstance(msg, Window):
+            self.rules.add_window(identity, msg)
+        elif isinstance(msg, Status):
+            if msg.kind == LineKind.END_OF_STREAM:
+                self.rules.ended.add(msg.stream)
+            self._write_status(msg)
+        elif isinstance(msg, Stats) and msg.sender.startswith(StageKind.CAPTURE):
+            self.rules.captured.update(msg)
+        elif isinstance(msg, Stats):  # another stage's counters (the sinks, the clips): on to the web stage
+            messages.send(self.results, msg)
+        else:
+            self.rules.counters.malformed += 1
+
+    def _from_worker(self, identity: bytes, msg: Any) -> None:
+        """A request for work, results (which also say the worker lives), or a window it could not read."""
+        now = time.time()
+        if isinstance(msg, WorkRequest):
+            self.rules.worker_ready(identity, msg.worker, msg.max_batch, now)
+        elif isinstance(msg, (Heartbeat, ResultBatch)):
+            self.rules.worker_seen(identity, now)
+            for result in getattr(msg, "results", ()):
+                self._on_result(result)
+        elif isinstance(msg, Status) and msg.kind == LineKind.WINDOW_STALE:
+            self.rules.window_stale((msg.stream, msg.track))
+        else:
+            self.rules.counters.malformed += 1
+
+    def _on_result(self, result: Result) -> None:
+        """Its prediction line, the action events it causes, and the result itself for the overlay."""
+        self.rules.release(result.key)
+        line = prediction_line(result, time.time())
+        self._write(line)
+        try:
+            _, action_events = self.tracker.update(result)
+        except ProtocolError as err:  # e.g. a worker with another model's classes
+            self.rules.counters.malformed += 1
+            logger.debug(f"dispatcher: result not tracked ({err})")
+            action_events = []
+        for event in action_events:
+            self._write(event)
+            who = event["stream"] + (f" #{event['track']}" if "track" in event else "")
+            logger.info(f"{who}: {event['kind']} {label_words(event['label'])!r} "
+                        f"(score {event['score']:.2f}, frame {event['frame_index']})")
+        if not self.first_seen:
+            self.first_seen = True
+            label, prob = result.top[0]
+            logger.info(f"first prediction: {result.stream} {label_words(label)!r} {prob:.0%}, "
+                        f"{line['latency_ms']:.0f} ms after its last frame was captured")
+        counters = self.rules.counters
+        counters.predicted += 1
+        counters.forward_ms.append(result.timings.get("forward_ms", 0.0))
+        counters.latency_ms.append(line["latency_ms"])
+        messages.send(self.results, result)
+
+    # ------------------------------------------------------------------ what goes out
+
+    def _write(self, line: dict) -> None:
+        """One event-log line, also published for the web stage, the sinks and the clips."""
+        if self.config.clips is not None and line.get("kind") == LineKind.END and isinstance(line.get("id"), str):
+            line["clip"] = self.config.clips.path(line["stream"], line["id"])
+        self.log.write(line)
+        messages.send(self.results, LogLine(line))
+
+    def _write_status(self, status: Status) -> None:
+        """A status as a line of its kind (not ``end_of_stream``), and what it ends: a lost source's actions,
+        an ended track (once its windows are back)."""
+        line = {"kind": status.kind, "stream": status.stream, "detail": status.detail, "ts": status.ts}
+        if status.track is not None:
+            line["track"] = status.track
+        if status.kind != LineKind.END_OF_STREAM:
+            self._write(line)
+        messages.send(self.results, status)
+        if status.kind == LineKind.SOURCE_LOST:
+            for event in self.tracker.reset(status.stream, lost_ts=status.ts):
+                self._write(event)
+        elif status.kind == LineKind.TRACK_ENDED and status.track is not None:
+            self.rules.end_track(status.stream, status.track)
+            self._close_tracks()
+
+    def _close_tracks(self) -> None:
+        for stream, track in self.rules.closed_tracks():
+            for event in self.tracker.end_track(stream, track):
+                self._write(event)
+
+    def _dispatch(self) -> None:
+        """A batch to each idle worker that asked; offline, a credit back to each window's capture."""
+        for worker, batch in self.rules.assign():
+            self.workers.send_multipart([worker.identity, *messages.encode(Batch(tuple(batch)))], copy=False)
+            for window in batch if self.config.offline else ():
+                capture = self.rules.capture_of.get(window.stream)
+                if capture is not None:
+                    self.captures.send_multipart([capture, *messages.encode(Credit(window.stream, 1))])
+
+    def _forget_silent_workers(self) -> None:
+        now = time.time()
+        for worker in self.rules.forget_silent_workers(now):
+            logger.warning(f"dispatcher: {worker.name} silent for {self.config.heartbeat_timeout_s:g} s; "
+                           "forgetting it")
+            self._write({"kind": LineKind.WORKER_LOST, "stream": "", "detail": worker.name, "ts": now})
+
+    def _report(self) -> None:
+        """Once every ``status_interval_s``: the status line in the log, the counters to the web stage."""
+        now = time.monotonic()
+        if now - self.last_status < self.config.status_interval_s:
+            return
+        self.malformed_total += self.rules.counters.malformed
+        _log_status(self.rules, now - self.last_status)
+        messages.send(self.results, self.rules.stats(self.log.lines, self.malformed_total))
+        self.last_status = now
+
+
+def _read_router(sock: zmq.Socket, counters: Counters) -> Iterator[tuple[bytes, Any]]:
+    """Up to READ_AT_ONCE waiting messages of a ROUTER socket as ``(identity, message)``; malformed ones counted."""
+    for _ in range(READ_AT_ONCE):
+        try:
+            identity, *parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        try:
+            msg = messages.decode(parts)
+        except ProtocolError as err:
+            counters.malformed += 1
+            logger.debug(f"dispatcher: dropped a malformed message ({err})")
+            continue
+        yield identity.bytes, msg
+
+
+def _log_status(rules: Dispatcher, seconds: float) -> None:
+    c = rules.counters
+    if c.windows_in or c.predicted or c.malformed:
+        def median(values):
+            return sorted(values)[len(values) // 2] if values else 0.0
+        logger.info(
+            f"windows in {c.windows_in / seconds:.1f}/s, predicted {c.predicted / seconds:.1f}/s, "
+            f"dropped {c.dropped} (total {rules.total_dropped}), inference {median(c.forward_ms):.0f} ms, "
+            f"latency {median(c.latency_ms):.0f} ms" + (f", malformed {c.malformed}" if c.malformed else "")
+        )
+    rules.counters = Counters()
