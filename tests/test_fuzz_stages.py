@@ -27,7 +27,7 @@ def garbage(rng: np.random.Generator, valid: list[bytes], i: int) -> list[bytes]
     if kind == 1:
         return [header[: int(rng.integers(0, len(header)))], *valid[1:]]
     if kind == 2:
-        return [header.replace(b'"v":1', b'"v":99'), *valid[1:]]
+        return [header.replace(b'"v":%d' % messages.VERSION, b'"v":99'), *valid[1:]]
     if kind == 3:
         return [header, *(part[:-1] for part in valid[1:])] if len(valid) > 1 else [header + b"}"]
     if kind == 4:

@@ -144,7 +144,7 @@ def test_malformed_messages_are_dropped_and_real_traffic_still_flows(tmp_path, c
                 elif kind == 1:
                     parts = [header[: int(rng.integers(0, len(header)))], b"x" * 10]
                 elif kind == 2:
-                    parts = [header.replace(b'"v":1', b'"v":7'), bytes(valid[1])]
+                    parts = [header.replace(b'"v":%d' % messages.VERSION, b'"v":7'), bytes(valid[1])]
                 elif kind == 3:
                     parts = [header.replace(b"32,32", b"99999,99999"), b"\x00" * 100]
                 else:

@@ -21,12 +21,12 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from streamer.errors import ProtocolError
+from streamer.transport.message_types import FrameRef
 
 MAGIC = b"TSSFRMS1"
 HEADER_BYTES = 64  # magic, then capacity, height, width as int64, then padding
@@ -52,15 +52,6 @@ def remove_stores(prefix: str) -> None:
     """Delete every store of a pipeline (the supervisor calls it at stop: a killed capture leaves its file)."""
     for path in store_dir().glob(f"{prefix}*{SUFFIX}"):
         path.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class FrameRef:
-    """Where a window's frames are: a store file name, one serial number per frame, and the (T, H, W, 3) shape."""
-
-    name: str
-    serials: tuple[int, ...]
-    shape: tuple[int, int, int, int]
 
 
 def _layout(buf, capacity: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,19 +1,120 @@
-"""The messages that travel between processes, as frozen dataclasses (their wire form is in
-:mod:`streamer.transport.messages`, which re-exports them: import them from there)."""
+"""The messages that travel between processes, as frozen msgspec Structs, and the wire's bounds.
+
+The Structs are the schema: every field's type and ``Meta`` bounds are what :func:`~streamer.transport.messages.decode`
+enforces (msgspec checks them while it parses), ``forbid_unknown_fields`` refuses anything else. Import them
+from :mod:`streamer.transport.messages`, which re-exports them next to the codec.
+
+An array field (``Window.frames``, ``Result.probs``, ``DisplayFrame.image``) holds a numpy array here and its
+shape on the wire (under the name ``shape``, or ``classes`` for the probabilities); its bytes travel as the next
+ZeroMQ frame. Rules that span fields (indices increasing, shapes against frame counts) live in the codec.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import sys
+from typing import Annotated, Any, Literal, Union
 
+import msgspec
 import numpy as np
+from msgspec import Meta
 
-from streamer.transport.framestore import FrameRef
+# Bounds, checked before anything is allocated or trusted.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_WINDOW_FRAMES = 64  # frames in one window
+MAX_IMAGE_SIDE = 4096  # pixels, height and width
+MAX_BATCH = 64  # windows in a Batch, results in a ResultBatch, n of a request or credit
+MAX_CLASSES = 100_000
+MAX_TOP = 1000  # (label, prob) pairs in a Result
+MAX_TIMINGS = 32  # entries in Result.timings
+MAX_NAME = 256  # characters of a stream, worker, label, kind or timing name
+MAX_DETAIL = 2048  # characters of Status.detail
+MAX_INDEX = 2**63 - 1  # frame indices and sequence numbers
+MAX_ARRAY_BYTES = 512 * 1024 * 1024  # one array frame; also a sane zmq.MAXMSGSIZE
+MAX_PARTS = 1 + MAX_BATCH
+MAX_LINE_FIELDS = 64  # keys of a LogLine
+MAX_SAMPLES = 4096  # samples in one Stats
+MAX_LABELS = 4  # labels of one sample
+MAX_VIEWS = 8  # crops of one window's frames
+MAX_TRACKS = 256  # tracked actors listed in one display frame
+MAX_STORE_NAME = 80  # characters of a frame store's file name
+
+VERSION = 2  # 2: msgspec's layout (nested messages keep their type, a store reference its shape)
+
+# No control characters (a log line stays one line), no line or paragraph separators, no lone surrogates (they
+# could not be written out as UTF-8). Unlike str.isprintable(), format and private-use characters and non-ASCII
+# spaces pass: none of them breaks a line or a write, and a regex that refused them would cost 0.5 µs a character.
+PRINTABLE = "^[^\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]*$"
 
 
+def _text(max_length: int, min_length: int = 1) -> Any:
+    return Annotated[str, Meta(min_length=min_length, max_length=max_length, pattern=PRINTABLE)]
 
-@dataclass(frozen=True, eq=False)
-class Window:
+
+Name = _text(MAX_NAME)  # a stream, worker, label, kind or timing name
+MaybeName = _text(MAX_NAME, min_length=0)
+Detail = _text(MAX_DETAIL, min_length=0)
+Index = Annotated[int, Meta(ge=0, le=MAX_INDEX)]
+Finite = Annotated[float, Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+Box = tuple[Finite, Finite, Finite, Finite]  # [x0, y0, x1, y1] in pixels; x0 ≤ x1, y0 ≤ y1 (checked by the codec)
+Count = Annotated[int, Meta(ge=1, le=MAX_BATCH)]  # n of a request or credit
+Side = Annotated[int, Meta(ge=1, le=MAX_IMAGE_SIDE)]
+Classes = Annotated[int, Meta(ge=1, le=MAX_CLASSES)]  # the length of a Result's probabilities
+
+
+# What an array field declares (the codec checks it with msgspec.convert, which caches a Struct's checks and
+# rebuilds a bare tuple type's on every call: 0.2 µs against 5).
+class FramesShape(msgspec.Struct, frozen=True, array_like=True):
+    """A window's frames: [T, H, W, 3] (uint8 RGB)."""
+
+    count: Annotated[int, Meta(ge=1, le=MAX_WINDOW_FRAMES)]
+    height: Side
+    width: Side
+    channels: Literal[3]
+
+
+class ImageShape(msgspec.Struct, frozen=True, array_like=True):
+    """A display frame's image: [H, W, 3] (uint8 BGR)."""
+
+    height: Side
+    width: Side
+    channels: Literal[3]
+
+
+def _json_value(depth: int) -> Any:
+    """A value inside a LogLine: bounded text, finite numbers, small lists and objects ``depth`` levels deep."""
+    scalar = Union[None, bool, Annotated[int, Meta(ge=-MAX_INDEX, le=MAX_INDEX)], Finite, Detail]
+    if depth == 0:
+        return scalar
+    inner = _json_value(depth - 1)
+    return Union[scalar, Annotated[list[inner], Meta(max_length=MAX_TOP)],
+                 Annotated[dict[Name, inner], Meta(max_length=MAX_LINE_FIELDS)]]
+
+
+LineValue = _json_value(3)  # a LogLine's line is an object of these: four levels in all
+StoreName = _text(MAX_STORE_NAME)
+
+
+class FrameRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where a window's frames are: a store file name, one serial number per frame, and the (T, H, W, 3) shape
+    (see :mod:`streamer.transport.framestore`)."""
+
+    name: StoreName
+    serials: Annotated[tuple[Index, ...], Meta(max_length=MAX_WINDOW_FRAMES)]
+    shape: tuple[int, int, int, int]  # checked as a FramesShape by the codec
+
+
+class _Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True,
+               tag_field="type"):
+    """What every message shares: its ``type`` (the tag, written first) and the wire version ``v``.
+
+    ``v`` gets its default from a factory so that ``omit_defaults`` (which keeps unused optional fields off the
+    wire) still writes it; decode checks that the header names it.
+    """
+
+    v: Literal[VERSION] = msgspec.field(default_factory=lambda: VERSION)
+
+
+class Window(_Message, tag="window", eq=False, rename={"frames": "shape"}):
     """``num_frames`` RGB model-size frames of one stream, oldest first.
 
     Args:
@@ -31,16 +132,16 @@ class Window:
             the worker averages their answers.
     """
 
-    stream: str
-    seq: int
-    frame_indices: tuple[int, ...]
-    frame_ts: tuple[float, ...]
+    stream: Name
+    seq: Index
+    frame_indices: Annotated[tuple[Index, ...], Meta(max_length=MAX_WINDOW_FRAMES)]
+    frame_ts: Annotated[tuple[Finite, ...], Meta(max_length=MAX_WINDOW_FRAMES)]
     frames: np.ndarray | None
-    sent_ts: float
+    sent_ts: Finite
     store: FrameRef | None = None
-    track: int | None = None
-    box: tuple[float, float, float, float] | None = None
-    views: int = 1
+    track: Index | None = None
+    box: Box | None = None
+    views: Annotated[int, Meta(ge=1, le=MAX_VIEWS)] = 1
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -48,23 +149,20 @@ class Window:
         return self.stream, self.track
 
 
-@dataclass(frozen=True)
-class WorkRequest:
+class WorkRequest(_Message, tag="work_request"):
     """A worker asks for up to ``max_batch`` windows; it doubles as its heartbeat."""
 
-    worker: str
-    max_batch: int
+    worker: Name
+    max_batch: Count
 
 
-@dataclass(frozen=True, eq=False)
-class Batch:
+class Batch(_Message, tag="batch", eq=False):
     """Windows for one worker, newest of several streams, in one message."""
 
-    windows: tuple[Window, ...]
+    windows: Annotated[tuple[Window, ...], Meta(max_length=MAX_BATCH)]
 
 
-@dataclass(frozen=True, eq=False)
-class Result:
+class Result(_Message, tag="result", eq=False, rename={"probs": "classes"}):
     """A worker's prediction for one window.
 
     Args:
@@ -77,80 +175,77 @@ class Result:
         track, box: of the window (a tracked actor), else None.
     """
 
-    stream: str
-    seq: int
-    frame_index: int
-    frame_ts: float
+    stream: Name
+    seq: Index
+    frame_index: Index
+    frame_ts: Finite
     probs: np.ndarray
-    top: tuple[tuple[str, float], ...]
-    worker: str
-    timings: dict[str, float] = field(default_factory=dict)
-    track: int | None = None
-    box: tuple[float, float, float, float] | None = None
+    top: Annotated[tuple[tuple[Name, Finite], ...], Meta(max_length=MAX_TOP)]
+    worker: Name
+    timings: Annotated[dict[Name, Finite], Meta(max_length=MAX_TIMINGS)]
+    track: Index | None = None
+    box: Box | None = None
 
     @property
     def key(self) -> tuple[str, int | None]:
         return self.stream, self.track
 
 
-@dataclass(frozen=True, eq=False)
-class ResultBatch:
+class ResultBatch(_Message, tag="result_batch", eq=False):
     """A worker's results for one batch, in one message."""
 
-    results: tuple[Result, ...]
+    results: Annotated[tuple[Result, ...], Meta(max_length=MAX_BATCH)]
 
 
-@dataclass(frozen=True, eq=False)
-class DisplayFrame:
+class DisplayFrame(_Message, tag="display", eq=False, rename={"image": "shape"}):
     """A frame to show (overlay, web) or record (clips): (H, W, 3) uint8 BGR, at most the display width;
     ``fps``: the source's own rate (0 if unknown), which times clips in offline runs too; ``tracks``:
-    ``(track, box)`` of each tracked actor in this frame, the box in this image's pixels."""
+    ``(track, box)`` of each tracked actor in this frame, the box in this image's pixels.
 
-    stream: str
-    index: int
-    ts: float
+    ``stream`` is the first field after the type: :func:`~streamer.transport.messages.display_topic` relies on it.
+    """
+
+    stream: Name
+    index: Index
+    ts: Finite
     image: np.ndarray
-    fps: float = 0.0
-    tracks: tuple[tuple[int, tuple[float, float, float, float]], ...] = ()
+    fps: Annotated[float, Meta(ge=0, le=1000)] = 0.0
+    tracks: Annotated[tuple[tuple[Index, Box], ...], Meta(max_length=MAX_TRACKS)] = ()
 
 
-@dataclass(frozen=True)
-class Status:
+class Status(_Message, tag="status"):
     """Something a user should hear about: ``source_lost``, ``source_restored``, ``worker_restarted``...;
     ``track_ended`` names its ``track``."""
 
-    kind: str
-    stream: str
-    detail: str
-    ts: float
-    track: int | None = None
+    kind: Name
+    stream: MaybeName
+    detail: Detail
+    ts: Finite
+    track: Index | None = None
 
 
-@dataclass(frozen=True)
-class Credit:
+class Credit(_Message, tag="credit"):
     """Offline mode, dispatcher → capture: "I took ``n`` of your windows, send more"."""
 
-    stream: str
-    n: int
+    stream: Name
+    n: Count
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(_Message, tag="heartbeat"):
     """I am alive."""
 
-    sender: str
-    ts: float
+    sender: Name
+    ts: Finite
 
 
-@dataclass(frozen=True, eq=False)
-class LogLine:
-    """One event-log line (contract 3) as the dispatcher wrote it, for the stages that show or forward it."""
+class LogLine(_Message, tag="log_line", eq=False):
+    """One event-log line (contract 3) as the dispatcher wrote it, for the stages that show or forward it;
+    its values nest at most four levels deep, and it has a ``kind`` (checked in the codec)."""
 
-    line: dict[str, Any]
+    line: Annotated[dict[Name, LineValue], Meta(max_length=MAX_LINE_FIELDS)]
 
 
-@dataclass(frozen=True, eq=False)
-class Stats:
+class Stats(_Message, tag="stats", eq=False):
     """Counters and gauges a stage reports once a second, for the web stage's metrics.
 
     Args:
@@ -159,9 +254,10 @@ class Stats:
         samples: ``(name, labels, value)``: a metric name without prefix, its labels, its value.
     """
 
-    sender: str
-    ts: float
-    samples: tuple[tuple[str, dict[str, str], float], ...]
+    sender: Name
+    ts: Finite
+    samples: Annotated[tuple[tuple[Name, Annotated[dict[Name, MaybeName], Meta(max_length=MAX_LABELS)], Finite], ...],
+                       Meta(max_length=MAX_SAMPLES)]
 
 
 Message = (Window | WorkRequest | Batch | Result | ResultBatch | DisplayFrame | Status | Credit | Heartbeat

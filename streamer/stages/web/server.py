@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import unquote
 
+import msgspec
 import zmq
 from aiohttp import web
 from loguru import logger
@@ -303,7 +304,7 @@ def _read_sockets(config: WebConfig, loop: asyncio.AbstractEventLoop, state: Web
             for sock in (frames, results):
                 for msg in messages.drain(sock, malformed) if sock in ready else ():
                     if isinstance(msg, DisplayFrame):
-                        msg = replace(msg, image=msg.image.copy())  # off zmq's buffer, every other field kept
+                        msg = msgspec.structs.replace(msg, image=msg.image.copy())  # off zmq's buffer, the rest kept
                         with lock:
                             first = not newest
                             newest[msg.stream] = msg
