@@ -18,7 +18,7 @@ import zmq
 from loguru import logger
 
 from streamer.transport import messages, sockets
-from streamer.config.loader import PipelineConfig
+from streamer.config.stages import PipelineConfig
 from streamer.errors import USAGE_ERROR, PipelineError
 from streamer.transport.framestore import remove_stores
 from streamer.transport.messages import Status

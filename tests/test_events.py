@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError, ProtocolError
-from streamer.stages.events import EVENT_ID, PAGE, ActionTracker, EventConfig, EventLog, prediction_line
+from streamer.config.stages import EventConfig
+from streamer.stages.events import EVENT_ID, PAGE, ActionTracker, EventLog, prediction_line
 from streamer.transport.messages import Result
 
 REPO = Path(__file__).resolve().parents[1]

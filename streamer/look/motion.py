@@ -23,7 +23,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from streamer.look.tracking import TrackingConfig
+from streamer.config.look import TrackingConfig
 
 ABSORB_S = 3.0  # a still object stays foreground about this long (MOG2 absorbs in ~history / 10 frames)
 MAX_FOREGROUND = 0.5  # more of the frame moving is a global change (lights, exposure, the first frame)

@@ -16,7 +16,7 @@ import zmq
 from loguru import logger
 
 from streamer.transport import messages, sockets
-from streamer.config.loader import DispatchConfig
+from streamer.config.stages import DispatchConfig
 from streamer.errors import ProtocolError
 from streamer.stages.events import ActionTracker, EventLog, prediction_line
 from streamer.transport.messages import Batch, Credit, Heartbeat, LogLine, ResultBatch, Stats, Status, Window, WorkRequest

@@ -14,7 +14,7 @@ import zmq
 from loguru import logger
 
 from streamer.transport import messages, sockets
-from streamer.config.loader import OverlayConfig
+from streamer.config.stages import OverlayConfig
 from streamer.errors import ProtocolError
 from streamer.transport.messages import DisplayFrame, Result, Status
 from streamer.render.panel import StreamView, annotate_view
