@@ -10,7 +10,9 @@ Usage errors (bad flag, config, checkpoint or source) print one line and exit wi
 """
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
 
 from streamer.errors import USAGE_ERROR, PipelineError, UsageParser
@@ -74,14 +76,29 @@ def main(argv: list[str] | None = None) -> int:
         if not args.headless and not has_display():  # said once the setup is known to be good
             logger.info(f"no display found: drawing to {args.output} only" if args.output else
                         "no display found: running headless (add --output demo.mp4 to save the annotated video)")
-        if args.role:
-            return run_role(config, args.role, args.index or 0)
-        from streamer.supervisor import Supervisor
+        with ipc_folder(config.ipc_dir):
+            if args.role:
+                return run_role(config, args.role, args.index or 0)
+            from streamer.supervisor import Supervisor
 
-        return Supervisor.for_pipeline(config, web_listener=listener).run()
+            return Supervisor.for_pipeline(config, web_listener=listener).run()
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return USAGE_ERROR
+
+
+@contextlib.contextmanager
+def ipc_folder(path: str):
+    """The private folder of the default ipc:// endpoints (the config names it, ``PipelineConfig.ipc_dir``),
+    made for this run only (mode 700, refused if it exists) and removed with whatever is left in it."""
+    if not path:
+        yield
+        return
+    os.mkdir(path, 0o700)
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def preflight(config) -> None:

@@ -33,7 +33,8 @@ from bench.report import write_section  # noqa: E402
 from streamer.synthetic import scenes as synthetic, actors as synthetic_actors  # noqa: E402
 from streamer.video.frames import display_image  # noqa: E402
 from streamer.look.motion import MotionDetector  # noqa: E402
-from streamer.look.tracking import Presence, Tracker, TrackingConfig  # noqa: E402
+from streamer.config.look import TrackingConfig  # noqa: E402
+from streamer.look.tracking import Presence, Tracker  # noqa: E402
 from workers.training import track_scores  # noqa: E402
 
 CHECKPOINT = REPO / "models" / "demo.safetensors"
@@ -112,8 +113,8 @@ def forward_cost(batches=(1, 2, 3, 4), repeats: int = 30) -> dict[int, float]:
     """ms a batch of N track windows through the worker's own predictor (fp32, its flip views, one thread)."""
     import torch
 
-    from streamer.config.loader import Endpoints
-    from streamer.config.loader import WorkerConfig
+    from streamer.config.network import Endpoints
+    from streamer.config.stages import WorkerConfig
     from workers.model import load_model
     from streamer.stages.worker import Predictor
 

@@ -31,8 +31,8 @@ from streamer.transport.framestore import remove_stores
 from streamer.transport.messages import Status
 
 if TYPE_CHECKING:
-    from streamer.config.loader import PipelineConfig
-    from streamer.transport.security import Security
+    from streamer.config.network import Security
+    from streamer.config.stages import PipelineConfig
 
 STOP_GRACE_S = 3.0
 SINKS_GRACE_S = 6.0  # the sinks stage takes the dispatcher's last lines (≤ 1.5 s), then flushes MQTT (≤ 3 s)

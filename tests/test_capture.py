@@ -11,7 +11,8 @@ import zmq
 
 from streamer.stages import capture
 from streamer.transport import messages
-from streamer.config.loader import CaptureConfig, Endpoints
+from streamer.config.network import Endpoints
+from streamer.config.stages import CaptureConfig
 from streamer.video.frames import display_image, model_frame, to_model_frame
 from streamer.transport.messages import Credit, Stats, Status, Window
 from streamer.video.ringbuffer import WindowSchedule

@@ -131,6 +131,7 @@ def test_a_full_disk_leaves_no_partial_clip(run):
 
 def test_old_clips_go_first_when_past_the_age_or_the_size_cap(tmp_path):
     from streamer.stages.clips import ClipStage
+    from streamer.config.network import Endpoints, Security
     from streamer.config.sinks import ClipsConfig, ClipStageConfig
 
     now = __import__("time").time()
@@ -140,7 +141,8 @@ def test_old_clips_go_first_when_past_the_age_or_the_size_cap(tmp_path):
             path.parent.mkdir(exist_ok=True)
             path.write_bytes(b"\0" * (size if suffix == ".mp4" else 10))
             os.utime(path, (now - age_days * 86400, now - age_days * 86400))
-    stage = ClipStage(ClipStageConfig(ClipsConfig(dir=str(tmp_path), keep_days=7, max_bytes=700), None, None, (), 29))
+    stage = ClipStage(ClipStageConfig(ClipsConfig(dir=str(tmp_path), keep_days=7, max_bytes=700),
+                                      Endpoints("", "", "", ""), Security(), (), 29))
     stage._prune()
     left = sorted(p.name for p in (tmp_path / "cam").iterdir())
     assert left == ["newer.jpg", "newer.mp4", "newest.jpg", "newest.mp4"]  # 'old' by age, 'middle' by size

@@ -1,11 +1,18 @@
 """Config files as users write them, wrong in every way the loader must catch before any stage starts."""
 
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from streamer.config.loader import Overrides, load_config
+from streamer.config.look import LookConfig, Region, TrackingConfig
+from streamer.config.network import Endpoints, Security
+from streamer.config.sinks import ClipsConfig, MqttConfig
+from streamer.config.stages import CaptureConfig, DispatchConfig, OverlayConfig, WebConfig, WorkerConfig
+from streamer.config.tables import MAX_BATCH, MAX_TOP_K
 from streamer.errors import ConfigError
+from streamer.transport import messages
 from workers.model import describe_checkpoint
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo.safetensors"
@@ -49,8 +56,8 @@ BAD = {  # what a config says → what the one-line error must say
     "a webhook for unknown events": ('[[webhooks]]\nurl = "http://127.0.0.1/x"\nevents = ["prediction"]',
                                      "'events' must be a list of start and end"),
     "a webhook waiting forever": ('[[webhooks]]\nurl = "http://127.0.0.1/x"\ntimeout_s = 0', "'timeout_s' must be"),
-    "clips without a folder": ("[clips]\npre_s = 2", "'dir' must name a folder"),
-    "a minute-long pre-roll and more": ('[clips]\ndir = "c"\npre_s = 61', "'pre_s' and 'post_s' must be 0..60"),
+    "clips without a folder": ("[clips]\npre_s = 2", "'dir' is missing; it must be a folder"),
+    "a minute-long pre-roll and more": ('[clips]\ndir = "c"\npre_s = 61', "'pre_s' must be ≥ 0 and ≤ 60"),
     "an unknown clips key": ('[clips]\ndir = "c"\nwidth = 3', "unknown key 'width' in [clips]"),
 }
 
@@ -114,3 +121,72 @@ def test_the_demo_listens_on_8080_and_a_config_without_web_does_not(tmp_path):
     path.write_text(SOURCE + '[web]\ntoken = "0123456789abcdef0123"\n')
     guarded = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
     assert guarded.web.port == 8080 and guarded.web.required and "0123456789" not in repr(guarded.web)
+
+
+ENDPOINTS = Endpoints("ipc:///tmp/w", "ipc:///tmp/k", "ipc:///tmp/r", "ipc:///tmp/d")
+DIRECT = {  # a stage config built directly (as tests and benchmarks do) → what its error must say
+    "a batch of 0": (lambda: WorkerConfig("w", ENDPOINTS, "m.safetensors", max_batch=0), "WorkerConfig.max_batch = 0"),
+    "an unknown precision": (lambda: WorkerConfig("w", ENDPOINTS, "m", precision="int4"), "fp32, bf16, fp16 or int8"),
+    "an unknown flip": (lambda: WorkerConfig("w", ENDPOINTS, "m", flip_views=("sideways",)), "'sideways' is not one"),
+    "a window of 0 frames": (lambda: CaptureConfig("cam", "synthetic:", ENDPOINTS, size=32, num_frames=0,
+                                                   frame_interval=2, hop=2), "CaptureConfig.num_frames = 0"),
+    "a text hop": (lambda: CaptureConfig("cam", "synthetic:", ENDPOINTS, size=32, num_frames=4, frame_interval=2,
+                                         hop="2"), "CaptureConfig.hop = '2': must be int"),
+    "no endpoints": (lambda: DispatchConfig(None, (), (), ()), "DispatchConfig.endpoints = None"),
+    "a zero heartbeat": (lambda: DispatchConfig(ENDPOINTS, (), (), (), heartbeat_timeout_s=0), "heartbeat_timeout_s"),
+    "an overlay at -1 fps": (lambda: OverlayConfig(ENDPOINTS, (), fps=-1.0), "OverlayConfig.fps = -1.0"),
+    "web beyond loopback, no token": (lambda: WebConfig("0.0.0.0", 8080, ENDPOINTS, Security(), ()), "set [web] token"),
+    "a minute-long pre-roll": (lambda: ClipsConfig(dir="clips", pre_s=61), "ClipsConfig.pre_s = 61"),
+    "MQTT qos 3": (lambda: MqttConfig("broker", 1883, qos=3), "must be 0, 1 or 2"),
+    "a short key": (lambda: Security(server_public_key="short"), "40-character Z85 key"),
+    "a secret key of garbage": (lambda: Security(server_secret_key="not a key"), "server_secret_key = (hidden)"),
+    "a tracker at 0 fps": (lambda: TrackingConfig(fps=0), "TrackingConfig.fps = 0"),
+    "two regions, one name": (lambda: LookConfig(regions=(Region("a", (0, 0, 1, 1)), Region("a", (0, 0, 9, 9)))),
+                              "two regions are named 'a'"),
+}
+
+
+@pytest.mark.parametrize("case", DIRECT, ids=list(DIRECT))
+def test_a_stage_config_built_directly_checks_itself(case):
+    build, message = DIRECT[case]
+    with pytest.raises(ConfigError) as err:
+        build()
+    text = str(err.value)
+    assert message in text and "\n" not in text and "not a key" not in text, text
+
+
+def test_loading_makes_nothing_on_disk(tmp_path, monkeypatch):
+    """The loader only names the ipc:// folder (run_pipeline.py makes it and removes it) and only checks that
+    the event log's folder could be made (the dispatcher makes it)."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "c.toml"
+    path.write_text(SOURCE + '[events]\npath = "logs/today/events.jsonl"\n')
+    config = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "temp"] and not list(temp.iterdir())
+    assert Path(config.ipc_dir).parent == temp and config.dispatch.endpoints.windows == f"ipc://{config.ipc_dir}/windows"
+    assert config.dispatch.events_path == "logs/today/events.jsonl"
+    again = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    assert again.ipc_dir != config.ipc_dir, "two pipelines side by side would share their sockets"
+
+
+def test_a_file_naming_every_endpoint_needs_no_private_folder(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(SOURCE + "[endpoints]\n" + "".join(f'{name} = "tcp://127.0.0.1:{5550 + i}"\n' for i, name in
+                                                      enumerate(("windows", "work", "results", "display", "web", "clips"))))
+    config = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    assert config.ipc_dir == "" and config.fixed_endpoints and config.dispatch.endpoints.clips.endswith(":5555")
+
+
+def test_the_config_asks_no_more_than_the_wire_carries():
+    assert MAX_BATCH <= messages.MAX_BATCH and MAX_TOP_K <= messages.MAX_TOP
+
+
+def test_a_secret_that_breaks_a_rule_stays_out_of_the_message(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(SOURCE + '[web]\ntoken = "hunter2 is short"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    assert "'token' must be at least 16" in str(err.value) and "hunter2" not in str(err.value), str(err.value)

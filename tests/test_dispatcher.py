@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import zmq
 
-from streamer.config.loader import DispatchConfig, Endpoints
+from streamer.config.network import Endpoints
+from streamer.config.stages import DispatchConfig
 from streamer.kinds import LineKind
 from streamer.stages import dispatcher
 from streamer.stages.dispatcher.event_log import EventLog

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError, ProtocolError
+from streamer.config.stages import EventConfig
 from streamer.stages.dispatcher.event_log import PAGE, EventLog
-from streamer.stages.dispatcher.tracker import EVENT_ID, ActionTracker, EventConfig, prediction_line
+from streamer.stages.dispatcher.tracker import EVENT_ID, ActionTracker, prediction_line
 from streamer.transport.messages import Result
 
 REPO = Path(__file__).resolve().parents[1]

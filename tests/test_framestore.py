@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from streamer.transport import messages
-from streamer.config.loader import WorkerConfig
+from streamer.config.stages import WorkerConfig
 from streamer.errors import ProtocolError
 from streamer.transport.framestore import FrameRef, FrameStore, FrameStoreReader, remove_stores, store_dir, store_prefix
 from streamer.transport.messages import Batch, ResultBatch, Status, Window, WorkRequest
@@ -163,7 +163,7 @@ def test_capture_falls_back_to_inline_frames_when_dev_shm_is_full(tmp_path, pref
     from loguru import logger
 
     from streamer.stages import capture
-    from streamer.config.loader import CaptureConfig
+    from streamer.config.stages import CaptureConfig
 
     config = CaptureConfig(stream="cam", source="synthetic:", endpoints=endpoints(tmp_path), size=224, num_frames=8,
                            frame_interval=4, hop=4, frame_store=prefix)

@@ -10,7 +10,8 @@ import pytest
 import zmq
 
 from streamer.transport import messages
-from streamer.config.loader import CaptureConfig, Endpoints, OverlayConfig, WorkerConfig
+from streamer.config.network import Endpoints
+from streamer.config.stages import CaptureConfig, OverlayConfig, WorkerConfig
 from streamer.transport.messages import Batch, Credit, DisplayFrame, Result, ResultBatch, Window, WorkRequest
 from tests.conftest import make_video
 from tests.test_pipeline import LABELS, PRE, checkpoint  # noqa: F401  (fixture re-used)

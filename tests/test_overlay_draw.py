@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from streamer.render.draw import BAR_TOP, STATUS, draw_panel, label_words, letterbox, placeholder, tile
+from streamer.render.words import label_words
+from streamer.render.draw import BAR_TOP, STATUS, draw_panel, letterbox, placeholder, tile
 
 TOP = [("playing basketball", 0.5), ("dribbling basketball", 0.25), ("shooting basketball", 0.125),
        ("dunking basketball", 0.0625), ("passing American football (not in game)", 0.03)]

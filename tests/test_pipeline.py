@@ -47,9 +47,9 @@ def write_config(path: Path, checkpoint: Path, *, delay_s: float = 0.0, max_batc
     return path
 
 
-def run(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+def run(*args, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "run_pipeline.py", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -74,10 +74,13 @@ def check_prediction_contract(line: dict) -> None:
 
 
 def test_file_source_headless_writes_contract_lines_and_stops_at_end(tmp_path, checkpoint, video):
-    events = tmp_path / "events.jsonl"
+    events, temp = tmp_path / "logs" / "events.jsonl", tmp_path / "temp"
     config = write_config(tmp_path / "c.toml", checkpoint)
-    proc = run("--config", config, "--source", video, "--headless", "--events", events, "--duration", 60)
+    temp.mkdir()
+    proc = run("--config", config, "--source", video, "--headless", "--events", events, "--duration", 60,
+               env={**os.environ, "TMPDIR": str(temp)})
     assert proc.returncode == 0, proc.stderr
+    assert not list(temp.iterdir()), "the run left its ipc:// folder (or something else) in the temp folder"
     lines = read_lines(events)
     predictions = [line for line in lines if line["kind"] == "prediction"]
     assert predictions, proc.stderr

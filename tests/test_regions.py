@@ -14,8 +14,11 @@ import pytest
 import tomli_w
 
 from streamer.synthetic import actors as synthetic_actors, files as synthetic_files, scenes as synthetic
-from streamer.config.loader import CaptureConfig
-from streamer.look.crops import LookConfig, Region, load_look, region_box, view_boxes
+from streamer.config.load_sources import load_look
+from streamer.config.look import LookConfig, Region
+from streamer.config.network import Endpoints
+from streamer.config.stages import CaptureConfig
+from streamer.look.crops import region_box, view_boxes
 from streamer.errors import ConfigError
 from streamer.transport.messages import Window
 from streamer.synthetic.files import encode_video
@@ -100,7 +103,7 @@ def test_a_region_is_cut_from_the_full_resolution_frame(tmp_path):
     ([{"name": "door", "box": [0, 0, 10]}], "four numbers"),
     ([{"name": "door", "box": [-5, 0, 10, 10]}], "negative"),
     ([{"name": "a door", "box": [0, 0, 10, 10]}], "must be 1-64 letters"),
-    ([{"box": [0, 0, 10, 10]}], "write it as"),
+    ([{"box": [0, 0, 10, 10]}], "'name' is missing"),
 ])
 def test_bad_regions_are_one_line_naming_the_source_and_region(regions, says):
     with pytest.raises(ConfigError, match=says) as err:
@@ -109,7 +112,7 @@ def test_bad_regions_are_one_line_naming_the_source_and_region(regions, says):
 
 
 @pytest.mark.parametrize("table,says", [
-    ({"crop": "left"}, "is not one of"),
+    ({"crop": "left"}, "'crop' must be centre, full or three"),
     ({"track": "people"}, "the one tracker"),
     ({"track": "motion", "regions": [{"name": "a", "box": [0, 0, 0.5, 1]}]}, "not both"),
     ({"track": "motion", "tracking": {"max_tracks": 0}}, "max_tracks"),
@@ -256,10 +259,11 @@ def test_the_annotated_video_draws_each_track_with_its_label(run):
 def test_the_dispatcher_keeps_the_newest_window_of_each_track():
     """Live, a newer window overtakes only its own track's (batched across tracks), not another actor's; an
     ended track closes once its windows are back."""
-    from streamer.config.loader import DispatchConfig
+    from streamer.config.stages import DispatchConfig
     from streamer.stages.dispatcher import Dispatcher
 
-    state = Dispatcher(DispatchConfig(endpoints=None, streams=("yard",), finite_streams=(), labels=()))
+    config = DispatchConfig(endpoints=Endpoints("", "", "", ""), streams=("yard",), finite_streams=(), labels=())
+    state = Dispatcher(config)
     frames = np.zeros((4, 8, 8, 3), np.uint8)
     for seq, track in enumerate((1, 2, 1, 3)):
         state.add_window(b"cap", Window("yard", seq, (0, 1, 2, 3), (0.0,) * 4, frames, float(seq), track=track,

@@ -13,7 +13,11 @@ import pytest
 import zmq
 
 from streamer.transport import messages
-from streamer.config.loader import Overrides, Security, load_config, load_security
+from streamer.config.checks import read_table
+from streamer.config.load_keys import load_security
+from streamer.config.loader import Overrides, load_config
+from streamer.config.network import Security
+from streamer.config.tables import SecurityTable
 from streamer.errors import ConfigError
 from streamer.transport.messages import Result, Status
 from streamer.transport.sockets import Context, make_socket
@@ -42,7 +46,7 @@ def keys(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def security(keys) -> Security:
     table = tomllib.loads((keys / "security.toml").read_text())["security"]
-    return load_security(table, "test [security]", keys)
+    return load_security(read_table(table, SecurityTable, "test [security]"), "test [security]", keys)
 
 
 def stranger(security: Security) -> Security:
@@ -138,11 +142,11 @@ def test_every_client_key_in_allowed_clients_gets_through(tmp_path, keys, client
     allowed.mkdir()
     for i, folder in enumerate((keys, other)):
         (allowed / f"host{i}.key").write_text((folder / "client.key").read_text())
-    hub = load_security({"server_secret_key": str(keys / "server.key_secret"),
-                         "client_secret_key": str(keys / "client.key_secret"),
-                         "allowed_clients": str(allowed)}, "test", tmp_path)
-    other_client = load_security({"server_public_key": str(keys / "server.key"),
-                                  "client_secret_key": str(other / "client.key_secret")}, "test", tmp_path)
+    hub = load_security(SecurityTable(server_secret_key=str(keys / "server.key_secret"),
+                                      client_secret_key=str(keys / "client.key_secret"),
+                                      allowed_clients=str(allowed)), "test", tmp_path)
+    other_client = load_security(SecurityTable(server_public_key=str(keys / "server.key"),
+                                               client_secret_key=str(other / "client.key_secret")), "test", tmp_path)
     assert len(hub.allowed_clients) == 2
     ctx = Context()
     inbox = make_socket(ctx, zmq.ROUTER, f"tcp://127.0.0.1:{free_port()}", bind=True, security=hub)
@@ -288,7 +292,7 @@ def test_keys_command_writes_private_secrets_and_refuses_to_overwrite(tmp_path):
     assert zmq.curve_public(secret) == public == load_certificate(folder / "server.key")[0]
     table = tomllib.loads(proc.stdout)["security"]
     assert set(table) == {"server_public_key", "server_secret_key", "client_secret_key", "allowed_clients"}
-    assert load_security(table, "printed", tmp_path).allowed_clients == (
+    assert load_security(read_table(table, SecurityTable, "printed"), "printed", tmp_path).allowed_clients == (
         load_certificate(folder / "client.key")[0].decode(),)
 
     before = {name: (folder / name).read_text() for name in names}

@@ -23,7 +23,7 @@ from streamer.kinds import LineKind, StageKind
 from streamer.supervisor import SPECS, RestartPolicy, StageProcess, StageSpec, Supervisor
 from streamer.transport import messages
 from streamer.transport.messages import Status
-from streamer.transport.security import Security
+from streamer.config.network import Security
 
 HERE = __name__  # the module whose run() the stage processes call
 QUICK = RestartPolicy(first_delay_s=0.2, max_delay_s=0.8)

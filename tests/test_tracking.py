@@ -16,10 +16,10 @@ import pytest
 
 from streamer.errors import ConfigError
 from streamer.look.motion import MotionDetector, small_copy
+from streamer.config.look import TrackingConfig
 from streamer.look.tracking import (
     Box,
     Tracker,
-    TrackingConfig,
     TrackUpdate,
     window_box,
 )

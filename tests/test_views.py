@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from streamer.synthetic import scenes as synthetic
-from streamer.config.loader import Endpoints, Overrides, WorkerConfig, load_config
+from streamer.config.loader import Overrides, load_config
+from streamer.config.network import Endpoints
+from streamer.config.stages import WorkerConfig
 from streamer.errors import CheckpointError
 from workers.flips import FLIP_VIEWS
 from workers.training import evaluate, train

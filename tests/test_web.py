@@ -369,9 +369,10 @@ def _status(url: str) -> int | None:
 def web_stage(tmp_path, streams: tuple, token: str = ""):
     """The web stage alone (no pipeline behind it), on a free loopback port: its base URL and endpoints
     (frames come to ``endpoints.web``, which it binds; lines from ``endpoints.results``, which it connects to)."""
-    from streamer.config.loader import Endpoints, Security
+    from streamer.config.network import Endpoints, Security
     from streamer.stages.web import run as run_web
-    from streamer.config.web import WebConfig, bind_listener
+    from streamer.config.stages import WebConfig
+    from streamer.config.web import bind_listener
 
     endpoints = Endpoints(*(f"ipc://{tmp_path}/{name}" for name in ("windows", "work", "results", "display", "web")))
     config = WebConfig(host="127.0.0.1", port=0, endpoints=endpoints, security=Security(), streams=streams,

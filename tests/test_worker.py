@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import zmq
 
-from streamer.config.loader import Endpoints, WorkerConfig
+from streamer.config.network import Endpoints
+from streamer.config.stages import WorkerConfig
 from streamer.kinds import LineKind
 from streamer.transport import messages
 from streamer.transport.framestore import FrameRef

@@ -1,57 +1,14 @@
-"""``[web]`` in the config and ``--web HOST:PORT``: where the web stage listens and how it serves."""
+"""``[web]`` and ``--web HOST:PORT``: where the web stage listens, checked (and bound) before anything starts."""
 
 from __future__ import annotations
 
 import ipaddress
-import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from streamer.config.stages import WebConfig
+from streamer.config.tables import WebTable
 from streamer.errors import ConfigError
-from streamer.transport.security import is_loopback
-
-if TYPE_CHECKING:
-    from streamer.config.loader import Endpoints, Security
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
-KEYS = {"listen", "token", "jpeg_quality", "max_fps", "events_kept"}
-
-
-@dataclass(frozen=True)
-class WebConfig:
-    """The web stage.
-
-    Args:
-        host, port: where it listens (port 0: any free port, the log line names it).
-        endpoints, security: the pipeline's sockets (display frames come on ``endpoints.web``).
-        streams: ``(name, source kind)`` of every stream, in config order.
-        token: needed on every request but /healthz when set; required beyond loopback.
-        jpeg_quality: 1-100 for the live view's JPEGs.
-        max_fps: at most this many JPEGs a second per stream, however fast the source.
-        required: a listen address that cannot be bound is a usage error (False for the demo's
-            default address: the demo then runs without the web view).
-        build: ``(name, value)`` pairs for ``timesformer_build_info``.
-        top_k: labels in the panel.
-        events_kept: action events kept for /api/events and the page.
-    """
-
-    host: str
-    port: int
-    endpoints: Endpoints
-    security: Security
-    streams: tuple[tuple[str, str], ...]
-    token: str = field(default="", repr=False)
-    jpeg_quality: int = 80
-    max_fps: float = 30.0
-    required: bool = True
-    build: tuple[tuple[str, str], ...] = ()
-    top_k: int = 5
-    events_kept: int = 1000
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
 
 
 def parse_listen(value: str, where: str) -> tuple[str, int]:
@@ -71,44 +28,33 @@ def parse_listen(value: str, where: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def web_listen(table: dict, flag: str | None):
-    """The listen address asked for (``--web`` wins over ``[web] listen``; a ``[web]`` table without one
-    listens on the default), or None when the web stage is off."""
-    listen = flag if flag is not None else table.get("listen", DEFAULT_LISTEN if table else None)
+def web_listen(table: WebTable | None) -> str | None:
+    """The listen address asked for (a ``[web]`` table, or ``--web``, without one listens on the default),
+    or None when the web stage is off."""
+    if table is None:
+        return None
+    listen = table.listen if table.listen is not None else DEFAULT_LISTEN
     return None if listen == "off" else listen
 
 
-def load_web_config(table: dict, flag: str | None, where: str, *, default_file: bool, **pipeline) -> WebConfig | None:
-    """The web stage's config from ``[web]`` and ``--web`` (which wins); None when it is off.
+def web_config(table: WebTable | None, flag: str | None, where: str, *, default_file: bool,
+               **pipeline) -> WebConfig | None:
+    """The web stage's config from ``[web]`` (``--web`` already laid over its ``listen``); None when it is off.
 
     ``pipeline`` gives the fields that come from elsewhere in the config (endpoints, security, streams,
-    build, top_k). Listening beyond loopback without a token is refused.
+    top_k). Listening beyond loopback without a token is refused (by :class:`WebConfig`).
     """
-    listen = web_listen(table, flag)
+    listen = web_listen(table)
     if listen is None:
         return None
     where = "--web" if flag is not None else f"{where} [web]"
-    if not isinstance(listen, str):
-        raise ConfigError(f"{where}: 'listen' must be text such as \"127.0.0.1:8080\" or \"off\", got {listen!r}")
     host, port = parse_listen(listen, where)
-    token = table.get("token", "")
-    if not isinstance(token, str) or (token and (len(token) < 16 or not token.isprintable() or " " in token)):
-        raise ConfigError(f"{where}: 'token' must be at least 16 printable characters without spaces "
-                          "(python -c 'import secrets; print(secrets.token_urlsafe())' makes one)")
-    if not is_loopback(host) and not token:
-        raise ConfigError(f"{where}: listening on {host} lets other machines in; set [web] token "
-                          "(a long random string) or listen on 127.0.0.1")
-    quality = table.get("jpeg_quality", 80)
-    if type(quality) is not int or not 1 <= quality <= 100:
-        raise ConfigError(f"{where}: 'jpeg_quality' must be an integer from 1 to 100, got {quality!r}")
-    max_fps = table.get("max_fps", 30.0)
-    if type(max_fps) not in (int, float) or not math.isfinite(max_fps) or not 0 < max_fps <= 240:
-        raise ConfigError(f"{where}: 'max_fps' must be a number in (0, 240], got {max_fps!r}")
-    kept = table.get("events_kept", 1000)
-    if type(kept) is not int or not 1 <= kept <= 100_000:
-        raise ConfigError(f"{where}: 'events_kept' must be an integer from 1 to 100000, got {kept!r}")
-    return WebConfig(host=host, port=port, token=token, jpeg_quality=quality, max_fps=float(max_fps),
-                     events_kept=kept, required=flag is not None or not default_file, **pipeline)
+    try:
+        return WebConfig(host=host, port=port, token=table.token, jpeg_quality=table.jpeg_quality,
+                         max_fps=table.max_fps, events_kept=table.events_kept,
+                         required=flag is not None or not default_file, **pipeline)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def bind_listener(config: WebConfig):

@@ -11,8 +11,6 @@ the very motion the model must see.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, fields
 from typing import Sequence
 
 import cv2
@@ -20,10 +18,6 @@ import numpy as np
 
 from streamer.errors import ConfigError
 from streamer.video.frames import to_model_frame
-from streamer.look.tracking import TrackingConfig
-
-CROP_MODES = ("centre", "full", "three")
-
 
 def region_box(box: Sequence[float], width: int, height: int, where: str) -> tuple[int, int, int, int]:
     """A region's ``[x0, y0, x1, y1]`` in source pixels (fractions of the frame when every number is ≤ 1).
@@ -68,78 +62,3 @@ def model_view(bgr: np.ndarray, box: tuple[int, int, int, int], size: int, pad: 
         top, left = (side - h) // 2, (side - w) // 2
         part = cv2.copyMakeBorder(part, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0)
     return to_model_frame(np.ascontiguousarray(part), size)
-
-
-# ---------------------------------------------------------------- per-source config (contract 7)
-
-NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a region's name becomes part of a stream name and of URLs
-LOOK_KEYS = ("regions", "crop", "track", "tracking")
-
-
-@dataclass(frozen=True)
-class Region:
-    """A named part of a camera's frame, watched as its own stream ``<stream>/<name>``."""
-
-    name: str
-    box: tuple[float, float, float, float]  # pixels, or fractions of the frame when every number is ≤ 1
-
-
-@dataclass(frozen=True)
-class LookConfig:
-    """Where the model looks in one source's frames: regions, the crop mode, tracked actors."""
-
-    regions: tuple[Region, ...] = ()
-    crop: str = "centre"
-    tracking: TrackingConfig | None = None  # track = "motion"
-
-    def streams(self, stream: str) -> tuple[str, ...]:
-        """The streams this source's windows and events go out as."""
-        return tuple(f"{stream}/{r.name}" for r in self.regions) if self.regions else (stream,)
-
-
-def load_look(table: dict, where: str, fps: float = 30.0) -> LookConfig:
-    """A ``[[sources]]`` table's ``regions``, ``crop``, ``track`` and ``tracking``; bad values are one ConfigError."""
-    crop = table.get("crop", "centre")
-    if crop not in CROP_MODES:
-        raise ConfigError(f"{where}: crop = {crop!r} is not one of {', '.join(map(repr, CROP_MODES))}")
-    raw_regions = table.get("regions", [])
-    if not isinstance(raw_regions, list):
-        raise ConfigError(f"{where}: regions must be a list: regions = [{{name = \"door\", box = [x0, y0, x1, y1]}}]")
-    regions, names = [], set()
-    for i, item in enumerate(raw_regions):
-        here = f"{where} region #{i + 1}"
-        if not isinstance(item, dict) or set(item) - {"name", "box"} or "name" not in item or "box" not in item:
-            raise ConfigError(f"{here}: write it as {{name = \"door\", box = [x0, y0, x1, y1]}}")
-        name = item["name"]
-        if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise ConfigError(f"{here}: name {name!r} must be 1-64 letters, digits, '_', '-' or '.'")
-        here = f"{where} region {name!r}"
-        if name in names:
-            raise ConfigError(f"{here}: two regions are named {name!r}; give each its own name")
-        names.add(name)
-        box = item["box"]
-        if isinstance(box, list) and any(type(v) in (int, float) and v < 0 for v in box):
-            raise ConfigError(f"{here}: box = {box} has a negative number; give pixels inside the frame "
-                              "or fractions from 0 to 1")
-        region_box(box, 1 << 30, 1 << 30, here)  # its shape and emptiness now; the frame's own size once known
-        regions.append(Region(name, tuple(float(v) for v in box)))
-    track = table.get("track", "")
-    if track not in ("", "motion"):
-        raise ConfigError(f"{where}: track = {track!r}: the one tracker is \"motion\" (leave it out for none)")
-    options = table.get("tracking", {})
-    if not isinstance(options, dict) or (options and not track):
-        raise ConfigError(f"{where}: tracking = {{...}} sets the tracker's options and needs track = \"motion\"")
-    unknown = set(options) - {f.name for f in fields(TrackingConfig)} - {"fps"}
-    if unknown or "fps" in options:
-        raise ConfigError(f"{where}: tracking has no option {sorted(unknown or {'fps'})[0]!r}; it takes "
-                          + ", ".join(f.name for f in fields(TrackingConfig) if f.name != "fps"))
-    if track and regions:
-        raise ConfigError(f"{where}: use regions or track = \"motion\", not both (track the whole frame, or watch "
-                          "fixed regions)")
-    if track and crop != "centre":
-        raise ConfigError(f"{where}: crop = {crop!r} does not apply to tracked actors (each gets its own square)")
-    try:
-        tracking = TrackingConfig(**options, fps=fps) if track else None
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
-    return LookConfig(tuple(regions), crop, tracking)

@@ -23,7 +23,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from streamer.look.tracking import TrackingConfig
+from streamer.config.look import TrackingConfig
 from streamer.video.frames import Picture, display_image, is_array
 
 ABSORB_S = 3.0  # a still object stays foreground about this long (MOG2 absorbs in ~history / 10 frames)

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from streamer.config.look import TrackingConfig
 from streamer.errors import ConfigError
 
 Box = tuple[float, float, float, float]
@@ -33,45 +34,6 @@ COAST_S = 0.3  # a track without any detection moves on its prediction this long
 HOLD_AFTER_S = 1.0  # a track whose box kept still this long is a still actor: fading detections do not shrink it
 COVER = 0.5  # a predicted box lying this much inside a detection is part of it (for merges)
 TOUCH = 1.25  # a coasting track re-acquires a detection this near: 1 is boxes touching (normalized centre distance)
-
-
-def _real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _int(value: object) -> bool:
-    return type(value) is int
-
-
-@dataclass(frozen=True)
-class TrackingConfig:
-    """How motion is found and followed in one stream (``track = "motion"``)."""
-
-    detect_width: int = 320
-    min_area: float = 0.0015
-    max_tracks: int = 8
-    keep_still_s: float = 4.0
-    min_hits: int = 3
-    iou_gate: float = 0.1
-    fps: float = 30.0
-
-    def __post_init__(self) -> None:
-        checks = (
-            ("detect_width", _int(self.detect_width) and 32 <= self.detect_width <= 4096, "an integer from 32 to 4096"),
-            ("min_area", _real(self.min_area) and 0 < self.min_area < 1, "a fraction of the frame above 0, below 1"),
-            ("max_tracks", _int(self.max_tracks) and 1 <= self.max_tracks <= 256, "an integer from 1 to 256"),
-            ("keep_still_s", _real(self.keep_still_s) and 0 <= self.keep_still_s <= 3600, "seconds from 0 to 3600"),
-            ("min_hits", _int(self.min_hits) and 1 <= self.min_hits <= 100, "an integer from 1 to 100"),
-            ("iou_gate", _real(self.iou_gate) and 0 < self.iou_gate < 1, "an IoU above 0 and below 1"),
-            ("fps", _real(self.fps) and 0 < self.fps <= 1000, "frames per second above 0, at most 1000"),
-        )
-        for name, ok, must in checks:
-            if not ok:
-                raise ConfigError(f"tracking {name} = {getattr(self, name)!r}: must be {must}")
-
-    def frames(self, seconds: float) -> int:
-        """Whole frames in ``seconds`` at this source's rate."""
-        return round(seconds * self.fps)
 
 
 @dataclass
@@ -188,7 +150,7 @@ class Tracker:
     """
 
     def __init__(self, config: TrackingConfig, history: int) -> None:
-        if not _int(history) or history < 1:
+        if type(history) is not int or history < 1:
             raise ConfigError(f"track history = {history!r}: must be a positive integer of frames")
         self.config, self.history = config, history
         self.keep = max(1, config.frames(config.keep_still_s))

@@ -15,14 +15,15 @@ from functools import cached_property
 
 import numpy as np
 
-from streamer.look.crops import LookConfig, model_view, region_box, view_boxes
+from streamer.config.look import LookConfig, TrackingConfig
+from streamer.look.crops import model_view, region_box, view_boxes
 from streamer.video.frames import Picture, bgr_of, display_image, is_array, model_frame
 from streamer.transport.framestore import FrameRef
 from streamer.transport.message_types import Window
 from streamer.video.ringbuffer import RingBuffer, WindowSchedule
 from workers.sampling import window_span
 from streamer.look.motion import Detector, MotionDetector, small_copy
-from streamer.look.tracking import Presence, Tracker, TrackingConfig, window_box
+from streamer.look.tracking import Presence, Tracker, window_box
 
 SLIVER = 0.25  # a track's box narrower than this share of its length shows too little of its actor to label
 TRACK_SEEN = 0.5  # a track gets windows once it has boxes for this share of a window's frames (the newest):

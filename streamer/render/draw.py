@@ -14,6 +14,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from streamer.render.words import label_words
+
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 PANEL_ALPHA = 0.7  # opacity of the panel's dark background
 WHITE = (245, 245, 245)
@@ -41,11 +43,6 @@ class _Metrics:
         (_, text_h), base = cv2.getTextSize("Ag", FONT, scale, thick)
         line = int(round((text_h + base) * 1.55))
         return _Metrics(scale, thick, line, max(4, line // 3))
-
-
-def label_words(label: str) -> str:
-    """A class name as people read it: ``rotating_anticlockwise`` → ``rotating anticlockwise``."""
-    return " ".join(label.replace("_", " ").split())
 
 
 def _fit(text: str, max_width: int, m: _Metrics) -> str:

@@ -20,10 +20,10 @@ import zmq
 from loguru import logger
 
 from streamer.transport import messages, sockets
-from streamer.config.loader import CaptureConfig
+from streamer.config.look import LookConfig
+from streamer.config.stages import CaptureConfig
 from streamer.errors import ProtocolError
 from streamer.kinds import LineKind, StageKind
-from streamer.look.crops import LookConfig
 from streamer.look.windowing import FrameView, TrackFeed, make_feeds
 from streamer.transport.framestore import FrameStore
 from streamer.transport.messages import Credit, DisplayFrame, Stats, Status

@@ -15,7 +15,7 @@ from loguru import logger
 
 from streamer.kinds import LineKind
 from streamer.transport import messages, sockets
-from streamer.config.loader import OverlayConfig
+from streamer.config.stages import OverlayConfig
 from streamer.errors import ProtocolError
 from streamer.transport.messages import DisplayFrame, Result, Status
 from streamer.render.panel import StreamView, annotate_view

@@ -15,7 +15,7 @@ import zmq
 from loguru import logger
 
 from streamer.transport import messages, sockets
-from streamer.config.loader import WorkerConfig
+from streamer.config.stages import WorkerConfig
 from streamer.errors import ProtocolError
 from streamer.transport.framestore import FrameStoreReader
 from streamer.transport.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest

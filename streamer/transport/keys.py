@@ -20,10 +20,9 @@ from pathlib import Path
 
 import zmq
 
+from streamer.config.network import KEY_CHARS, Z85_CHARS
 from streamer.errors import USAGE_ERROR, ConfigError, UsageParser
 
-Z85_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
-KEY_CHARS = 40  # a 32-byte Curve25519 key in Z85
 PAIRS = ("server", "client")
 
 

@@ -19,7 +19,7 @@ from loguru import logger
 from zmq.auth.thread import ThreadAuthenticator
 
 from streamer.transport import messages
-from streamer.config.loader import Security
+from streamer.config.network import Security
 from streamer.errors import ConfigError
 
 

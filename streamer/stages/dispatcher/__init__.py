@@ -15,18 +15,15 @@ from __future__ import annotations
 import multiprocessing.synchronize
 from typing import TYPE_CHECKING
 
+from streamer.stages.dispatcher.hub import Hub
 from streamer.stages.dispatcher.rules import Dispatcher
 
 if TYPE_CHECKING:
-    from streamer.config.loader import DispatchConfig
+    from streamer.config.stages import DispatchConfig
 
 __all__ = ["Dispatcher", "run"]
 
 
 def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
     """Serve until ``stop`` is set, or until every file source has ended and been predicted (returns 0)."""
-    # Imported here: the config loader imports this package's tracker (EventConfig), and the hub's sockets
-    # import the config loader, so the hub at the top of this package would be an import circle.
-    from streamer.stages.dispatcher.hub import Hub
-
     return Hub(config).serve(stop)

@@ -17,7 +17,7 @@ from loguru import logger
 
 from streamer.errors import ProtocolError
 from streamer.kinds import LineKind, StageKind
-from streamer.render.draw import label_words
+from streamer.render.words import label_words
 from streamer.stages.dispatcher.event_log import EventLog
 from streamer.stages.dispatcher.rules import Counters, Dispatcher
 from streamer.stages.dispatcher.tracker import ActionTracker, prediction_line
@@ -26,7 +26,7 @@ from streamer.transport.messages import (Batch, Credit, Heartbeat, LogLine, Resu
                                          WorkRequest)
 
 if TYPE_CHECKING:
-    from streamer.config.loader import DispatchConfig
+    from streamer.config.stages import DispatchConfig
 
 READ_AT_ONCE = 64  # messages taken from one socket before the other gets its turn
 

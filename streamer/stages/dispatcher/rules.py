@@ -17,7 +17,7 @@ from streamer.kinds import StageKind
 from streamer.transport.messages import Stats, Window
 
 if TYPE_CHECKING:
-    from streamer.config.loader import DispatchConfig
+    from streamer.config.stages import DispatchConfig
 
 CLOSE_WAIT_S = 10.0  # an ended track's windows still at a worker after this long are not waited for
 

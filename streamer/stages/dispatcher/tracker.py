@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from streamer.config.stages import EventConfig
 from streamer.errors import ConfigError, ProtocolError
 from streamer.kinds import LineKind
 from streamer.transport.messages import Result
@@ -33,37 +34,6 @@ def new_event_id() -> str:
     """An id for one action, shared by its start and end lines: the start's Unix milliseconds and 24 random
     bits, so ids sort by time and stay unique across dispatcher restarts within a run."""
     return f"{time.time_ns() // 1_000_000}-{secrets.token_hex(3)}"
-
-
-@dataclass(frozen=True)
-class EventConfig:
-    """How predictions become action events.
-
-    Args:
-        smoothing: results averaged per stream (a moving average of probabilities).
-        start_threshold: smoothed probability at which an action starts.
-        end_threshold: smoothed probability below which it ends (≤ start_threshold).
-        top_k: labels in the smoothed top list.
-    """
-
-    smoothing: int = 3
-    start_threshold: float = 0.6
-    end_threshold: float = 0.4
-    top_k: int = 5
-
-    def __post_init__(self) -> None:
-        if type(self.smoothing) is not int or not 1 <= self.smoothing <= 1000:
-            raise ConfigError(f"events.smoothing = {self.smoothing!r}: must be an integer from 1 to 1000")
-        if type(self.top_k) is not int or self.top_k < 1:
-            raise ConfigError(f"events.top_k = {self.top_k!r}: must be a positive integer")
-        for name in ("start_threshold", "end_threshold"):
-            value = getattr(self, name)
-            if type(value) not in (int, float) or not 0.0 < value <= 1.0:
-                raise ConfigError(f"events.{name} = {value!r}: must be a number in (0, 1]")
-        if self.end_threshold > self.start_threshold:
-            raise ConfigError(
-                f"events.end_threshold = {self.end_threshold} is above start_threshold = {self.start_threshold}; "
-                "it must be lower or equal (hysteresis)")
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``state`` (what the stage knows, fed by the pipeline's messages), ``feeds`` (JPEG frames, encoded
 once however many watch), ``metrics`` (the Prometheus text), ``server`` (the aiohttp routes and the
-loop). Its frozen config is :class:`~streamer.config.web.WebConfig`.
+loop). Its frozen config is :class:`~streamer.config.stages.WebConfig`.
 """
 
 from __future__ import annotations

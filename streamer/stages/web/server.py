@@ -29,7 +29,8 @@ from loguru import logger
 from streamer.transport import messages, sockets
 from streamer.errors import ConfigError
 from streamer.transport.messages import DisplayFrame
-from streamer.config.web import WebConfig, bind_listener
+from streamer.config.stages import WebConfig
+from streamer.config.web import bind_listener
 from streamer.stages.web.feeds import MAX_WIDTH, MIN_WIDTH, Feeds
 from streamer.stages.web.metrics import Metrics
 from streamer.stages.web.state import WebState

@@ -19,7 +19,7 @@ from typing import Any
 from streamer.kinds import RESTARTED_STAGE, LineKind, StageKind, StreamState
 from streamer.render.panel import StreamView
 from streamer.transport.messages import DisplayFrame, LogLine, Stats, Status
-from streamer.config.web import WebConfig
+from streamer.config.stages import WebConfig
 
 FRAME_AGE_S = 5.0  # a live source that delivered no frame for this long is not ready
 DISPATCHER_SILENT_S = 5.0  # the dispatcher reports once a second; silent this long, it is down
