@@ -307,7 +307,8 @@ def test_the_web_stage_draws_the_tracks_its_display_frames_carry(tmp_path):
 
     from streamer.transport import messages
     from streamer.transport.messages import DisplayFrame, LogLine
-    from tests.test_web import get, web_stage
+    from tests.test_web import get
+    from tests.test_web_access import web_stage
 
     with web_stage(tmp_path, (("yard", "file"),)) as stage:
         ctx = zmq.Context()
