@@ -180,10 +180,10 @@ def _stream_label(name: str | None, where: str, taken: set[str]) -> str | None:
 
 
 def _calibration(model: dict, precision: str, backend: str, labels, where: str) -> str:
-    """int8 (on the OpenVINO backend) calibrates on the model's own data: ``synthetic`` for models of the
+    """int8 calibrates on the model's own data: ``synthetic`` for models of the
     demo's actions, else a folder the config names; without one, int8 is refused here."""
     value = get_value(model, "calibration", str, "", where)
-    if precision != "int8" or backend == "torch":
+    if precision != "int8":  # int8 is static and calibrated whatever the backend (workers.runtime)
         return value
     if not value:
         from streamer.synthetic.scenes import CLASSES
