@@ -22,7 +22,8 @@ from bench.report import write_section  # noqa: E402
 from workers.model import load_model, official_to_hf  # noqa: E402
 from workers.openvino_backend import to_openvino  # noqa: E402
 from workers.preprocess import fold_normalisation  # noqa: E402
-from workers.quantize import int8_openvino, windows  # noqa: E402
+from workers.quantize import int8_openvino  # noqa: E402
+from workers.training.calibration import calibration  # noqa: E402
 
 DEMO = REPO / "models" / "demo.safetensors"
 
@@ -59,9 +60,10 @@ def main() -> None:
     pre = ours.preprocess
     ov_fp32 = to_openvino(folded, pre.num_frames, pre.size, threads=args.threads, cache_dir=cache, scale=255.0)
     started = time.perf_counter()
-    ov_int8 = int8_openvino(folded, "synthetic", threads=args.threads, cache_dir=cache)
+    synthetic = calibration("synthetic", pre, ours.labels)
+    ov_int8 = int8_openvino(folded, synthetic, threads=args.threads, cache_dir=cache)
     quantise_s = time.perf_counter() - started
-    _, held = windows("synthetic", folded)
+    held = synthetic.windows()
 
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1, 1) * 255
     std = torch.tensor(pre.std).view(1, 3, 1, 1, 1) * 255
@@ -78,11 +80,12 @@ def main() -> None:
     logits = {}
     with torch.inference_mode():
         for name, run in variants.items():
-            logits[name] = torch.cat([run(raw(held.frames[i:i + 32])) for i in range(0, len(held.frames), 32)])
-        x = raw(held.frames[: args.batch])
+            logits[name] = torch.cat([run(raw(held.held_frames[i:i + 32]))
+                                      for i in range(0, len(held.held_frames), 32)])
+        x = raw(held.held_frames[: args.batch])
         seconds = time_interleaved({name: (lambda run=run: run(x)) for name, run in variants.items()}, args.budget)
     reference = logits["ours torch fp32"].argmax(-1)
-    targets = torch.as_tensor(held.targets)
+    targets = torch.as_tensor(held.held_targets)
     base = seconds["transformers fp32"]
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -94,7 +97,7 @@ def main() -> None:
     body = f"""`python bench/int8.py --batch {args.batch} --threads {args.threads}` on {datetime.date.today()}, {cpu},
 torch {torch.__version__}. The shipped demo model's trained weights in every variant (loaded into
 `transformers`' TimesformerForVideoClassification for its row); one view, no flips. Accuracy on
-{len(held.frames)} held-out windows of synthetic videos 2000 and 2001 (the int8 model was calibrated on
+{len(held.held_frames)} held-out windows of synthetic videos 2000 and 2001 (the int8 model was calibrated on
 videos 11-13; quantising took {quantise_s:.0f} s, once, then cached).
 
 | variant | ms / window (batch {args.batch}) | × transformers fp32 | top-1 | top-1 agreement with fp32 |

@@ -26,8 +26,11 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import write_section  # noqa: E402
 from tests.hf_models import make_hf_folder  # noqa: E402
-from workers.model import load_model, native_low_precision  # noqa: E402
+from workers.model import load_model  # noqa: E402
+from workers.quantize import Calibration, CalibrationWindows  # noqa: E402
+from workers.cpu import cpu_fingerprint  # noqa: E402
 
+BF16_UNITS = cpu_fingerprint().has_units("bf16")
 SIZES = {"tiny": dict(hidden_size=192, layers=12, heads=3), "base": dict(hidden_size=768, layers=12, heads=12)}
 
 
@@ -85,6 +88,13 @@ def onnxruntime_model(model, x, path: Path, threads: int):
     return lambda inputs: torch.from_numpy(session.run(None, {"x": inputs.numpy()})[0])
 
 
+def random_calibration(size: str) -> Calibration:
+    """Random windows for the static int8 path: enough to time it (random weights have no data of their own)."""
+    frames = torch.randint(0, 256, (12, 8, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return Calibration(f"random-{size}", lambda: CalibrationWindows(frames[:8].numpy(), frames[8:].numpy(),
+                                                                    torch.zeros(4, dtype=torch.int64).numpy()))
+
+
 def model_flops(model, x) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
@@ -116,7 +126,7 @@ def bench_size(size: str, batches: list[int], budget_s: float, workdir: Path) ->
                              patch_size=16, num_frames=8, **SIZES[size]).to(torch.bfloat16)
     ours = load_model(folder)
     fast = load_model(folder, precision="bf16")
-    int8 = load_model(folder, precision="int8")
+    int8 = load_model(folder, precision="int8", calibration=random_calibration(size))
     openvino = load_model(folder, backend="openvino")  # converted for 8×224 with a dynamic batch
     openvino_bf16 = load_model(folder, precision="bf16", backend="openvino")  # bf16 units: OpenVINO in bf16
     onnx = onnxruntime_model(ours, torch.zeros(1, 3, 8, 224, 224), workdir / f"{size}.onnx", torch.get_num_threads())
@@ -137,14 +147,14 @@ def bench_size(size: str, batches: list[int], budget_s: float, workdir: Path) ->
             "transformers bf16": run("transformers bf16", lambda: hf_bf16(pixel_values=pixels_bf16).logits),
             "ours fp32": run("ours fp32", lambda: ours(x)),
             f"ours precision=bf16 (runs {fast.precision})": run("fast", lambda: fast(x)),
-            "ours precision=int8": run("int8", lambda: int8(x)),
+            "ours precision=int8 (static, OpenVINO)": run("int8", lambda: int8(x)),
             f"ours backend=openvino ({getattr(openvino, 'backend', 'torch')}, fp32)": run("openvino", lambda: openvino(x)),
         }
         if getattr(openvino_bf16, "backend", "torch") == "openvino":
             variants["ours backend=openvino precision=bf16"] = run("openvino bf16", lambda: openvino_bf16(x))
         if onnx is not None:
             variants["ONNX Runtime fp32 (our graph)"] = run("onnxruntime", lambda: onnx(x))
-        slow_bf16 = not native_low_precision(torch.bfloat16) and size == "base"
+        slow_bf16 = not BF16_UNITS and size == "base"
         if slow_bf16:  # emulated bf16 takes minutes per base clip here: one timed call at batch 1, none at 8
             hf_bf16_call = variants.pop("transformers bf16")
             hf_bf16_seconds = float("nan")
@@ -186,7 +196,7 @@ def render(rows: list[dict], peaks: dict[str, float], args) -> str:
         f"Command: `python bench/model.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"native bf16 matmul: {native_low_precision(torch.bfloat16)}  ",
+        f"native bf16 matmul: {BF16_UNITS}  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         "Matrix-multiply peak measured in this run (2048² GEMM, GFLOP/s; % of peak uses the best): "
         + ", ".join(f"{name} {value / 1e9:.0f}" for name, value in peaks.items() if "/" in name),
@@ -231,10 +241,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     peaks = {"torch fp32": matmul_peak(torch.float32), "torch bf16": matmul_peak(
-        torch.bfloat16, n=2048 if native_low_precision(torch.bfloat16) else 1024)}  # 2048² mm takes ~1 min without
+        torch.bfloat16, n=2048 if BF16_UNITS else 1024)}  # 2048² mm takes ~1 min without
     try:
         peaks["OpenVINO fp32"] = openvino_matmul_peak("f32", args.threads)
-        if native_low_precision(torch.bfloat16):
+        if BF16_UNITS:
             peaks["OpenVINO bf16"] = openvino_matmul_peak("bf16", args.threads)
     except ImportError:
         pass

@@ -33,7 +33,8 @@ from streamer.video.frames import to_model_frame  # noqa: E402
 from streamer.video.ringbuffer import RingBuffer, WindowSchedule  # noqa: E402
 from workers.sampling import window_span
 from streamer.synthetic.drawing import SyntheticStream  # noqa: E402
-from workers.model import Preprocess, load_model, native_low_precision, save_model  # noqa: E402
+from workers.model import Preprocess, load_model, save_model  # noqa: E402
+from workers.cpu import cpu_fingerprint  # noqa: E402
 from workers.preprocess import to_model_input  # noqa: E402
 from workers.timesformer import TimeSformer, TimeSformerConfig  # noqa: E402
 from workers.views import FlipViews  # noqa: E402
@@ -187,7 +188,7 @@ def batching_section(folder: Path, seconds: float) -> list[str]:
     from tests.conftest import make_video
 
     video = make_video(folder / "cam.avi", num_frames=int(30 * (seconds + 30)))
-    precisions = ["fp32", "bf16"] if native_low_precision(torch.bfloat16) else ["fp32"]
+    precisions = ["fp32", "bf16"] if cpu_fingerprint().has_units("bf16") else ["fp32"]
     cases = [("width 192, depth 4, 224×224×8; a window every 4 frames", make_checkpoint(folder, 192, 4), 4),
              ("the shipped demo model, 48×48×8; a window every frame", REPO / "models/demo.safetensors", 1)]
     out = ["8 streams at 30 fps into one worker (1 CPU thread); windows/s after the first 5 s. The forward",

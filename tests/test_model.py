@@ -82,17 +82,6 @@ def test_fast_path_takes_and_returns_float32_and_agrees(hf_checkpoint, precision
     torch.testing.assert_close(b, a, atol=0.1, rtol=0.1)
 
 
-def test_int8_path_agrees_with_fp32(hf_checkpoint):
-    folder, _ = hf_checkpoint
-    exact, fast = load_model(folder), load_model(folder, precision="int8")
-    x = torch.randn(2, 3, 4, 32, 32)
-    with torch.no_grad():
-        a, b = exact(x), fast(x)
-    assert b.dtype == torch.float32 and fast.precision == "int8"
-    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in fast.modules())
-    torch.testing.assert_close(b, a, atol=0.1, rtol=0.1)
-
-
 def test_forced_bf16_weights_agree_with_fp32(hf_checkpoint):
     """The bf16 arithmetic itself (as on CPUs with bf16 units), whatever this CPU has."""
     folder, _ = hf_checkpoint

@@ -66,17 +66,20 @@ def test_the_cache_is_shared_by_processes_and_rebuilt_when_stale_or_damaged(tmp_
     assert "converted" not in load_in_a_process(path, cache)
 
 
-def test_a_gpu_or_low_precision_model_keeps_torch(tmp_path, monkeypatch):
+def test_backend_torch_keeps_torch_and_the_plan_says_what_runs(tmp_path, monkeypatch):
+    """(GPUs and precisions OpenVINO does not run keep torch too: the plan's own tests, tests/test_runtime.py.)"""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path = tiny(tmp_path, "divided_space_time")
-    assert getattr(load_model(path, backend="auto", precision="int8"), "backend", "torch") == "torch"
-    assert getattr(load_model(path, backend="torch"), "backend", "torch") == "torch"
+    model = load_model(path, backend="torch")
+    assert isinstance(model, TimeSformer) and model.backend == model.plan.backend == "torch"
+    converted = load_model(path, backend="openvino")
+    assert converted.backend == converted.plan.backend == "openvino" and converted.plan.device == "cpu"
 
 
 def test_bf16_runs_through_openvino_on_cpus_with_bf16_units(tmp_path, monkeypatch):
     """bf16 asked of OpenVINO: the fp32-checked conversion (one cache file for both precisions) compiled for
     bf16 units; close to fp32, not exact. Where the CPU has no bf16 units, fp32 as before."""
-    from workers.model import native_low_precision
+    from workers.cpu import cpu_fingerprint
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path = tiny(tmp_path, "divided_space_time")
@@ -88,7 +91,7 @@ def test_bf16_runs_through_openvino_on_cpus_with_bf16_units(tmp_path, monkeypatc
     x = torch.randn(4, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want, got = reference(x), fast(x)
-    if not native_low_precision(torch.bfloat16):
+    if not cpu_fingerprint().has_units("bf16"):
         assert fast.precision == "fp32" and (got - want).abs().max() <= 1e-4
         pytest.skip("this CPU has no bf16 units (AVX-512 BF16 or AMX): checked that fp32 is kept instead")
     assert fast.precision == "bf16"

@@ -1,5 +1,6 @@
 """Static int8 through OpenVINO/NNCF: calibrated on a folder of the model's classes, its accuracy check against
-fp32 recorded beside the cached model and reused by the next load."""
+fp32 recorded beside the cached model and reused by the next load; and load_model(precision="int8") is that
+same path, on normalised input."""
 
 import json
 
@@ -30,6 +31,7 @@ def class_videos(folder, frames: int = 30) -> None:
 @pytest.mark.timeout(240)
 def test_int8_is_calibrated_checked_against_fp32_and_cached(tmp_path):
     from workers.quantize import int8_openvino
+    from workers.training.calibration import calibration
 
     torch.manual_seed(0)
     net = TimeSformer(TimeSformerConfig(img_size=32, patch_size=8, num_classes=2, num_frames=4, embed_dim=32,
@@ -40,7 +42,8 @@ def test_int8_is_calibrated_checked_against_fp32_and_cached(tmp_path):
     model = load_model(path)
     fold_normalisation(model, model.preprocess.mean, model.preprocess.std)
     cache = tmp_path / "cache"
-    int8 = int8_openvino(model, str(tmp_path / "clips"), cache_dir=cache)
+    clips = calibration(str(tmp_path / "clips"), model.preprocess, LABELS)
+    int8 = int8_openvino(model, clips, cache_dir=cache)
     check = int8.accuracy
     assert check["held_out_windows"] >= 10 and 0 <= check["top1_int8"] <= 1 and 0 <= check["top1_fp32"] <= 1
     records = list(cache.glob("*int8*.accuracy.json"))
@@ -50,5 +53,34 @@ def test_int8_is_calibrated_checked_against_fp32_and_cached(tmp_path):
         assert int8(x).shape == (3, 2) and torch.isfinite(int8(x)).all()
         agreement = (int8(x).argmax(-1) == model(x).argmax(-1)).float().mean()
     assert agreement >= 2 / 3
-    again = int8_openvino(model, str(tmp_path / "clips"), cache_dir=cache)  # from the cache, same check
+    again = int8_openvino(model, clips, cache_dir=cache)  # from the cache, same check
     assert again.accuracy == check and again.precision == "int8"
+
+
+@pytest.mark.timeout(240)
+def test_load_model_int8_is_the_calibrated_openvino_path(tmp_path, monkeypatch):
+    """The one int8 path: load_model's int8 is the static OpenVINO model (normalised input, float32 logits),
+    and without calibration windows it is refused in one line rather than quantised blind."""
+    from streamer.errors import ConfigError
+    from workers.training.calibration import calibration
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    net = TimeSformer(TimeSformerConfig(img_size=32, patch_size=8, num_classes=2, num_frames=4, embed_dim=32,
+                                        depth=4, num_heads=2))  # blocks 2 and 3 are quantised
+    path = save_model(net, tmp_path / "m.safetensors", labels=LABELS,
+                      preprocess=Preprocess(size=32, num_frames=4, frame_interval=2))
+    class_videos(tmp_path / "clips")
+    with pytest.raises(ConfigError, match="precision 'int8' calibrates on windows of the model's own data"):
+        load_model(path, precision="int8")
+    exact = load_model(path)
+    int8 = load_model(path, precision="int8", calibration=calibration(str(tmp_path / "clips"), exact.preprocess,
+                                                                      LABELS))
+    assert int8.precision == int8.plan.precision == "int8" and int8.backend == "openvino"
+    assert int8.labels == LABELS and int8.preprocess == exact.preprocess
+    assert int8.accuracy["held_out_windows"] >= 10
+    x = torch.randn(4, 3, 4, 32, 32)  # normalised input, as load_model's models take it
+    with torch.inference_mode():
+        got, want = int8(x), exact(x)
+    assert got.dtype == torch.float32 and got.shape == want.shape == (4, 2)
+    assert 0 < (got - want).abs().max() <= 0.25 * want.abs().max() + 0.05  # quantised, and close

@@ -13,19 +13,19 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from loguru import logger
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from streamer.errors import CheckpointError, ConfigError
+from workers.flips import check_flip_views
+from workers.quantize import Calibration
+from workers.runtime import build, plan
 from workers.sampling import window_span
 from workers.timesformer import TimeSformer, TimeSformerConfig
-from workers.flips import check_flip_views
 
 FORMAT_NAME = "timesformer-stream"
 FORMAT_VERSION = "1"
 KINETICS400_LABELS = Path(__file__).resolve().parent / "data" / "kinetics400_labels.txt"
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -157,17 +157,6 @@ def infer_config(state: dict[str, torch.Tensor], source: str, **overrides) -> Ti
         return TimeSformerConfig(**{**inferred, **overrides})
     except ValueError as err:
         raise CheckpointError(f"{source}: {err}") from None
-
-
-def native_low_precision(dtype: torch.dtype) -> bool:
-    """Whether this CPU multiplies ``dtype`` matrices in hardware (else they run far slower than fp32)."""
-    flags = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
-    wanted = flags["bf16" if dtype == torch.bfloat16 else "fp16"]
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # not Linux: trust the request
-    return any(re.search(rf"\b{flag}\b", cpuinfo) for flag in wanted)
 
 
 def _starts_like_pickle(path: Path) -> bool:
@@ -311,32 +300,8 @@ def read_checkpoint(path: str | Path, **overrides) -> tuple[dict, TimeSformerCon
     return state, config, labels, pre
 
 
-def load_model(
-    path: str | Path, *, device: str | torch.device = "cpu", precision: str = "fp32", compile: bool = False,
-    backend: str = "torch", **overrides,
-) -> TimeSformer:
-    """Load any supported checkpoint into an eval-mode :class:`TimeSformer` on ``device``.
-
-    Args:
-        path: official ``.pyth``/``.pth``, Hugging Face folder, or our ``.safetensors``.
-        device: where the model runs; input must be float32 on that device.
-        precision: ``"fp32"`` (exact) or ``"bf16"``/``"fp16"`` (fast paths; on a CPU without
-            hardware support for that type, fp32 is kept, since it would run several times slower),
-            or ``"int8"`` (CPU: int8 linear layers, the fast path on CPUs without bf16 units).
-        compile: wrap the forward in ``torch.compile`` (first call compiles).
-        backend: ``"torch"`` (the default, the one to train), ``"openvino"`` (CPU, fp32; converted once
-            and cached, see :mod:`workers.openvino_backend`) or ``"auto"`` (OpenVINO where it is exact to
-            1e-4 and faster, else torch).
-        overrides: any :class:`TimeSformerConfig` field (e.g. ``num_heads``, ``num_frames``).
-    Returns:
-        The model, with ``.labels`` (list or None), ``.preprocess`` and ``.precision`` set.
-    """
-    from workers.openvino_backend import BACKENDS, select
-
-    if precision not in PRECISIONS:
-        raise CheckpointError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if backend not in BACKENDS:
-        raise CheckpointError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+def checkpoint_model(path: str | Path, **overrides) -> TimeSformer:
+    """The checkpoint as an fp32 :class:`TimeSformer` on the CPU in eval mode, ``labels`` and ``preprocess`` set."""
     state, config, labels, pre = read_checkpoint(path, **overrides)
     model = TimeSformer(config)
     expected = model.state_dict()
@@ -347,41 +312,41 @@ def load_model(
     if problems:
         raise CheckpointError(f"{path}: weights do not fit the architecture read from them ({problems[0]})")
     model.load_state_dict(state)
-    dtype = PRECISIONS[precision]
-    device = torch.device(device)
-    if dtype != torch.float32 and device.type == "cpu" and not native_low_precision(dtype):
-        logger.warning(f"{precision} requested, but this CPU has no {precision} matrix units: running fp32 instead")
-        precision, dtype = "fp32", torch.float32
-    if precision == "int8" and device.type != "cpu":
-        raise CheckpointError(f"precision 'int8' runs on the CPU only; use bf16 or fp16 on {device}")
-    if precision == "bf16" and device.type == "cpu" and backend != "torch":
-        model = model.eval()
-        model.labels, model.preprocess, model.precision = labels, pre, "fp32"
-        return select(model, backend, precision="bf16")  # OpenVINO in bf16, or torch's bf16 if that is faster
-    model = model.to(device=device, dtype=dtype).eval()
-    if precision != "fp32":
-        model.fuse()  # exact up to rounding; kept off the fp32 path so fp32 stays bit-faithful
-    if precision == "int8":
-        model = quantize_int8(model)
-    model.labels, model.preprocess, model.precision = labels, pre, precision
-    if compile:
-        model.forward = torch.compile(model.forward, dynamic=False)
-    return select(model, backend)
+    model.labels, model.preprocess = labels, pre
+    return model.eval()
 
 
-def quantize_int8(model: TimeSformer) -> TimeSformer:
-    """Linear layers to int8 weights with dynamically quantised activations (fbgemm).
+def load_model(
+    path: str | Path, *, device: str | torch.device = "cpu", precision: str = "fp32", compile: bool = False,
+    backend: str = "torch", calibration: Calibration | None = None, **overrides,
+) -> torch.nn.Module:
+    """Load any supported checkpoint into an eval-mode model on ``device`` (contract 1).
 
-    The CPU fast path where there are no bf16 matrix units: int8 products run about
-    1.6-1.9x faster than fp32 on AVX2. Attention, LayerNorm and GELU stay fp32.
+    Device, precision and backend are decided by the runtime plan (:func:`workers.runtime.plan`), the
+    same one the workers use.
+
+    Args:
+        path: official ``.pyth``/``.pth``, Hugging Face folder, or our ``.safetensors``.
+        device: ``cpu`` (default), ``cuda``/``cuda:N`` or ``auto``; input must be float32 on that device.
+        precision: ``"fp32"`` (exact) or ``"bf16"``/``"fp16"`` (fast paths: autocast on a GPU; on a CPU
+            without matrix units for that type fp32 is kept, since it would run several times slower), or
+            ``"int8"`` (CPU: static int8 through OpenVINO, calibrated on ``calibration``; :mod:`workers.quantize`).
+        compile: wrap a torch model's forward in ``torch.compile`` (first call compiles).
+        backend: ``"torch"`` (the default, the one to train), ``"openvino"`` (CPU; converted once and
+            cached, see :mod:`workers.openvino_backend`) or ``"auto"`` (OpenVINO where it is exact to 1e-4
+            and faster here, measured once per CPU, else torch).
+        calibration: windows of the model's own data, for int8 (``workers.training.calibration``).
+        overrides: any :class:`TimeSformerConfig` field (e.g. ``num_heads``, ``num_frames``).
+    Returns:
+        A module taking float32 ``(B, 3, T, H, W)`` normalised input and returning float32 logits, with
+        ``.labels`` (list or None), ``.preprocess``, ``.precision``, ``.backend`` and ``.plan`` set (a
+        :class:`TimeSformer` on the torch backend).
     """
-    import warnings
-
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    chosen = plan(device, precision, backend)
+    model = build(checkpoint_model(path, **overrides), chosen, calibration=calibration)
+    if compile and isinstance(model, TimeSformer):
+        model.forward = torch.compile(model.forward, dynamic=False)
+    return model
 
 
 def save_model(model: TimeSformer, path: str | Path, *, labels: list[str] | None = None,

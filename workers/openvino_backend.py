@@ -8,12 +8,14 @@ weights (after any folded normalisation), the input shape and the OpenVINO versi
 only compiles it. A compiled model is used only if its fp32 logits match torch's to 1e-4 on a test input; a
 cache file that does not load or does not match is converted again. bf16 compiles that checked model with
 bf16 inference (oneDNN's AVX-512 BF16 / AMX kernels): a fast path, like torch's bf16, not an exact one.
+
+Whether this backend runs at all, in which precision, and whether ``auto`` keeps it, is decided by the
+runtime plan (:mod:`workers.runtime`); this module only carries it out.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 import warnings
@@ -72,7 +74,8 @@ class OpenVinoModel(torch.nn.Module):
         return torch.from_numpy(np.array(out, dtype=np.float32))  # a copy: the request reuses its buffer
 
 
-def _compile(ov_model, threads: int, precision: str = "fp32"):
+def compile_cpu(ov_model, threads: int, precision: str = "fp32"):
+    """``ov_model`` compiled for this CPU with ``threads`` threads, in fp32 or bf16 (never chosen by OpenVINO)."""
     import openvino as ov
 
     return ov.Core().compile_model(ov_model, "CPU", {
@@ -101,6 +104,8 @@ def to_openvino(model: torch.nn.Module, num_frames: int, size: int, *, threads: 
     """
     if not available():
         raise BackendError("the openvino package is not installed (pip install openvino)")
+    if precision not in ("fp32", "bf16"):
+        raise BackendError(f"OpenVINO runs fp32 or bf16 here (int8 through workers.quantize), not {precision}")
     import openvino as ov
 
     cache_dir = cache_dir or default_cache_dir()
@@ -110,7 +115,7 @@ def to_openvino(model: torch.nn.Module, num_frames: int, size: int, *, threads: 
     if xml.exists():
         try:
             ov_model = ov.Core().read_model(xml)
-            compiled = _compile(ov_model, threads)
+            compiled = compile_cpu(ov_model, threads)
             if _max_difference(compiled, model, probe) <= EXACT:
                 return _in_precision(ov_model, compiled, model, threads, key, precision)
             logger.warning(f"OpenVINO cache {xml} does not match the model; converting it again")
@@ -122,13 +127,13 @@ def to_openvino(model: torch.nn.Module, num_frames: int, size: int, *, threads: 
             warnings.simplefilter("ignore")  # the tracer's notes on shape checks that are constant per input size
             ov_model = ov.convert_model(model, example_input=probe[:1],
                                         input=[ov.PartialShape([-1, 3, num_frames, size, size])])
-        compiled = _compile(ov_model, threads)
+        compiled = compile_cpu(ov_model, threads)
     except Exception as err:
         raise BackendError(f"OpenVINO could not convert the model ({str(err).splitlines()[0][:160]})") from None
     difference = _max_difference(compiled, model, probe)
     if difference > EXACT:
         raise BackendError(f"OpenVINO's logits differ from torch's by {difference:.2e} (more than {EXACT:g})")
-    _save(ov_model, xml)
+    save_atomically(ov_model, xml)
     logger.info(f"converted the model to OpenVINO in {time.perf_counter() - start:.1f} s (cached in {cache_dir})")
     return _in_precision(ov_model, compiled, model, threads, key, precision)
 
@@ -136,10 +141,10 @@ def to_openvino(model: torch.nn.Module, num_frames: int, size: int, *, threads: 
 def _in_precision(ov_model, compiled_fp32, model, threads: int, key: str, precision: str) -> OpenVinoModel:
     if precision == "fp32":
         return OpenVinoModel(compiled_fp32, model, threads, key)
-    return OpenVinoModel(_compile(ov_model, threads, precision), model, threads, key, precision)
+    return OpenVinoModel(compile_cpu(ov_model, threads, precision), model, threads, key, precision)
 
 
-def _save(ov_model, xml: Path) -> None:
+def save_atomically(ov_model, xml: Path) -> None:
     """Write the .xml/.bin pair under temporary names and rename them, so a reader never sees half a model."""
     import openvino as ov
 
@@ -151,81 +156,3 @@ def _save(ov_model, xml: Path) -> None:
         os.replace(tmp, xml)
     except OSError as err:
         logger.warning(f"OpenVINO cache {xml.parent} not writable ({err.strerror}); the model is converted at every start")
-
-
-def faster_than_torch(model: torch.nn.Module, ov_model: OpenVinoModel, example: torch.Tensor,
-                      cache_dir: Path | None = None, repeats: int = 3) -> bool:
-    """Whether OpenVINO is faster than torch for this model and input, measured once and remembered
-    (beside the converted model, under the key ``to_openvino`` already computed)."""
-    tag = "" if ov_model.precision == "fp32" else f"-{ov_model.precision}"
-    record = (cache_dir or default_cache_dir()) / f"{ov_model.key}{tag}.speed.json"
-    try:
-        known = json.loads(record.read_text())
-        return known["openvino_ms"] < known["torch_ms"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    times = {}
-    for name, run in (("torch_ms", model), ("openvino_ms", ov_model)):
-        with torch.inference_mode():
-            run(example)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                run(example)
-        times[name] = 1000 * (time.perf_counter() - start) / repeats
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(times))
-    except OSError:
-        pass
-    return times["openvino_ms"] < times["torch_ms"]
-
-
-BACKENDS = ("torch", "openvino", "auto")
-
-
-def torch_in(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """The torch model in ``precision`` ("fp32" as it is, "bf16" cast and fused, as load_model makes it)."""
-    if precision == getattr(model, "precision", "fp32"):
-        return model
-    model = model.to(torch.bfloat16)
-    model.fuse()
-    model.precision = precision
-    return model
-
-
-def select(model: torch.nn.Module, backend: str, *, precision: str | None = None, scale: float = 1.0,
-           batch: int = 1, cache_dir: Path | None = None) -> torch.nn.Module:
-    """``model`` on the backend asked for: ``torch`` as is; ``openvino`` converted (torch kept, with one log
-    line, if that fails); ``auto`` converted where it is exact and faster, else torch. OpenVINO runs on the
-    CPU only; elsewhere both other choices keep torch.
-
-    ``precision="bf16"`` with an fp32 model (CPUs with bf16 units): OpenVINO compiled for bf16 after its
-    fp32 check, or for ``auto`` whichever of it and torch's bf16 is faster here."""
-    precision = precision or getattr(model, "precision", "fp32")
-    if backend == "torch":
-        return torch_in(model, precision)
-    device = next(model.parameters()).device
-    if device.type != "cpu" or precision not in ("fp32", "bf16") or getattr(model, "precision", "fp32") != "fp32":
-        if backend == "openvino":
-            logger.warning(f"backend 'openvino' runs fp32 or bf16 on the CPU; this model is "
-                           f"{getattr(model, 'precision', precision)} on {device}: using torch")
-        return torch_in(model, precision) if device.type == "cpu" else model
-    if not available():
-        if backend == "openvino":
-            logger.warning("backend 'openvino' asked for but the openvino package is missing: using torch")
-        return torch_in(model, precision)
-    pre = model.preprocess
-    try:
-        converted = to_openvino(model, pre.num_frames, pre.size, threads=torch.get_num_threads(),
-                                cache_dir=cache_dir, scale=scale, precision=precision)
-    except BackendError as err:
-        logger.warning(f"{err}; using torch")
-        return torch_in(model, precision)
-    if backend == "openvino":
-        return converted
-    rival = torch_in(model, precision)
-    example = torch.rand(batch, 3, pre.num_frames, pre.size, pre.size) * scale
-    if faster_than_torch(rival, converted, example, cache_dir):
-        return converted
-    logger.info(f"OpenVINO {precision} is not faster than torch {precision} for this model here: using torch")
-    return rival

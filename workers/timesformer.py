@@ -234,7 +234,8 @@ class TimeSformer(nn.Module):
     """Video classifier: (B, 3, T, H, W) normalised RGB → (B, num_classes) float32 logits.
 
     T, H and W may differ from the trained ones; the embeddings are resized to match.
-    The model computes in the dtype of its parameters and always returns float32.
+    The model computes in the dtype of its parameters (or, with ``autocast_dtype`` set, as a GPU runs bf16 and
+    fp16: under autocast to that type) and always returns float32.
     """
 
     def __init__(self, cfg: TimeSformerConfig) -> None:
@@ -253,6 +254,7 @@ class TimeSformer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.labels: list[str] | None = None
+        self.autocast_dtype: torch.dtype | None = None  # set by workers.runtime for low precision on GPUs
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -292,4 +294,7 @@ class TimeSformer(nn.Module):
         return self.norm(x)[:, 0]                                             # (B, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x)).float()
+        if self.autocast_dtype is None:
+            return self.head(self.forward_features(x)).float()
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+            return self.head(self.forward_features(x)).float()

@@ -194,10 +194,10 @@ def worker_configs(file: ConfigFile, model: ModelChoice, endpoints: Endpoints, s
 
 
 def _calibration(table: ModelTable, labels: tuple[str, ...], where: str) -> str:
-    """int8 (on the OpenVINO backend) calibrates on the model's own data: ``synthetic`` for models of the
+    """int8 calibrates on the model's own data: ``synthetic`` for models of the
     demo's actions, else a folder the config names; without one, int8 is refused here."""
     value = table.calibration
-    if table.precision != "int8" or table.backend == "torch":
+    if table.precision != "int8":  # int8 is static and calibrated whatever the backend (workers.runtime)
         return value
     if not value:
         from streamer.synthetic.scenes import CLASSES

@@ -19,21 +19,12 @@ from streamer.config.stages import WorkerConfig
 from streamer.errors import ProtocolError
 from streamer.transport.framestore import FrameStoreReader
 from streamer.transport.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
-from workers.model import label_names, load_model, native_low_precision
-from workers.openvino_backend import select
+from workers.model import checkpoint_model, label_names
 from workers.preprocess import fold_normalisation, to_raw_input
+from workers.runtime import build, plan
 from workers.views import FlipViews
 
 HEARTBEAT_S = 1.0
-
-
-def pick_device(requested: str, index: int) -> torch.device:
-    """``auto``: GPU ``index mod count`` when CUDA exists (round robin over workers), else the CPU."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{index % torch.cuda.device_count()}")
-        return torch.device("cpu")
-    return torch.device(requested)
 
 
 def cpu_threads(requested: int, workers_on_cpu: int) -> int:
@@ -69,37 +60,29 @@ class Predictor:
     """The model and the steps around it, independent of sockets (the benchmarks use it directly)."""
 
     def __init__(self, config: WorkerConfig) -> None:
-        self.device = pick_device(config.device, config.index)
+        self.plan = plan(config.device, config.precision, config.backend, index=config.index)  # workers.runtime
+        self.device = torch.device(self.plan.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(config.threads, config.workers_on_host))
-        # int8 and bf16 on a CPU with another backend than torch: loaded in fp32 and handed to OpenVINO after folding
-        via_openvino = self.device.type == "cpu" and config.backend != "torch" and (
-            config.precision == "int8" or config.precision == "bf16" and native_low_precision(torch.bfloat16))
-        static_int8 = via_openvino and config.precision == "int8"
-        model = load_model(config.checkpoint, device=self.device, precision="fp32" if via_openvino else config.precision)
+        model = checkpoint_model(config.checkpoint)  # fp32 on the CPU; the plan's runtime is built from it
         self.labels = label_names(model.labels, model.config.num_classes)
         self.pre = model.preprocess
         fold_normalisation(model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels
-        self.model = self._int8(model, config) if static_int8 else select(
-            model, config.backend, precision=config.precision if via_openvino else None, scale=255.0,
-            batch=config.max_batch * (1 + len(config.flip_views)))
+        self.model = build(model, self.plan, raw_input=True, batch=config.max_batch * (1 + len(config.flip_views)),
+                           calibration=self._calibration(config))
         self.top_k = min(config.top_k, len(self.labels))
         self.views = FlipViews(self.labels, config.flip_views, self.device)
         self.delay_s = config.delay_s
         self.stores = FrameStoreReader(config.frame_store)
         self.stale = messages.MalformedLog(config.name, what="windows whose frames it cannot read")
 
-    @staticmethod
-    def _int8(model, config: WorkerConfig):
-        """OpenVINO static int8 calibrated on the checkpoint's data (workers.quantize); fp32 if that fails."""
-        from workers.openvino_backend import BackendError
-        from workers.quantize import int8_openvino
+    def _calibration(self, config: WorkerConfig):
+        """int8 calibrates on the checkpoint's own data (the config's ``calibration``: "synthetic" or a folder)."""
+        if self.plan.precision != "int8" or not config.calibration:
+            return None
+        from workers.training.calibration import calibration
 
-        try:
-            return int8_openvino(model, config.calibration, threads=torch.get_num_threads())
-        except BackendError as err:
-            logger.warning(f"{config.name}: {err}; running fp32 instead")
-            return select(model, config.backend, scale=255.0)
+        return calibration(config.calibration, self.pre, self.labels)
 
     def warm_up(self) -> float:
         """One forward at the real input size, so the first live window is not the slow one."""
@@ -181,9 +164,11 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
     predictor = Predictor(config)
     seconds = predictor.warm_up()
     views = f" with its {' and '.join(config.flip_views)} mirror images" if config.flip_views else ""
-    backend = getattr(predictor.model, "backend", "torch")
-    logger.info(f"{config.name}: {predictor.model.config.attention_type} model on {predictor.device} "
-                f"({predictor.model.precision}, {backend}){views}, warm-up {1000 * seconds:.0f} ms")
+    runs = predictor.model.plan
+    logger.info(f"{config.name}: {predictor.model.config.attention_type} model on {runs.device} "
+                f"({runs.precision}, {runs.backend}){views}, warm-up {1000 * seconds:.0f} ms")
+    if runs.why:
+        logger.info(f"{config.name}: runtime plan: {'; '.join(runs.why)}")
     ctx = sockets.Context()
     sock = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.work, bind=False, security=config.security)
     messages.send(sock, WorkRequest(config.name, config.max_batch))
