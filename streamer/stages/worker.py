@@ -17,6 +17,7 @@ from loguru import logger
 from streamer.transport import messages, sockets
 from streamer.config.stages import WorkerConfig
 from streamer.errors import ProtocolError
+from streamer.kinds import LineKind
 from streamer.transport.framestore import FrameStoreReader
 from streamer.transport.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
 from workers.model import checkpoint_model, label_names
@@ -120,7 +121,7 @@ class Predictor:
                 data, reason = None, str(err)
             if data is None:
                 self.stale.saw(f"{window.stream} window {window.seq}: {reason}")
-                lost.append(Status("window_stale", window.stream, reason, time.time()))
+                lost.append(Status(LineKind.WINDOW_STALE, window.stream, reason, time.time()))
                 continue
             kept.append(window)
             frames.append(data.reshape(window.views, -1, *data.shape[1:]))  # (views, T, H, W, 3)

@@ -25,6 +25,7 @@ import numpy as np
 from loguru import logger
 
 from streamer.errors import ConfigError, SourceError
+from streamer.kinds import LineKind
 from streamer.video.frames import Picture, bgr_of
 from streamer.video.readers import AvReader, CvReader, Reader, SyntheticReader, hwaccel_choices
 from streamer.video.specs import parse_source, source_name, synthetic_seed
@@ -187,7 +188,7 @@ class _PacedSource(VideoSource):
     def _end_of_file(self) -> None:
         declared = getattr(self._reader, "declared_frames", 0)
         if declared and self._index + max(2, declared // 50) < declared:
-            self._emit("source_lost", f"{self.name} ended after {self._index} of {declared} frames "
+            self._emit(LineKind.SOURCE_LOST, f"{self.name} ended after {self._index} of {declared} frames "
                                       f"({self._reader.why}); is the file truncated?")
         self.close()
 
@@ -252,7 +253,7 @@ class _LiveSource(VideoSource):
             self._read_forever(reader)
         except Exception:  # a bug, not a camera fault: say so once and end the source
             logger.exception("{}: source reader thread failed", self.name)
-            self._emit("source_lost", f"{self.name}: reader thread failed; see the log")
+            self._emit(LineKind.SOURCE_LOST, f"{self.name}: reader thread failed; see the log")
             self._set_state(SourceState.ENDED)
 
     def _read_forever(self, reader: Reader) -> None:
@@ -303,14 +304,14 @@ class _LiveSource(VideoSource):
             if self._lost_reported:
                 return
             self._lost_reported = True
-        self._emit("source_lost", detail)
+        self._emit(LineKind.SOURCE_LOST, detail)
 
     def _report_restored(self, detail: str) -> None:
         with self._ready:
             if not self._lost_reported:
                 return
             self._lost_reported = False
-        self._emit("source_restored", detail)
+        self._emit(LineKind.SOURCE_RESTORED, detail)
 
     def _push(self, frame: Frame) -> None:
         if self._lost_reported:  # a stall reported by read() is over
