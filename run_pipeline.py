@@ -17,6 +17,8 @@ import sys
 
 from streamer.errors import USAGE_ERROR, PipelineError, UsageParser
 
+ROLES = ["capture", "dispatcher", "worker", "overlay", "web", "sinks", "clips"]
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = UsageParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML config (default: configs/default.toml)")
@@ -34,12 +36,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="bf16: the fast path on GPUs and CPUs with bf16 units; int8: on other CPUs")
     p.add_argument("--web", metavar="HOST:PORT", help="serve the live view, API, /metrics and health checks "
                    "there (default from the config: 127.0.0.1:8080 for the demo); off turns it off")
-    p.add_argument("--role", choices=["capture", "dispatcher", "worker", "overlay", "web"],
-                   help="run one stage alone (multi-host setups); endpoints come from the config")
+    p.add_argument("--role", choices=ROLES,
+                   help="run one stage alone (multi-host setups, containers); endpoints come from the config")
     p.add_argument("--index", type=int, help="with --role: which source or worker (default 0)")
+    p.add_argument("--health", metavar="HOST:PORT", help="with --role: serve GET /healthz, /readyz and /metrics "
+                   "of that stage there (for an orchestrator's probes, e.g. 0.0.0.0:9090 in a container)")
     args = p.parse_args(argv)
     if args.index is not None and not args.role:
         p.error("--index picks the source or worker of a --role; add --role capture or --role worker")
+    if args.health is not None and not args.role:
+        p.error("--health serves one stage's probes, so it goes with --role; the whole pipeline answers "
+                "/healthz and /readyz on its web view (--web)")
     if args.workers is not None and args.workers < 1:
         p.error(f"--workers must be at least 1, got {args.workers}")
     return args
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             precision=args.precision, web=args.web,
         )
         config = load_config(flags, describe_checkpoint)
-        preflight(config)
+        preflight(config, args.role, args.index or 0)
         listener = None
         if config.web is not None and not args.role:
             config, listener = listen_web(config)
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         "no display found: running headless (add --output demo.mp4 to save the annotated video)")
         with ipc_folder(config.ipc_dir):
             if args.role:
-                return run_role(config, args.role, args.index or 0)
+                return run_role(config, args.role, args.index or 0, args.health)
             from streamer.supervisor import Supervisor
 
             return Supervisor.for_pipeline(config, web_listener=listener).run()
@@ -101,16 +108,19 @@ def ipc_folder(path: str):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def preflight(config) -> None:
+def preflight(config, role: str | None = None, index: int = 0) -> None:
     """Check the devices and open every camera and file once before any stage starts, so a missing
     GPU, an unreachable camera or an unreadable file is one error line rather than a stage failing
-    (and being restarted) after start-up."""
+    (and being restarted) after start-up. A ``--role`` checks only its own: a worker pod never opens
+    the cameras, a capture opens only its own."""
     import torch
 
     from streamer.errors import ConfigError
     from streamer.video.sources import SourceConfig, open_source
 
-    for worker in config.workers:
+    workers = config.workers if role is None else config.workers[index:index + 1] if role == "worker" else ()
+    captures = config.captures if role is None else config.captures[index:index + 1] if role == "capture" else ()
+    for worker in workers:
         if worker.device.startswith("cuda"):
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             index = int(worker.device.partition(":")[2] or 0)
@@ -119,7 +129,7 @@ def preflight(config) -> None:
                                   f"{count or 'no'} CUDA device{'s' if count != 1 else ''} here; use "
                                   f"--device auto (CUDA when there is one, else the CPU) or --device cpu")
 
-    for capture in config.captures:
+    for capture in captures:
         if capture.source.startswith("synthetic:"):
             continue
         source = open_source(SourceConfig(spec=capture.source, realtime=False, open_timeout_s=capture.open_timeout_s,
@@ -169,41 +179,63 @@ def listen_web(config):
     return replace(config, web=web), listener
 
 
-def run_role(config, role: str, index: int) -> int:
-    """One stage in this process, for setups that spread the stages over hosts."""
+def run_role(config, role: str, index: int, health_listen: str | None = None) -> int:
+    """One stage in this process, for setups that spread the stages over hosts or containers; with
+    ``health_listen`` its probes are served there."""
+    import importlib
     import multiprocessing as mp
     import signal
+    import socket
+    from dataclasses import replace
 
-    from streamer.stages import capture, dispatcher, overlay
+    from streamer.config.web import parse_listen
     from streamer.errors import ConfigError
-    from streamer.stages import worker
+    from streamer.stages import health
 
+    listen = parse_listen(health_listen, "--health") if health_listen is not None else None
     if not config.fixed_endpoints:
         raise ConfigError(f"{config.source_file}: --role needs an [endpoints] table, so that the separately "
                           "started stages find each other (see configs/multihost.toml)")
+    stage_config, name = role_config(config, role, index)
+    if role == "worker":  # every replica of a worker Deployment has the same index: the host tells them apart
+        name = f"{stage_config.name}@{socket.gethostname()}"
+        stage_config = replace(stage_config, name=name)
+    probes = health.Health(name)
+    if listen is not None:
+        try:
+            health.serve(probes, *listen)
+        except OSError as err:
+            raise ConfigError(f"--health {health_listen}: cannot listen there ({err.strerror}); pick a free "
+                              "port") from None
     stop = mp.get_context("spawn").Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    return importlib.import_module(f"streamer.stages.{role}").run(stage_config, stop, health=probes)
+
+
+def role_config(config, role: str, index: int):
+    """The stage config a ``--role`` runs, and the stage's name."""
+    from streamer.errors import ConfigError
+
     if role == "dispatcher":
-        return dispatcher.run(config.dispatch, stop)
+        return config.dispatch, "dispatcher"
+    if role in ("capture", "worker"):
+        stages = config.captures if role == "capture" else config.workers
+        if not 0 <= index < len(stages):
+            raise ConfigError(f"--index {index}: the config has {len(stages)} {role}(s)")
+        return stages[index], (f"capture {stages[index].stream}" if role == "capture" else stages[index].name)
+    stage_config = {"web": config.web, "overlay": config.overlay, "sinks": config.sinks, "clips": config.clips}[role]
+    if stage_config is None:
+        needs = {"web": "[web] listen in the config or --web HOST:PORT",
+                 "overlay": "a window or --output FILE.mp4",
+                 "sinks": "an [mqtt] table or [[webhooks]] in the config",
+                 "clips": "a [clips] table in the config"}[role]
+        raise ConfigError(f"--role {role} needs {needs}")
     if role == "web":
-        if config.web is None:
-            raise ConfigError("--role web needs [web] listen in the config or --web HOST:PORT")
         from dataclasses import replace
 
-        from streamer.stages import web
-
-        return web.run(replace(config.web, build=build_info(config)), stop)
-    if role == "overlay":
-        if config.overlay is None:
-            raise ConfigError("--role overlay needs a window or --output FILE.mp4")
-        return overlay.run(config.overlay, stop)
-    stages = config.captures if role == "capture" else config.workers
-    if not 0 <= index < len(stages):
-        raise ConfigError(f"--index {index}: the config has {len(stages)} {role}(s)")
-    if role == "capture":
-        return capture.run(stages[index], stop)
-    return worker.run(stages[index], stop)
+        stage_config = replace(stage_config, build=build_info(config))
+    return stage_config, role
 
 
 if __name__ == "__main__":

@@ -180,6 +180,33 @@ def test_a_file_naming_every_endpoint_needs_no_private_folder(tmp_path):
     assert config.ipc_dir == "" and config.fixed_endpoints and config.dispatch.endpoints.clips.endswith(":5555")
 
 
+def service_endpoints(bind_host: str, extra: str = "") -> str:
+    """Every endpoint named by a service name, as in a container network, and where binding stages listen."""
+    return (SOURCE + "[endpoints]\n" + "".join(f'{name} = "tcp://dispatcher:{5550 + i}"\n' for i, name in
+                                              enumerate(("windows", "work", "results", "display", "web", "clips")))
+            + f'bind_host = "{bind_host}"\n' + extra)
+
+
+def test_bind_host_is_where_binding_stages_listen_while_connecting_stages_use_the_name(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(service_endpoints("0.0.0.0", "\n[security]\nallow_plaintext = true\n"))
+    endpoints = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True),
+                            describe_checkpoint).dispatch.endpoints
+    assert endpoints.windows == "tcp://dispatcher:5550" and endpoints.bound("windows") == "tcp://0.0.0.0:5550"
+    assert endpoints.bound("clips") == "tcp://0.0.0.0:5555"
+    assert Endpoints("ipc:///a", "ipc:///b", "ipc:///c", "ipc:///d", bind_host="0.0.0.0").bound("work") == "ipc:///b"
+
+
+def test_listening_on_every_interface_without_keys_is_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(service_endpoints("0.0.0.0"))
+    with pytest.raises(ConfigError, match="reachable from other hosts"):
+        load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    path.write_text(service_endpoints("somewhere"))
+    with pytest.raises(ConfigError, match="bind_host"):
+        load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+
+
 def test_the_config_asks_no_more_than_the_wire_carries():
     assert MAX_BATCH <= messages.MAX_BATCH and MAX_TOP_K <= messages.MAX_TOP
 

@@ -176,9 +176,12 @@ def pipeline_endpoints(table: EndpointsTable | None, security: Security, where: 
     named = {name: getattr(table, name) for name in ENDPOINT_NAMES if table is not None and getattr(table, name)}
     folder = "" if len(named) == len(ENDPOINT_NAMES) else os.path.join(
         tempfile.gettempdir(), f"tss-{os.getpid()}-{secrets.token_hex(4)}")
-    return Endpoints(**{name: check_endpoint(named.get(name) or f"ipc://{folder}/{name}",
-                                             f"{where} [endpoints] {name}", security)
-                        for name in ENDPOINT_NAMES}), folder
+    endpoints = Endpoints(**{name: check_endpoint(named.get(name) or f"ipc://{folder}/{name}",
+                                                  f"{where} [endpoints] {name}", security)
+                             for name in ENDPOINT_NAMES}, bind_host=table.bind_host or "" if table else "")
+    for name in ENDPOINT_NAMES if endpoints.bind_host else ():
+        check_endpoint(endpoints.bound(name), f"{where} [endpoints] bind_host", security)
+    return endpoints, folder
 
 
 def worker_configs(file: ConfigFile, model: ModelChoice, endpoints: Endpoints, security: Security,

@@ -23,7 +23,11 @@ ENDPOINT_NAMES = ("windows", "work", "results", "display", "web", "clips")
 @dataclass(frozen=True)
 class Endpoints:
     """ZeroMQ addresses. ``windows``/``work``/``results`` are bound by the dispatcher, ``display`` by the
-    overlay, ``web`` (display frames for the web stage) by the web stage, ``clips`` by the clips stage."""
+    overlay, ``web`` (display frames for the web stage) by the web stage, ``clips`` by the clips stage.
+
+    ``bind_host``: where a binding stage listens instead of its endpoint's host (same port), so that one
+    config serves both sides when the endpoints name a service (``tcp://dispatcher:5550`` in a container
+    network: connecting stages resolve the name, the dispatcher listens on ``0.0.0.0``)."""
 
     windows: str
     work: str
@@ -31,9 +35,18 @@ class Endpoints:
     display: str
     web: str = ""
     clips: str = ""
+    bind_host: str = ""
 
     def __post_init__(self) -> None:
         check(self)
+
+    def bound(self, name: str) -> str:
+        """The address a stage binds for endpoint ``name`` ("windows", "work"...)."""
+        endpoint = getattr(self, name)
+        scheme, _, rest = endpoint.partition("://")
+        if not self.bind_host or scheme != "tcp":
+            return endpoint
+        return f"tcp://{self.bind_host}:{rest.rpartition(':')[2]}"
 
 
 @dataclass(frozen=True)

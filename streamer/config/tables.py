@@ -31,6 +31,8 @@ Seconds = Annotated[float, Meta(gt=0, le=MAX_WAIT_S)]  # a timeout
 Delay = Annotated[float, Meta(ge=0, le=MAX_WAIT_S)]
 NumFrames = Annotated[int, Meta(ge=1, le=MAX_NUM_FRAMES)]
 MaxBatch = Annotated[int, Meta(ge=1, le=MAX_BATCH)]
+BindHost = Annotated[str, Meta(pattern=r"^(\*|[0-9]{1,3}(\.[0-9]{1,3}){3})$",
+                                 description="an IPv4 address of this host, or 0.0.0.0 (every interface)")]
 Threads = Annotated[int, Meta(ge=0, le=1024, description="≥ 0 and ≤ 1024 (0: as many as the host gives a worker)")]
 TopK = Annotated[int, Meta(ge=1, le=MAX_TOP_K)]
 Fps = Annotated[float, Meta(gt=0, le=1000)]
@@ -130,6 +132,7 @@ class EndpointsTable(Table):
     display: str | None = None
     web: str | None = None
     clips: str | None = None
+    bind_host: BindHost | None = None  # binding stages listen here (same port): 0.0.0.0 behind a service name
 
 
 class WebTable(Table):

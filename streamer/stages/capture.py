@@ -25,6 +25,7 @@ from streamer.config.stages import CaptureConfig
 from streamer.errors import ProtocolError
 from streamer.kinds import LineKind, StageKind
 from streamer.look.windowing import FrameView, TrackFeed, make_feeds
+from streamer.stages.health import Health
 from streamer.transport.framestore import FrameStore
 from streamer.transport.messages import Credit, DisplayFrame, Stats, Status
 from workers.sampling import window_span
@@ -126,6 +127,7 @@ class _Counts:
         self.captured = self.converted = self.shown = 0
         self.tracks_active = self.tracks_skipped = 0
         self.last_frame_ts = 0.0
+        self.samples: list = []  # the latest report's, every stream's
         self._since = (time.monotonic(), 0)
         self.next_report = time.monotonic() + STATS_INTERVAL_S
 
@@ -133,6 +135,7 @@ class _Counts:
         now = time.monotonic()
         seconds = now - self._since[0]
         fps = (self.captured - self._since[1]) / seconds if seconds > 0 else 0.0
+        self.samples = []
         for stream in self.streams:
             labels = {"stream": stream}
             samples = (("frames_captured", labels, float(self.captured)), ("frames_converted", labels, float(self.converted)),
@@ -141,6 +144,7 @@ class _Counts:
             if self.tracking:
                 samples += (("tracks_active", labels, float(self.tracks_active)),
                             ("tracks_skipped", labels, float(self.tracks_skipped)))
+            self.samples += samples
             try:
                 messages.send(sock, Stats(f"{StageKind.CAPTURE} {stream}", time.time(), samples),
                               0 if block else zmq.NOBLOCK)
@@ -149,14 +153,22 @@ class _Counts:
         self._since, self.next_report = (now, self.captured), now + STATS_INTERVAL_S
 
 
-def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event) -> int:
-    """Read the source until it ends or ``stop`` is set; return 0 at a file's end."""
+def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event, health: Health | None = None) -> int:
+    """Read the source until it ends or ``stop`` is set; return 0 at a file's end. ``health`` (``--health``)
+    is ready while frames come in, and says so when the source is away."""
+    health = health or Health(f"capture {config.stream}")
+    health.not_ready(f"opening {config.stream}")
     ctx = sockets.Context()
     capture = _Capture(ctx, config, stop)
     try:
         capture.wait_for_recorder()
         while not stop.is_set() and capture.step():
-            pass
+            health.beat()
+            health.publish(capture.counts.samples)
+            if capture.lost:
+                health.not_ready(f"source {config.stream} lost; reconnecting")
+            elif capture.counts.captured:
+                health.ready()
     finally:
         capture.close()
         ctx.term()

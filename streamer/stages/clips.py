@@ -28,6 +28,7 @@ from loguru import logger
 from streamer.kinds import LineKind, StageKind
 from streamer.transport import messages, sockets
 from streamer.render.panel import SMOOTHING, annotated
+from streamer.stages.health import Health
 from streamer.transport.messages import DisplayFrame, LogLine, Stats
 from streamer.config.sinks import ClipsConfig, ClipStageConfig
 from streamer.video.writer import VideoOut
@@ -297,9 +298,11 @@ class ClipStage:
         return sum(len(f[3]) for r in self.recorders.values() for f in r.frames)
 
 
-def run(config: ClipStageConfig, stop: multiprocessing.synchronize.Event) -> int:
+def run(config: ClipStageConfig, stop: multiprocessing.synchronize.Event, health: Health | None = None) -> int:
+    """Record every action's clip until ``stop`` is set, then finish the clips under way."""
+    health = health or Health("clips")
     ctx = sockets.Context()
-    frames = sockets.make_socket(ctx, zmq.SUB, config.endpoints.clips, bind=True, security=config.security,
+    frames = sockets.make_socket(ctx, zmq.SUB, config.endpoints.bound("clips"), bind=True, security=config.security,
                                  options={zmq.SUBSCRIBE: messages.recorder_topic(), zmq.RCVHWM: RECEIVE_QUEUE_FRAMES})
     results = sockets.make_socket(ctx, zmq.SUB, config.endpoints.results, bind=False, security=config.security,
                                   options={zmq.SUBSCRIBE: b"", zmq.RCVHWM: 100_000})
@@ -313,11 +316,13 @@ def run(config: ClipStageConfig, stop: multiprocessing.synchronize.Event) -> int
     logger.info(f"clips: every action to {config.clips.dir}/<stream>/<id>.mp4 ({config.clips.pre_s:g} s before, "
                 f"{config.clips.post_s:g} s after{', annotated' if config.clips.annotated else ''})")
     next_report = time.monotonic() + 1.0
+    health.ready()
 
     def send_report() -> None:
         samples = tuple(("clips", {"outcome": k}, float(v)) for k, v in stage.counts.items())
         samples += (("clip_buffer_bytes", {}, float(stage.ring_bytes())),
                     ("clip_frames_missed", {}, float(stage.missed_frames)))
+        health.publish(samples)
         try:
             messages.send(report, Stats(StageKind.CLIPS, time.time(), samples), zmq.NOBLOCK)
         except zmq.Again:
@@ -333,6 +338,7 @@ def run(config: ClipStageConfig, stop: multiprocessing.synchronize.Event) -> int
 
     try:
         while not stop.is_set():
+            health.beat()
             take(dict(poller.poll(50)))
             stage.pump(time.monotonic())
             if time.monotonic() >= next_report:

@@ -20,6 +20,7 @@ from streamer.errors import ProtocolError
 from streamer.transport.messages import DisplayFrame, Result, Status
 from streamer.render.panel import StreamView, annotate_view
 from streamer.render.draw import tile
+from streamer.stages.health import Health
 from streamer.video.writer import VideoOut
 
 
@@ -29,9 +30,11 @@ def compose(views: dict[str, StreamView]) -> np.ndarray:
     return images[0] if len(images) == 1 else tile(images)
 
 
-def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event) -> int:
+def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event, health: Health | None = None) -> int:
+    """Draw every stream's frames with their predictions until ``stop`` is set."""
+    health = health or Health("overlay")
     ctx = sockets.Context()
-    frames = sockets.make_socket(ctx, zmq.SUB, config.endpoints.display, bind=True, security=config.security,
+    frames = sockets.make_socket(ctx, zmq.SUB, config.endpoints.bound("display"), bind=True, security=config.security,
                                  options={zmq.SUBSCRIBE: b"", zmq.RCVHWM: 4})
     results = sockets.make_socket(ctx, zmq.SUB, config.endpoints.results, bind=False, security=config.security,
                                   options={zmq.SUBSCRIBE: b""})
@@ -42,8 +45,10 @@ def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event) -> int:
     poller.register(frames, zmq.POLLIN)
     poller.register(results, zmq.POLLIN)
     period, next_draw, malformed = 1.0 / config.fps, time.monotonic(), 0
+    health.ready()
     try:
         while not stop.is_set():
+            health.beat()
             events = dict(poller.poll(max(1, int(1000 * (next_draw - time.monotonic())))))
             for sock in (frames, results):
                 while sock in events:

@@ -18,6 +18,7 @@ from streamer.transport import messages, sockets
 from streamer.config.stages import WorkerConfig
 from streamer.errors import ProtocolError
 from streamer.kinds import LineKind
+from streamer.stages.health import Health
 from streamer.transport.framestore import FrameStoreReader
 from streamer.transport.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
 from workers.model import checkpoint_model, label_names
@@ -26,6 +27,25 @@ from workers.runtime import build, plan
 from workers.views import FlipViews
 
 HEARTBEAT_S = 1.0
+
+
+class _Counts:
+    """What this worker has done, for its own /metrics (``--health``)."""
+
+    def __init__(self) -> None:
+        self.windows = self.batches = self.stale = 0
+        self.forward_s = 0.0
+
+    def add(self, results: ResultBatch, lost: list) -> None:
+        self.batches += 1
+        self.windows += len(results.results)
+        self.stale += len(lost)
+        if results.results:
+            self.forward_s = results.results[0].timings.get("forward_ms", 0.0) / 1000.0
+
+    def samples(self) -> tuple:
+        return (("worker_windows", {}, float(self.windows)), ("worker_batches", {}, float(self.batches)),
+                ("worker_windows_stale", {}, float(self.stale)), ("worker_forward_seconds", {}, self.forward_s))
 
 
 def cpu_threads(requested: int, workers_on_cpu: int) -> int:
@@ -156,12 +176,16 @@ class Predictor:
         return ResultBatch(tuple(out)), lost
 
 
-def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat=None) -> int:
+def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat=None,
+        health: Health | None = None) -> int:
     """Serve batches until ``stop`` is set.
 
     ``heartbeat`` (a shared double from the supervisor) gets the time after warm-up and
     after every batch or idle second; the supervisor kills a worker whose heartbeat stops.
+    ``health`` (``--health``) is ready once the model is warm and the worker asks for work.
     """
+    health = health or Health(config.name)
+    health.not_ready("loading the model")
     predictor = Predictor(config)
     seconds = predictor.warm_up()
     views = f" with its {' and '.join(config.flip_views)} mirror images" if config.flip_views else ""
@@ -173,9 +197,12 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
     ctx = sockets.Context()
     sock = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.work, bind=False, security=config.security)
     messages.send(sock, WorkRequest(config.name, config.max_batch))
+    health.ready()
     malformed = messages.MalformedLog(config.name)
+    counts = _Counts()
     try:
         while not stop.is_set():
+            health.beat()
             if heartbeat is not None:
                 heartbeat.value = time.time()
             if not sock.poll(int(HEARTBEAT_S * 1000)):
@@ -190,6 +217,8 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
             if not isinstance(msg, Batch):
                 continue
             results, lost = predictor.results(msg, config.name)
+            counts.add(results, lost)
+            health.publish(counts.samples())
             messages.send(sock, results)
             for status in lost:  # so the dispatcher stops waiting for them
                 messages.send(sock, status)

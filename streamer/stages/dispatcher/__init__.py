@@ -20,10 +20,12 @@ from streamer.stages.dispatcher.rules import Dispatcher
 
 if TYPE_CHECKING:
     from streamer.config.stages import DispatchConfig
+    from streamer.stages.health import Health
 
 __all__ = ["Dispatcher", "run"]
 
 
-def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event) -> int:
-    """Serve until ``stop`` is set, or until every file source has ended and been predicted (returns 0)."""
-    return Hub(config).serve(stop)
+def run(config: DispatchConfig, stop: multiprocessing.synchronize.Event, health: Health | None = None) -> int:
+    """Serve until ``stop`` is set, or until every file source has ended and been predicted (returns 0).
+    ``health`` hears that it is ready (bound) and gets its counts (``--health``)."""
+    return Hub(config, health).serve(stop)

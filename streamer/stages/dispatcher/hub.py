@@ -21,6 +21,7 @@ from streamer.render.words import label_words
 from streamer.stages.dispatcher.event_log import EventLog
 from streamer.stages.dispatcher.rules import Counters, Dispatcher
 from streamer.stages.dispatcher.tracker import ActionTracker, prediction_line
+from streamer.stages.health import Health
 from streamer.transport import messages, sockets
 from streamer.transport.messages import (Batch, Credit, Heartbeat, LogLine, Result, ResultBatch, Stats, Status, Window,
                                          WorkRequest)
@@ -34,29 +35,33 @@ READ_AT_ONCE = 64  # messages taken from one socket before the other gets its tu
 class Hub:
     """One dispatcher process: its sockets, event log and tracker around the :class:`Dispatcher` rules."""
 
-    def __init__(self, config: DispatchConfig) -> None:
+    def __init__(self, config: DispatchConfig, health: Health | None = None) -> None:
         self.config = config
+        self.health = health or Health("dispatcher")
         self.log = EventLog(config.events_path)
         self.tracker = ActionTracker(config.events, config.labels or None)
         self.rules = Dispatcher(config)
         self.ctx = sockets.Context()
-        self.captures = sockets.make_socket(self.ctx, zmq.ROUTER, config.endpoints.windows, bind=True,
+        self.captures = sockets.make_socket(self.ctx, zmq.ROUTER, config.endpoints.bound("windows"), bind=True,
                                             security=config.security)
-        self.workers = sockets.make_socket(self.ctx, zmq.ROUTER, config.endpoints.work, bind=True,
+        self.workers = sockets.make_socket(self.ctx, zmq.ROUTER, config.endpoints.bound("work"), bind=True,
                                            security=config.security)
-        self.results = sockets.make_socket(self.ctx, zmq.PUB, config.endpoints.results, bind=True,
+        self.results = sockets.make_socket(self.ctx, zmq.PUB, config.endpoints.bound("results"), bind=True,
                                            security=config.security)
         self.poller = zmq.Poller()
         self.poller.register(self.captures, zmq.POLLIN)
         self.poller.register(self.workers, zmq.POLLIN)
         self.last_status, self.malformed_total, self.first_seen = time.monotonic(), 0, False
+        self.worker_s_per_window = 0.0  # what one window costs a worker (forward and preprocessing of its share)
 
     def serve(self, stop: multiprocessing.synchronize.Event) -> int:
         """Serve until ``stop`` is set, or until every file source has ended and been predicted (returns 0)."""
         logger.info(f"dispatcher: serving {len(self.config.streams)} stream(s), "
                     f"events → {self.config.events_path or 'nowhere'}")
+        self.health.ready()
         try:
             while not stop.is_set():
+                self.health.beat()
                 ready = dict(self.poller.poll(100))
                 for identity, msg in _read_router(self.captures, self.rules.counters) if self.captures in ready else ():
                     self._from_capture(identity, msg)
@@ -137,6 +142,8 @@ class Hub:
         counters = self.rules.counters
         counters.predicted += 1
         counters.forward_ms.append(result.timings.get("forward_ms", 0.0))
+        counters.worker_ms.append((result.timings.get("forward_ms", 0.0) + result.timings.get("preprocess_ms", 0.0))
+                                  / max(1.0, result.timings.get("batch_size", 1.0)))
         counters.latency_ms.append(line["latency_ms"])
         messages.send(self.results, result)
 
@@ -191,9 +198,16 @@ class Hub:
         now = time.monotonic()
         if now - self.last_status < self.config.status_interval_s:
             return
-        self.malformed_total += self.rules.counters.malformed
-        _log_status(self.rules, now - self.last_status)
-        messages.send(self.results, self.rules.stats(self.log.lines, self.malformed_total))
+        seconds = now - self.last_status
+        counters = self.rules.counters
+        self.malformed_total += counters.malformed
+        if counters.worker_ms:
+            self.worker_s_per_window = sum(counters.worker_ms) / len(counters.worker_ms) / 1000.0
+        stats = self.rules.stats(self.log.lines, self.malformed_total, counters.windows_in / seconds,
+                                 self.worker_s_per_window)
+        _log_status(self.rules, seconds)
+        messages.send(self.results, stats)
+        self.health.publish(stats.samples)
         self.last_status = now
 
 

@@ -32,6 +32,7 @@ class Counters:
     malformed: int = 0
     forward_ms: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
+    worker_ms: list[float] = field(default_factory=list)  # a worker's time for each window (its share of a batch)
 
 
 class CaptureTotals:
@@ -106,14 +107,32 @@ class Dispatcher:
     def total_dropped(self) -> int:
         return sum(n for (name, _, _), n in self.totals.items() if name == "windows_dropped")
 
-    def stats(self, log_lines: int, malformed: int) -> Stats:
-        """Everything this hub counts, for the web stage's /metrics and /readyz (sent once a second)."""
+    def stats(self, log_lines: int, malformed: int, offered_per_s: float = 0.0,
+              worker_s_per_window: float = 0.0) -> Stats:
+        """Everything this hub counts, for the web stage's /metrics and /readyz (sent once a second) and its own
+        (``--health``). ``offered_per_s`` windows a second came in lately, each taking a worker
+        ``worker_s_per_window``: what :meth:`workers_needed` makes of them."""
         samples = [(name, {"stream": stream, **({"reason": reason} if reason else {})}, float(n))
                    for (name, stream, reason), n in self.totals.items()]
         samples += self.captured.samples()
         samples += [("event_log_lines", {}, float(log_lines)), ("malformed_messages", {}, float(malformed)),
-                    ("workers_answering", {}, float(len(self.workers)))]
+                    ("workers_answering", {}, float(len(self.workers))),
+                    ("dispatcher_windows_waiting", {}, float(self.waiting())),
+                    ("dispatcher_workers_needed", {}, self.workers_needed(offered_per_s, worker_s_per_window))]
         return Stats(StageKind.DISPATCHER, time.time(), tuple(samples))
+
+    def waiting(self) -> int:
+        """Windows waiting for a worker now."""
+        return sum(len(q) for q in self.pending.values())
+
+    def workers_needed(self, offered_per_s: float, worker_s_per_window: float) -> float:
+        """Workers it takes to predict every window offered (the autoscaling metric): the offered rate times what
+        a window costs a worker; at least 1 while windows wait and no worker answers, so that a pool scaled to
+        zero comes back (it has no cost to measure then)."""
+        needed = offered_per_s * worker_s_per_window
+        if self.waiting() and not self.workers:
+            needed = max(needed, 1.0)
+        return round(needed, 3)
 
     def add_window(self, identity: bytes, window: Window) -> None:
         self.capture_of[window.stream] = identity

@@ -18,6 +18,7 @@ from loguru import logger
 
 from streamer.kinds import ACTION_KINDS, StageKind
 from streamer.transport import messages, sockets
+from streamer.stages.health import Health
 from streamer.transport.messages import LogLine, Stats
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ def _samples(sinks) -> tuple:
                  for sink in sinks for outcome, n in sink.counts.items())
 
 
-def run(config: SinksConfig, stop: multiprocessing.synchronize.Event) -> int:
-    """Deliver every start and end line until ``stop`` is set, then the dispatcher's last ones."""
+def run(config: SinksConfig, stop: multiprocessing.synchronize.Event, health: Health | None = None) -> int:
+    """Deliver every start and end line until ``stop`` is set, then the dispatcher's last ones. ``health``
+    (``--health``) is ready once the sinks run: a broker or webhook that is down is retried, not waited for."""
     from streamer.stages.sinks.mqtt import MqttSink
     from streamer.stages.sinks.webhooks import WebhookSink
 
@@ -51,9 +53,14 @@ def run(config: SinksConfig, stop: multiprocessing.synchronize.Event) -> int:
     malformed = messages.MalformedLog("sinks")
     next_report = time.monotonic() + REPORT_EVERY_S
 
+    health = health or Health("sinks")
+    health.ready()
+
     def send_report() -> None:
+        samples = _samples(sinks)
+        health.publish(samples)
         try:
-            messages.send(report, Stats(StageKind.SINKS, time.time(), _samples(sinks)), zmq.NOBLOCK)
+            messages.send(report, Stats(StageKind.SINKS, time.time(), samples), zmq.NOBLOCK)
         except zmq.Again:
             pass
 
@@ -69,6 +76,7 @@ def run(config: SinksConfig, stop: multiprocessing.synchronize.Event) -> int:
 
     try:
         while not stop.is_set():
+            health.beat()
             deliver(100)
             if time.monotonic() >= next_report:
                 next_report += REPORT_EVERY_S

@@ -13,10 +13,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from streamer.config.web import WebConfig
+    from streamer.stages.health import Health
 
 
-def run(config: WebConfig, stop: multiprocessing.synchronize.Event, listener: socket.socket | None = None) -> int:
-    """Serve until ``stop`` is set; ``listener`` is the socket the supervisor bound (None: bind here)."""
+def run(config: WebConfig, stop: multiprocessing.synchronize.Event, listener: socket.socket | None = None,
+        health: Health | None = None) -> int:
+    """Serve until ``stop`` is set; ``listener`` is the socket the supervisor bound (None: bind here).
+    ``health`` (``--health``) is ready once the page is served."""
+    from streamer.stages.health import Health
     from streamer.stages.web.server import serve  # aiohttp only in the web stage's process
 
-    return serve(config, stop, listener)
+    return serve(config, stop, listener, health or Health("web"))

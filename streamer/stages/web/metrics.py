@@ -16,28 +16,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from streamer.kinds import StreamState
+from streamer.stages.health import REPORTED_COUNTERS, metric_family
 from streamer.stages.web.feeds import Feeds
 from streamer.stages.web.state import WebState
 
 TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # 10 ms to 30 s
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
-# (metric, help) of the dispatcher's counters, as its report names them
-REPORTED_COUNTERS = {
-    "frames_captured": "Frames read from each source",
-    "frames_converted": "Frames converted to model input (the others no window holds are only decoded)",
-    "display_frames": "Frames made for the overlay and the live view (only while one of them watches)",
-    "tracks_skipped": "Moving things not tracked because a stream had max_tracks actors already (per frame)",
-    "windows_sent": "Windows each capture sent to the dispatcher",
-    "windows_dropped": "Windows dropped, by stream and reason (overtaken: a newer one came first; "
-                       "stale: its frames were overwritten before a worker read them)",
-    "event_log_lines": "Lines written to the event log",
-    "malformed_messages": "Messages the dispatcher dropped as malformed",
-    "sink_messages": "Messages of the event sinks, by sink (mqtt, webhook N) and outcome (published or delivered; "
-                     "dropped: their queue was full; failed: given up after the retries; retries)",
-    "clips": "Action clips, by outcome (written, failed)",
-    "clip_frames_missed": "Frames missing from written clips (the recorder fell behind and ZeroMQ dropped them)",
-}
 # (metric, help) of what the web stage counts from the lines and status it receives
 COUNTED = {
     "predictions": "Prediction lines, by stream",
@@ -60,37 +45,29 @@ class _PipelineCollector(Collector):
             samples = state.reported_samples(name)
             if not samples and name == "frames_captured":
                 samples = [({"stream": s}, 0.0) for s in state.streams]
-            yield _family(CounterMetricFamily, name, text, samples)
+            yield metric_family(CounterMetricFamily, name, text, samples)
         for name, text in COUNTED.items():
             samples = [(dict(labels), n) for (metric, labels), n in state.counts.items() if metric == name]
-            yield _family(CounterMetricFamily, name, text, samples)
-        yield _family(GaugeMetricFamily, "input_frames_per_second", "Frames a second read from each source",
+            yield metric_family(CounterMetricFamily, name, text, samples)
+        yield metric_family(GaugeMetricFamily, "input_frames_per_second", "Frames a second read from each source",
                       state.reported_samples("input_fps"))
-        yield _family(GaugeMetricFamily, "tracks_active", "Tracked actors each stream follows now",
+        yield metric_family(GaugeMetricFamily, "tracks_active", "Tracked actors each stream follows now",
                       state.reported_samples("tracks_active"))
-        yield _family(GaugeMetricFamily, "workers_answering", "Workers warm and answering the dispatcher",
+        yield metric_family(GaugeMetricFamily, "workers_answering", "Workers warm and answering the dispatcher",
                       state.reported_samples("workers_answering"))
-        yield _family(GaugeMetricFamily, "clip_buffer_bytes", "Recent frames the clips stage holds for pre-roll (JPEG)",
+        yield metric_family(GaugeMetricFamily, "clip_buffer_bytes", "Recent frames the clips stage holds for pre-roll (JPEG)",
                       state.reported_samples("clip_buffer_bytes"))
         now = time.time()
-        yield _family(GaugeMetricFamily, "source_up", "1 while the source delivers frames, else 0",
+        yield metric_family(GaugeMetricFamily, "source_up", "1 while the source delivers frames, else 0",
                       [({"stream": s.name}, float(s.state(now) == StreamState.LIVE)) for s in state.streams.values()])
-        yield _family(GaugeMetricFamily, "web_viewers", "Live-view clients watching each stream",
+        yield metric_family(GaugeMetricFamily, "web_viewers", "Live-view clients watching each stream",
                       [({"stream": n}, float(v)) for n, v in self.feeds.viewers.items()])
-        yield _family(CounterMetricFamily, "web_jpeg_encodes", "Annotated frames encoded as JPEG for viewers",
+        yield metric_family(CounterMetricFamily, "web_jpeg_encodes", "Annotated frames encoded as JPEG for viewers",
                       [({"stream": n}, float(v)) for n, v in self.feeds.encodes.items()])
-        yield _family(CounterMetricFamily, "web_sent_bytes", "Bytes of live view sent to viewers",
+        yield metric_family(CounterMetricFamily, "web_sent_bytes", "Bytes of live view sent to viewers",
                       [({}, float(self.feeds.sent_bytes))])
-        yield _family(GaugeMetricFamily, "build_info", "Version, torch, device, precision and checkpoint; always 1",
+        yield metric_family(GaugeMetricFamily, "build_info", "Version, torch, device, precision and checkpoint; always 1",
                       [(self.build, 1.0)])
-
-
-def _family(kind, name: str, text: str, samples):
-    labels = sorted({key for sample_labels, _ in samples for key in sample_labels})
-    family = kind(f"timesformer_{name}", text, labels=labels)
-    for sample_labels, value in samples:
-        family.add_metric([sample_labels.get(key, "") for key in labels], value)
-    return family
 
 
 class Metrics:

@@ -31,6 +31,7 @@ from streamer.errors import ConfigError
 from streamer.transport.messages import DisplayFrame
 from streamer.config.stages import WebConfig
 from streamer.config.web import bind_listener
+from streamer.stages.health import Health
 from streamer.stages.web.feeds import MAX_WIDTH, MIN_WIDTH, Feeds
 from streamer.stages.web.metrics import Metrics
 from streamer.stages.web.state import WebState
@@ -274,7 +275,7 @@ def _read_sockets(config: WebConfig, loop: asyncio.AbstractEventLoop, state: Web
     the captures convert no frame for the web stage while nobody looks.
     """
     ctx = sockets.Context()
-    frames = sockets.make_socket(ctx, zmq.SUB, config.endpoints.web, bind=True, security=config.security,
+    frames = sockets.make_socket(ctx, zmq.SUB, config.endpoints.bound("web"), bind=True, security=config.security,
                                  options={zmq.RCVHWM: 4})
     subscribed: set[str] = set()
     results = sockets.make_socket(ctx, zmq.SUB, config.endpoints.results, bind=False, security=config.security,
@@ -321,7 +322,8 @@ def _read_sockets(config: WebConfig, loop: asyncio.AbstractEventLoop, state: Web
         ctx.term()
 
 
-async def _serve(config: WebConfig, listener: socket.socket | None, stop: multiprocessing.synchronize.Event) -> int:
+async def _serve(config: WebConfig, listener: socket.socket | None, stop: multiprocessing.synchronize.Event,
+                 health: Health) -> int:
     logging.getLogger("aiohttp.server").addFilter(_ClientFaults())
     web_app = WebApp(config)
     done = threading.Event()
@@ -339,8 +341,10 @@ async def _serve(config: WebConfig, listener: socket.socket | None, stop: multip
         config = replace(config, port=listener.getsockname()[1])
     await web.SockSite(runner, listener).start()
     logger.info(f"web view at {config.url}")
+    health.ready()
     try:
         while not stop.is_set():
+            health.beat()
             await asyncio.sleep(0.1)
     finally:
         done.set()
@@ -350,6 +354,7 @@ async def _serve(config: WebConfig, listener: socket.socket | None, stop: multip
     return 0
 
 
-def serve(config: WebConfig, stop: multiprocessing.synchronize.Event, listener: socket.socket | None) -> int:
+def serve(config: WebConfig, stop: multiprocessing.synchronize.Event, listener: socket.socket | None,
+          health: Health) -> int:
     """Serve until ``stop`` is set; ``listener`` is the socket the supervisor bound (None: bind here)."""
-    return asyncio.run(_serve(config, listener, stop))
+    return asyncio.run(_serve(config, listener, stop, health))
