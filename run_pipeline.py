@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             config=args.config, sources=tuple(args.source), checkpoint=args.checkpoint,
             headless=args.headless or not has_display(), duration=args.duration, events=args.events,
             output=args.output, offline=args.offline, workers=args.workers, device=args.device,
-            precision=args.precision, web=args.web,
+            precision=args.precision, web=args.web, role=args.role,
         )
         config = load_config(flags, describe_checkpoint)
         preflight(config, args.role, args.index or 0)
@@ -113,8 +113,6 @@ def preflight(config, role: str | None = None, index: int = 0) -> None:
     GPU, an unreachable camera or an unreadable file is one error line rather than a stage failing
     (and being restarted) after start-up. A ``--role`` checks only its own: a worker pod never opens
     the cameras, a capture opens only its own."""
-    import torch
-
     from streamer.errors import ConfigError
     from streamer.video.sources import SourceConfig, open_source
 
@@ -122,6 +120,8 @@ def preflight(config, role: str | None = None, index: int = 0) -> None:
     captures = config.captures if role is None else config.captures[index:index + 1] if role == "capture" else ()
     for worker in workers:
         if worker.device.startswith("cuda"):
+            import torch
+
             count = torch.cuda.device_count() if torch.cuda.is_available() else 0
             index = int(worker.device.partition(":")[2] or 0)
             if index >= count:
@@ -199,7 +199,7 @@ def run_role(config, role: str, index: int, health_listen: str | None = None) ->
     stage_config, name = role_config(config, role, index)
     if role == "worker":  # every replica of a worker Deployment has the same index: the host tells them apart
         name = f"{stage_config.name}@{socket.gethostname()}"
-        stage_config = replace(stage_config, name=name)
+        stage_config = replace(stage_config, name=name, shares_host=False, workers_on_host=1)
     probes = health.Health(name)
     if listen is not None:
         try:

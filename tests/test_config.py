@@ -1,5 +1,6 @@
 """Config files as users write them, wrong in every way the loader must catch before any stage starts."""
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -217,3 +218,59 @@ def test_a_secret_that_breaks_a_rule_stays_out_of_the_message(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
     assert "'token' must be at least 16" in str(err.value) and "hunter2" not in str(err.value), str(err.value)
+
+
+def test_a_role_reads_only_its_own_secrets(tmp_path, monkeypatch):
+    """A capture or worker container holds no server secret, MQTT password or web token: its --role loads the
+    config without them; the stages that bind or deliver still refuse to start without theirs."""
+    import subprocess
+    import sys
+
+    keys = tmp_path / "keys"
+    made = subprocess.run([sys.executable, "-m", "streamer.transport.keys", str(keys)], capture_output=True,
+                          text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    path = tmp_path / "c.toml"
+    path.write_text(service_endpoints("0.0.0.0") + made.stdout + '\n[mqtt]\nurl = "mqtt://mqtt:1883"\n'
+                    'username = "u"\npassword_env = "TEST_MQTT_PASSWORD"\n\n[web]\nlisten = "0.0.0.0:8080"\n'
+                    'token_env = "TEST_WEB_TOKEN"\n')
+    monkeypatch.delenv("TEST_MQTT_PASSWORD", raising=False)
+    monkeypatch.delenv("TEST_WEB_TOKEN", raising=False)
+    (keys / "server.key_secret").unlink()
+
+    def load(role):
+        return load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True, role=role),
+                           describe_checkpoint)
+
+    for role in ("capture", "worker"):
+        config = load(role)
+        assert config.security.curve and not config.security.server_secret_key
+        assert config.sinks is None and config.web is None
+    with pytest.raises(ConfigError, match="server_secret_key"):
+        load("dispatcher")
+    with pytest.raises(ConfigError, match="TEST_MQTT_PASSWORD, which is not set"):
+        load("sinks")
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "a password")
+    assert load("sinks").sinks.mqtt.password == "a password"
+
+
+def test_the_web_token_may_come_from_the_environment(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text(SOURCE + '[web]\nlisten = "0.0.0.0:8080"\ntoken_env = "TEST_WEB_TOKEN"\n')
+    monkeypatch.setenv("TEST_WEB_TOKEN", "a-token-from-a-secret-0123")
+    config = load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    assert config.web.token == "a-token-from-a-secret-0123" and "a-token" not in repr(config.web)
+    monkeypatch.setenv("TEST_WEB_TOKEN", "short")
+    with pytest.raises(ConfigError) as err:
+        load_config(Overrides(config=str(path), checkpoint=str(DEMO), headless=True), describe_checkpoint)
+    assert "token" in str(err.value) and "short" not in str(err.value)
+
+
+def test_a_container_s_cpu_limit_caps_a_worker_s_threads():
+    from streamer.stages.worker import cpu_threads
+    from workers.cpu import usable_cores
+
+    cores = usable_cores()
+    assert 1 <= cores <= os.cpu_count()
+    assert cpu_threads(0, 1, shares_host=False) == cores  # alone in its container: every core it may use
+    assert cpu_threads(0, 1) == max(1, cores - 1) and cpu_threads(3, 1) == 3

@@ -16,10 +16,12 @@ from streamer.transport.keys import read_key_file
 SEE_KEYS = "python -m streamer.transport.keys DIR prints every line"
 
 
-def load_security(table: SecurityTable, where: str, base: Path) -> Security:
+def load_security(table: SecurityTable, where: str, base: Path, server_secret: bool = True) -> Security:
     """The keys ``table`` names; a relative file is looked for in the working folder, then in ``base``
-    (the config file's folder)."""
-    paths = {"server_public_key": table.server_public_key, "server_secret_key": table.server_secret_key,
+    (the config file's folder). Without ``server_secret`` (a stage that only connects) the server's
+    secret key is not read, so a host or container that binds nothing need not hold it."""
+    paths = {"server_public_key": table.server_public_key,
+             "server_secret_key": table.server_secret_key if server_secret else "",
              "client_secret_key": table.client_secret_key}
     allowed = tuple(filter(None, [table.allowed_clients] if isinstance(table.allowed_clients, str)
                            else table.allowed_clients))

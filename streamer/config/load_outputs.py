@@ -11,7 +11,7 @@ from streamer.config.tables import ClipsTable, MqttTable, WebhookTable
 from streamer.errors import ConfigError
 
 
-def _secret(value: str, variable: str, key: str, where: str) -> str:
+def secret_value(value: str, variable: str, key: str, where: str) -> str:
     """``key``'s value, or the environment variable ``key_env`` names (so that the config file holds no secret)."""
     if not variable:
         return value
@@ -39,7 +39,7 @@ def mqtt_config(table: MqttTable | None, where: str) -> MqttConfig | None:
                           "not in the URL (URLs end up in logs)")
     tls = parts.scheme == "mqtts"
     return MqttConfig(host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls, username=table.username,
-                      password=_secret(table.password, table.password_env, "password", where),
+                      password=secret_value(table.password, table.password_env, "password", where),
                       topic_prefix=table.topic_prefix, qos=table.qos, client_id=table.client_id,
                       discovery=table.discovery, discovery_prefix=table.discovery_prefix, queue=table.queue)
 
@@ -52,7 +52,7 @@ def webhook_configs(tables: tuple[WebhookTable, ...], where: str) -> tuple[Webho
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"{here}: 'url' must be http://... or https://..., got {table.url!r}")
         hooks.append(WebhookConfig(url=table.url, events=tuple(dict.fromkeys(table.events)),
-                                   secret=_secret(table.secret, table.secret_env, "secret", here),
+                                   secret=secret_value(table.secret, table.secret_env, "secret", here),
                                    timeout_s=table.timeout_s, retries=table.retries, queue=table.queue))
     return tuple(hooks)
 

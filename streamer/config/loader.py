@@ -37,6 +37,7 @@ from workers.sampling import window_span
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "default.toml"
 VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")  # containers the overlay writes H.264 into
+BINDING_ROLES = (None, "dispatcher", "web", "overlay", "clips")  # the --roles that bind (None: every stage)
 FLAG_KEYS = {  # each flag that stands for a key: the table and the key
     "checkpoint": ("model", "checkpoint"), "device": ("model", "device"), "precision": ("model", "precision"),
     "workers": ("pipeline", "workers"), "duration": ("pipeline", "duration"), "events": ("events", "path"),
@@ -60,6 +61,7 @@ class Overrides:
     device: str | None = None
     precision: str | None = None
     web: str | None = None  # HOST:PORT or "off"
+    role: str | None = None  # --role: only that stage's secrets are read (a capture needs no MQTT password)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     path = Path(flags.config) if flags.config else DEFAULT_CONFIG
     file, where = read_config(path, flags), str(path)
     model = model_choice(file.model, preprocess_of, where)
-    security = load_security(file.security, f"{where} [security]", path.parent)
+    security = load_security(file.security, f"{where} [security]", path.parent,
+                             server_secret=flags.role in BINDING_ROLES)
     endpoints, ipc_dir = pipeline_endpoints(file.endpoints, security, where)
     events = _built(f"{where} [events]", EventConfig, smoothing=file.events.smoothing, top_k=file.events.top_k,
                     start_threshold=file.events.start_threshold, end_threshold=file.events.end_threshold)
@@ -115,8 +118,9 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         overlay=OverlayConfig(streams=streams, window=_window(file), output=video, fps=file.overlay.fps,
                               top_k=panel_top, **sockets) if video or _window(file) else None,
         web=web_config(file.web, flags.web, where, default_file=path.resolve() == DEFAULT_CONFIG,
-                       streams=tuple(kinds.items()), top_k=panel_top, **sockets),
-        sinks=sinks_config(file, endpoints, security, streams, model.labels, where),
+                       streams=tuple(kinds.items()), top_k=panel_top, **sockets) if flags.role in (None, "web") else None,
+        sinks=sinks_config(file, endpoints, security, streams, model.labels, where)
+        if flags.role in (None, "sinks") else None,
         clips=ClipStageConfig(clips=clips, streams=streams, span=window_span(model.num_frames, model.frame_interval),
                               top_k=panel_top, **sockets) if clips else None,
         duration_s=file.pipeline.duration, security=security, source_file=where,

@@ -109,6 +109,7 @@ class WorkerConfig:
     flip_views: tuple[str, ...] = ()  # mirror images averaged in (workers.views)
     index: int = 0            # picks the GPU round robin
     workers_on_host: Workers = 1  # CPU workers share the cores evenly
+    shares_host: bool = True  # the other stages run beside it (one supervisor), so one core is left to them
     frame_store: str = ""     # the prefix of the frame stores it may read windows from
     security: Security = field(default_factory=Security)
 

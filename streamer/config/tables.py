@@ -138,6 +138,7 @@ class EndpointsTable(Table):
 class WebTable(Table):
     listen: str | None = None  # HOST:PORT or "off"; a [web] table without it listens on 127.0.0.1:8080
     token: WebToken = ""
+    token_env: str = ""  # or the environment variable that holds it (a Secret in a container)
     jpeg_quality: JpegQuality = 80
     max_fps: WebFps = 30.0
     events_kept: EventsKept = 1000

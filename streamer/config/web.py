@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from streamer.config.load_outputs import secret_value
 from streamer.config.stages import WebConfig
 from streamer.config.tables import WebTable
 from streamer.errors import ConfigError
@@ -50,7 +51,8 @@ def web_config(table: WebTable | None, flag: str | None, where: str, *, default_
     where = "--web" if flag is not None else f"{where} [web]"
     host, port = parse_listen(listen, where)
     try:
-        return WebConfig(host=host, port=port, token=table.token, jpeg_quality=table.jpeg_quality,
+        token = secret_value(table.token, table.token_env, "token", where)
+        return WebConfig(host=host, port=port, token=token, jpeg_quality=table.jpeg_quality,
                          max_fps=table.max_fps, events_kept=table.events_kept,
                          required=flag is not None or not default_file, **pipeline)
     except ConfigError as err:

@@ -6,7 +6,6 @@ softmax → top-k, with the time each step took.
 """
 
 import multiprocessing.synchronize
-import os
 import time
 
 import numpy as np
@@ -21,6 +20,7 @@ from streamer.kinds import LineKind
 from streamer.stages.health import Health
 from streamer.transport.framestore import FrameStoreReader
 from streamer.transport.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
+from workers.cpu import usable_cores
 from workers.model import checkpoint_model, label_names
 from workers.preprocess import fold_normalisation, to_raw_input
 from workers.runtime import build, plan
@@ -48,8 +48,9 @@ class _Counts:
                 ("worker_windows_stale", {}, float(self.stale)), ("worker_forward_seconds", {}, self.forward_s))
 
 
-def cpu_threads(requested: int, workers_on_cpu: int) -> int:
-    """Cores for one CPU worker: one core is left to capture, dispatch and overlay, the rest shared evenly.
+def cpu_threads(requested: int, workers_on_cpu: int, shares_host: bool = True) -> int:
+    """Cores for one CPU worker: of the cores it may use (a container's CPU limit included), one is left to
+    capture, dispatch and overlay when they run beside it (``shares_host``), the rest shared evenly.
 
     More intra-op threads than free cores is far worse than fewer: OpenMP threads spin at every
     barrier, and measured here a small model took 380 ms a forward with 2 threads beside a busy
@@ -57,7 +58,7 @@ def cpu_threads(requested: int, workers_on_cpu: int) -> int:
     """
     if requested > 0:
         return requested
-    return max(1, ((os.cpu_count() or 1) - 1) // max(1, workers_on_cpu))
+    return max(1, (usable_cores() - shares_host) // max(1, workers_on_cpu))
 
 
 def per_window(probs: np.ndarray, views: list[int]) -> list[np.ndarray]:
@@ -84,7 +85,7 @@ class Predictor:
         self.plan = plan(config.device, config.precision, config.backend, index=config.index)  # workers.runtime
         self.device = torch.device(self.plan.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(config.threads, config.workers_on_host))
+            torch.set_num_threads(cpu_threads(config.threads, config.workers_on_host, config.shares_host))
         model = checkpoint_model(config.checkpoint)  # fp32 on the CPU; the plan's runtime is built from it
         self.labels = label_names(model.labels, model.config.num_classes)
         self.pre = model.preprocess
