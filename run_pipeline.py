@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--role", choices=ROLES,
                    help="run one stage alone (multi-host setups, containers); endpoints come from the config")
     p.add_argument("--index", type=int, help="with --role: which source or worker (default 0)")
+    p.add_argument("--advertise", metavar="HOST", help="with [endpoints] frames_port: the address workers on other "
+                   "hosts fetch this host's window frames at (default: the address this host's name resolves to)")
     p.add_argument("--health", metavar="HOST:PORT", help="with --role: serve GET /healthz, /readyz and /metrics "
                    "of that stage there (for an orchestrator's probes, e.g. 0.0.0.0:9090 in a container)")
     args = p.parse_args(argv)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             config=args.config, sources=tuple(args.source), checkpoint=args.checkpoint,
             headless=args.headless or not has_display(), duration=args.duration, events=args.events,
             output=args.output, offline=args.offline, workers=args.workers, device=args.device,
-            precision=args.precision, web=args.web, role=args.role,
+            precision=args.precision, web=args.web, role=args.role, advertise=args.advertise,
         )
         config = load_config(flags, describe_checkpoint)
         preflight(config, args.role, args.index or 0)

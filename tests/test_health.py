@@ -67,15 +67,17 @@ def test_health_answers_alive_ready_and_why_not_and_its_metrics():
         server.shutdown()
 
 
-def role_config(tmp_path: Path, ports: dict[str, int]) -> Path:
-    """The demo (shipped model, one synthetic camera) with every endpoint on tcp://127.0.0.1."""
+def role_config(tmp_path: Path, ports: dict[str, int], frames_port: int) -> Path:
+    """The demo (shipped model, one synthetic camera) with every endpoint on tcp://127.0.0.1, the worker
+    fetching window frames from the capture itself (``frames_port``): the dispatcher carries references."""
     path = tmp_path / "roles.toml"
     path.write_text(
         f'[model]\ncheckpoint = "{ROOT / "models/demo.safetensors"}"\nhop = 4\nmax_batch = 4\n\n'
         '[pipeline]\nheartbeat_timeout_s = 3\n\n'
         f'[events]\npath = "{tmp_path / "events.jsonl"}"\n\n'
         '[[sources]]\nspec = "synthetic:"\nname = "cam0"\n\n[endpoints]\n'
-        + "".join(f'{name} = "tcp://127.0.0.1:{port}"\n' for name, port in ports.items()))
+        + "".join(f'{name} = "tcp://127.0.0.1:{port}"\n' for name, port in ports.items())
+        + f"frames_port = {frames_port}\n")
     return path
 
 
@@ -100,13 +102,13 @@ def test_roles_become_ready_in_turn_and_the_dispatcher_counts_the_workers_it_nee
     work; the dispatcher's own /metrics carries the autoscaling metric, and with its worker gone it asks for
     at least one."""
     ports = {name: free_port() for name in ("windows", "work", "results", "display", "web", "clips")}
-    config = role_config(tmp_path, ports)
+    config = role_config(tmp_path, ports, free_port())
     health_ports = {role: free_port() for role in ("dispatcher", "worker", "capture")}
     urls = {role: f"http://127.0.0.1:{port}" for role, port in health_ports.items()}
     procs = {"dispatcher": start_role(config, "dispatcher", health_ports["dispatcher"])}
     try:
         wait_for(lambda: get(urls["dispatcher"] + "/readyz")[0] == 200, 30, "the dispatcher ready")
-        procs["capture"] = start_role(config, "capture", health_ports["capture"])
+        procs["capture"] = start_role(config, "capture", health_ports["capture"], "--advertise", "127.0.0.1")
         wait_for(lambda: get(urls["capture"] + "/readyz")[0] == 200, 30, "the capture reading frames")
         # No worker yet: windows wait, and the dispatcher says it needs one.
         wait_for(lambda: metrics(urls["dispatcher"]).get("timesformer_dispatcher_workers_needed", 0) >= 1, 15,
@@ -120,7 +122,10 @@ def test_roles_become_ready_in_turn_and_the_dispatcher_counts_the_workers_it_nee
                         15, "the dispatcher counting its worker")
         assert 0 < seen["timesformer_dispatcher_workers_needed"] < 1  # the demo model keeps up easily
         assert seen["timesformer_stage_ready{stage=dispatcher}"] == 1
-        assert metrics(urls["capture"])["timesformer_frames_captured_total{stream=cam0}"] > 0
+        capture = metrics(urls["capture"])
+        assert capture["timesformer_frames_captured_total{stream=cam0}"] > 0
+        # The worker fetched the frames from the capture: the windows the dispatcher carried held none.
+        assert capture["timesformer_frame_server_windows_total{outcome=served,stream=cam0}"] > 0
         procs.pop("worker").kill()
         wait_for(lambda: metrics(urls["dispatcher"]).get("timesformer_dispatcher_workers_needed", 0) >= 1, 20,
                  "workers_needed ≥ 1 again once the worker is gone")

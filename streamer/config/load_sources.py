@@ -35,6 +35,8 @@ class CaptureCommon:
     clips: bool
     display_width: int
     frame_store: str
+    frames_port: int = 0  # source N serves its frames on this port + N (0: frames travel with the windows)
+    advertise: str = ""  # the address workers reach this host's captures at
 
 
 def capture_configs(tables: tuple[SourceTable, ...], common: CaptureCommon, where: str) -> tuple[CaptureConfig, ...]:
@@ -58,8 +60,22 @@ def capture_configs(tables: tuple[SourceTable, ...], common: CaptureCommon, wher
             offline=common.offline, display=common.display, web=common.web, clips=common.clips,
             display_width=common.display_width, open_timeout_s=table.open_timeout_s,
             read_timeout_s=table.read_timeout_s, hwaccel=_hwaccel(table.hwaccel, here, kind),
-            frame_store=common.frame_store, security=common.security, look=look))
+            frame_store=common.frame_store, security=common.security, look=look,
+            **_frames_server(common, i, here)))
     return tuple(captures)
+
+
+def _frames_server(common: CaptureCommon, index: int, where: str) -> dict[str, str]:
+    """Where source ``index`` serves its window frames, when ``frames_port`` is set: advertised at this host's
+    address, bound there too (or on ``bind_host``)."""
+    if not common.frames_port:
+        return {}
+    from streamer.transport.security import check_endpoint
+
+    port = common.frames_port + index
+    bind = check_endpoint(f"tcp://{common.endpoints.bind_host or common.advertise}:{port}",
+                          f"{where}: its frame server ([endpoints] frames_port)", common.security)
+    return {"frames_bind": bind, "frames_advertise": f"tcp://{common.advertise}:{port}"}
 
 
 def look_config(table: LookTable, where: str) -> LookConfig:

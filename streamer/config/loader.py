@@ -62,6 +62,7 @@ class Overrides:
     precision: str | None = None
     web: str | None = None  # HOST:PORT or "off"
     role: str | None = None  # --role: only that stage's secrets are read (a capture needs no MQTT password)
+    advertise: str | None = None  # --advertise: the address workers fetch this host's captures' frames at
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,14 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     video = writable_video(file.overlay.output)
     clips = clips_config(file.clips)
     same_host = all(e.startswith("ipc://") for e in (endpoints.windows, endpoints.work))  # frames in shared memory
-    frame_store = store_prefix(endpoints.windows) if same_host and file.pipeline.shared_memory else ""
+    frames_port = (file.endpoints.frames_port if file.endpoints is not None and file.pipeline.shared_memory
+                   and not same_host else None)  # on one host the workers read the store themselves
+    frame_store = store_prefix(endpoints.windows) if (same_host or frames_port) and file.pipeline.shared_memory else ""
     captures = capture_configs(file.sources, CaptureCommon(
         endpoints, security, model.size, model.num_frames, model.frame_interval, model.hop, file.pipeline.offline,
         display=bool(video) or _window(file), web=web_listen(file.web) is not None, clips=clips is not None,
-        display_width=file.overlay.display_width, frame_store=frame_store), where)
+        display_width=file.overlay.display_width, frame_store=frame_store, frames_port=frames_port or 0,
+        advertise=advertised_host(flags.advertise) if frames_port else ""), where)
     kinds = _source_kinds(captures)
     streams = tuple(kinds)
     if file.pipeline.offline and any(kind != "file" for kind in kinds.values()):
@@ -125,6 +129,20 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
                               top_k=panel_top, **sockets) if clips else None,
         duration_s=file.pipeline.duration, security=security, source_file=where,
         fixed_endpoints=file.endpoints is not None, ipc_dir=ipc_dir)
+
+
+def advertised_host(flag: str | None) -> str:
+    """The address workers on other hosts reach this host's captures at: ``--advertise``, else the address
+    this host's name resolves to (a pod's own IP in Kubernetes, a container's on a compose network)."""
+    import socket
+
+    if flag:
+        return flag
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        raise ConfigError("[endpoints] frames_port: this host's name does not resolve to an address; tell the "
+                          "workers where to fetch frames with --advertise HOST") from None
 
 
 def read_config(path: Path, flags: Overrides) -> ConfigFile:

@@ -64,6 +64,8 @@ class CaptureConfig:
     read_timeout_s: Seconds = 5.0
     hwaccel: str = "none"  # hardware decoding for files and RTSP (streamer.video.readers.open_decoding)
     frame_store: str = ""  # shared-memory frame store prefix (streamer.transport.framestore); "" sends frames inline
+    frames_bind: str = ""  # serve the store's frames to workers on other hosts here (streamer.transport.frameserver)
+    frames_advertise: str = ""  # and tell them to fetch them here (this host's address, same port)
     security: Security = field(default_factory=Security)
     look: LookConfig = field(default_factory=LookConfig)  # regions, crop mode, tracked actors (contract 7)
 

@@ -133,6 +133,9 @@ class EndpointsTable(Table):
     web: str | None = None
     clips: str | None = None
     bind_host: BindHost | None = None  # binding stages listen here (same port): 0.0.0.0 behind a service name
+    # Workers on other hosts fetch window frames from the captures (source N serves them on this port + N):
+    # the dispatcher then carries references only (streamer.transport.frameserver).
+    frames_port: Annotated[int, Meta(ge=1, le=65000)] | None = None
 
 
 class WebTable(Table):

@@ -83,7 +83,7 @@ class Feed:
         indices, stamps, serials = found
         seq, self.seq = self.seq, self.seq + 1
         if self.store is not None:
-            ref = FrameRef(self.store.name, serials, (self.num_frames, self.size, self.size, 3))
+            ref = FrameRef(self.store.name, serials, (self.num_frames, self.size, self.size, 3), self.store.server)
             return wanted, [Window(self.stream, seq, indices, stamps, None, time.time(), ref)]
         frames = self.rings[0].frames_at(serials) if len(self.rings) == 1 else \
             np.concatenate([ring.frames_at(serials) for ring in self.rings])  # crops one after another

@@ -26,6 +26,7 @@ from streamer.errors import ProtocolError
 from streamer.kinds import LineKind, StageKind
 from streamer.look.windowing import FrameView, TrackFeed, make_feeds
 from streamer.stages.health import Health
+from streamer.transport.frameserver import FrameServer
 from streamer.transport.framestore import FrameStore
 from streamer.transport.messages import Credit, DisplayFrame, Stats, Status
 from workers.sampling import window_span
@@ -164,7 +165,7 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event, health: 
         capture.wait_for_recorder()
         while not stop.is_set() and capture.step():
             health.beat()
-            health.publish(capture.counts.samples)
+            health.publish(capture.counts.samples + capture.served())
             if capture.lost:
                 health.not_ready(f"source {config.stream} lost; reconnecting")
             elif capture.counts.captured:
@@ -195,9 +196,14 @@ class _Capture:
         plain = config.look == LookConfig()  # the whole frame's centre crop: the only feed a frame store serves
         self.store = _open_store(config, span + max(math.ceil(fps * STORE_SECONDS), STORE_HOPS * config.hop)) \
             if plain else None
+        self.frame_server = None
+        if self.store is not None and config.frames_bind:
+            self.frame_server = FrameServer(ctx, self.store, config.frame_store, config.frames_bind, config.security)
+            self.store.server = config.frames_advertise
         logger.info(f"capture {config.stream}: {self.source.kind} source open at {fps:.1f} fps; " + (
             f"frames through shared memory ({self.store.frames.shape[0]} frames, "
-            f"{self.store.frames.nbytes / 2**20:.0f} MB)" if self.store else "frames inline") + _looking(config))
+            f"{self.store.frames.nbytes / 2**20:.0f} MB)" if self.store else "frames inline")
+            + (f", served to workers at {config.frames_advertise}" if self.frame_server else "") + _looking(config))
         self.feeds = None  # made at the first frame: regions need its size
         # Offline, a window of each stream (region) or tracked actor may be at the workers, batched together.
         self.credits = OFFLINE_IN_FLIGHT * len(self.streams) + (
@@ -301,8 +307,20 @@ class _Capture:
         self.status(LineKind.END_OF_STREAM, f"{self.config.stream}: last frame was {self.last_index}")
         logger.info(f"capture {self.config.stream}: end of source after frame {self.last_index}")
 
+    def served(self) -> list:
+        """What its frame server did, for its own /metrics."""
+        server = self.frame_server
+        if server is None:
+            return []
+        labels = {"stream": self.config.stream}
+        return [("frame_server_windows", {**labels, "outcome": "served"}, float(server.served)),
+                ("frame_server_windows", {**labels, "outcome": "stale"}, float(server.stale)),
+                ("frame_server_windows", {**labels, "outcome": "malformed"}, float(server.malformed))]
+
     def close(self) -> None:
         self.source.close()
+        if self.frame_server is not None:
+            self.frame_server.close()
         if self.store is not None:
             self.store.close()
         if self.display is not None:

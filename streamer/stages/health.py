@@ -40,6 +40,8 @@ REPORTED_COUNTERS = {
     "clip_frames_missed": "Frames missing from written clips (the recorder fell behind and ZeroMQ dropped them)",
 }
 STAGE_COUNTERS = {  # counted for one stage's own /metrics only
+    "frame_server_windows": "Windows' frames a capture's frame server was asked for, by outcome (served; stale: "
+                            "overwritten before the worker asked; malformed)",
     "worker_windows": "Windows this worker predicted",
     "worker_batches": "Batches this worker ran",
     "worker_windows_stale": "Windows whose frames were overwritten before this worker read them",

@@ -18,6 +18,7 @@ from streamer.config.stages import WorkerConfig
 from streamer.errors import ProtocolError
 from streamer.kinds import LineKind
 from streamer.stages.health import Health
+from streamer.transport.frameserver import FrameFetcher
 from streamer.transport.framestore import FrameStoreReader
 from streamer.transport.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
 from workers.cpu import usable_cores
@@ -96,6 +97,7 @@ class Predictor:
         self.views = FlipViews(self.labels, config.flip_views, self.device)
         self.delay_s = config.delay_s
         self.stores = FrameStoreReader(config.frame_store)
+        self.remote: FrameFetcher | None = None  # frames of captures on other hosts (set by run: it has sockets)
         self.stale = messages.MalformedLog(config.name, what="windows whose frames it cannot read")
 
     def _calibration(self, config: WorkerConfig):
@@ -134,9 +136,13 @@ class Predictor:
         them (workers far behind) or when it names a store this worker may not or cannot read.
         """
         kept, frames, lost = [], [], []
+        fetched = self._fetch_remote(batch)
         for window in batch.windows:
             try:
-                data = window.frames if window.store is None else self.stores.frames(window.store)
+                data = window.frames if window.store is None else fetched[id(window)] \
+                    if window.store.server else self.stores.frames(window.store)
+                if isinstance(data, ProtocolError):
+                    raise data
                 reason = "its frames were overwritten in the frame store before a worker read them"
             except ProtocolError as err:
                 data, reason = None, str(err)
@@ -152,6 +158,15 @@ class Predictor:
         if len(frames) == 1 and frames[0].flags.writeable:  # already our own copy (from a store)
             return kept, frames[0], lost
         return kept, np.concatenate(frames), lost
+
+    def _fetch_remote(self, batch: Batch) -> dict:
+        """The frames of the batch's windows that a capture on another host serves, asked for all at once."""
+        remote = [w for w in batch.windows if w.store is not None and w.store.server]
+        if not remote:
+            return {}
+        if self.remote is None:
+            return {id(w): ProtocolError("this worker fetches no frames from other hosts") for w in remote}
+        return dict(zip((id(w) for w in remote), self.remote.fetch([w.store for w in remote])))
 
     def results(self, batch: Batch, worker: str) -> tuple[ResultBatch, list[Status]]:
         """Results for the batch's readable windows, and a status for each window that could not be read."""
@@ -197,6 +212,7 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
         logger.info(f"{config.name}: runtime plan: {'; '.join(runs.why)}")
     ctx = sockets.Context()
     sock = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.work, bind=False, security=config.security)
+    predictor.remote = FrameFetcher(ctx, config.security)
     messages.send(sock, WorkRequest(config.name, config.max_batch))
     health.ready()
     malformed = messages.MalformedLog(config.name)
@@ -225,6 +241,7 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
                 messages.send(sock, status)
             messages.send(sock, WorkRequest(config.name, config.max_batch))
     finally:
+        predictor.remote.close()
         sock.close(linger=0)
         ctx.term()
     return 0

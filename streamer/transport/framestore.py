@@ -97,6 +97,7 @@ class FrameStore:
         self._map[:HEADER_BYTES] = MAGIC + np.array([capacity, height, width], np.int64).tobytes() + bytes(32)
         self.serials, self.frames = _layout(self._map, capacity, height, width)
         self.serials[:] = -1
+        self.server = ""  # where workers on other hosts fetch these frames (streamer.transport.frameserver)
 
     def close(self) -> None:
         """Remove the file; readers that still map it keep their pages until they let go."""

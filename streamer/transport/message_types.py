@@ -94,13 +94,15 @@ LineValue = _json_value(3)  # a LogLine's line is an object of these: four level
 StoreName = _text(MAX_STORE_NAME)
 
 
-class FrameRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Where a window's frames are: a store file name, one serial number per frame, and the (T, H, W, 3) shape
-    (see :mod:`streamer.transport.framestore`)."""
+class FrameRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Where a window's frames are: a store file name, one serial number per frame, the (T, H, W, 3) shape
+    (see :mod:`streamer.transport.framestore`), and the capture's frame server when the worker is on another
+    host (``tcp://HOST:PORT``, see :mod:`streamer.transport.frameserver`; "" when the store is on this one)."""
 
     name: StoreName
     serials: Annotated[tuple[Index, ...], Meta(max_length=MAX_WINDOW_FRAMES)]
     shape: tuple[int, int, int, int]  # checked as a FramesShape by the codec
+    server: Annotated[str, Meta(max_length=MAX_NAME, pattern=r"^(tcp://[A-Za-z0-9.:\[\]_-]+:[0-9]{1,5})?$")] = ""
 
 
 class _Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True,
@@ -260,5 +262,20 @@ class Stats(_Message, tag="stats", eq=False):
                        Meta(max_length=MAX_SAMPLES)]
 
 
+class FramesWanted(_Message, tag="frames_wanted"):
+    """Worker → a capture's frame server: the frames ``ref`` names; ``ask`` comes back with them."""
+
+    ask: Index
+    ref: FrameRef
+
+
+class FramesFound(_Message, tag="frames_found", eq=False, rename={"frames": "shape"}):
+    """A capture's frame server → worker: the (T, H, W, 3) frames asked for as ``ask``, or None when they were
+    overwritten before the worker asked (a stale window)."""
+
+    ask: Index
+    frames: np.ndarray | None
+
+
 Message = (Window | WorkRequest | Batch | Result | ResultBatch | DisplayFrame | Status | Credit | Heartbeat
-           | LogLine | Stats)
+           | LogLine | Stats | FramesWanted | FramesFound)

@@ -28,17 +28,19 @@ import zmq
 from loguru import logger
 
 from streamer.errors import ProtocolError
+from streamer.transport.message_types import FrameRef
 from streamer.transport.message_types import (
     MAX_ARRAY_BYTES, MAX_BATCH, MAX_CLASSES, MAX_DETAIL, MAX_HEADER_BYTES, MAX_IMAGE_SIDE, MAX_INDEX, MAX_LABELS,
     MAX_LINE_FIELDS, MAX_NAME, MAX_PARTS, MAX_SAMPLES, MAX_TIMINGS, MAX_TOP, MAX_TRACKS, MAX_VIEWS, MAX_WINDOW_FRAMES,
-    PRINTABLE, VERSION, Batch, Classes, Credit, DisplayFrame, FramesShape, Heartbeat, ImageShape, LogLine, Message,
-    Result, ResultBatch, Stats, Status, Window, WorkRequest,
+    PRINTABLE, VERSION, Batch, Classes, Credit, DisplayFrame, FramesFound, FramesShape, FramesWanted, Heartbeat,
+    ImageShape, LogLine, Message, Result, ResultBatch, Stats, Status, Window, WorkRequest,
 )
 
 __all__ = [  # the message types and bounds are part of this module's interface
     "MAX_ARRAY_BYTES", "MAX_BATCH", "MAX_CLASSES", "MAX_DETAIL", "MAX_HEADER_BYTES", "MAX_IMAGE_SIDE", "MAX_INDEX",
     "MAX_LABELS", "MAX_LINE_FIELDS", "MAX_NAME", "MAX_PARTS", "MAX_SAMPLES", "MAX_TIMINGS", "MAX_TOP", "MAX_TRACKS",
-    "MAX_VIEWS", "MAX_WINDOW_FRAMES", "VERSION", "Batch", "Credit", "DisplayFrame", "Heartbeat", "LogLine", "Message",
+    "MAX_VIEWS", "MAX_WINDOW_FRAMES", "VERSION", "Batch", "Credit", "DisplayFrame", "FramesFound", "FramesWanted",
+    "Heartbeat", "LogLine", "Message",
     "Result", "ResultBatch", "Stats", "Status", "Window", "WorkRequest", "MalformedLog", "ProtocolError", "decode",
     "display_topic", "drain", "encode", "recorder_topic", "recv", "send",
 ]
@@ -154,6 +156,17 @@ def _array(array: np.ndarray, ndim: int, where: str) -> None:
         raise ProtocolError(f"{where}: declares a {array.ndim}-d array, expected {ndim}-d")
 
 
+def _frame_ref(ref: FrameRef, where: str) -> int:
+    """The frame count of a store reference whose shape and serials agree."""
+    try:
+        count = _shape(list(ref.shape), FramesShape)[0]
+    except ValueError as err:
+        raise ProtocolError(f"{where}.shape: {_one_line(err)}") from None
+    if len(ref.serials) != count:
+        raise ProtocolError(f"{where}: {count} frames but {len(ref.serials)} serials")
+    return count
+
+
 def _window(w: Window, where: str) -> None:
     if (w.frames is None) == (w.store is None):
         raise ProtocolError(f"{where}: needs its frames or a frame store reference, not both or neither")
@@ -161,12 +174,7 @@ def _window(w: Window, where: str) -> None:
         _array(w.frames, 4, f"{where}.shape")
         count = w.frames.shape[0]
     else:
-        try:
-            count = _shape(list(w.store.shape), FramesShape)[0]
-        except ValueError as err:
-            raise ProtocolError(f"{where}.store.shape: {_one_line(err)}") from None
-        if len(w.store.serials) != count:
-            raise ProtocolError(f"{where}.store: {count} frames but {len(w.store.serials)} serials")
+        count = _frame_ref(w.store, f"{where}.store")
     if len(w.frame_indices) * w.views != count or len(w.frame_ts) != len(w.frame_indices):
         raise ProtocolError(f"{where}: {count} frames but {len(w.frame_indices)} indices, {len(w.frame_ts)} "
                             f"timestamps and {w.views} view(s)")
@@ -196,6 +204,10 @@ def _check(msg: Message) -> None:
     elif isinstance(msg, ResultBatch):
         for i, result in enumerate(msg.results):
             _result(result, f"result_batch.results[{i}]")
+    elif isinstance(msg, FramesWanted):
+        _frame_ref(msg.ref, "frames_wanted.ref")
+    elif isinstance(msg, FramesFound) and msg.frames is not None:
+        _array(msg.frames, 4, "frames_found.shape")
     elif isinstance(msg, DisplayFrame):
         _array(msg.image, 3, "display.shape")
         for i, (_, box) in enumerate(msg.tracks):
