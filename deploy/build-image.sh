@@ -6,13 +6,13 @@
 #   flock /tmp/heavy.lock deploy/build-image.sh        # from the repository root, as root
 #
 # Idempotent: the base image is made only when missing, the build reuses cached layers, a container left by
-# an earlier run is removed first. Environment: IMAGE (default localhost/timesformer-stream:cpu),
+# an earlier run is removed first. Environment: IMAGE (default localhost/timesformer-stream:latest),
 # BASE (localhost/debian-base:bookworm), PORT (host port of the web view, default 18080), SKIP_RUN=1.
 # Host specifics (CA bundle, pip configuration, wheel folders) reach the build only as read-only mounts of
 # RUN steps (`podman build -v`), so they are in no layer and not in the Containerfile.
 set -euo pipefail
 
-IMAGE=${IMAGE:-localhost/timesformer-stream:cpu}
+IMAGE=${IMAGE:-localhost/timesformer-stream:latest}  # the tag deploy/compose.yaml and deploy/kubernetes name
 BASE=${BASE:-localhost/debian-base:bookworm}
 PORT=${PORT:-18080}
 NAME=tss-image-check

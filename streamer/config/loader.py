@@ -34,8 +34,16 @@ from streamer.transport.security import check_endpoint
 from workers.flips import check_flip_views
 from workers.sampling import window_span
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO / "configs" / "default.toml"
+REPO = Path(__file__).resolve().parents[2]  # the checkout; beside site-packages when installed with pip
+
+
+def default_config() -> Path:
+    """``configs/default.toml`` of the working folder (an image's /app, a checkout's root), else of the checkout."""
+    here = Path("configs/default.toml").resolve()
+    return here if here.is_file() else REPO / "configs" / "default.toml"
+
+
+
 VIDEO_OUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi")  # containers the overlay writes H.264 into
 BINDING_ROLES = (None, "dispatcher", "web", "overlay", "clips")  # the --roles that bind (None: every stage)
 FLAG_KEYS = {  # each flag that stands for a key: the table and the key
@@ -87,7 +95,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         preprocess_of: ``checkpoint path -> (Preprocess, labels)``; reads the checkpoint's metadata
             (it raises CheckpointError for a bad checkpoint, before any process starts).
     """
-    path = Path(flags.config) if flags.config else DEFAULT_CONFIG
+    path = Path(flags.config) if flags.config else default_config()
     file, where = read_config(path, flags), str(path)
     model = model_choice(file.model, preprocess_of, where)
     security = load_security(file.security, f"{where} [security]", path.parent,
@@ -121,7 +129,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         workers=worker_configs(file, model, endpoints, security, frame_store, events.top_k, where),
         overlay=OverlayConfig(streams=streams, window=_window(file), output=video, fps=file.overlay.fps,
                               top_k=panel_top, **sockets) if video or _window(file) else None,
-        web=web_config(file.web, flags.web, where, default_file=path.resolve() == DEFAULT_CONFIG,
+        web=web_config(file.web, flags.web, where, default_file=path.resolve() == default_config(),
                        streams=tuple(kinds.items()), top_k=panel_top, **sockets) if flags.role in (None, "web") else None,
         sinks=sinks_config(file, endpoints, security, streams, model.labels, where)
         if flags.role in (None, "sinks") else None,
