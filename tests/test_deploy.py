@@ -283,7 +283,7 @@ def test_dispatcher_is_one_recreated_pod(renders):
 def test_every_endpoint_is_a_service_port(renders):
     """Each tcp://HOST:PORT of [endpoints] is a Service HOST with that port, reaching a pod that listens there
     before it is ready (stages become ready only once they reach each other)."""
-    endpoints = {k: v for k, v in pipeline()["endpoints"].items() if k != "bind_host"}
+    endpoints = {k: v for k, v in pipeline()["endpoints"].items() if k not in ("bind_host", "frames_port")}
     assert set(endpoints) >= {"windows", "work", "results", "web"}
     docs = renders["default"]
     for name, url in endpoints.items():
