@@ -22,7 +22,8 @@ from streamer.stages import dispatcher
 from streamer.stages.dispatcher.event_log import EventLog
 from streamer.stages.dispatcher.tracker import EventConfig
 from streamer.transport import messages
-from streamer.transport.messages import (Batch, Credit, Result, ResultBatch, Stats, Status, Window, WorkRequest)
+from streamer.transport.messages import (Batch, Credit, LogLine, Result, ResultBatch, Stats, Status, Window,
+                                         WorkRequest)
 
 LABELS = ("left", "right", "still")
 FRAMES = np.zeros((4, 8, 8, 3), np.uint8)
@@ -215,3 +216,26 @@ def test_kinds_are_written_as_their_plain_strings(tmp_path):
     as_enum = messages.encode(Status(LineKind.WORKER_RESTARTED, "", "worker-0 restarted after crash 1", 2.0))
     as_text = messages.encode(Status("worker_restarted", "", "worker-0 restarted after crash 1", 2.0))
     assert [bytes(part) for part in as_enum] == [bytes(part) for part in as_text]
+
+
+def test_a_dispatcher_ends_the_actions_a_killed_one_left_under_way_first_and_tells_its_subscribers(tmp_path):
+    """A start without its end in the log (its dispatcher was killed) gets its end line from the next dispatcher,
+    before any line of its own, and the subscribers that reconnected to it hear it too."""
+    prediction = {"kind": "prediction", "stream": "cam0", "frame_index": 3, "frame_ts": 1003.0,
+                  "top": [["left", 0.9], ["right", 0.05], ["still", 0.05]], "latency_ms": 5.0}
+    start = {"kind": "start", "stream": "cam0", "label": "left", "frame_index": 3, "frame_ts": 1003.0, "score": 0.9,
+             "id": "1003000-abcdef"}
+    (tmp_path / "events.jsonl").write_text(f"{json.dumps(prediction)}\n{json.dumps(start)}\n")
+    hub = Hub(tmp_path, ("cam0",))
+    try:
+        heard = hub.receive(hub.results, LogLine)
+        assert heard is not None and heard.line == {**start, "kind": "end"}
+        hub.send(hub.capture, window("cam0", 5))
+        hub.send(hub.worker, WorkRequest("w0", 1))
+        batch = hub.receive(hub.worker, Batch)
+        hub.send(hub.worker, ResultBatch((result_of(batch.windows[0]),)))
+        assert hub.receive(hub.results, Result) is not None
+        assert [(line["kind"], line.get("id")) for line in hub.lines()][:4] == [
+            ("prediction", None), ("start", start["id"]), ("end", start["id"]), ("prediction", None)]
+    finally:
+        hub.close()

@@ -17,7 +17,7 @@ import pytest
 from streamer.errors import ConfigError, ProtocolError
 from streamer.config.stages import EventConfig
 from streamer.stages.dispatcher.event_log import PAGE, EventLog
-from streamer.stages.dispatcher.tracker import EVENT_ID, ActionTracker, prediction_line
+from streamer.stages.dispatcher.tracker import EVENT_ID, ActionTracker, left_open, prediction_line
 from streamer.transport.messages import Result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -327,3 +327,30 @@ def test_a_track_that_ends_ends_its_action_and_late_results_start_nothing() -> N
     _, other = tracker.update(tracked(0.9, 1, track=4))
     assert [e["kind"] for e in other] == ["start"]
     assert [e["track"] for e in tracker.reset("cam0")] == [4], "a lost source ends every track's action"
+
+
+def test_actions_left_under_way_end_as_a_clean_stop_would_have_ended_them() -> None:
+    """A dispatcher killed mid-action leaves starts without ends in its log; the next one ends them from the log
+    alone, with the lines its clean stop would have written (a stream it does not serve is not its to end)."""
+    tracker = ActionTracker(EventConfig(smoothing=2, start_threshold=0.6, end_threshold=0.4), LABELS)
+    lines = []
+    feed = [result(0.9, 0), result(0.1, 1), result(0.1, 2), result(0.9, 3), result(0.8, 4), tracked(0.9, 5, track=7),
+            result(0.9, 6, stream="cam9")]
+    for r in feed:
+        lines.append(prediction_line(r, r.frame_ts + 0.1))
+        lines += tracker.update(r)[1]
+    assert [line["kind"] for line in lines].count("end") == 1  # the first action ended; two others under way
+    clean_stop = [e for e in tracker.reset_all() if e["stream"] == "cam0"]
+    recovered = left_open(lines, {"cam0"}, smoothing=2)
+    assert [{**e, "score": pytest.approx(e["score"], abs=1e-5)} for e in clean_stop] == recovered
+    assert [(e["id"], e.get("track")) for e in recovered] == [(lines[-5]["id"], None), (lines[-3]["id"], 7)]
+    assert left_open(lines + recovered, {"cam0"}, smoothing=2) == [], "once ended, never again"
+
+
+def test_tail_reads_the_whole_lines_at_the_end_of_a_log(tmp_path: Path) -> None:
+    with EventLog(tmp_path / "events.jsonl") as log:
+        for i in range(100):
+            log.write({"kind": "prediction", "seq": i})
+        assert [line["seq"] for line in log.tail(max_bytes=100)] == [97, 98, 99], "the cut first line is skipped"
+        assert len(log.tail()) == 100
+    assert EventLog(None).tail() == []

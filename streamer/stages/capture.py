@@ -5,12 +5,16 @@ hold it (``WindowSchedule.wanted``); the others are decoded and counted but neve
 K400's sampling, 31 frames in 32). Display frames are made only while the overlay or a web viewer
 subscribes to this stream (``_Display``). A window goes out
 every ``hop`` source frames. Live: windows are sent and forgotten (the dispatcher keeps
-only the newest). Offline: capture waits for the dispatcher's credit before sending
-more, so nothing is dropped and a file is read only as fast as the workers go.
+only the newest), and while the dispatcher takes none (restarting, rescheduled, unreachable)
+they are dropped here and counted, so that the capture never blocks on it: it keeps reading
+its camera, answering its probes and obeying a stop. Offline: capture waits for the
+dispatcher's credit before sending more, so nothing is dropped and a file is read only as
+fast as the workers go.
 With a frame store (same-host workers), the ring lives in shared memory and a window
 names its frames instead of carrying them (:mod:`streamer.transport.framestore`).
 """
 
+import collections
 import math
 import multiprocessing.synchronize
 import time
@@ -36,6 +40,9 @@ OFFLINE_IN_FLIGHT = 2  # windows a file may be ahead of the workers in offline m
 STORE_SECONDS = 8.0  # a shared frame store keeps this much video beyond one window (a slow worker's margin)
 STORE_HOPS = 24  # and at least this many hops (offline, where frames come as fast as credits allow)
 STATS_INTERVAL_S = 1.0  # frames captured and input fps go to the dispatcher (and on to /metrics) this often
+WINDOW_WAIT_S = 0.5  # a live window waits this long for room towards the dispatcher, then is dropped (none while away)
+STATUS_WAIT_S = 2.0  # a source's status (lost, back, a track ended) waits this long, then is dropped
+AWAY = "dispatcher_away"  # the reason a capture counts for the windows it dropped while the dispatcher took none
 
 
 CLIP_QUEUE_FRAMES = 8  # display frames queued here for the clips stage (raw: 5.5 MB at 640×360); it must keep up
@@ -126,13 +133,15 @@ class _Counts:
     def __init__(self, streams: tuple[str, ...], tracking: bool = False) -> None:
         self.streams, self.started, self.tracking = streams, time.time(), tracking
         self.captured = self.converted = self.shown = 0
+        self.unsent: collections.Counter = collections.Counter()  # stream → windows dropped, the dispatcher away
         self.tracks_active = self.tracks_skipped = 0
         self.last_frame_ts = 0.0
         self.samples: list = []  # the latest report's, every stream's
         self._since = (time.monotonic(), 0)
         self.next_report = time.monotonic() + STATS_INTERVAL_S
 
-    def report(self, sock: zmq.Socket, block: bool = False) -> None:
+    def report(self, deliver) -> None:
+        """The counts of every stream, each Stats handed to ``deliver`` (it sends it, or not)."""
         now = time.monotonic()
         seconds = now - self._since[0]
         fps = (self.captured - self._since[1]) / seconds if seconds > 0 else 0.0
@@ -141,16 +150,13 @@ class _Counts:
             labels = {"stream": stream}
             samples = (("frames_captured", labels, float(self.captured)), ("frames_converted", labels, float(self.converted)),
                        ("display_frames", labels, float(self.shown)), ("capture_started", labels, self.started),
-                       ("input_fps", labels, fps), ("last_frame_ts", labels, self.last_frame_ts))
+                       ("input_fps", labels, fps), ("last_frame_ts", labels, self.last_frame_ts),
+                       ("windows_dropped", {**labels, "reason": AWAY}, float(self.unsent[stream])))
             if self.tracking:
                 samples += (("tracks_active", labels, float(self.tracks_active)),
                             ("tracks_skipped", labels, float(self.tracks_skipped)))
             self.samples += samples
-            try:
-                messages.send(sock, Stats(f"{StageKind.CAPTURE} {stream}", time.time(), samples),
-                              0 if block else zmq.NOBLOCK)
-            except zmq.Again:  # the dispatcher is behind; the next report carries the totals
-                pass
+            deliver(Stats(f"{StageKind.CAPTURE} {stream}", time.time(), samples))  # not sent: the next has the totals
         self._since, self.next_report = (now, self.captured), now + STATS_INTERVAL_S
 
 
@@ -209,14 +215,36 @@ class _Capture:
         self.credits = OFFLINE_IN_FLIGHT * len(self.streams) + (
             config.look.tracking.max_tracks if config.look.tracking else 0)
         self.segment, self.lost = 0, False
+        self.away_since = 0.0  # monotonic time the dispatcher stopped taking windows (0: it takes them)
         self.last_index = None  # the ring forgets it on a loss; the end-of-stream line still names it
         self.malformed = messages.MalformedLog(f"capture {config.stream}")
         self.counts = _Counts(self.streams, config.look.tracking is not None)
 
-    def status(self, kind: str, detail: str, track: int | None = None) -> None:
+    def status(self, kind: str, detail: str, track: int | None = None, wait_s: float | None = STATUS_WAIT_S) -> None:
+        """A status of every stream to the dispatcher: waiting ``wait_s`` at most (None: until stopped; not at
+        all while the dispatcher is known to be away)."""
+        if wait_s is not None and self.away_since:
+            wait_s = 0.0
         for stream in self.streams:
-            messages.send(self.out, Status(kind=kind, stream=stream, detail=detail[:2000], ts=time.time(),
-                                           track=track))
+            if not self._deliver(Status(kind=kind, stream=stream, detail=detail[:2000], ts=time.time(), track=track),
+                                 wait_s):
+                logger.warning(f"capture {stream}: {kind.replace('_', ' ')} not told: the dispatcher takes nothing")
+
+    def _deliver(self, msg, wait_s: float | None) -> bool:
+        """Send ``msg`` to the dispatcher, waiting at most ``wait_s`` (None: until stopped) for room in the send
+        queue; False if it was not sent. The queue fills only while the dispatcher takes nothing (it restarts,
+        its pod moves, the network is down): a blocking send would stop the capture until it is back."""
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        while True:
+            try:
+                messages.send(self.out, msg, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                pass
+            left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if left <= 0 or self.stop.is_set():
+                return False
+            self.out.poll(max(1, int(left * 1000)), zmq.POLLOUT)
 
     def wait_for_recorder(self) -> None:
         if self.display is not None and self.config.clips:
@@ -225,7 +253,7 @@ class _Capture:
     def step(self) -> bool:
         """Take one frame (or one wait of a source that reconnects); False at the source's end or a stop."""
         if time.monotonic() >= self.counts.next_report:
-            self.counts.report(self.out)
+            self.counts.report(lambda stats: self._deliver(stats, 0.0))
         frame = self._read()
         if frame is False:  # still reconnecting
             return True
@@ -294,17 +322,32 @@ class _Capture:
         for window in windows:
             if self.config.offline:
                 self.credits = _wait_for_credit(self.out, self.credits, self.stop, self.malformed)
-                if self.credits is None:
+                if self.credits is None or not self._deliver(window, None):
                     return False
-            messages.send(self.out, window)
+            else:
+                self._send_live(window)
         return True
+
+    def _send_live(self, window) -> None:
+        """A live window to the dispatcher, or dropped and counted while it takes none (one line per outage)."""
+        if self._deliver(window, 0.0 if self.away_since else WINDOW_WAIT_S):
+            if self.away_since:
+                logger.info(f"capture {self.config.stream}: the dispatcher takes windows again after "
+                            f"{time.monotonic() - self.away_since:.0f} s")
+                self.away_since = 0.0
+            return
+        self.counts.unsent[window.stream] += 1
+        if not self.away_since:
+            self.away_since = time.monotonic()
+            logger.warning(f"capture {self.config.stream}: the dispatcher takes no windows (restarting or "
+                           "unreachable?); dropping them until it is back")
 
     def _end(self) -> None:
         """The source ended: every tracked actor ends with it, then the final counts and end_of_stream."""
         _reset(self.feeds)
         _end_tracks(self.feeds, self.status)
-        self.counts.report(self.out, block=True)  # the final counts, before the end
-        self.status(LineKind.END_OF_STREAM, f"{self.config.stream}: last frame was {self.last_index}")
+        self.counts.report(lambda stats: self._deliver(stats, None))  # the final counts, before the end
+        self.status(LineKind.END_OF_STREAM, f"{self.config.stream}: last frame was {self.last_index}", wait_s=None)
         logger.info(f"capture {self.config.stream}: end of source after frame {self.last_index}")
 
     def served(self) -> list:

@@ -24,6 +24,7 @@ def encode_line(obj: dict[str, Any]) -> bytes:
 
 
 PAGE = mmap.PAGESIZE
+TAIL_BYTES = 4 << 20  # how far back a restarted dispatcher looks for actions left under way
 _PAD = encode_line({"kind": LineKind.PAD})  # the shortest filler line: {"kind":"pad"}
 
 
@@ -112,6 +113,26 @@ class EventLog:
             sys.stdout.write(data.decode("utf-8"))
             sys.stdout.flush()
         self.lines += 1
+
+    def tail(self, max_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
+        """The whole JSON objects among the file's last ``max_bytes`` (what a restarted writer needs to know of
+        what the one before it left; lines that are not JSON objects are skipped)."""
+        if self.path is None or not os.path.exists(self.path):
+            return []
+        with open(self.path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+        lines = data.split(b"\n")[1 if size > max_bytes else 0:]  # the first may be a part of a line
+        out = []
+        for line in lines:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
 
     def close(self) -> None:
         """Flush to disk and close; further writes go nowhere."""

@@ -20,7 +20,7 @@ from streamer.kinds import LineKind, StageKind
 from streamer.render.words import label_words
 from streamer.stages.dispatcher.event_log import EventLog
 from streamer.stages.dispatcher.rules import Counters, Dispatcher
-from streamer.stages.dispatcher.tracker import ActionTracker, prediction_line
+from streamer.stages.dispatcher.tracker import ActionTracker, left_open, prediction_line
 from streamer.stages.health import Health
 from streamer.transport import messages, sockets
 from streamer.transport.messages import (Batch, Credit, Heartbeat, LogLine, Result, ResultBatch, Stats, Status, Window,
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from streamer.config.stages import DispatchConfig
 
 READ_AT_ONCE = 64  # messages taken from one socket before the other gets its turn
+RESUBSCRIBE_S = 1.0  # a restarted dispatcher waits this long for the subscribers to reconnect before it publishes
 
 
 class Hub:
@@ -40,6 +41,8 @@ class Hub:
         self.health = health or Health("dispatcher")
         self.log = EventLog(config.events_path)
         self.tracker = ActionTracker(config.events, config.labels or None)
+        # Actions the dispatcher before this one (killed, or its node lost) left under way: they end here.
+        self.left_open = left_open(self.log.tail(), set(config.streams), config.events.smoothing)
         self.rules = Dispatcher(config)
         self.ctx = sockets.Context()
         self.captures = sockets.make_socket(self.ctx, zmq.ROUTER, config.endpoints.bound("windows"), bind=True,
@@ -60,6 +63,7 @@ class Hub:
                     f"events → {self.config.events_path or 'nowhere'}")
         self.health.ready()
         try:
+            self._end_left_open(stop)
             while not stop.is_set():
                 self.health.beat()
                 ready = dict(self.poller.poll(100))
@@ -77,6 +81,21 @@ class Hub:
         finally:
             self.close()
         return 0
+
+    def _end_left_open(self, stop: multiprocessing.synchronize.Event) -> None:
+        """The end lines of the actions the previous dispatcher left under way, before any new line: once the
+        subscribers (sinks, web, clips) have had a moment to find this dispatcher, so that they hear them too."""
+        if not self.left_open:
+            return
+        deadline = time.monotonic() + RESUBSCRIBE_S
+        while time.monotonic() < deadline and not stop.is_set():
+            self.health.beat()
+            time.sleep(0.05)
+        logger.info(f"dispatcher: ending {len(self.left_open)} action(s) that the dispatcher before this one "
+                    "left under way")
+        for line in self.left_open:
+            self._write(line)
+        self.left_open = []
 
     def close(self) -> None:
         """End every action under way in the log, then close the log and the sockets."""

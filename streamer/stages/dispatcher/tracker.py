@@ -153,6 +153,36 @@ class ActionTracker:
         return [event for key in list(self._streams) for event in self._forget(key)]
 
 
+def left_open(lines: Sequence[dict[str, Any]], streams: set[str], smoothing: int) -> list[dict[str, Any]]:
+    """The ``end`` lines of the actions of ``streams`` that ``lines`` (an event log's tail, oldest first) start
+    and never end: what a dispatcher that died without stopping (SIGKILL, a lost node) left under way, ended as
+    its clean stop would have. Each ends at its stream's (or actor's) last prediction, with the label's mean
+    probability over the last ``smoothing`` predictions (a label out of a line's top list counts 0)."""
+    starts: dict[str, dict[str, Any]] = {}
+    recent: dict[tuple[str, Any], deque] = {}  # (stream, track) → its last predictions
+    for line in lines:
+        kind, stream = line.get("kind"), line.get("stream")
+        if stream not in streams:
+            continue
+        if kind == LineKind.PREDICTION:
+            recent.setdefault((stream, line.get("track")), deque(maxlen=smoothing)).append(line)
+        elif kind == LineKind.START and isinstance(line.get("id"), str) and isinstance(line.get("label"), str):
+            starts[line["id"]] = line
+        elif kind == LineKind.END:
+            starts.pop(line.get("id"), None)
+    ends = []
+    for start in starts.values():
+        key, label = (start["stream"], start.get("track")), start["label"]
+        seen = recent.get(key)
+        last = seen[-1] if seen else start
+        score = np.mean([next((p for name, p in line.get("top", ()) if name == label), 0.0) for line in seen]) \
+            if seen else start.get("score", 0.0)
+        end = {"kind": LineKind.END, "stream": key[0], "label": label, "frame_index": last["frame_index"],
+               "frame_ts": last["frame_ts"], "score": round(float(score), 6), "id": start["id"]}
+        ends.append(end if key[1] is None else {**end, "track": key[1], "box": last.get("box")})
+    return ends
+
+
 def box_line(box) -> list[float] | None:
     """A box as the event log writes it: pixels to a tenth."""
     return None if box is None else [round(float(v), 1) for v in box]
