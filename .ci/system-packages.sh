@@ -21,6 +21,7 @@ packages=(
     chromium
     prometheus
     mosquitto
+    iproute2
 )
 
 missing=()

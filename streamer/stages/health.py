@@ -31,7 +31,8 @@ REPORTED_COUNTERS = {
     "tracks_skipped": "Moving things not tracked because a stream had max_tracks actors already (per frame)",
     "windows_sent": "Windows each capture sent to the dispatcher",
     "windows_dropped": "Windows dropped, by stream and reason (overtaken: a newer one came first; "
-                       "stale: its frames were overwritten before a worker read them)",
+                       "stale: its frames were overwritten before a worker read them; dispatcher_away: a capture could not "
+                       "hand it to a dispatcher that was down)",
     "event_log_lines": "Lines written to the event log",
     "malformed_messages": "Messages the dispatcher dropped as malformed",
     "sink_messages": "Messages of the event sinks, by sink (mqtt, webhook N) and outcome (published or delivered; "
