@@ -174,3 +174,15 @@ def rtsp_server_factory(gst_rtsp_missing, tmp_path):
 def rtsp_server(rtsp_server_factory) -> RtspServer:
     """A test-pattern camera (320×240, 30 fps) at ``rtsp_server.url``."""
     return rtsp_server_factory()
+
+
+def metric_samples(text: bytes) -> dict[str, float]:
+    """A /metrics page as ``name`` or ``name{k=v,...}`` (labels sorted) → value, for every sample on it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out

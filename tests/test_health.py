@@ -12,10 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.stages import health
-from tests.conftest import free_port
+from tests.conftest import free_port, metric_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,13 +31,7 @@ def get(url: str) -> tuple[int, bytes]:
 
 def metrics(url: str) -> dict[str, float]:
     """``name{labels}`` → value of every sample /metrics shows."""
-    _, text = get(url + "/metrics")
-    out = {}
-    for family in text_string_to_metric_families(text.decode()):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
+    return metric_samples(get(url + "/metrics")[1])
 
 
 def test_health_answers_alive_ready_and_why_not_and_its_metrics():

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from tests.conftest import metric_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTS = {"windows": 5550, "work": 5551, "results": 5552, "display": 5553, "web": 5554, "clips": 5555}
@@ -188,12 +188,7 @@ def get(url: str) -> tuple[int, bytes]:
 def metrics(stage: Stage) -> dict[str, float]:
     """``name`` or ``name{k=v,...}`` → value, for every sample of the stage's /metrics."""
     status, text = get(stage.url + "/metrics")
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text.decode()) if status == 200 else ():
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
+    return metric_samples(text) if status == 200 else {}
 
 
 def ready(stage: Stage) -> bool:
