@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 from streamer.config.network import Endpoints
+from tests.test_events import AT_ONCE
 from streamer.config.stages import DispatchConfig
 from streamer.kinds import LineKind
 from streamer.stages import dispatcher
@@ -49,7 +50,7 @@ class Hub:
         endpoints = Endpoints(*(f"ipc://{tmp_path}/{name}" for name in ("windows", "work", "results", "display")))
         self.config = DispatchConfig(endpoints=endpoints, streams=streams, finite_streams=config.pop("finite", ()),
                                      labels=LABELS, events_path=str(self.events), status_interval_s=0.1,
-                                     events=EventConfig(smoothing=1), **config)
+                                     events=EventConfig(**AT_ONCE, smoothing=1), **config)
         self.stop = threading.Event()
         self.returned: list[int] = []
         self.thread = threading.Thread(target=lambda: self.returned.append(dispatcher.run(self.config, self.stop)))
@@ -229,7 +230,7 @@ def test_a_dispatcher_ends_the_actions_a_killed_one_left_under_way_first_and_tel
     hub = Hub(tmp_path, ("cam0",))
     try:
         heard = hub.receive(hub.results, LogLine)
-        assert heard is not None and heard.line == {**start, "kind": "end"}
+        assert heard is not None and heard.line == {**start, "kind": "end", "peak": 0.9}
         hub.send(hub.capture, window("cam0", 5))
         hub.send(hub.worker, WorkRequest("w0", 1))
         batch = hub.receive(hub.worker, Batch)

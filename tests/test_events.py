@@ -22,6 +22,7 @@ from streamer.transport.messages import Result
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["abseiling", "air drumming", "archery"]
+AT_ONCE = {"end_hold_s": 0.0, "merge_gap_s": 0.0}  # the tracker without its holds: ends at the first low score
 
 
 def result(p_first: float, index: int, stream: str = "cam0", ts: float | None = None) -> Result:
@@ -43,22 +44,22 @@ def run(tracker: ActionTracker, firsts: list[float], stream: str = "cam0") -> li
 
 
 def test_hysteresis_starts_at_start_threshold_and_ends_below_end_threshold() -> None:
-    tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=1), LABELS)
     events = run(tracker, [0.5, 0.65, 0.5, 0.41, 0.4, 0.39, 0.55, 0.59, 0.6, 0.9])
     assert events == [("start", "abseiling", 1), ("end", "abseiling", 5), ("start", "abseiling", 8)]
     assert tracker.active("cam0") == "abseiling"
 
 
 def test_smoothing_ignores_a_single_spike_and_follows_a_sustained_rise() -> None:
-    tracker = ActionTracker(EventConfig(smoothing=3), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=3), LABELS)
     assert run(tracker, [0.1, 0.1, 0.9, 0.1, 0.1]) == []
-    tracker = ActionTracker(EventConfig(smoothing=3), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=3), LABELS)
     # moving averages: .1 .1 .37 .63 .9 .63 .37
     assert run(tracker, [0.1, 0.1, 0.9, 0.9, 0.9, 0.1, 0.1]) == [("start", "abseiling", 3), ("end", "abseiling", 6)]
 
 
 def test_a_new_action_ends_the_active_one_before_it_starts() -> None:
-    tracker = ActionTracker(EventConfig(smoothing=1, start_threshold=0.5, end_threshold=0.2), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=1, start_threshold=0.5, end_threshold=0.2), LABELS)
     _, events = tracker.update(result(0.7, 0))
     assert [(e["kind"], e["label"]) for e in events] == [("start", "abseiling")]
     probs = np.array([0.3, 0.6, 0.1], np.float32)  # abseiling still above its end threshold
@@ -68,7 +69,7 @@ def test_a_new_action_ends_the_active_one_before_it_starts() -> None:
 
 
 def test_an_end_line_carries_the_id_of_its_start_and_ids_are_unique() -> None:
-    tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=1), LABELS)
     lines = []
     for p in (0.9, 0.1, 0.9, 0.1, 0.9):
         lines += tracker.update(result(p, len(lines)))[1]
@@ -80,14 +81,14 @@ def test_an_end_line_carries_the_id_of_its_start_and_ids_are_unique() -> None:
 
 
 def test_streams_are_tracked_independently() -> None:
-    tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=1), LABELS)
     assert run(tracker, [0.9], "cam0") == [("start", "abseiling", 0)]
     assert run(tracker, [0.1, 0.1], "cam1") == []
     assert tracker.active("cam0") == "abseiling" and tracker.active("cam1") is None
 
 
 def test_event_dicts_carry_the_contract_fields() -> None:
-    tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=1), LABELS)
     smoothed, events = tracker.update(result(0.8, 4))
     assert smoothed[0] == ("abseiling", pytest.approx(0.8)) and len(smoothed) == 3
     (event,) = events
@@ -99,7 +100,7 @@ def test_event_dicts_carry_the_contract_fields() -> None:
 
 def test_smoothed_top_is_best_first_and_limited_to_top_k() -> None:
     labels = [f"l{i}" for i in range(10)]
-    tracker = ActionTracker(EventConfig(smoothing=2, top_k=3), labels)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=2, top_k=3), labels)
     p1 = np.linspace(0.0, 1.0, 10, dtype=np.float32)
     p1 /= p1.sum()
     tracker.update(Result("s", 0, 0, 1.0, p1, (), "w", {}))
@@ -110,7 +111,7 @@ def test_smoothed_top_is_best_first_and_limited_to_top_k() -> None:
 
 
 def test_reset_ends_the_active_action_and_forgets_the_history() -> None:
-    tracker = ActionTracker(EventConfig(smoothing=3), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=3), LABELS)
     run(tracker, [0.9, 0.9, 0.9])
     assert tracker.reset("cam1") == []
     (event,) = tracker.reset("cam0")
@@ -122,7 +123,7 @@ def test_reset_ends_the_active_action_and_forgets_the_history() -> None:
 
 def test_results_captured_before_a_loss_start_no_action_after_it() -> None:
     """A window still at a worker when its camera dropped is logged, but its action already ended at the loss."""
-    tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=1), LABELS)
     assert run(tracker, [0.9, 0.9]) == [("start", "abseiling", 0)]
     (end,) = tracker.reset("cam0", lost_ts=1002.5)  # frames 0-1 captured at 1000-1001, lost at 1002.5
     assert end["kind"] == "end"
@@ -133,7 +134,7 @@ def test_results_captured_before_a_loss_start_no_action_after_it() -> None:
 
 
 def test_a_late_result_changes_nothing() -> None:
-    tracker = ActionTracker(EventConfig(smoothing=1), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=1), LABELS)
     tracker.update(result(0.1, 5, ts=1005.0))
     top, events = tracker.update(result(0.95, 4, ts=1004.0))  # finished after a newer one
     assert events == [] and top[0][0] != "abseiling"
@@ -142,13 +143,13 @@ def test_a_late_result_changes_nothing() -> None:
 
 
 def test_a_result_whose_class_count_differs_from_the_labels_is_a_protocol_error() -> None:
-    tracker = ActionTracker(EventConfig(), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE), LABELS)
     with pytest.raises(ProtocolError, match="4 classes"):
         tracker.update(Result("cam0", 0, 0, 1.0, np.full(4, 0.25, np.float32), (), "w0", {}))
 
 
 def test_labels_default_to_class_numbers() -> None:
-    tracker = ActionTracker(EventConfig(smoothing=1), None)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=1), None)
     _, events = tracker.update(result(0.9, 0))
     assert events[0]["label"] == "class_0"
 
@@ -306,7 +307,7 @@ def tracked(p_first: float, index: int, track: int, box=(10.0, 20.0, 50.0, 80.0)
 
 
 def test_tracked_actors_have_their_own_events_with_track_and_box() -> None:
-    tracker = ActionTracker(EventConfig(smoothing=1, start_threshold=0.6, end_threshold=0.4), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=1, start_threshold=0.6, end_threshold=0.4), LABELS)
     _, first = tracker.update(tracked(0.9, 0, track=1))
     _, second = tracker.update(tracked(0.9, 0, track=2, box=(100.0, 0.0, 140.0, 60.0)))
     assert [(e["kind"], e["track"], e["box"]) for e in first + second] == [
@@ -318,7 +319,7 @@ def test_tracked_actors_have_their_own_events_with_track_and_box() -> None:
 
 
 def test_a_track_that_ends_ends_its_action_and_late_results_start_nothing() -> None:
-    tracker = ActionTracker(EventConfig(smoothing=1, start_threshold=0.6, end_threshold=0.4), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=1, start_threshold=0.6, end_threshold=0.4), LABELS)
     _, started = tracker.update(tracked(0.9, 0, track=3))
     ended = tracker.end_track("cam0", 3)
     assert [(e["kind"], e["id"], e["track"]) for e in ended] == [("end", started[0]["id"], 3)]
@@ -332,7 +333,7 @@ def test_a_track_that_ends_ends_its_action_and_late_results_start_nothing() -> N
 def test_actions_left_under_way_end_as_a_clean_stop_would_have_ended_them() -> None:
     """A dispatcher killed mid-action leaves starts without ends in its log; the next one ends them from the log
     alone, with the lines its clean stop would have written (a stream it does not serve is not its to end)."""
-    tracker = ActionTracker(EventConfig(smoothing=2, start_threshold=0.6, end_threshold=0.4), LABELS)
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=2, start_threshold=0.6, end_threshold=0.4), LABELS)
     lines = []
     feed = [result(0.9, 0), result(0.1, 1), result(0.1, 2), result(0.9, 3), result(0.8, 4), tracked(0.9, 5, track=7),
             result(0.9, 6, stream="cam9")]
@@ -354,3 +355,97 @@ def test_tail_reads_the_whole_lines_at_the_end_of_a_log(tmp_path: Path) -> None:
         assert [line["seq"] for line in log.tail(max_bytes=100)] == [97, 98, 99], "the cut first line is skipped"
         assert len(log.tail()) == 100
     assert EventLog(None).tail() == []
+
+
+# ---------------------------------------------------------------- calm events (issue 23)
+
+def calm(firsts: list[float], **config) -> list[tuple]:
+    """Results a second apart (the first label's score each); (kind, label, seq, id) of every event, the
+    held-back ends included once the stream is forgotten."""
+    tracker = ActionTracker(EventConfig(smoothing=1, **config), LABELS)
+    events = []
+    for seq, p in enumerate(firsts):
+        events += tracker.update(result(p, seq))[1]
+    events += tracker.reset_all()
+    return [(e["kind"], e["label"], e["frame_index"] // 8, e["id"]) for e in events]
+
+
+def test_a_dip_shorter_than_end_hold_does_not_end_the_action() -> None:
+    events = calm([0.9, 0.9, 0.1, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1], end_hold_s=2.0, merge_gap_s=0.0)
+    assert [(k, seq) for k, _, seq, _ in events] == [("start", 0), ("end", 5)]  # ends where it went quiet
+    assert events[0][3] == events[1][3]
+
+
+def test_a_restart_within_merge_gap_continues_the_action_with_its_id() -> None:
+    scores = [0.9, 0.1, 0.1, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9]
+    merged = calm(scores, end_hold_s=1.0, merge_gap_s=2.0)
+    assert [(k, seq) for k, _, seq, _ in merged] == [("start", 0), ("end", 5), ("start", 11), ("end", 11)]
+    assert merged[0][3] == merged[1][3] != merged[2][3]  # back after 1 s: the same action; after 6 s: a new one
+    at_once = calm(scores, end_hold_s=0.0, merge_gap_s=0.0)
+    assert [k for k, *_ in at_once] == ["start", "end", "start", "end", "start", "end"]
+
+
+def test_another_label_taking_over_releases_the_held_end_first() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=1, end_hold_s=0.0, merge_gap_s=5.0), LABELS)
+    second = Result("cam0", 9, 16, 1002.0, np.array([0.05, 0.9, 0.05], np.float32), (("air drumming", 0.9),), "w0", {})
+    events = tracker.update(result(0.9, 0))[1] + tracker.update(result(0.1, 1))[1] + tracker.update(second)[1]
+    assert [(e["kind"], e["label"]) for e in events] == [("start", "abseiling"), ("end", "abseiling"),
+                                                         ("start", "air drumming")]
+
+
+def test_a_held_end_is_written_once_its_silent_stream_passes_the_gap() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=1, end_hold_s=0.0, merge_gap_s=3.0), LABELS)
+    tracker.update(result(0.9, 0))
+    assert tracker.update(result(0.1, 1))[1] == []
+    assert tracker.due_ends(1001.0 + 2.0) == []
+    (end,) = tracker.due_ends(1001.0 + 3.0)
+    assert end["kind"] == "end" and end["frame_index"] == 8 and end["peak"] == pytest.approx(0.9)
+    assert tracker.reset_all() == []
+
+
+def test_a_label_can_have_its_own_thresholds() -> None:
+    from streamer.config.stages import LabelThresholds
+
+    config = {**AT_ONCE, "labels": (("abseiling", LabelThresholds(0.3, 0.2)),)}
+    assert [k for k, *_ in calm([0.35, 0.25, 0.15], **config)] == ["start", "end"]
+    assert calm([0.35, 0.25, 0.15], **AT_ONCE) == []
+
+
+def test_the_clock_given_counts_the_hold_not_the_capture_time() -> None:
+    """Offline, a file is read faster than it was filmed: the holds count its media time."""
+    tracker = ActionTracker(EventConfig(smoothing=1, end_hold_s=2.0, merge_gap_s=0.0), LABELS)
+    events = []
+    for seq, p in enumerate([0.9, 0.1, 0.1, 0.1]):  # capture times 1 s apart, media time 0.5 s apart
+        events += tracker.update(result(p, seq), clock=seq * 0.5)[1]
+    assert [e["kind"] for e in events] == ["start"] and tracker.clock_of(("cam0", None)) == 1.5
+    for seq in (4, 5):
+        events += tracker.update(result(0.1, seq), clock=seq * 0.5)[1]
+    assert [(e["kind"], e["frame_index"] // 8) for e in events] == [("start", 0), ("end", 1)]
+
+
+def test_brief_actions_stay_in_the_log_and_never_reach_the_subscribers() -> None:
+    from streamer.stages.dispatcher.brief import BriefGate
+
+    gate = BriefGate(min_duration_s=2.0)
+    brief_start, brief_end = {"kind": "start", "stream": "s", "id": "a"}, {"kind": "end", "stream": "s", "id": "a"}
+    assert not gate.publish(brief_start, clock=10.0)
+    assert gate.lasted("s", None, 11.0) == []
+    assert not gate.publish(brief_end, clock=11.5) and brief_end["brief"] is True
+    long_start, long_end = {"kind": "start", "stream": "s", "id": "b"}, {"kind": "end", "stream": "s", "id": "b"}
+    assert not gate.publish(long_start, clock=20.0)
+    assert gate.lasted("s", None, 22.0) == [long_start]
+    assert gate.publish(long_end, clock=25.0) and "brief" not in long_end
+    assert BriefGate(0.0).publish({"kind": "start", "stream": "s", "id": "c"}, clock=1.0)
+
+
+def test_per_label_thresholds_in_the_config_name_labels_of_the_model(tmp_path) -> None:
+    from streamer.config.loader import event_config
+    from streamer.config.tables import EventsTable, LabelEventsTable
+
+    table = EventsTable(labels={"abseiling": LabelEventsTable(start_threshold=0.5)})
+    config = event_config(table, tuple(LABELS), "f.toml [events]")
+    assert config.thresholds("abseiling") == (0.5, 0.4) and config.thresholds("archery") == (0.6, 0.4)
+    with pytest.raises(ConfigError, match="'falling' is not a label of the model"):
+        event_config(EventsTable(labels={"falling": LabelEventsTable()}), tuple(LABELS), "f.toml [events]")
+    with pytest.raises(ConfigError, match="above start_threshold"):
+        event_config(EventsTable(labels={"archery": LabelEventsTable(start_threshold=0.3)}), tuple(LABELS), "f")

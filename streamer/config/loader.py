@@ -24,9 +24,9 @@ from streamer.config.load_outputs import clips_config, mqtt_config, webhook_conf
 from streamer.config.load_sources import CaptureCommon, capture_configs
 from streamer.config.network import ENDPOINT_NAMES, Endpoints, Security
 from streamer.config.sinks import ClipStageConfig, SinksConfig
-from streamer.config.stages import (CaptureConfig, DispatchConfig, EventConfig, OverlayConfig, PipelineConfig,
-                                    WorkerConfig)
-from streamer.config.tables import MAX_SPAN, ConfigFile, EndpointsTable, ModelTable
+from streamer.config.stages import (CaptureConfig, DispatchConfig, EventConfig, LabelThresholds, OverlayConfig,
+                                    PipelineConfig, WorkerConfig)
+from streamer.config.tables import MAX_SPAN, ConfigFile, EndpointsTable, EventsTable, ModelTable
 from streamer.config.web import web_config, web_listen
 from streamer.errors import ConfigError
 from streamer.transport.framestore import store_prefix
@@ -101,8 +101,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     security = load_security(file.security, f"{where} [security]", path.parent,
                              server_secret=flags.role in BINDING_ROLES)
     endpoints, ipc_dir = pipeline_endpoints(file.endpoints, security, where)
-    events = _built(f"{where} [events]", EventConfig, smoothing=file.events.smoothing, top_k=file.events.top_k,
-                    start_threshold=file.events.start_threshold, end_threshold=file.events.end_threshold)
+    events = event_config(file.events, model.labels, f"{where} [events]")
     video = writable_video(file.overlay.output)
     clips = clips_config(file.clips)
     same_host = all(e.startswith("ipc://") for e in (endpoints.windows, endpoints.work))  # frames in shared memory
@@ -137,6 +136,23 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
                               top_k=panel_top, **sockets) if clips else None,
         duration_s=file.pipeline.duration, security=security, source_file=where,
         fixed_endpoints=file.endpoints is not None, ipc_dir=ipc_dir)
+
+
+def event_config(table: EventsTable, labels: tuple[str, ...], where: str) -> EventConfig:
+    """``[events]``, with ``[events.labels."LABEL"]`` tables for labels of the model that need their own
+    thresholds (a key left out is ``[events]``'s)."""
+    own = []
+    for label, thresholds in table.labels.items():
+        if labels and label not in labels:
+            raise ConfigError(f"{where}: labels.{label!r} is not a label of the model; its labels are "
+                              f"{', '.join(labels[:12])}{', ...' if len(labels) > 12 else ''}")
+        own.append((label, _built(f"{where} labels.{label!r}", LabelThresholds,
+                                  start_threshold=thresholds.start_threshold or table.start_threshold,
+                                  end_threshold=thresholds.end_threshold or table.end_threshold)))
+    return _built(where, EventConfig, smoothing=table.smoothing, top_k=table.top_k,
+                  start_threshold=table.start_threshold, end_threshold=table.end_threshold,
+                  end_hold_s=table.end_hold_s, merge_gap_s=table.merge_gap_s, min_duration_s=table.min_duration_s,
+                  labels=tuple(own))
 
 
 def advertised_host(flag: str | None) -> str:

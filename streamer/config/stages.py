@@ -14,7 +14,7 @@ from streamer.config.checks import check
 from streamer.config.look import LookConfig
 from streamer.config.network import Endpoints, Security, is_loopback
 from streamer.config.sinks import ClipsConfig, ClipStageConfig, SinksConfig
-from streamer.config.tables import (Backend, Count, Delay, Device, DisplayWidth, EventsKept, Fps, JpegQuality,
+from streamer.config.tables import (Backend, Count, Delay, Device, DisplayWidth, EventsKept, Fps, Hold, JpegQuality,
                                     MaxBatch, NumFrames, Port, Precision, Seconds, Smoothing, Threads, Threshold,
                                     TopK, WebFps, WebToken, Workers)
 from streamer.errors import ConfigError
@@ -22,26 +22,56 @@ from workers.flips import check_flip_views
 
 
 @dataclass(frozen=True)
-class EventConfig:
-    """How predictions become action events.
+class LabelThresholds:
+    """One label's own start and end thresholds (``[events.labels."falling"]``)."""
 
-    Args:
-        smoothing: results averaged per stream (a moving average of probabilities).
-        start_threshold: smoothed probability at which an action starts.
-        end_threshold: smoothed probability below which it ends (≤ start_threshold).
-        top_k: labels in the smoothed top list.
-    """
-
-    smoothing: Smoothing = 3
-    start_threshold: Threshold = 0.6
-    end_threshold: Threshold = 0.4
-    top_k: TopK = 5
+    start_threshold: Threshold
+    end_threshold: Threshold
 
     def __post_init__(self) -> None:
         check(self)
         if self.end_threshold > self.start_threshold:
             raise ConfigError(f"end_threshold = {self.end_threshold} is above start_threshold = "
                               f"{self.start_threshold}; it must be lower or equal (hysteresis)")
+
+
+@dataclass(frozen=True)
+class EventConfig:
+    """How predictions become action events, calmly: one action is one start and one end.
+
+    Args:
+        smoothing: results averaged per stream (a moving average of probabilities).
+        start_threshold: smoothed probability at which an action starts.
+        end_threshold: smoothed probability below which it ends (≤ start_threshold).
+        end_hold_s: it ends only once its score has stayed below ``end_threshold`` this long (a blink's dark
+            phase does not end "blinking").
+        merge_gap_s: a start of the same label on the same stream or actor within this long of its end
+            continues that action (same id); its end line waits this long for it.
+        min_duration_s: a shorter action is kept in the event log, marked ``"brief"``, and the sinks never hear
+            of it (0: every action reaches them).
+        top_k: labels in the smoothed top list.
+        labels: ``(label, LabelThresholds)`` pairs: labels with their own thresholds.
+    """
+
+    smoothing: Smoothing = 3
+    start_threshold: Threshold = 0.6
+    end_threshold: Threshold = 0.4
+    end_hold_s: Hold = 1.0
+    merge_gap_s: Hold = 2.0
+    min_duration_s: Hold = 0.0
+    top_k: TopK = 5
+    labels: tuple[tuple[str, LabelThresholds], ...] = ()
+
+    def __post_init__(self) -> None:
+        check(self)
+        LabelThresholds(self.start_threshold, self.end_threshold)
+
+    def thresholds(self, label: str) -> tuple[float, float]:
+        """``(start, end)`` thresholds of ``label``."""
+        for name, own in self.labels:
+            if name == label:
+                return own.start_threshold, own.end_threshold
+        return self.start_threshold, self.end_threshold
 
 
 @dataclass(frozen=True)

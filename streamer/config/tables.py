@@ -43,6 +43,7 @@ Precision = Annotated[Literal["fp32", "bf16", "fp16", "int8"], Meta(description=
 Backend = Annotated[Literal["torch", "openvino", "auto"], Meta(description="torch, openvino or auto")]
 Smoothing = Annotated[int, Meta(ge=1, le=1000, description="an integer from 1 to 1000 (results averaged per stream)")]
 Threshold = Annotated[float, Meta(gt=0, le=1, description="a number in (0, 1] (a smoothed probability)")]
+Hold = Annotated[float, Meta(ge=0, le=MAX_WAIT_S, description="seconds from 0 to 3600")]
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Secret = Annotated[str, Meta(extra={"secret": True})]  # never shown in a message
 WebToken = Annotated[str, Meta(pattern=r"^(?:[^\s\x00-\x1f\x7f]{16,})?$", extra={"secret": True}, description=(
@@ -108,12 +109,23 @@ class PipelineTable(Table):
     shared_memory: bool = True
 
 
+class LabelEventsTable(Table):
+    """``[events.labels."LABEL"]``: that label's own thresholds (the others keep ``[events]``'s)."""
+
+    start_threshold: Threshold | None = None
+    end_threshold: Threshold | None = None
+
+
 class EventsTable(Table):
     path: str = ""
     smoothing: Smoothing = 3
     start_threshold: Threshold = 0.6
     end_threshold: Threshold = 0.4
+    end_hold_s: Hold = 1.0
+    merge_gap_s: Hold = 2.0
+    min_duration_s: Hold = 0.0
     top_k: TopK = 5
+    labels: dict[str, LabelEventsTable] = msgspec.field(default_factory=dict)
 
 
 class OverlayTable(Table):

@@ -130,15 +130,15 @@ class _Counts:
     """What a capture reports once a second and at its end, for each stream it sends: frames read and
     converted, input fps, and for tracked actors how many are active and how many the cap left out."""
 
-    def __init__(self, streams: tuple[str, ...], tracking: bool = False) -> None:
-        self.streams, self.started, self.tracking = streams, time.time(), tracking
+    def __init__(self, streams: tuple[str, ...], tracking: bool = False, source_fps: float = 0.0) -> None:
+        self.streams, self.started, self.tracking, self.source_fps = streams, time.time(), tracking, source_fps
         self.captured = self.converted = self.shown = 0
         self.unsent: collections.Counter = collections.Counter()  # stream → windows dropped, the dispatcher away
         self.tracks_active = self.tracks_skipped = 0
         self.last_frame_ts = 0.0
         self.samples: list = []  # the latest report's, every stream's
         self._since = (time.monotonic(), 0)
-        self.next_report = time.monotonic() + STATS_INTERVAL_S
+        self.next_report = time.monotonic()  # at once: the dispatcher hears the source's fps before any window
 
     def report(self, deliver) -> None:
         """The counts of every stream, each Stats handed to ``deliver`` (it sends it, or not)."""
@@ -150,7 +150,8 @@ class _Counts:
             labels = {"stream": stream}
             samples = (("frames_captured", labels, float(self.captured)), ("frames_converted", labels, float(self.converted)),
                        ("display_frames", labels, float(self.shown)), ("capture_started", labels, self.started),
-                       ("input_fps", labels, fps), ("last_frame_ts", labels, self.last_frame_ts),
+                       ("input_fps", labels, fps), ("source_fps", labels, self.source_fps),
+                       ("last_frame_ts", labels, self.last_frame_ts),
                        ("windows_dropped", {**labels, "reason": AWAY}, float(self.unsent[stream])))
             if self.tracking:
                 samples += (("tracks_active", labels, float(self.tracks_active)),
@@ -218,7 +219,7 @@ class _Capture:
         self.away_since = 0.0  # monotonic time the dispatcher stopped taking windows (0: it takes them)
         self.last_index = None  # the ring forgets it on a loss; the end-of-stream line still names it
         self.malformed = messages.MalformedLog(f"capture {config.stream}")
-        self.counts = _Counts(self.streams, config.look.tracking is not None)
+        self.counts = _Counts(self.streams, config.look.tracking is not None, self.source.fps or 0.0)
 
     def status(self, kind: str, detail: str, track: int | None = None, wait_s: float | None = STATUS_WAIT_S) -> None:
         """A status of every stream to the dispatcher: waiting ``wait_s`` at most (None: until stopped; not at

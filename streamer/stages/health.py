@@ -49,6 +49,7 @@ STAGE_COUNTERS = {  # counted for one stage's own /metrics only
 }
 REPORTED_GAUGES = {
     "input_fps": "Frames a second read from each source",
+    "source_fps": "Each source's own frame rate (0: it does not say)",
     "last_frame_ts": "Unix time of the newest frame read from each source",
     "capture_started": "Unix time this capture process started",
     "tracks_active": "Tracked actors each stream follows now",

@@ -18,6 +18,7 @@ from loguru import logger
 from streamer.errors import ProtocolError
 from streamer.kinds import LineKind, StageKind
 from streamer.render.words import label_words
+from streamer.stages.dispatcher.brief import BriefGate
 from streamer.stages.dispatcher.event_log import EventLog
 from streamer.stages.dispatcher.rules import Counters, Dispatcher
 from streamer.stages.dispatcher.tracker import ActionTracker, left_open, prediction_line
@@ -41,6 +42,8 @@ class Hub:
         self.health = health or Health("dispatcher")
         self.log = EventLog(config.events_path)
         self.tracker = ActionTracker(config.events, config.labels or None)
+        self.gate = BriefGate(config.events.min_duration_s)
+        self.clock_fps: dict[str, float] = {}  # offline: each stream's fps, which turns frame indices into seconds
         # Actions the dispatcher before this one (killed, or its node lost) left under way: they end here.
         self.left_open = left_open(self.log.tail(), set(config.streams), config.events.smoothing)
         self.rules = Dispatcher(config)
@@ -73,6 +76,8 @@ class Hub:
                     self._from_worker(identity, msg)
                 self._forget_silent_workers()
                 self._close_tracks()
+                for end in self.tracker.due_ends(time.time()):  # streams silent since their action ended
+                    self._write(end)
                 self._dispatch()
                 if self.rules.finished():
                     logger.info("dispatcher: every file source ended and its last window is predicted")
@@ -142,17 +147,21 @@ class Hub:
         self.rules.release(result.key)
         line = prediction_line(result, time.time())
         self._write(line)
+        clock = self._clock(result)
         try:
-            _, action_events = self.tracker.update(result)
+            _, action_events = self.tracker.update(result, clock)
         except ProtocolError as err:  # e.g. a worker with another model's classes
             self.rules.counters.malformed += 1
             logger.debug(f"dispatcher: result not tracked ({err})")
             action_events = []
         for event in action_events:
-            self._write(event)
+            self._write(event, self.tracker.clock_of(result.key))
             who = event["stream"] + (f" #{event['track']}" if "track" in event else "")
             logger.info(f"{who}: {event['kind']} {label_words(event['label'])!r} "
                         f"(score {event['score']:.2f}, frame {event['frame_index']})")
+        if (now := self.tracker.clock_of(result.key)) is not None:
+            for start in self.gate.lasted(result.stream, result.track, now):
+                messages.send(self.results, LogLine(start))
         if not self.first_seen:
             self.first_seen = True
             label, prob = result.top[0]
@@ -168,12 +177,24 @@ class Hub:
 
     # ------------------------------------------------------------------ what goes out
 
-    def _write(self, line: dict) -> None:
-        """One event-log line, also published for the web stage, the sinks and the clips."""
-        if self.config.clips is not None and line.get("kind") == LineKind.END and isinstance(line.get("id"), str):
+    def _clock(self, result: Result) -> float | None:
+        """The result's time on its stream's own clock, which the event holds count in: offline, a file's media
+        time (its frames are read faster than they were filmed); live, None (its capture time)."""
+        if not self.config.offline:
+            return None
+        fps = self.clock_fps.setdefault(result.stream, self.rules.captured.source_fps.get(result.stream, 0.0))
+        return result.frame_index / fps if fps > 0 else None  # one clock per stream, from its first result on
+
+    def _write(self, line: dict, clock: float | None = None) -> None:
+        """One event-log line, also published for the web stage, the sinks and the clips (unless it belongs to
+        an action too brief for them, :class:`BriefGate`)."""
+        publish = self.gate.publish(line, clock)
+        if (self.config.clips is not None and publish and line.get("kind") == LineKind.END
+                and isinstance(line.get("id"), str)):
             line["clip"] = self.config.clips.path(line["stream"], line["id"])
         self.log.write(line)
-        messages.send(self.results, LogLine(line))
+        if publish:
+            messages.send(self.results, LogLine(line))
 
     def _write_status(self, status: Status) -> None:
         """A status as a line of its kind (not ``end_of_stream``), and what it ends: a lost source's actions,

@@ -44,6 +44,7 @@ class CaptureTotals:
         self.earlier: collections.Counter = collections.Counter()  # (counter, stream) → what restarted captures counted
         self.current: dict[str, tuple[float, dict[str, float]]] = {}  # stream → (its capture's start, its counts)
         self.fps: dict[str, float] = {}
+        self.source_fps: dict[str, float] = {}  # stream → its source's own frame rate (0: unknown)
         self.tracks: dict[str, float] = {}  # stream → tracked actors active now
         self.last_frame: dict[str, float] = {}  # stream → capture time of its newest frame
 
@@ -62,6 +63,8 @@ class CaptureTotals:
         self.current[stream] = (started, {name: values[name] for name in self.COUNTERS if name in values})
         if "input_fps" in values:
             self.fps[stream] = values["input_fps"]
+        if "source_fps" in values:
+            self.source_fps[stream] = values["source_fps"]
         if "tracks_active" in values:
             self.tracks[stream] = values["tracks_active"]
         if values.get("last_frame_ts"):

@@ -37,12 +37,30 @@ def new_event_id() -> str:
 
 
 @dataclass
+class _Point:
+    """Where a stream stood at one result: what an end line written later names."""
+
+    frame_index: int
+    frame_ts: float
+    clock: float  # the stream's own seconds (media time offline), which the holds are measured in
+    score: float
+    box: tuple[float, float, float, float] | None
+
+
+@dataclass
 class _StreamState:
     history: deque  # of (classes,) float32 arrays
     active: int | None = None  # class index of the ongoing action
     active_id: str = ""  # its event id
+    started: float = 0.0  # its start, on the stream's clock
+    peak: float = 0.0  # its best smoothed score so far
+    quiet_since: _Point | None = None  # where its score went below the end threshold (None: it has not)
+    ending: dict[str, Any] | None = None  # an end line held back for merge_gap_s: the same label may come back
+    ending_due: float = 0.0  # on the stream's clock
+    ending_label: int = -1
     frame_index: int = 0  # of the newest result
     frame_ts: float = 0.0
+    clock: float = 0.0
     smoothed: np.ndarray | None = None
     box: tuple[float, float, float, float] | None = None  # a tracked actor's, at frame_index
 
@@ -53,8 +71,13 @@ ENDED_TRACKS_KEPT = 4096  # ended tracks remembered, so that a late result does 
 class ActionTracker:
     """Smoothed top-k and action start/end events, per stream and, within a tracked stream, per actor.
 
+    An action starts when its label's smoothed score reaches its start threshold; it ends once the score has
+    stayed below its end threshold for ``end_hold_s`` (the end line names where it went below), or when another
+    label takes over. That end line is held back ``merge_gap_s``: the same label starting again by then
+    continues the action, so a flickering score is one action, one id, one clip.
+
     Args:
-        config: thresholds and smoothing.
+        config: thresholds, holds and smoothing.
         labels: class names in model order (``model.labels``); None names them ``class_<i>``.
     """
 
@@ -74,19 +97,24 @@ class ActionTracker:
         best = best[np.argsort(-probs[best], kind="stable")]
         return [(self._label(int(i)), float(probs[i])) for i in best]
 
-    def _event(self, kind: LineKind, key: tuple[str, int | None], state: _StreamState, cls: int,
-               score: float) -> dict[str, Any]:
-        if kind == LineKind.START:
-            state.active_id = new_event_id()
-        line = {"kind": kind, "stream": key[0], "label": self._label(cls), "frame_index": state.frame_index,
-                "frame_ts": state.frame_ts, "score": round(float(score), 6), "id": state.active_id}
-        return line if key[1] is None else {**line, "track": key[1], "box": box_line(state.box)}
+    def _point(self, state: _StreamState, cls: int) -> _Point:
+        return _Point(state.frame_index, state.frame_ts, state.clock, float(state.smoothed[cls]), state.box)
 
-    def update(self, result: Result) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
+    def _line(self, kind: LineKind, key: tuple[str, int | None], state: _StreamState, cls: int,
+              at: _Point) -> dict[str, Any]:
+        line = {"kind": kind, "stream": key[0], "label": self._label(cls), "frame_index": at.frame_index,
+                "frame_ts": at.frame_ts, "score": round(at.score, 6), "id": state.active_id}
+        if kind == LineKind.END:
+            line["peak"] = round(max(state.peak, at.score), 6)
+        return line if key[1] is None else {**line, "track": key[1], "box": box_line(at.box)}
+
+    def update(self, result: Result, clock: float | None = None) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
         """Take one result; return its stream's smoothed top-k (best first) and the events it caused.
 
-        A late result (its stream already has a newer one) changes nothing.
-        Raises ProtocolError if its class count does not match the labels.
+        ``clock`` is the result's time in its stream's own seconds, which the holds count in (default its
+        ``frame_ts``; a file read faster than real time gives its media time). A late result (its stream
+        already has a newer one) changes nothing. Raises ProtocolError if its class count does not match
+        the labels.
         """
         probs = np.asarray(result.probs, np.float32)
         if self.labels is not None and probs.shape != (len(self.labels),):
@@ -104,21 +132,57 @@ class ActionTracker:
             return self._top(state.smoothed), []
         state.history.append(probs)
         state.frame_index, state.frame_ts, state.box = result.frame_index, result.frame_ts, result.box
+        state.clock = result.frame_ts if clock is None else clock
         state.smoothed = np.mean(state.history, axis=0)
         return self._top(state.smoothed), self._transition(result.key, state)
 
-    def _transition(self, stream: tuple[str, int | None], state: _StreamState) -> list[dict[str, Any]]:
-        p, cfg, events = state.smoothed, self.config, []
+    def _transition(self, key: tuple[str, int | None], state: _StreamState) -> list[dict[str, Any]]:
+        p, events = state.smoothed, []
+        if state.ending is not None and state.clock >= state.ending_due:
+            events.append(self._release_end(state))
         best = int(np.argmax(p))
-        if best != state.active and p[best] >= cfg.start_threshold:
-            if state.active is not None:  # a new action takes over: the old one ends first
-                events.append(self._event(LineKind.END, stream, state, state.active, p[state.active]))
-            events.append(self._event(LineKind.START, stream, state, best, p[best]))
-            state.active = best
-        elif state.active is not None and p[state.active] < cfg.end_threshold:
-            events.append(self._event(LineKind.END, stream, state, state.active, p[state.active]))
-            state.active = None
+        if best != state.active and p[best] >= self.config.thresholds(self._label(best))[0]:
+            if state.active is not None:  # a new action takes over: the old one ends first, here
+                events.append(self._line(LineKind.END, key, state, state.active, self._point(state, state.active)))
+            if state.ending is not None and state.ending_label == best:  # back within merge_gap_s: it goes on
+                state.ending = None
+            else:
+                if state.ending is not None:
+                    events.append(self._release_end(state))
+                state.active_id, state.started, state.peak = new_event_id(), state.clock, 0.0
+                events.append(self._line(LineKind.START, key, state, best, self._point(state, best)))
+            state.active, state.quiet_since = best, None
+        elif state.active is not None:
+            events += self._maybe_end(key, state)
+        if state.active is not None:
+            state.peak = max(state.peak, float(p[state.active]))
         return events
+
+    def clock_of(self, key: tuple[str, int | None]) -> float | None:
+        """The stream's (or actor's) newest time on its own clock, None before its first result."""
+        state = self._streams.get(key)
+        return None if state is None else state.clock
+
+    def _maybe_end(self, key: tuple[str, int | None], state: _StreamState) -> list[dict[str, Any]]:
+        """The ongoing action's end, once its score has stayed below the end threshold for ``end_hold_s``."""
+        score = float(state.smoothed[state.active])
+        if score >= self.config.thresholds(self._label(state.active))[1]:
+            state.quiet_since = None
+            return []
+        if state.quiet_since is None:
+            state.quiet_since = self._point(state, state.active)
+        if state.clock - state.quiet_since.clock < self.config.end_hold_s:
+            return []
+        end = self._line(LineKind.END, key, state, state.active, state.quiet_since)
+        state.ending, state.ending_label = end, state.active
+        state.ending_due = state.quiet_since.clock + self.config.end_hold_s + self.config.merge_gap_s
+        state.active, state.quiet_since = None, None
+        return [self._release_end(state)] if state.clock >= state.ending_due else []
+
+    @staticmethod
+    def _release_end(state: _StreamState) -> dict[str, Any]:
+        end, state.ending = state.ending, None
+        return end
 
     def active(self, stream: str, track: int | None = None) -> str | None:
         """Label of the stream's (or its tracked actor's) ongoing action, if any."""
@@ -126,10 +190,25 @@ class ActionTracker:
         return None if state is None or state.active is None else self._label(state.active)
 
     def _forget(self, key: tuple[str, int | None]) -> list[dict[str, Any]]:
+        """The stream or actor is gone: its held-back end, and the end of its ongoing action (where it went
+        quiet, if it had)."""
         state = self._streams.pop(key, None)
-        if state is None or state.active is None:
+        if state is None:
             return []
-        return [self._event(LineKind.END, key, state, state.active, state.smoothed[state.active])]
+        events = [self._release_end(state)] if state.ending is not None else []
+        if state.active is not None:
+            at = state.quiet_since or self._point(state, state.active)
+            events.append(self._line(LineKind.END, key, state, state.active, at))
+        return events
+
+    def due_ends(self, now: float) -> list[dict[str, Any]]:
+        """The held-back end lines whose merge gap has passed by ``now`` (Unix seconds) although their stream
+        has sent no result since (a stalled or silent stream must not hold an end back for ever)."""
+        out = []
+        for state in self._streams.values():
+            if state.ending is not None and now - state.frame_ts >= state.ending_due - state.clock:
+                out.append(self._release_end(state))
+        return out
 
     def reset(self, stream: str, lost_ts: float | None = None) -> list[dict[str, Any]]:
         """Forget a stream and all its tracks; returns the ``end`` events of their ongoing actions.
@@ -159,15 +238,21 @@ def left_open(lines: Sequence[dict[str, Any]], streams: set[str], smoothing: int
     its clean stop would have. Each ends at its stream's (or actor's) last prediction, with the label's mean
     probability over the last ``smoothing`` predictions (a label out of a line's top list counts 0)."""
     starts: dict[str, dict[str, Any]] = {}
+    peaks: dict[str, float] = {}  # id → the best smoothed score of its label since its start
     recent: dict[tuple[str, Any], deque] = {}  # (stream, track) → its last predictions
     for line in lines:
         kind, stream = line.get("kind"), line.get("stream")
         if stream not in streams:
             continue
         if kind == LineKind.PREDICTION:
-            recent.setdefault((stream, line.get("track")), deque(maxlen=smoothing)).append(line)
+            key = (stream, line.get("track"))
+            recent.setdefault(key, deque(maxlen=smoothing)).append(line)
+            for event_id, start in starts.items():
+                if (start["stream"], start.get("track")) == key:
+                    peaks[event_id] = max(peaks[event_id], _mean_score(recent[key], start["label"]))
         elif kind == LineKind.START and isinstance(line.get("id"), str) and isinstance(line.get("label"), str):
             starts[line["id"]] = line
+            peaks[line["id"]] = float(line.get("score", 0.0))
         elif kind == LineKind.END:
             starts.pop(line.get("id"), None)
     ends = []
@@ -175,12 +260,18 @@ def left_open(lines: Sequence[dict[str, Any]], streams: set[str], smoothing: int
         key, label = (start["stream"], start.get("track")), start["label"]
         seen = recent.get(key)
         last = seen[-1] if seen else start
-        score = np.mean([next((p for name, p in line.get("top", ()) if name == label), 0.0) for line in seen]) \
-            if seen else start.get("score", 0.0)
+        score = _mean_score(seen, label) if seen else start.get("score", 0.0)
         end = {"kind": LineKind.END, "stream": key[0], "label": label, "frame_index": last["frame_index"],
-               "frame_ts": last["frame_ts"], "score": round(float(score), 6), "id": start["id"]}
+               "frame_ts": last["frame_ts"], "score": round(float(score), 6), "id": start["id"],
+               "peak": round(max(peaks[start["id"]], float(score)), 6)}
         ends.append(end if key[1] is None else {**end, "track": key[1], "box": last.get("box")})
     return ends
+
+
+def _mean_score(predictions: Sequence[dict[str, Any]], label: str) -> float:
+    """The mean probability of ``label`` over prediction lines (a label out of a line's top list counts 0)."""
+    return float(np.mean([next((p for name, p in line.get("top", ()) if name == label), 0.0)
+                          for line in predictions]))
 
 
 def box_line(box) -> list[float] | None:
