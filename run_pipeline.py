@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="bf16: the fast path on GPUs and CPUs with bf16 units; int8: on other CPUs")
     p.add_argument("--web", metavar="HOST:PORT", help="serve the live view, API, /metrics and health checks "
                    "there (default from the config: 127.0.0.1:8080 for the demo); off turns it off")
+    p.add_argument("--store", metavar="FILE.db", help="keep every action in this SQLite file, across restarts "
+                   "(the demo's: history/actions.db); off keeps none")
     p.add_argument("--role", choices=ROLES,
                    help="run one stage alone (multi-host setups, containers); endpoints come from the config")
     p.add_argument("--index", type=int, help="with --role: which source or worker (default 0)")
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             config=args.config, sources=tuple(args.source), checkpoint=args.checkpoint,
             headless=args.headless or not has_display(), duration=args.duration, events=args.events,
             output=args.output, offline=args.offline, workers=args.workers, device=args.device,
-            precision=args.precision, web=args.web, role=args.role, advertise=args.advertise,
+            precision=args.precision, web=args.web, role=args.role, advertise=args.advertise, store=args.store,
         )
         config = load_config(flags, describe_checkpoint)
         preflight(config, args.role, args.index or 0)

@@ -23,12 +23,13 @@ from streamer.config.load_keys import load_security
 from streamer.config.load_outputs import clips_config, mqtt_config, webhook_configs
 from streamer.config.load_sources import CaptureCommon, capture_configs
 from streamer.config.network import ENDPOINT_NAMES, Endpoints, Security
-from streamer.config.sinks import ClipStageConfig, SinksConfig
+from streamer.config.sinks import ClipStageConfig, SinksConfig, StoreConfig
 from streamer.config.stages import (CaptureConfig, DispatchConfig, EventConfig, LabelThresholds, OverlayConfig,
                                     PipelineConfig, WorkerConfig)
-from streamer.config.tables import MAX_SPAN, ConfigFile, EndpointsTable, EventsTable, ModelTable
+from streamer.config.tables import MAX_SPAN, ConfigFile, EndpointsTable, EventsTable, ModelTable, StoreTable
 from streamer.config.web import web_config, web_listen
 from streamer.errors import ConfigError
+from streamer.store.schema import check_store
 from streamer.transport.framestore import store_prefix
 from streamer.transport.security import check_endpoint
 from workers.flips import check_flip_views
@@ -49,7 +50,7 @@ BINDING_ROLES = (None, "dispatcher", "web", "overlay", "clips")  # the --roles t
 FLAG_KEYS = {  # each flag that stands for a key: the table and the key
     "checkpoint": ("model", "checkpoint"), "device": ("model", "device"), "precision": ("model", "precision"),
     "workers": ("pipeline", "workers"), "duration": ("pipeline", "duration"), "events": ("events", "path"),
-    "output": ("overlay", "output"), "web": ("web", "listen"),
+    "output": ("overlay", "output"), "web": ("web", "listen"), "store": ("store", "path"),
 }
 
 
@@ -69,6 +70,7 @@ class Overrides:
     device: str | None = None
     precision: str | None = None
     web: str | None = None  # HOST:PORT or "off"
+    store: str | None = None  # FILE.db or "off"
     role: str | None = None  # --role: only that stage's secrets are read (a capture needs no MQTT password)
     advertise: str | None = None  # --advertise: the address workers fetch this host's captures' frames at
 
@@ -104,6 +106,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     events = event_config(file.events, model.labels, f"{where} [events]")
     video = writable_video(file.overlay.output)
     clips = clips_config(file.clips)
+    store = store_config(file.store)
     same_host = all(e.startswith("ipc://") for e in (endpoints.windows, endpoints.work))  # frames in shared memory
     frames_port = (file.endpoints.frames_port if file.endpoints is not None and file.pipeline.shared_memory
                    and not same_host else None)  # on one host the workers read the store themselves
@@ -119,7 +122,8 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         raise ConfigError("--offline reads files as fast as the workers take them; every source must be a file")
     dispatch = DispatchConfig(
         endpoints=endpoints, streams=streams, finite_streams=tuple(s for s, k in kinds.items() if k == "file"),
-        labels=model.labels, offline=file.pipeline.offline, events=events, clips=clips, security=security,
+        labels=model.labels, offline=file.pipeline.offline, events=events, clips=clips, store=store,
+        security=security,
         events_path=writable_file(file.events.path, "event log (--events)"),
         heartbeat_timeout_s=file.pipeline.heartbeat_timeout_s)
     sockets, panel_top = {"endpoints": endpoints, "security": security}, min(events.top_k, 5)
@@ -129,7 +133,8 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         overlay=OverlayConfig(streams=streams, window=_window(file), output=video, fps=file.overlay.fps,
                               top_k=panel_top, **sockets) if video or _window(file) else None,
         web=web_config(file.web, flags.web, where, default_file=path.resolve() == default_config(),
-                       streams=tuple(kinds.items()), top_k=panel_top, **sockets) if flags.role in (None, "web") else None,
+                       streams=tuple(kinds.items()), top_k=panel_top, store=store, **sockets)
+        if flags.role in (None, "web") else None,
         sinks=sinks_config(file, endpoints, security, streams, model.labels, where)
         if flags.role in (None, "sinks") else None,
         clips=ClipStageConfig(clips=clips, streams=streams, span=window_span(model.num_frames, model.frame_interval),
@@ -153,6 +158,16 @@ def event_config(table: EventsTable, labels: tuple[str, ...], where: str) -> Eve
                   start_threshold=table.start_threshold, end_threshold=table.end_threshold,
                   end_hold_s=table.end_hold_s, merge_gap_s=table.merge_gap_s, min_duration_s=table.min_duration_s,
                   labels=tuple(own))
+
+
+def store_config(table: StoreTable) -> StoreConfig | None:
+    """``[store]`` (``--store FILE|off`` laid over its path): None when off; a file that exists must be a store
+    this code can use (checked read-only, nothing is made)."""
+    if table.path in ("", "off"):
+        return None
+    path = writable_file(table.path, "action store (--store)")
+    check_store(path)
+    return StoreConfig(path=path, keep_days=table.keep_days, max_bytes=table.max_bytes)
 
 
 def advertised_host(flag: str | None) -> str:

@@ -83,6 +83,18 @@ class ClipsConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """The action history (contract 8): one SQLite file, written by the dispatcher, read by the web stage."""
+
+    path: Annotated[str, Meta(min_length=1, pattern=r"^[^\x00]*$")]
+    keep_days: KeepDays = 0.0     # 0: keep forever
+    max_bytes: MaxBytes = 0       # 0: no cap; else the oldest actions go first
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
 class ClipStageConfig:
     """The clips stage: display frames of every stream (on ``endpoints.clips``) and the dispatcher's lines."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from streamer.config.checks import check
 from streamer.config.look import LookConfig
 from streamer.config.network import Endpoints, Security, is_loopback
-from streamer.config.sinks import ClipsConfig, ClipStageConfig, SinksConfig
+from streamer.config.sinks import ClipsConfig, ClipStageConfig, SinksConfig, StoreConfig
 from streamer.config.tables import (Backend, Count, Delay, Device, DisplayWidth, EventsKept, Fps, Hold, JpegQuality,
                                     MaxBatch, NumFrames, Port, Precision, Seconds, Smoothing, Threads, Threshold,
                                     TopK, WebFps, WebToken, Workers)
@@ -115,6 +115,7 @@ class DispatchConfig:
     events_path: str | None = None
     events: EventConfig = field(default_factory=EventConfig)
     clips: ClipsConfig | None = None  # end lines name their clip
+    store: StoreConfig | None = None  # the action history the dispatcher keeps (contract 8)
     heartbeat_timeout_s: Seconds = 30.0
     status_interval_s: Seconds = 1.0
     security: Security = field(default_factory=Security)
@@ -182,6 +183,7 @@ class WebConfig:
         build: ``(name, value)`` pairs for ``timesformer_build_info``.
         top_k: labels in the panel.
         events_kept: action events kept for /api/events and the page.
+        store: the action history it serves (``/api/actions``, ``/review``), None when there is none.
     """
 
     host: str
@@ -196,6 +198,7 @@ class WebConfig:
     build: tuple[tuple[str, str], ...] = ()
     top_k: TopK = 5
     events_kept: EventsKept = 1000
+    store: StoreConfig | None = None
 
     def __post_init__(self) -> None:
         check(self)

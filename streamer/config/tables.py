@@ -71,8 +71,8 @@ TopicRoot = Annotated[str, Meta(pattern=r"^[^+#\x00]+$", description="a topic wi
 EventKinds = Annotated[tuple[Literal["start", "end"], ...], Meta(min_length=1, description="a list of start and end")]
 ClipSeconds = Annotated[float, Meta(ge=0, le=60)]
 ClipLength = Annotated[float, Meta(ge=1, le=MAX_WAIT_S)]
-KeepDays = Annotated[float, Meta(ge=0, le=100_000, description="≥ 0 days (0: keep clips for ever)")]
-MaxBytes = Annotated[int, Meta(ge=0, description="≥ 0 bytes (0: no cap on the clips folder)")]
+KeepDays = Annotated[float, Meta(ge=0, le=100_000, description="≥ 0 days (0: keep for ever)")]
+MaxBytes = Annotated[int, Meta(ge=0, description="≥ 0 bytes (0: no cap)")]
 HookTimeout = Annotated[float, Meta(gt=0, le=300)]
 Retries = Annotated[int, Meta(ge=0, le=20)]
 Duration = Annotated[float, Meta(ge=0, le=MAX_DURATION_S, description="0 (run until stopped) or seconds to run")]
@@ -241,6 +241,12 @@ class ClipsTable(Table):
     max_bytes: MaxBytes = 0
 
 
+class StoreTable(Table):
+    path: str = ""  # "" (or --store off): no action history
+    keep_days: KeepDays = 0.0
+    max_bytes: MaxBytes = 0
+
+
 class ConfigFile(Table):
     """The whole file. A table left out takes its defaults; ``[endpoints]``, ``[web]``, ``[mqtt]`` and
     ``[clips]`` are None when left out, since their presence means something."""
@@ -256,3 +262,4 @@ class ConfigFile(Table):
     mqtt: MqttTable | None = None
     webhooks: tuple[WebhookTable, ...] = ()
     clips: ClipsTable | None = None
+    store: StoreTable = msgspec.field(default_factory=StoreTable)

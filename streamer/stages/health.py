@@ -34,6 +34,7 @@ REPORTED_COUNTERS = {
                        "stale: its frames were overwritten before a worker read them; dispatcher_away: a capture could not "
                        "hand it to a dispatcher that was down)",
     "event_log_lines": "Lines written to the event log",
+    "store_lines_written": "Action start and end lines written into the action store",
     "malformed_messages": "Messages the dispatcher dropped as malformed",
     "sink_messages": "Messages of the event sinks, by sink (mqtt, webhook N) and outcome (published or delivered; "
                      "dropped: their queue was full; failed: given up after the retries; retries)",
@@ -59,6 +60,7 @@ REPORTED_GAUGES = {
     "dispatcher_workers_needed": "Workers it would take to predict every window offered: windows offered a second "
                                  "times the worker-seconds one window takes (at least 1 while windows wait and no "
                                  "worker answers); the worker autoscaling metric",
+    "store_lines_waiting": "Action lines waiting to be written into the action store (it is slow, locked or full)",
     "worker_forward_seconds": "The model's forward pass over this worker's last batch",
 }
 STALL_S = 60.0  # a loop silent this long is hung (a worker's slowest batch on a CPU stays well below it)

@@ -23,6 +23,7 @@ from streamer.stages.dispatcher.event_log import EventLog
 from streamer.stages.dispatcher.rules import Counters, Dispatcher
 from streamer.stages.dispatcher.tracker import ActionTracker, left_open, prediction_line
 from streamer.stages.health import Health
+from streamer.store.writer import StoreWriter
 from streamer.transport import messages, sockets
 from streamer.transport.messages import (Batch, Credit, Heartbeat, LogLine, Result, ResultBatch, Stats, Status, Window,
                                          WorkRequest)
@@ -41,6 +42,8 @@ class Hub:
         self.config = config
         self.health = health or Health("dispatcher")
         self.log = EventLog(config.events_path)
+        # after the log is opened (a torn last line cut) and before this dispatcher writes to it
+        self.store = StoreWriter(config.store, config.events_path).start() if config.store else None
         self.tracker = ActionTracker(config.events, config.labels or None)
         self.gate = BriefGate(config.events.min_duration_s)
         self.clock_fps: dict[str, float] = {}  # offline: each stream's fps, which turns frame indices into seconds
@@ -107,6 +110,8 @@ class Hub:
         for event in self.tracker.reset_all():
             self._write(event)
         self.log.close()
+        if self.store is not None:
+            self.store.close()
         for sock in (self.captures, self.workers, self.results):
             sock.close(linger=0)
         self.ctx.term()
@@ -193,6 +198,8 @@ class Hub:
                 and isinstance(line.get("id"), str)):
             line["clip"] = self.config.clips.path(line["stream"], line["id"])
         self.log.write(line)
+        if self.store is not None:
+            self.store.put(line)
         if publish:
             messages.send(self.results, LogLine(line))
 
@@ -243,8 +250,10 @@ class Hub:
         self.malformed_total += counters.malformed
         if counters.worker_ms:
             self.worker_s_per_window = sum(counters.worker_ms) / len(counters.worker_ms) / 1000.0
+        stored = () if self.store is None else (("store_lines_written", {}, float(self.store.written)),
+                                                ("store_lines_waiting", {}, float(len(self.store.waiting))))
         stats = self.rules.stats(self.log.lines, self.malformed_total, counters.windows_in / seconds,
-                                 self.worker_s_per_window)
+                                 self.worker_s_per_window, stored)
         _log_status(self.rules, seconds)
         messages.send(self.results, stats)
         self.health.publish(stats.samples)

@@ -111,7 +111,7 @@ class Dispatcher:
         return sum(n for (name, _, _), n in self.totals.items() if name == "windows_dropped")
 
     def stats(self, log_lines: int, malformed: int, offered_per_s: float = 0.0,
-              worker_s_per_window: float = 0.0) -> Stats:
+              worker_s_per_window: float = 0.0, extra: tuple = ()) -> Stats:
         """Everything this hub counts, for the web stage's /metrics and /readyz (sent once a second) and its own
         (``--health``). ``offered_per_s`` windows a second came in lately, each taking a worker
         ``worker_s_per_window``: what :meth:`workers_needed` makes of them."""
@@ -121,7 +121,8 @@ class Dispatcher:
         samples += [("event_log_lines", {}, float(log_lines)), ("malformed_messages", {}, float(malformed)),
                     ("workers_answering", {}, float(len(self.workers))),
                     ("dispatcher_windows_waiting", {}, float(self.waiting())),
-                    ("dispatcher_workers_needed", {}, self.workers_needed(offered_per_s, worker_s_per_window))]
+                    ("dispatcher_workers_needed", {}, self.workers_needed(offered_per_s, worker_s_per_window)),
+                    *extra]
         return Stats(StageKind.DISPATCHER, time.time(), tuple(samples))
 
     def waiting(self) -> int:

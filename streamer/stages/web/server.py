@@ -33,6 +33,7 @@ from streamer.config.stages import WebConfig
 from streamer.config.web import bind_listener
 from streamer.stages.health import Health
 from streamer.stages.web.feeds import MAX_WIDTH, MIN_WIDTH, Feeds
+from streamer.stages.web.history import History
 from streamer.stages.web.metrics import Metrics
 from streamer.stages.web.state import WebState
 
@@ -40,7 +41,8 @@ COOKIE = "timesformer_token"
 BOUNDARY = "frame"
 WRITE_TIMEOUT_S = 10.0  # a viewer that takes no data for this long is disconnected
 STREAMS_EVERY_S = 1.0  # the page's stream list is pushed this often
-STATIC = {"page.js": "text/javascript", "page.css": "text/css"}
+STATIC = {"page.js": "text/javascript", "page.css": "text/css", "review.js": "text/javascript",
+          "review.css": "text/css"}
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -76,6 +78,7 @@ class WebApp:
         self.feeds = Feeds(self.state.streams, config.jpeg_quality, config.max_fps)
         self.metrics.attach(self.state, self.feeds)
         self.token = config.token.encode()
+        self.history = History(config.store)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.guard], client_max_size=64 * 1024)
@@ -86,6 +89,7 @@ class WebApp:
             web.get("/api/live", self.live),
             web.get("/events/{event_id}/{file}", self.event_file),
             web.get("/metrics", self.metrics_text), web.get("/healthz", self.healthz), web.get("/readyz", self.readyz),
+            web.get("/review", self.review), *self.history.routes(),
         ])
         return app
 
@@ -130,6 +134,11 @@ class WebApp:
 
     async def page(self, request: web.Request) -> web.Response:
         html = resources.files("streamer.stages.web").joinpath("static/page.html").read_text()
+        return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+    async def review(self, request: web.Request) -> web.Response:
+        """The review page: the action history per stream and day (contract 8)."""
+        html = resources.files("streamer.stages.web").joinpath("static/review.html").read_text()
         return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
 
     async def static(self, request: web.Request) -> web.Response:
@@ -201,7 +210,7 @@ class WebApp:
         event_id, name = request.match_info["event_id"], request.match_info["file"]
         if name not in ("clip.mp4", "thumbnail.jpg"):
             raise _refuse(web.HTTPNotFound, "an event has /events/ID/clip.mp4 and /events/ID/thumbnail.jpg")
-        clip = self.state.clips.get(event_id)
+        clip = self.state.clips.get(event_id) or await self.history.clip_of(event_id)
         if clip is None:
             raise _refuse(web.HTTPNotFound, f"no clip is known for event {event_id[:80]!r} (clips are made with "
                                             "[clips] in the config; /api/events lists the events)")
