@@ -74,7 +74,8 @@ def demo(tmp_path_factory):
     config = tmp / "demo-with-clips.toml"  # the demo's own config, plus clips for the /events/<id>/ routes
     config.write_text((REPO / "configs" / "default.toml").read_text()
                       + f'\n[clips]\ndir = "{tmp / "clips"}"\npre_s = 1\npost_s = 1\n')
-    pipe = Pipeline("--config", config, "--headless", "--web", "127.0.0.1:0", "--events", events, "--duration", 300)
+    pipe = Pipeline("--config", config, "--headless", "--web", "127.0.0.1:0", "--events", events, "--duration", 300,
+                    "--store", tmp / "actions.db")
     try:
         pipe.wait_for(lambda: web_url(pipe), timeout=60, what="the 'web view at' line")
         pipe.wait_for(lambda: events.exists() and len(of_kind(log_lines(events), "start")) >= 1, timeout=60,
@@ -113,6 +114,46 @@ def test_api_streams_and_events_match_the_event_log(demo):
     assert api_events and api_events == logged[::-1][: len(api_events)], "newest first, as logged"
     assert all(isinstance(e["id"], str) and e["id"] for e in api_events)
     assert get_json(f"{demo.base}/api/events?limit=1") == api_events[:1]
+
+
+def post_json(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_the_action_history_holds_each_action_of_the_log_as_one_record(demo):
+    """Contract 8: every start in the event log is one record, ended as its end line says; feedback is kept."""
+    def records() -> dict[str, dict]:
+        return {a["id"]: a for a in get_json(f"{demo.base}/api/actions?limit=500")["actions"]}
+
+    logged = of_kind(log_lines(demo.events), "start", "end")
+    demo.pipe.wait_for(lambda: {e["id"] for e in logged} <= set(records()), timeout=10, what="the store to catch up")
+    history = records()
+    for line in logged:
+        action = history[line["id"]]
+        assert (action["stream"], action["label"]) == (line["stream"], line["label"])
+        if line["kind"] == "start":
+            assert (action["start_frame"], action["start_ts"]) == (line["frame_index"], line["frame_ts"])
+        else:
+            assert (action["end_frame"], action["end_ts"]) == (line["frame_index"], line["frame_ts"])
+            assert action["score"] >= line["score"] and action["clip"] == line["clip"]
+    newest = next(iter(history))
+    assert get_json(f"{demo.base}/api/actions/{newest}") == history[newest]
+    status, marked = post_json(f"{demo.base}/api/actions/{newest}/feedback", b'{"verdict": "wrong", "label": "waving"}')
+    assert status == 200 and marked["feedback"]["verdict"] == "wrong" and marked["feedback"]["label"] == "waving"
+    assert get_json(f"{demo.base}/api/actions/{newest}")["feedback"] == marked["feedback"]
+    for body, code in [(b"not json", 400), (b'{"verdict": "maybe"}', 400), (b'{"verdict": "right", "x": 1}', 400),
+                       (b'{"verdict": "right", "label": ""}', 400)]:
+        assert post_json(f"{demo.base}/api/actions/{newest}/feedback", body)[0] == code, body
+    assert post_json(f"{demo.base}/api/actions/1-nothing/feedback", b'{"verdict": "right"}')[0] == 404
+    for path, code in [("/api/actions?limit=0", 400), ("/api/actions?since=nan", 400), ("/api/actions?colour=red", 400),
+                       ("/api/actions?before=..%2F", 400), ("/api/actions/1-nothing", 404), ("/api/actions/a%20b", 404)]:
+        status, _, body = get(demo.base + path)
+        assert status == code and "error" in json.loads(body), (path, status, body[:200])
 
 
 def test_metrics_parse_rise_and_agree_with_the_event_log(demo):

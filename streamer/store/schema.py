@@ -59,6 +59,8 @@ def connect(path: str, *, create: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=BUSY_MS / 1000, isolation_level=None, check_same_thread=False)
     try:
         version = _version(conn, path)
+        if version == 0:  # before anything is written, even the WAL header: lets retention give space back
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a power cut may lose the newest commits, never the file
         if version < VERSION:
@@ -87,8 +89,6 @@ def _version(conn: sqlite3.Connection, path: str) -> int:
 
 def migrate(conn: sqlite3.Connection, version: int, upto: int = VERSION) -> None:
     """Take the file from ``version`` to ``upto``, each step in one transaction (a crash leaves a whole version)."""
-    if version == 0:
-        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # before the first table: lets retention give space back
     for number in range(version + 1, upto + 1):
         conn.execute("BEGIN IMMEDIATE")  # statements one by one: executescript would commit half a step
         try:
