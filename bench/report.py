@@ -15,3 +15,15 @@ def write_section(heading: str, body: str, path: Path = BENCHMARKS) -> None:
     pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.M | re.S)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.write_text(text)
+
+
+def cpu_name() -> str:
+    """This machine's CPU, as /proc/cpuinfo names it (speed figures mean something only beside it)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                        platform.processor())
+    except OSError:
+        return platform.processor()

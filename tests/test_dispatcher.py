@@ -17,6 +17,9 @@ import zmq
 
 from streamer.config.network import Endpoints
 from tests.test_events import AT_ONCE
+from streamer.config.sinks import StoreConfig
+from streamer.store import queries
+from streamer.store.schema import connect
 from streamer.config.stages import DispatchConfig
 from streamer.kinds import LineKind
 from streamer.stages import dispatcher
@@ -227,7 +230,8 @@ def test_a_dispatcher_ends_the_actions_a_killed_one_left_under_way_first_and_tel
     start = {"kind": "start", "stream": "cam0", "label": "left", "frame_index": 3, "frame_ts": 1003.0, "score": 0.9,
              "id": "1003000-abcdef"}
     (tmp_path / "events.jsonl").write_text(f"{json.dumps(prediction)}\n{json.dumps(start)}\n")
-    hub = Hub(tmp_path, ("cam0",))
+    store = tmp_path / "actions.db"
+    hub = Hub(tmp_path, ("cam0",), store=StoreConfig(path=str(store)))
     try:
         heard = hub.receive(hub.results, LogLine)
         assert heard is not None and heard.line == {**start, "kind": "end", "peak": 0.9}
@@ -240,3 +244,8 @@ def test_a_dispatcher_ends_the_actions_a_killed_one_left_under_way_first_and_tel
             ("prediction", None), ("start", start["id"]), ("end", start["id"]), ("prediction", None)]
     finally:
         hub.close()
+    # the action history: the killed dispatcher's action, caught up from the log, ended by this one; and this
+    # dispatcher's own action, ended at its clean stop
+    (own, left), _ = queries.list_actions(connect(str(store)), queries.ActionQuery())
+    assert (left["id"], left["start_frame"], left["end_frame"], left["score"]) == (start["id"], 3, 3, 0.9)
+    assert own["label"] == "left" and own["end_ts"] is not None

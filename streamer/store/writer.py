@@ -30,7 +30,7 @@ BATCH = 1000  # lines a transaction
 RETRY_S = 1.0
 RETAIN_EVERY_S = 60.0
 READ_CHUNK = 1 << 20
-ACTION_KINDS = (b'"kind":"start"', b'"kind":"end"')  # what the catch-up parses (lines are written compact)
+ACTION_KINDS = (b'"start"', b'"end"')  # lines without either are not parsed by the catch-up (most are predictions)
 
 
 def apply(conn: sqlite3.Connection, line: dict[str, Any]) -> bool:
