@@ -60,6 +60,12 @@ BAD = {  # what a config says → what the one-line error must say
     "clips without a folder": ("[clips]\npre_s = 2", "'dir' is missing; it must be a folder"),
     "a minute-long pre-roll and more": ('[clips]\ndir = "c"\npre_s = 61', "'pre_s' must be ≥ 0 and ≤ 60"),
     "an unknown clips key": ('[clips]\ndir = "c"\nwidth = 3', "unknown key 'width' in [clips]"),
+    "a store that is a folder": ('[store]\npath = "/tmp"', "action store (--store) /tmp: is a folder"),
+    "a store kept -1 days": ('[store]\npath = "a.db"\nkeep_days = -1', "'keep_days' must be ≥ 0 days"),
+    "a negative end hold": ("[events]\nend_hold_s = -1", "'end_hold_s' must be seconds from 0 to 3600"),
+    "thresholds of a label the model lacks": ('[events.labels."falling"]\nstart_threshold = 0.5',
+                                              "'falling' is not a label of the model"),
+    "an unknown per-label key": ('[events.labels."still"]\nhold = 1', "unknown key 'hold'"),
 }
 
 

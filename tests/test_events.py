@@ -440,12 +440,12 @@ def test_brief_actions_stay_in_the_log_and_never_reach_the_subscribers() -> None
 
 def test_per_label_thresholds_in_the_config_name_labels_of_the_model(tmp_path) -> None:
     from streamer.config.loader import event_config
-    from streamer.config.tables import EventsTable, LabelEventsTable
+    from streamer.config.tables import EventsTable
 
-    table = EventsTable(labels={"abseiling": LabelEventsTable(start_threshold=0.5)})
+    table = EventsTable(labels={"abseiling": {"start_threshold": 0.5}})
     config = event_config(table, tuple(LABELS), "f.toml [events]")
     assert config.thresholds("abseiling") == (0.5, 0.4) and config.thresholds("archery") == (0.6, 0.4)
     with pytest.raises(ConfigError, match="'falling' is not a label of the model"):
-        event_config(EventsTable(labels={"falling": LabelEventsTable()}), tuple(LABELS), "f.toml [events]")
+        event_config(EventsTable(labels={"falling": {}}), tuple(LABELS), "f.toml [events]")
     with pytest.raises(ConfigError, match="above start_threshold"):
-        event_config(EventsTable(labels={"archery": LabelEventsTable(start_threshold=0.3)}), tuple(LABELS), "f")
+        event_config(EventsTable(labels={"archery": {"start_threshold": 0.3}}), tuple(LABELS), "f")

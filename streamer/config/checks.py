@@ -198,7 +198,7 @@ def _words(info: Any, text: str, what: str, value: Any) -> str:
 def _name(info: Any) -> str:
     names = {inspect.IntType: "int", inspect.FloatType: "float", inspect.StrType: "str", inspect.BoolType: "bool",
              inspect.VarTupleType: "a list", inspect.ListType: "a list", inspect.TupleType: "a list",
-             inspect.StructType: "a table", inspect.DataclassType: "a table"}
+             inspect.StructType: "a table", inspect.DataclassType: "a table", inspect.DictType: "a table"}
     if isinstance(info, inspect.LiteralType):
         return _either([str(v) for v in info.values])
     return names.get(type(info), type(info).__name__)

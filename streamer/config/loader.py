@@ -26,7 +26,8 @@ from streamer.config.network import ENDPOINT_NAMES, Endpoints, Security
 from streamer.config.sinks import ClipStageConfig, SinksConfig, StoreConfig
 from streamer.config.stages import (CaptureConfig, DispatchConfig, EventConfig, LabelThresholds, OverlayConfig,
                                     PipelineConfig, WorkerConfig)
-from streamer.config.tables import MAX_SPAN, ConfigFile, EndpointsTable, EventsTable, ModelTable, StoreTable
+from streamer.config.tables import (MAX_SPAN, ConfigFile, EndpointsTable, EventsTable, LabelEventsTable, ModelTable,
+                                    StoreTable)
 from streamer.config.web import web_config, web_listen
 from streamer.errors import ConfigError
 from streamer.store.schema import check_store
@@ -147,11 +148,13 @@ def event_config(table: EventsTable, labels: tuple[str, ...], where: str) -> Eve
     """``[events]``, with ``[events.labels."LABEL"]`` tables for labels of the model that need their own
     thresholds (a key left out is ``[events]``'s)."""
     own = []
-    for label, thresholds in table.labels.items():
+    for label, raw in table.labels.items():
+        here = f'{where.removesuffix(" [events]")} [events.labels."{label}"]'
+        thresholds = read_table(raw, LabelEventsTable, here, brackets=False)
         if labels and label not in labels:
-            raise ConfigError(f"{where}: labels.{label!r} is not a label of the model; its labels are "
+            raise ConfigError(f"{here}: {label!r} is not a label of the model; its labels are "
                               f"{', '.join(labels[:12])}{', ...' if len(labels) > 12 else ''}")
-        own.append((label, _built(f"{where} labels.{label!r}", LabelThresholds,
+        own.append((label, _built(here, LabelThresholds,
                                   start_threshold=thresholds.start_threshold or table.start_threshold,
                                   end_threshold=thresholds.end_threshold or table.end_threshold)))
     return _built(where, EventConfig, smoothing=table.smoothing, top_k=table.top_k,

@@ -125,7 +125,9 @@ class EventsTable(Table):
     merge_gap_s: Hold = 2.0
     min_duration_s: Hold = 0.0
     top_k: TopK = 5
-    labels: dict[str, LabelEventsTable] = msgspec.field(default_factory=dict)
+    # ``[events.labels."LABEL"]`` tables, each read as a LabelEventsTable by the loader (so that a message can
+    # name the label: msgspec does not say which key of a dict holds a bad value)
+    labels: dict[str, dict] = msgspec.field(default_factory=dict)
 
 
 class OverlayTable(Table):
