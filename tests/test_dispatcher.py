@@ -53,7 +53,7 @@ class Hub:
         endpoints = Endpoints(*(f"ipc://{tmp_path}/{name}" for name in ("windows", "work", "results", "display")))
         self.config = DispatchConfig(endpoints=endpoints, streams=streams, finite_streams=config.pop("finite", ()),
                                      labels=LABELS, events_path=str(self.events), status_interval_s=0.1,
-                                     events=EventConfig(**AT_ONCE, smoothing=1), **config)
+                                     events=config.pop("events", EventConfig(**AT_ONCE, smoothing=1)), **config)
         self.stop = threading.Event()
         self.returned: list[int] = []
         self.thread = threading.Thread(target=lambda: self.returned.append(dispatcher.run(self.config, self.stop)))
@@ -249,3 +249,39 @@ def test_a_dispatcher_ends_the_actions_a_killed_one_left_under_way_first_and_tel
     (own, left), _ = queries.list_actions(connect(str(store)), queries.ActionQuery())
     assert (left["id"], left["start_frame"], left["end_frame"], left["score"]) == (start["id"], 3, 3, 0.9)
     assert own["label"] == "left" and own["end_ts"] is not None
+
+
+def predict(hub: Hub, seq: int, probs) -> list[dict]:
+    """One window of cam0 through the dispatcher and a worker, its result ``probs``; the action lines the
+    subscribers heard up to that result."""
+    hub.send(hub.capture, window("cam0", seq))
+    hub.send(hub.worker, WorkRequest("w0", 1))
+    batch = hub.receive(hub.worker, Batch)
+    hub.send(hub.worker, ResultBatch((result_of(batch.windows[0], probs),)))
+    heard = []
+    while not isinstance(msg := hub.receive(hub.results, (LogLine, Result)), Result):
+        assert msg is not None, "no result came"
+        heard += [msg.line] if msg.line["kind"] in ("start", "end") else []
+    return heard
+
+
+def test_the_subscribers_hear_a_flickering_action_once_and_a_brief_one_not_at_all(tmp_path):
+    """What the sinks and clips get: a score that dips for a moment is one start and one end (one id, so one
+    MQTT pair, one clip); an action shorter than min_duration_s stays in the log, marked, and reaches none."""
+    calm = EventConfig(smoothing=1, end_hold_s=1.5, merge_gap_s=2.0, min_duration_s=3.0)
+    hub = Hub(tmp_path, ("cam0",), events=calm)
+    left, dip, other = (0.9, 0.05, 0.05), (0.3, 0.35, 0.35), (0.05, 0.05, 0.9)
+    try:
+        heard = [line for seq, probs in enumerate([left, left, dip, left, dip, dip, left, left, left, left, other,
+                                                   other])  # windows 1 s apart: "left" for 10 s, dipping twice
+                 for line in predict(hub, seq, probs)]
+    finally:
+        hub.close()
+    logged = [line for line in hub.lines() if line["kind"] in ("start", "end")]
+    assert [(x["kind"], x["label"]) for x in heard] == [("start", "left"), ("end", "left")]
+    lefts = [x for x in logged if x["label"] == "left"]
+    assert [x["kind"] for x in lefts] == ["start", "end"] and lefts[0]["id"] == lefts[1]["id"]
+    assert lefts[1]["peak"] == pytest.approx(0.9) and "brief" not in lefts[1]
+    stills = [x for x in logged if x["label"] == "still"]  # "still" at the end: under 3 s when the stop ended it
+    assert [x["kind"] for x in stills] == ["start", "end"] and stills[1]["brief"] is True
+    assert all(x["label"] != "still" for x in heard)
