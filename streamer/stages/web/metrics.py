@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from streamer.kinds import StreamState
-from streamer.stages.health import REPORTED_COUNTERS, metric_family
+from streamer.stages.health import REPORTED_COUNTERS, REPORTED_GAUGES, metric_family
 from streamer.stages.web.feeds import Feeds
 from streamer.stages.web.state import WebState
 
@@ -57,6 +57,8 @@ class _PipelineCollector(Collector):
                       state.reported_samples("workers_answering"))
         yield metric_family(GaugeMetricFamily, "clip_buffer_bytes", "Recent frames the clips stage holds for pre-roll (JPEG)",
                       state.reported_samples("clip_buffer_bytes"))
+        yield metric_family(GaugeMetricFamily, "store_lines_waiting", REPORTED_GAUGES["store_lines_waiting"],
+                      state.reported_samples("store_lines_waiting"))
         now = time.time()
         yield metric_family(GaugeMetricFamily, "source_up", "1 while the source delivers frames, else 0",
                       [({"stream": s.name}, float(s.state(now) == StreamState.LIVE)) for s in state.streams.values()])
