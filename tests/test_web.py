@@ -141,6 +141,8 @@ def test_the_action_history_holds_each_action_of_the_log_as_one_record(demo):
         else:
             assert (action["end_frame"], action["end_ts"]) == (line["frame_index"], line["frame_ts"])
             assert action["score"] >= line["score"] and action["clip"] == line["clip"]
+    demo.pipe.wait_for(lambda: metric(get(f"{demo.base}/metrics")[2].decode(), "timesformer_store_lines_written_total")
+                       >= len(logged), timeout=5, what="the store's lines in /metrics")
     newest = next(iter(history))
     assert get_json(f"{demo.base}/api/actions/{newest}") == history[newest]
     status, marked = post_json(f"{demo.base}/api/actions/{newest}/feedback", b'{"verdict": "wrong", "label": "waving"}')
