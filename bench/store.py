@@ -132,7 +132,7 @@ def query_cases(cameras: int, newest: float, days: int, rng: random.Random) -> d
             stream=f"cam{rng.randrange(cameras)}", since=(t := day_start()), until=t + DAY, limit=500)),
         "not yet reviewed, newest 50": lambda conn: queries.list_actions(conn, queries.ActionQuery(unreviewed=True)),
         "20 pages deep (cursor), 20 queries": deep_cursor,
-        "one action by id": one,
+        "one action by id (an id of a random day looked up first)": one,
     }
 
 
