@@ -92,6 +92,9 @@ def migrate(conn: sqlite3.Connection, version: int, upto: int = VERSION) -> None
     for number in range(version + 1, upto + 1):
         conn.execute("BEGIN IMMEDIATE")  # statements one by one: executescript would commit half a step
         try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= number:  # another process took this step
+                conn.execute("ROLLBACK")
+                continue
             for statement in MIGRATIONS[number - 1].split(";"):
                 if statement.strip():
                     conn.execute(statement)
