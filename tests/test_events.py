@@ -449,3 +449,11 @@ def test_per_label_thresholds_in_the_config_name_labels_of_the_model(tmp_path) -
         event_config(EventsTable(labels={"falling": {}}), tuple(LABELS), "f.toml [events]")
     with pytest.raises(ConfigError, match="above start_threshold"):
         event_config(EventsTable(labels={"archery": {"start_threshold": 0.3}}), tuple(LABELS), "f")
+
+
+def test_a_label_taking_over_ends_the_old_action_where_it_went_quiet() -> None:
+    tracker = ActionTracker(EventConfig(smoothing=1, end_hold_s=5.0), LABELS)
+    other = Result("cam0", 3, 24, 1003.0, np.array([0.05, 0.9, 0.05], np.float32), (("air drumming", 0.9),), "w0", {})
+    events = [e for r in (result(0.9, 0), result(0.3, 1), result(0.3, 2), other) for e in tracker.update(r)[1]]
+    assert [(e["kind"], e["label"], e["frame_index"]) for e in events] == [
+        ("start", "abseiling", 0), ("end", "abseiling", 8), ("start", "air drumming", 24)]

@@ -57,7 +57,7 @@ class EventConfig:
     start_threshold: Threshold = 0.6
     end_threshold: Threshold = 0.4
     end_hold_s: Hold = 1.0
-    merge_gap_s: Hold = 2.0
+    merge_gap_s: Hold = 0.0
     min_duration_s: Hold = 0.0
     top_k: TopK = 5
     labels: tuple[tuple[str, LabelThresholds], ...] = ()

@@ -122,7 +122,7 @@ class EventsTable(Table):
     start_threshold: Threshold = 0.6
     end_threshold: Threshold = 0.4
     end_hold_s: Hold = 1.0
-    merge_gap_s: Hold = 2.0
+    merge_gap_s: Hold = 0.0
     min_duration_s: Hold = 0.0
     top_k: TopK = 5
     # ``[events.labels."LABEL"]`` tables, each read as a LabelEventsTable by the loader (so that a message can

@@ -142,8 +142,9 @@ class ActionTracker:
             events.append(self._release_end(state))
         best = int(np.argmax(p))
         if best != state.active and p[best] >= self.config.thresholds(self._label(best))[0]:
-            if state.active is not None:  # a new action takes over: the old one ends first, here
-                events.append(self._line(LineKind.END, key, state, state.active, self._point(state, state.active)))
+            if state.active is not None:  # a new action takes over: the old one ends first (where it went quiet)
+                at = state.quiet_since or self._point(state, state.active)
+                events.append(self._line(LineKind.END, key, state, state.active, at))
             if state.ending is not None and state.ending_label == best:  # back within merge_gap_s: it goes on
                 state.ending = None
             else:
