@@ -82,6 +82,13 @@ def test_opening_the_page_with_the_token_once_sets_a_cookie(guarded):
     with opener.open(f"{guarded.base}/api/streams", timeout=10) as response:
         assert json.loads(response.read())[0]["name"] == "cam/door"
     assert get(f"{guarded.base}/?token=not-the-token-at-all")[0] == 401
+    jar.clear()
+    with opener.open(f"{guarded.base}/review?token={guarded.token}", timeout=10) as response:  # the review page too
+        assert response.status == 200 and response.url == f"{guarded.base}/review"
+    assert get(f"{guarded.base}/api/actions")[0] == 401
+    with pytest.raises(urllib.error.HTTPError) as refused:  # authorised; this stage keeps no history: it says so
+        opener.open(f"{guarded.base}/api/actions", timeout=10)
+    assert refused.value.code == 404 and "--store FILE.db" in json.loads(refused.value.read())["error"]
 
 
 def test_malformed_http_is_a_4xx_and_no_traceback(guarded, caplog):

@@ -38,6 +38,7 @@ from streamer.stages.web.metrics import Metrics
 from streamer.stages.web.state import WebState
 
 COOKIE = "timesformer_token"
+PAGES = ("/", "/review")  # the pages that take ?token=TOKEN once and set the cookie
 BOUNDARY = "frame"
 WRITE_TIMEOUT_S = 10.0  # a viewer that takes no data for this long is disconnected
 STREAMS_EVERY_S = 1.0  # the page's stream list is pushed this often
@@ -104,10 +105,10 @@ class WebApp:
     async def guard(self, request: web.Request, handler):
         """The token (when configured), then the handler; an unexpected error is a 500, never a traceback."""
         if self.token and request.path != "/healthz":
-            if request.path == "/" and "token" in request.query:
+            if request.path in PAGES and "token" in request.query:
                 if not hmac.compare_digest(request.query["token"].encode(), self.token):
                     return _error(401, "wrong token")
-                redirect = web.HTTPFound("/")  # out of the address bar and the history
+                redirect = web.HTTPFound(request.path)  # out of the address bar and the history
                 redirect.set_cookie(COOKIE, self.config.token, httponly=True, samesite="Strict")
                 raise redirect
             if not self._authorised(request):
