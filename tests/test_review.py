@@ -378,5 +378,8 @@ def test_a_second_run_on_the_same_store_keeps_the_actions_and_marks(browser, run
             feedback = before[action_id]["feedback"]
             text = "✓ right" if feedback["verdict"] == "right" else f"✗ wrong: is {feedback['label'].replace('_', ' ')}"
             assert page.inner_text(f'li[data-id="{action_id}"] .verdict') == text
+        page.goto(f"{run.base}/")  # the live page lists the first run's actions too, below this run's events
+        earlier = page.locator(f'#events li[data-id="{first_run[-1]}"]')
+        wait_until(page, lambda: earlier.count() == 1, "the first run's newest action on the live page")
     finally:
         context.close()

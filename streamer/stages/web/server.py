@@ -232,13 +232,15 @@ class WebApp:
         return web.json_response(events)
 
     async def live(self, request: web.Request) -> web.StreamResponse:
-        """Server-sent events for the page: ``streams`` (the stream list, each second) and ``event`` lines."""
+        """Server-sent events for the page: ``hello`` (the streams, the events this stage saw, and the history's
+        actions from before it started), then ``streams`` (each second) and ``event`` lines."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
         await response.prepare(request)
         queue = self.state.subscribe()
         try:
             await response.write(_sse("hello", {"streams": self.state.stream_list(),
-                                                "events": list(self.state.events)[:50]}))
+                                                "events": list(self.state.events)[:50],
+                                                "earlier": await self.history.earlier(self.state.started)}))
             while True:
                 try:
                     kind, data = await asyncio.wait_for(queue.get(), STREAMS_EVERY_S)

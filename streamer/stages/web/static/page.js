@@ -115,6 +115,10 @@ live.addEventListener("hello", (e) => {
   showStreams(data.streams);
   eventsList.innerHTML = '<li class="empty">no action yet</li>';
   for (const line of data.events) showEvent(line, false);
+  for (const a of data.earlier || []) {  // the history's, from before this server started: as their end lines
+    showEvent({kind: a.end_ts === null ? "start" : "end", stream: a.stream, track: a.track, label: a.label,
+               frame_ts: a.end_ts === null ? a.start_ts : a.end_ts, score: a.score, id: a.id, clip: a.clip}, false);
+  }
 });
 live.addEventListener("streams", (e) => showStreams(JSON.parse(e.data)));
 live.addEventListener("event", (e) => {
