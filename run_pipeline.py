@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="bf16: the fast path on GPUs and CPUs with bf16 units; int8: on other CPUs")
     p.add_argument("--web", metavar="HOST:PORT", help="serve the live view, API, /metrics and health checks "
                    "there (default from the config: 127.0.0.1:8080 for the demo); off turns it off")
+    p.add_argument("--adapter", metavar="FILE", help="run the checkpoint with the labels this adapter taught "
+                   "(python -m workers.teach) added to its own")
     p.add_argument("--store", metavar="FILE.db", help="keep every action in this SQLite file, across restarts "
                    "(the demo's: history/actions.db); off keeps none")
     p.add_argument("--role", choices=ROLES,
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             headless=args.headless or not has_display(), duration=args.duration, events=args.events,
             output=args.output, offline=args.offline, workers=args.workers, device=args.device,
             precision=args.precision, web=args.web, role=args.role, advertise=args.advertise, store=args.store,
+            adapter=args.adapter,
         )
         config = load_config(flags, describe_checkpoint)
         preflight(config, args.role, args.index or 0)

@@ -52,6 +52,7 @@ FLAG_KEYS = {  # each flag that stands for a key: the table and the key
     "checkpoint": ("model", "checkpoint"), "device": ("model", "device"), "precision": ("model", "precision"),
     "workers": ("pipeline", "workers"), "duration": ("pipeline", "duration"), "events": ("events", "path"),
     "output": ("overlay", "output"), "web": ("web", "listen"), "store": ("store", "path"),
+    "adapter": ("model", "adapter"),
 }
 
 
@@ -72,6 +73,7 @@ class Overrides:
     precision: str | None = None
     web: str | None = None  # HOST:PORT or "off"
     store: str | None = None  # FILE.db or "off"
+    adapter: str | None = None  # --adapter: taught labels beside the checkpoint's
     role: str | None = None  # --role: only that stage's secrets are read (a capture needs no MQTT password)
     advertise: str | None = None  # --advertise: the address workers fetch this host's captures' frames at
 
@@ -88,6 +90,7 @@ class ModelChoice:
     frame_interval: int
     hop: int
     flip_views: tuple[str, ...]
+    adapter: str = ""  # the adapter file, checked against the checkpoint; its labels are in ``labels``
 
 
 def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
@@ -229,8 +232,14 @@ def model_choice(table: ModelTable, preprocess_of, where: str) -> ModelChoice:
         raise ConfigError(f"{where}: a window of {num_frames} frames {frame_interval} apart spans "
                           f"{span} source frames; at most {MAX_SPAN} fit the ring buffer")
     flips = check_flip_views(table.flip_views, where) if table.flip_views is not None else preprocess.flip_views
-    return ModelChoice(checkpoint=checkpoint, labels=tuple(labels or ()), size=preprocess.size, num_frames=num_frames,
-                       frame_interval=frame_interval, hop=table.hop or max(1, frame_interval), flip_views=flips)
+    labels = tuple(labels or ())
+    if table.adapter:
+        from workers.adapter import load_adapter
+
+        labels += load_adapter(table.adapter, checkpoint, list(labels)).labels
+    return ModelChoice(checkpoint=checkpoint, labels=labels, size=preprocess.size, num_frames=num_frames,
+                       frame_interval=frame_interval, hop=table.hop or max(1, frame_interval), flip_views=flips,
+                       adapter=table.adapter)
 
 
 def pipeline_endpoints(table: EndpointsTable | None, security: Security, where: str) -> tuple[Endpoints, str]:
@@ -253,6 +262,7 @@ def worker_configs(file: ConfigFile, model: ModelChoice, endpoints: Endpoints, s
     """``[pipeline] workers`` of them, alike but for their name and index."""
     table, count = file.model, file.pipeline.workers
     worker = _built(f"{where} [model]", WorkerConfig, name="worker-0", endpoints=endpoints, checkpoint=model.checkpoint,
+                    adapter=model.adapter,
                     device=table.device, precision=table.precision, backend=table.backend,
                     calibration=_calibration(table, model.labels, f"{where} [model]"), max_batch=table.max_batch,
                     threads=table.threads, top_k=top_k, delay_s=table.delay_s, flip_views=model.flip_views,

@@ -131,6 +131,7 @@ class WorkerConfig:
     name: str
     endpoints: Endpoints
     checkpoint: str
+    adapter: str = ""         # taught labels beside the checkpoint's (workers.adapter)
     device: Device = "cpu"
     precision: Precision = "bf16"
     backend: Backend = "auto"  # torch, openvino or auto (workers.openvino_backend)

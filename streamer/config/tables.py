@@ -98,6 +98,7 @@ class ModelTable(Table):
     threads: Threads = 0
     delay_s: Delay = 0.0
     flip_views: tuple[str, ...] | None = None  # checked by workers.flips.check_flip_views
+    adapter: str = ""  # taught labels (python -m workers.teach), run beside the checkpoint's own
 
 
 class PipelineTable(Table):

@@ -21,6 +21,7 @@ from streamer.stages.health import Health
 from streamer.transport.frameserver import FrameFetcher
 from streamer.transport.framestore import FrameStoreReader
 from streamer.transport.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
+from workers.adapter import adapt, load_adapter
 from workers.cpu import usable_cores
 from workers.model import checkpoint_model, label_names
 from workers.preprocess import fold_normalisation, to_raw_input
@@ -88,6 +89,10 @@ class Predictor:
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(config.threads, config.workers_on_host, config.shares_host))
         model = checkpoint_model(config.checkpoint)  # fp32 on the CPU; the plan's runtime is built from it
+        if config.adapter:  # taught labels: their layer beside the head, the checkpoint's logits untouched
+            adapter = load_adapter(config.adapter, config.checkpoint, model.labels)
+            model = adapt(model, adapter)
+            logger.info(f"{config.name}: adapter {config.adapter}: {adapter.describe()}")
         self.labels = label_names(model.labels, model.config.num_classes)
         self.pre = model.preprocess
         fold_normalisation(model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels

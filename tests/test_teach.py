@@ -1,0 +1,110 @@
+"""Taught actions (contract 9): the adapter beside a checkpoint (its logits untouched, its checkpoint named),
+``python -m workers.teach`` from folders of real clips, its one-line refusals, and ``--adapter`` at start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_video
+from tests.test_pipeline import LABELS, PRE, checkpoint  # noqa: F401  (fixture re-used)
+from workers.adapter import Adapter, adapt, checkpoint_digest, load_adapter, save_adapter
+from workers.model import checkpoint_model, load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def teach(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workers.teach", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def random_adapter(checkpoint: Path, labels=("waving", "falling")) -> Adapter:
+    width = checkpoint_model(checkpoint).head.in_features
+    g = torch.Generator().manual_seed(0)
+    return Adapter(tuple(labels), torch.randn(len(labels), width, generator=g), torch.randn(len(labels), generator=g),
+                   checkpoint_digest(checkpoint), {"waving": {"precision": 1.0, "recall": 0.5, "windows": 4.0}})
+
+
+def test_an_adapter_adds_labels_and_leaves_the_checkpoints_logits_exactly_as_they_were(tmp_path, checkpoint):
+    path = save_adapter(random_adapter(checkpoint), tmp_path / "a.safetensors")
+    plain, adapted = checkpoint_model(checkpoint), adapt(checkpoint_model(checkpoint), load_adapter(path, checkpoint))
+    x = torch.randn(3, 3, PRE.num_frames, PRE.size, PRE.size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        before, after = plain(x), adapted(x)
+    assert after.shape == (3, len(LABELS) + 2) and adapted.labels == [*LABELS, "waving", "falling"]
+    assert torch.equal(after[:, : len(LABELS)], before)  # bit for bit
+    assert load_adapter(path, checkpoint).checks["waving"]["recall"] == 0.5
+
+
+def test_an_adapter_of_another_checkpoint_or_with_a_clashing_label_is_refused_in_one_line(tmp_path, checkpoint):
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(checkpoint.read_bytes() + b"")  # the same bytes: the same checkpoint
+    other_model = checkpoint_model(checkpoint)
+    with torch.no_grad():
+        other_model.head.bias += 1.0
+    from workers.model import save_model
+
+    save_model(other_model, other, labels=LABELS, preprocess=PRE)
+    wrong = save_adapter(random_adapter(other), tmp_path / "wrong.safetensors")
+    clash = save_adapter(random_adapter(checkpoint, ("still", "x")), tmp_path / "clash.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    for adapter, says in [(wrong, "taught on another checkpoint"), (clash, "'still' is a label of the checkpoint"),
+                          (junk, "not an adapter file"), (tmp_path / "none.safetensors", "no such file")]:
+        proc = subprocess.run([sys.executable, "run_pipeline.py", "--checkpoint", checkpoint, "--adapter", adapter,
+                               "--headless", "--duration", "1"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def clips(folder: Path, counts: dict[str, int]) -> Path:
+    for label, n in counts.items():
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            make_video(folder / label / f"{i}.avi", num_frames=20, size=(64, 48))
+    return folder
+
+
+@pytest.mark.parametrize("counts,says", [
+    ({}, "no videos found"),
+    ({"none": 2}, "only none/ holds clips"),
+    ({"waving": 1, "none": 2}, "waving: 1 clip; teaching needs at least 2"),
+    ({"still": 3}, "'still' is a label of the checkpoint already"),
+])
+def test_a_folder_that_cannot_teach_is_one_line_and_exit_2(tmp_path, checkpoint, counts, says):
+    folder = clips(tmp_path / "clips", counts)
+    folder.mkdir(exist_ok=True)
+    proc = teach("--checkpoint", checkpoint, "--clips", folder, "--out", tmp_path / "a.safetensors")
+    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "a.safetensors").exists()
+
+
+def test_teaching_writes_an_adapter_that_the_pipeline_runs_with_its_labels(tmp_path, checkpoint):
+    folder = clips(tmp_path / "clips", {"waving": 3, "none": 2})
+    out = tmp_path / "taught.safetensors"
+    proc = teach("--checkpoint", checkpoint, "--clips", folder, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.strip().splitlines()
+    assert line.startswith(f"wrote {out}: taught waving (held-out precision") and "from 5 clips" in line
+    adapter = load_adapter(out, checkpoint, LABELS)
+    assert adapter.labels == ("waving",) and set(adapter.checks["waving"]) == {"precision", "recall", "windows"}
+    model = load_model(str(checkpoint))
+    assert model.labels == LABELS  # load_model stays the checkpoint's own (contract 1)
+    video = make_video(tmp_path / "clip.avi", num_frames=40)
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.run([sys.executable, "run_pipeline.py", "--checkpoint", checkpoint, "--adapter", out,
+                           "--source", video, "--offline", "--headless", "--events", events], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "adapter" in proc.stderr and "waving (held-out precision" in proc.stderr  # its check, at load
+    import json
+
+    tops = [json.loads(x)["top"] for x in events.read_text().splitlines() if '"prediction"' in x]
+    assert tops and all({name for name, _ in top} == {*LABELS, "waving"} for top in tops)
+    assert all(abs(sum(p for _, p in top) - 1.0) < 1e-3 for top in tops)  # one softmax over all four

@@ -1,0 +1,122 @@
+"""Teaching new labels from a few examples (contract 9): windows → embeddings → an :class:`~workers.adapter.Adapter`.
+
+The backbone runs once over each example window (and its flip views, which the pipeline averages in) and is
+never trained. :func:`fit` then trains the taught labels' layer in the softmax it will run in: beside the
+checkpoint's own logits, held fixed. A window of a taught label should win that softmax; any other window
+(the ``none`` examples, windows marked wrong, the other taught labels' examples) should keep the distribution
+the checkpoint gives it, so the taught labels take probability only where they are seen. That is what makes
+their scores comparable with the old labels' under the same thresholds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from workers.adapter import Adapter
+from workers.flips import FLIPS
+from workers.preprocess import to_model_input
+
+NONE = "none"  # the folder (and label) of examples of nothing new: negatives
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Embeddings of example windows, each view its own row.
+
+    Args:
+        features: ``(N, D)`` the normalised class tokens.
+        logits: ``(N, C)`` the checkpoint's own logits for them.
+        targets: ``(N,)`` the taught label's index, or -1 for a negative.
+        groups: ``(N,)`` which example (clip or span) each row came from: a held-out check leaves whole ones out.
+    """
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    targets: np.ndarray
+    groups: np.ndarray
+
+    def subset(self, keep: np.ndarray) -> Examples:
+        index = torch.from_numpy(np.flatnonzero(keep))
+        return Examples(self.features[index], self.logits[index], self.targets[keep], self.groups[keep])
+
+
+@torch.inference_mode()
+def embed(model: torch.nn.Module, frames: np.ndarray, flips: tuple[str, ...] = (), batch: int = 32
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows ``(N, T, H, W, 3)`` uint8 → (features ``(N·V, D)``, the checkpoint's logits ``(N·V, C)``), V being
+    1 + the flip views: each window, then each of its mirror images (one row each)."""
+    pre = model.preprocess
+    features, logits = [], []
+    for start in range(0, len(frames), batch):
+        x = to_model_input(torch.from_numpy(frames[start:start + batch]), pre.mean, pre.std)
+        views = [model.forward_features(v).float() for v in (x, *(x.flip(FLIPS[flip][0]) for flip in flips))]
+        f = torch.stack(views, dim=1).flatten(0, 1)  # window-major: a window's views are adjacent rows
+        features.append(f)
+        logits.append(model.head(f).float())
+    return torch.cat(features), torch.cat(logits)
+
+
+def fit(examples: Examples, labels: tuple[str, ...], checkpoint: str, *, decay: float = 1e-3,
+        steps: int = 60) -> Adapter:
+    """The taught labels' layer, trained in the softmax beside the checkpoint's fixed logits (L-BFGS, full
+    batch: a few thousand rows train in well under a second).
+
+    Each taught label and the negatives weigh the same in the loss, however many windows each has.
+    """
+    f, old = examples.features, examples.logits
+    targets = torch.from_numpy(examples.targets)
+    k, dim = len(labels), f.shape[1]
+    weights = torch.zeros(len(f))
+    for cls in range(-1, k):
+        members = targets == cls
+        if members.any():
+            weights[members] = 1.0 / members.sum()
+    weights /= weights.sum()
+    # the taught part of each row's target: one-hot for its label, nothing for a negative; the old part:
+    # the checkpoint's own distribution for a negative, nothing for a taught window
+    wanted_new = torch.zeros(len(f), k)
+    positive = targets >= 0
+    wanted_new[positive, targets[positive]] = 1.0
+    wanted_old = torch.where(positive[:, None], torch.zeros_like(old), old.softmax(-1))
+    start = _centroid_init(f, targets, k)
+    weight = start[0].clone().requires_grad_(True)
+    bias = start[1].clone().requires_grad_(True)
+    optimiser = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss_fn():
+        optimiser.zero_grad()
+        log_p = torch.cat([old, f @ weight.T + bias], dim=1).log_softmax(dim=1)
+        loss = -(weights[:, None] * torch.cat([wanted_old, wanted_new], dim=1) * log_p).sum()
+        loss = loss + decay * (weight ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(loss_fn)
+    return Adapter(tuple(labels), weight.detach(), bias.detach(), checkpoint)
+
+
+def _centroid_init(f: torch.Tensor, targets: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A start: each label's weight points from the mean of all rows to its own mean; biases low."""
+    centre = f.mean(0)
+    weight = torch.stack([(f[targets == c].mean(0) - centre) if (targets == c).any() else torch.zeros_like(centre)
+                          for c in range(k)])
+    return weight, torch.full((k,), -5.0)
+
+
+def check(adapter: Adapter, held_out: Examples, views: int) -> dict[str, dict[str, float]]:
+    """Precision and recall of each taught label on windows it was not trained on, each window's views averaged
+    as the pipeline averages them (the softmax over the checkpoint's and the taught labels together)."""
+    old_classes = held_out.logits.shape[1]
+    logits = torch.cat([held_out.logits, held_out.features @ adapter.weight.T + adapter.bias], dim=1)
+    probs = logits.softmax(-1).view(-1, views, logits.shape[1]).mean(1)  # rows are window-major (see embed)
+    predicted = probs.argmax(1).numpy() - old_classes  # ≥ 0: a taught label
+    truth = held_out.targets.reshape(-1, views)[:, 0]
+    out = {}
+    for cls, label in enumerate(adapter.labels):
+        said, real = predicted == cls, truth == cls
+        out[label] = {"precision": float((said & real).sum() / max(1, said.sum())),
+                      "recall": float((said & real).sum() / max(1, real.sum())), "windows": float(real.sum())}
+    return out
