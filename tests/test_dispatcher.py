@@ -272,6 +272,7 @@ def test_the_subscribers_hear_a_flickering_action_once_and_a_brief_one_not_at_al
     hub = Hub(tmp_path, ("cam0",), events=calm)
     left, dip, other = (0.9, 0.05, 0.05), (0.3, 0.35, 0.35), (0.05, 0.05, 0.9)
     try:
+        assert hub.receive(hub.results, Stats) is not None  # subscribed: nothing published from here on is missed
         heard = [line for seq, probs in enumerate([left, left, dip, left, dip, dip, left, left, left, left, other,
                                                    other])  # windows 1 s apart: "left" for 10 s, dipping twice
                  for line in predict(hub, seq, probs)]

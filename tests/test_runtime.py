@@ -140,18 +140,23 @@ def test_auto_keeps_the_faster_of_two_real_models_and_decides_again_on_another_c
     x = torch.rand(2, 3, 4, 32, 32)
     here = cpu_fingerprint()
     assert choose_backend({"torch": big, "openvino": small}, x, "k", "fp32-b2", tmp_path, here) == "openvino"
-    record = json.loads((tmp_path / "k-fp32-b2.choice.json").read_text())
+    record = json.loads((tmp_path / f"k-fp32-b2-t{here.threads}.choice.json").read_text())
     assert record["choice"] == "openvino" and record["cpu"] == here.as_record() and record["rounds"] >= 5
     assert record["medians_ms"]["openvino"] < record["medians_ms"]["torch"]
 
     # the same CPU: remembered, not measured (measuring these two the other way round would say torch)
     assert choose_backend({"torch": small, "openvino": big}, x, "k", "fp32-b2", tmp_path, here) == "openvino"
-    # another CPU, or the same one with other threads: measured again, and recorded with that CPU
-    for other in (replace(here, model="another CPU"), replace(here, threads=here.threads + 1)):
-        said.clear()
-        assert choose_backend({"torch": small, "openvino": big}, x, "k", "fp32-b2", tmp_path, other) == "torch"
-        assert any("measuring again" in line for line in said)
-        assert json.loads((tmp_path / "k-fp32-b2.choice.json").read_text())["cpu"] == other.as_record()
+    # another CPU: measured again, and recorded with that CPU
+    said.clear()
+    other = replace(here, model="another CPU")
+    assert choose_backend({"torch": small, "openvino": big}, x, "k", "fp32-b2", tmp_path, other) == "torch"
+    assert any("measuring again" in line for line in said)
+    assert json.loads((tmp_path / f"k-fp32-b2-t{here.threads}.choice.json").read_text())["cpu"] == other.as_record()
+    # other threads (another worker size): measured and kept beside, the first size's choice left as it was
+    wider = replace(here, threads=here.threads + 1)
+    assert choose_backend({"torch": small, "openvino": big}, x, "k", "fp32-b2", tmp_path, wider) == "torch"
+    assert json.loads((tmp_path / f"k-fp32-b2-t{wider.threads}.choice.json").read_text())["cpu"] == wider.as_record()
+    assert json.loads((tmp_path / f"k-fp32-b2-t{here.threads}.choice.json").read_text())["cpu"] == other.as_record()
 
 
 def test_load_model_auto_measures_once_per_cpu_with_real_openvino(tmp_path, monkeypatch, said):

@@ -11,7 +11,7 @@ consecutive rounds picked what the median of all 20-30 picked every time, 3 roun
 keep the ratio within 3% (1 thread) to 12% (2 threads) of the whole run's. Without the settling call the
 choice was a coin toss on 2 threads (50%): OpenVINO right after torch ran 9.9 ms, after itself 6.5 ms.
 
-The choice is remembered in ``<key>-<precision>-b<batch>.choice.json`` beside the converted model, with the
+The choice is remembered in ``<key>-<precision>-b<batch>-t<threads>.choice.json`` beside the converted model, with the
 medians and the CPU it was made on (model name, matrix flags, threads, torch version): another CPU, another
 thread count or another torch measures again.
 """
@@ -85,7 +85,8 @@ def choose_backend(models: dict[str, torch.nn.Module], example: torch.Tensor, ke
     from workers.openvino_backend import default_cache_dir
 
     cpu = cpu or cpu_fingerprint()
-    record = (cache_dir or default_cache_dir()) / f"{key}-{what}.choice.json"
+    # one record per thread count: workers of another size (a pipeline's, a benchmark's) do not undo each other's
+    record = (cache_dir or default_cache_dir()) / f"{key}-{what}-t{cpu.threads}.choice.json"
     known = _read(record)
     if known is not None and known.get("cpu") == cpu.as_record() and known.get("choice") in models:
         logger.info(f"backend auto: {known['choice']} ({_medians_text(known['medians_ms'])}, measured "
