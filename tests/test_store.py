@@ -117,6 +117,8 @@ def test_a_file_that_is_not_a_store_of_ours_is_refused_in_one_line(tmp_path, mak
     with pytest.raises(ConfigError, match=says) as err:
         check_store(str(path))
     assert "\n" not in str(err.value) and str(path) in str(err.value)
+    if says != "made by a newer":
+        return  # the command line's refusal once, below
     proc = subprocess.run([sys.executable, "run_pipeline.py", "--store", str(path), "--headless", "--duration", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr

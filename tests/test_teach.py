@@ -14,7 +14,10 @@ import torch
 from tests.conftest import make_video
 from tests.test_pipeline import LABELS, PRE, checkpoint  # noqa: F401  (fixture re-used)
 from workers.adapter import Adapter, adapt, checkpoint_digest, load_adapter, save_adapter
-from workers.model import checkpoint_model, load_model
+from streamer.config.loader import Overrides, load_config
+from streamer.errors import CheckpointError
+from workers.model import checkpoint_model, describe_checkpoint, load_model
+from workers.teach import main as teach_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,12 +58,16 @@ def test_an_adapter_of_another_checkpoint_or_with_a_clashing_label_is_refused_in
     clash = save_adapter(random_adapter(checkpoint, ("still", "x")), tmp_path / "clash.safetensors")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
-    for adapter, says in [(wrong, "taught on another checkpoint"), (clash, "'still' is a label of the checkpoint"),
-                          (junk, "not an adapter file"), (tmp_path / "none.safetensors", "no such file")]:
-        proc = subprocess.run([sys.executable, "run_pipeline.py", "--checkpoint", checkpoint, "--adapter", adapter,
-                               "--headless", "--duration", "1"], cwd=REPO, capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    cases = [(wrong, "taught on another checkpoint"), (clash, "'still' is a label of the checkpoint"),
+             (junk, "not an adapter file"), (tmp_path / "none.safetensors", "no such file")]
+    for adapter, says in cases[1:]:  # as the loader meets them, before any stage starts
+        with pytest.raises(CheckpointError, match=says) as err:
+            load_config(Overrides(checkpoint=str(checkpoint), adapter=str(adapter), headless=True), describe_checkpoint)
+        assert "\n" not in str(err.value)
+    proc = subprocess.run([sys.executable, "run_pipeline.py", "--checkpoint", checkpoint, "--adapter", wrong,
+                           "--headless", "--duration", "1"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and cases[0][1] in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def clips(folder: Path, counts: dict[str, int]) -> Path:
@@ -77,12 +84,17 @@ def clips(folder: Path, counts: dict[str, int]) -> Path:
     ({"waving": 1, "none": 2}, "waving: 1 clip; teaching needs at least 2"),
     ({"still": 3}, "'still' is a label of the checkpoint already"),
 ])
-def test_a_folder_that_cannot_teach_is_one_line_and_exit_2(tmp_path, checkpoint, counts, says):
+def test_a_folder_that_cannot_teach_is_one_line_and_exit_2(tmp_path, checkpoint, counts, says, capsys):
     folder = clips(tmp_path / "clips", counts)
     folder.mkdir(exist_ok=True)
-    proc = teach("--checkpoint", checkpoint, "--clips", folder, "--out", tmp_path / "a.safetensors")
-    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "a.safetensors").exists()
+    args = ("--checkpoint", checkpoint, "--clips", folder, "--out", tmp_path / "a.safetensors")
+    if counts:  # in this process: what main() prints and returns
+        code, stderr = teach_main([str(a) for a in args]), capsys.readouterr().err
+    else:  # one of them as a user meets it, in a process of its own
+        proc = teach(*args)
+        code, stderr = proc.returncode, proc.stderr
+    assert code == 2 and says in stderr and "Traceback" not in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "a.safetensors").exists()
 
 
 def test_teaching_writes_an_adapter_that_the_pipeline_runs_with_its_labels(tmp_path, checkpoint):
