@@ -22,7 +22,7 @@ import numpy as np
 
 from streamer.synthetic.drawing import actor_extent, background, draw_actor
 from streamer.synthetic.files import encode_video, labels_path
-from streamer.synthetic.scenes import Segment, actor_state, sample_segment, segment_at
+from streamer.synthetic.scenes import CLASSES, Segment, actor_state, sample_segment, segment_at
 
 ACTORS_STREAM = 0xAC7  # rng([seed, ACTORS_STREAM, ...]): never the one-actor video's or training's draws
 
@@ -64,6 +64,7 @@ class ActorVideo:
     fps: float
     width: int
     height: int
+    choices: tuple[str, ...] = tuple(CLASSES)  # the labels each actor's segments draw from (one: all do it)
 
     @cached_property
     def scene(self) -> Segment:
@@ -82,7 +83,8 @@ class ActorVideo:
             segs, start, n = [], 0, 0
             while start < self.num_frames:
                 rng = np.random.default_rng([self.seed, ACTORS_STREAM, actor, n])
-                seg = sample_segment(rng, start, self.fps, count=1)
+                only = self.choices[0] if len(self.choices) == 1 else None
+                seg = sample_segment(rng, start, self.fps, label=only, count=1, choices=self.choices)
                 if seg.end_frame >= self.num_frames:
                     seg = replace(seg, end_frame=self.num_frames - 1)
                 segs.append(seg)
@@ -133,9 +135,9 @@ class ActorVideo:
 
 
 def write_video(out: Path, seconds: float, seed: int, count: int, fps: float = 30.0, width: int = 640,
-                height: int = 480) -> list[dict]:
+                height: int = 480, choices: tuple[str, ...] = tuple(CLASSES)) -> list[dict]:
     """Render the video and ``OUT.labels.json``; return the labels."""
-    video = ActorVideo(seed, count, max(1, round(seconds * fps)), fps, width, height)
+    video = ActorVideo(seed, count, max(1, round(seconds * fps)), fps, width, height, tuple(choices))
     encode_video(out, (video.render(i) for i in range(video.num_frames)), fps, width, height)
     labels = video.labels()
     labels_path(out).write_text(json.dumps(labels) + "\n")

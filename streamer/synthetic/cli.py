@@ -1,5 +1,7 @@
 """``python -m streamer.synthetic --out FILE.mp4 --seconds S --seed N [--actors K]`` (contract 4):
-render a labelled demo video, one actor's shots or K actors side by side, and its labels json."""
+render a labelled demo video, one actor's shots or K actors side by side, and its labels json.
+``--new-actions`` mixes in the actions the demo model never saw; ``--only LABEL`` does one action throughout
+(a clip to teach or test a label with)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from pathlib import Path
 from streamer.errors import USAGE_ERROR, UsageParser
 from streamer.synthetic import actors
 from streamer.synthetic.files import labels_path, write_video
+from streamer.synthetic.new_actions import NEW_ACTIONS
+from streamer.synthetic.scenes import ALL_ACTIONS, CLASSES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, help="default 240, or 480 with --actors")
     parser.add_argument("--actors", type=int, default=0, metavar="K",
                         help="K ≥ 2 actors side by side, each doing its own actions; labels name each actor's boxes")
+    parser.add_argument("--new-actions", action="store_true",
+                        help="shots may also be actions the demo model never saw: " + ", ".join(NEW_ACTIONS))
+    parser.add_argument("--only", metavar="LABEL", help="every shot does this action (a demo class or a new one)")
     args = parser.parse_args(argv)
     args.width = args.width or (640 if args.actors else 320)
     args.height = args.height or (480 if args.actors else 240)
@@ -32,12 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out must end in .mp4, got {args.out}")
     if args.actors and not 2 <= args.actors <= 8:
         parser.error(f"--actors must be from 2 to 8, got {args.actors}")
+    if args.only is not None and args.only not in ALL_ACTIONS:
+        parser.error(f"--only must be one of {', '.join(ALL_ACTIONS)}; got {args.only!r}")
+    choices = [args.only] if args.only else ALL_ACTIONS if args.new_actions else CLASSES
     try:
         if args.actors:
             labels = actors.write_video(args.out, args.seconds, args.seed, args.actors, args.fps,
-                                        args.width, args.height)
+                                        args.width, args.height, tuple(choices))
         else:
-            labels = write_video(args.out, args.seconds, args.seed, args.fps, args.width, args.height)
+            labels = write_video(args.out, args.seconds, args.seed, args.fps, args.width, args.height, choices)
     except OSError as err:  # PyAV's errors are OSErrors too
         print(f"error: cannot write {args.out} ({err.strerror or err}); pick a writable path", file=sys.stderr)
         return USAGE_ERROR

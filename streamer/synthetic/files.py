@@ -1,5 +1,6 @@
 """Labelled demo files (contract 4): an H.264 mp4 and, beside it, ``OUT.labels.json``, a list of
-``{"start_frame", "end_frame", "label"}`` segments (``end_frame`` inclusive).
+``{"start_frame", "end_frame", "label"}`` segments (``end_frame`` inclusive); and folders of short clips
+to teach a new label from (contract 9), with the actions the demo model never saw.
 
 The mp4 is written here, not by :mod:`streamer.video.writer`: it must be the same file for the same
 seed (no B-frames, one thread), and the video layer reads this package (the ``synthetic:`` source),
@@ -9,14 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import av
 import cv2
 import numpy as np
 
 from streamer.synthetic.drawing import render_frame
-from streamer.synthetic.scenes import segment_at, segments_for
+from streamer.synthetic.scenes import ALL_ACTIONS, CLASSES, segment_at, segments_for
+
+TEACH_STREAM = 0x7EAC  # rng([seed, TEACH_STREAM, ...]): teaching clips never share a demo video's draws
 
 
 def encode_video(out: Path, frames: Iterator[np.ndarray], fps: float, width: int, height: int) -> None:
@@ -42,13 +45,15 @@ def labels_path(video: Path) -> Path:
     return video.with_suffix(".labels.json")
 
 
-def write_video(out: Path, seconds: float, seed: int, fps: float = 30.0, width: int = 320, height: int = 240) -> list[dict]:
+def write_video(out: Path, seconds: float, seed: int, fps: float = 30.0, width: int = 320, height: int = 240,
+                choices: Sequence[str] = CLASSES) -> list[dict]:
     """Render ``seconds`` of the stream to an H.264 mp4 and its labels json; return the labels.
 
-    Labels: a list of ``{"start_frame", "end_frame", "label"}``, ``end_frame`` inclusive.
+    Labels: a list of ``{"start_frame", "end_frame", "label"}``, ``end_frame`` inclusive. ``choices``: the
+    labels its shots draw from (the demo's classes; with the new actions too; or one label throughout).
     """
     num_frames = max(1, round(seconds * fps))
-    segs = segments_for(seed, num_frames, fps)
+    segs = segments_for(seed, num_frames, fps, choices)
     encode_video(out, (render_frame(segment_at(segs, i), i, width, height) for i in range(num_frames)), fps, width, height)
     labels = [{"start_frame": s.start_frame, "end_frame": s.end_frame, "label": s.label} for s in segs]
     labels_path(out).write_text(json.dumps(labels, indent=1) + "\n")
@@ -68,3 +73,47 @@ def frame_labels(labels: list[dict], num_frames: int) -> list[str | None]:
             out[i] = seg["label"]
     return out
 
+
+def _write_clips(folder: Path, name: str, labels: list[str], key: tuple[int, ...], seconds: float, seed: int,
+                 fps: float, width: int, height: int) -> list[Path]:
+    """Clip ``i`` does ``labels[i]`` throughout, drawn from ``rng([seed, *key, i, ...])``; video only, because
+    the folder names the label."""
+    if seconds <= 0 or seed < 0 or fps <= 0 or min(width, height) < 16:
+        raise ValueError(f"clips need seconds > 0, seed >= 0, fps > 0 and sides >= 16, got {seconds}, {seed}, "
+                         f"{fps}, {width}x{height}")
+    num_frames = max(1, round(seconds * fps))
+    paths = []
+    for i, label in enumerate(labels):
+        segs = segments_for(seed, num_frames, fps, [label], (*key, i))
+        path = Path(folder) / f"{name}-s{seed}-{i:03d}.mp4"
+        encode_video(path, (render_frame(segment_at(segs, f), f, width, height) for f in range(num_frames)),
+                     fps, width, height)
+        paths.append(path)
+    return paths
+
+
+def make_teaching_clips(folder: Path, label: str, count: int, seconds: float = 2.0, seed: int = 0,
+                        fps: float = 30.0, width: int = 320, height: int = 240) -> list[Path]:
+    """Write ``count`` clips of ``label`` doing it throughout to ``FOLDER/<label>/`` (what
+    ``python -m workers.teach --clips FOLDER`` learns a label from); return their paths.
+
+    ``label``: a new action (:data:`streamer.synthetic.new_actions.NEW_ACTIONS`) or a demo class. Each
+    label and seed draws its own scenes, so other seeds give held-out clips of the same action.
+    """
+    if label not in ALL_ACTIONS:
+        raise ValueError(f"no synthetic action {label!r}; pick one of {', '.join(ALL_ACTIONS)}")
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    key = (TEACH_STREAM, ALL_ACTIONS.index(label))
+    return _write_clips(Path(folder) / label, label, [label] * count, key, seconds, seed, fps, width, height)
+
+
+def make_none_clips(folder: Path, count: int, seconds: float = 2.0, seed: int = 0, fps: float = 30.0,
+                    width: int = 320, height: int = 240) -> list[Path]:
+    """Write ``count`` clips of the demo's own actions to ``FOLDER/none/`` (the "nothing new" examples);
+    clip ``i`` does ``CLASSES[i % 10]``, so ten clips show each once. Return their paths."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    labels = [CLASSES[i % len(CLASSES)] for i in range(count)]
+    return _write_clips(Path(folder) / "none", "none", labels, (TEACH_STREAM, len(ALL_ACTIONS)), seconds, seed,
+                        fps, width, height)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
+
+from streamer.synthetic.new_actions import NEW_ACTIONS, footprint, position, sample_motion
 
 CLASSES: list[str] = [
     "moving_left",
@@ -32,6 +34,10 @@ CLASSES: list[str] = [
     "blinking",
     "still",
 ]
+
+# Actions the demo model never saw (streamer.synthetic.new_actions), drawn only when asked for: every
+# existing seed draws from CLASSES alone, so its pixels and labels stay as they were.
+ALL_ACTIONS: list[str] = CLASSES + list(NEW_ACTIONS)
 
 # Every class's mirror image, flipped either way (workers.flips.FLIP_VIEWS), is a class too
 # (left↔right, up↔down, clockwise↔anticlockwise), so a model of these classes may average over flips.
@@ -56,9 +62,10 @@ class Actor:
     y: float
     size: float
     angle: float  # degrees
-    speed: float  # stage units/s (moving), degrees/s (rotating), diameter units/s (growing, shrinking)
-    period: float  # seconds per on/off cycle (blinking)
-    phase: float  # 0..1 offset of the blink cycle
+    speed: float  # stage units/s (moving), degrees/s (rotating), diameter units/s (growing, shrinking),
+    #               travel in stage units (new actions; an orbit's radius, signed by its sense)
+    period: float  # seconds per on/off cycle (blinking), per bob or orbit (new actions)
+    phase: float  # 0..1 offset of the blink, bob or orbit cycle (of the jitter's draws when shaking)
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,7 @@ def _sample_actors(rng: np.random.Generator, label: str, duration: float, backgr
                    count: int | None = None) -> tuple[tuple[Actor, ...], list[tuple[float, float, float]]]:
     """Actors for one segment; their parameters make the motion clear at 30 fps and ~1 s windows."""
     # Several actors doing the same action make the motion a large part of the picture.
-    choices = [1, 2, 2, 3] if label in ("growing", "shrinking") else [1, 2, 3, 3, 4]
+    choices = [1, 2, 2, 3] if label in ("growing", "shrinking", *NEW_ACTIONS) else [1, 2, 3, 3, 4]
     count = int(rng.choice(choices)) if count is None else count
     actors: list[Actor] = []
     taken: list[tuple[float, float, float]] = []
@@ -150,23 +157,30 @@ def _sample_actors(rng: np.random.Generator, label: str, duration: float, backgr
             speed_i = (big - small) / duration
             size = small if label == "growing" else big
             x, y = _place(rng, taken, big, 0.3, 0.7) if count == 1 else _place(rng, taken, big)
+        elif label in NEW_ACTIONS:  # placed so that its whole travel stays on the stage
+            size, speed_i, period = sample_motion(rng, label)
+            reach = footprint(size, speed_i)
+            x, y = _place(rng, taken, reach, reach / 2, 1 - reach / 2)
         else:  # blinking, still
             x, y = _place(rng, taken, size)
             period = float(rng.uniform(0.4, 1.0))
-        taken.append((x, y, size if label not in ("growing", "shrinking") else 0.5))
+        if label in NEW_ACTIONS:
+            taken.append((x, y, reach))
+        else:
+            taken.append((x, y, size if label not in ("growing", "shrinking") else 0.5))
         actors.append(Actor(shape, color, marker, x, y, size, angle, speed_i, period, phase))
     return tuple(actors), taken
 
 
 def sample_segment(rng: np.random.Generator, start_frame: int, fps: float, label: str | None = None,
-                   easy: bool = False, count: int | None = None) -> Segment:
-    """Draw one random segment starting at ``start_frame`` (label random unless given).
+                   easy: bool = False, count: int | None = None, choices: Sequence[str] = CLASSES) -> Segment:
+    """Draw one random segment starting at ``start_frame`` (label random from ``choices`` unless given).
 
     ``easy`` (a training curriculum): the same scene on a plain gradient, without noise or distractors.
     ``count``: that many actors (random, 1-4, unless given) and then no distractors (one actor of a
     multi-actor video, :mod:`streamer.synthetic.actors`).
     """
-    label = label if label is not None else str(rng.choice(CLASSES))
+    label = label if label is not None else str(rng.choice(choices))
     if label in ("growing", "shrinking"):
         duration = float(rng.uniform(3.5, 5.0))  # bounded: the size must stay in the stage
     else:
@@ -198,19 +212,27 @@ def sample_segment(rng: np.random.Generator, start_frame: int, fps: float, label
     return replace(segment, texture=0, noise=0.0, distractors=()) if easy else segment
 
 
-def segments(seed: int, fps: float = 30.0) -> Iterator[Segment]:
-    """The endless, deterministic sequence of segments for ``seed``."""
+def segments(seed: int, fps: float = 30.0, choices: Sequence[str] = CLASSES,
+             key: Sequence[int] = ()) -> Iterator[Segment]:
+    """The endless, deterministic sequence of segments for ``seed``.
+
+    ``choices``: the labels its shots draw from (one label: every shot does it, in a new scene).
+    ``key``: more numbers for the random draws, another sequence per key (teaching clips).
+    """
     start, index = 0, 0
+    only = choices[0] if len(choices) == 1 else None
     while True:
-        segment = sample_segment(np.random.default_rng([seed, index]), start, fps)
+        rng = np.random.default_rng([seed, *key, index])
+        segment = sample_segment(rng, start, fps, label=only, choices=choices)
         yield segment
         start, index = segment.end_frame + 1, index + 1
 
 
-def segments_for(seed: int, num_frames: int, fps: float = 30.0) -> list[Segment]:
+def segments_for(seed: int, num_frames: int, fps: float = 30.0, choices: Sequence[str] = CLASSES,
+                 key: Sequence[int] = ()) -> list[Segment]:
     """The segments covering frames ``0 .. num_frames-1``, the last one cut to end there."""
     out: list[Segment] = []
-    for segment in segments(seed, fps):
+    for segment in segments(seed, fps, choices, key):
         if segment.start_frame >= num_frames:
             break
         out.append(segment)
@@ -239,6 +261,8 @@ def actor_state(actor: Actor, label: str, t: float) -> ActorState:
         size = max(0.02, size - actor.speed * t)
     elif label == "blinking":
         visible = ((t / actor.period + actor.phase) % 1.0) < 0.5
+    elif label in NEW_ACTIONS:
+        x, y = position(label, x, y, actor.speed, actor.period, actor.phase, t)
     return x, y, size, angle, visible
 
 
