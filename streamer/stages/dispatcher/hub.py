@@ -66,7 +66,8 @@ class Hub:
     def serve(self, stop: multiprocessing.synchronize.Event) -> int:
         """Serve until ``stop`` is set, or until every file source has ended and been predicted (returns 0)."""
         logger.info(f"dispatcher: serving {len(self.config.streams)} stream(s), "
-                    f"events → {self.config.events_path or 'nowhere'}")
+                    f"events → {self.config.events_path or 'nowhere'}"
+                    + (f", actions kept in {self.config.store.path}" if self.config.store else ""))
         self.health.ready()
         try:
             self._end_left_open(stop)

@@ -352,7 +352,7 @@ async def _serve(config: WebConfig, listener: socket.socket | None, stop: multip
             raise ConfigError(f"web view {config.host}:{config.port}: cannot listen there ({err.strerror})") from None
         config = replace(config, port=listener.getsockname()[1])
     await web.SockSite(runner, listener).start()
-    logger.info(f"web view at {config.url}")
+    logger.info(f"web view at {config.url}" + (f" (what happened: {config.url}review)" if config.store else ""))
     health.ready()
     try:
         while not stop.is_set():

@@ -124,23 +124,49 @@ function lanes(actions) {  // action id → lane, so that actions that overlap i
   return { lane, count: Math.max(1, ends.length) };
 }
 
-const share = (seconds) => `${(100 * seconds) / (day.until - day.since)}%`;  // of the day's width
-const place = (ts) => share(ts - day.since);
+// The timeline shows the part of the day that holds its actions (all of it when there are none), so that the
+// spans of a few minutes' actions are wide enough to see and click.
+const view = { from: 0, to: 0 };
+const share = (seconds) => `${(100 * seconds) / (view.to - view.from)}%`;  // of the timeline's width
+const place = (ts) => share(ts - view.from);
+const HOUR = 3600;
+const STEPS = [60, 300, 600, 1800, HOUR, 3 * HOUR];  // seconds between named ticks: the finest naming ≤ 12
+const FRAME = 300;  // the view starts and ends on these (5 minutes, from local midnight)
 
-function hours() {  // a line at each local hour, named every third
+function onFrame(ts, up) {  // the 5-minute mark at or before (after, with `up`) a time
+  const k = (ts - day.since) / FRAME;
+  return day.since + (up ? Math.ceil(k) : Math.floor(k)) * FRAME;
+}
+
+function zoom() {
+  const times = [...day.actions.values()].flatMap((a) => [a.start_ts, a.end_ts ?? now()]);
+  if (!times.length) {
+    Object.assign(view, { from: day.since, to: day.until });
+    return;
+  }
+  const isToday = day.since <= now() && now() < day.until;
+  const from = Math.max(day.since, onFrame(Math.min(...times), false));
+  const to = Math.min(day.until, onFrame(Math.max(...times, isToday ? now() : -Infinity), true));
+  Object.assign(view, { from, to: Math.max(to, Math.min(day.until, from + FRAME)) });
+}
+
+function hours() {  // ticks across the view, named at the finest step that keeps them apart; the now line
   const layer = document.createElement("div");
   layer.className = "hours";
-  const start = new Date(day.since * 1000);
-  for (let h = 0; h <= 24; h++) {
-    const t = new Date(start.getFullYear(), start.getMonth(), start.getDate(), h).getTime() / 1000;
-    if (t > day.until) break;
+  const step = STEPS.find((s) => (view.to - view.from) / s <= 12) ?? STEPS[STEPS.length - 1];
+  const minor = step / 3;
+  for (let t = day.since + Math.ceil((view.from - day.since) / minor) * minor; t <= view.to; t += minor) {
     const tick = document.createElement("span");
-    tick.className = h % 3 ? "hour" : "hour named";
+    const named = Math.round((t - day.since) / minor) % 3 === 0;
+    tick.className = named ? "hour named" : "hour";
     tick.style.left = place(t);
-    if (h % 3 === 0 && h < 24) tick.textContent = pad(h);
+    if (named && t < view.to) {
+      const d = new Date(t * 1000);
+      tick.textContent = step < HOUR ? `${pad(d.getHours())}:${pad(d.getMinutes())}` : pad(d.getHours());
+    }
     layer.append(tick);
   }
-  if (day.since <= now() && now() < day.until) {
+  if (view.from <= now() && now() < view.to) {
     const line = document.createElement("span");
     line.className = "now";
     line.style.left = place(now());
@@ -165,7 +191,7 @@ function span(a, laneIndex) {
 
 function paint(el, a) {  // the span's extent, and whether it is under way, matches, is reviewed, is selected
   el.style.left = place(a.start_ts);
-  el.style.width = share(Math.min(a.end_ts ?? now(), day.until) - a.start_ts);
+  el.style.width = share(Math.min(a.end_ts ?? now(), view.to) - a.start_ts);
   el.classList.toggle("ongoing", a.end_ts === null);
   el.classList.toggle("out", !matches(a));
   el.classList.toggle("right", a.feedback?.verdict === "right");
@@ -180,6 +206,7 @@ function drawTimeline() {
     byStream.get(a.stream).push(a);
   }
   spans.clear();
+  zoom();
   const streamRows = [...byStream.keys()].sort().map((name) => {
     const actions = byStream.get(name), { lane, count } = lanes(actions);
     const row = document.createElement("div");
@@ -508,8 +535,12 @@ async function follow() {  // today: new actions, and the ends (and clips) of th
   }
 }
 
-function grow() {  // each second: what is under way grows, and the now line moves
+function grow() {  // each second: what is under way grows, and the now line moves (past the view: zoom out)
   if (!(day.since <= now() && now() < day.until)) return;
+  if (now() >= view.to && view.to < day.until) {
+    drawTimeline();
+    return;
+  }
   for (const a of day.actions.values()) {
     if (a.end_ts !== null) continue;
     const el = spans.get(a.id), li = rows.items.get(a.id);
