@@ -97,9 +97,3 @@ def set_feedback(conn: sqlite3.Connection, action_id: str, verdict: str, label: 
         raise
     return get_action(conn, action_id)
 
-
-def streams_and_labels(conn: sqlite3.Connection) -> dict[str, list[str]]:
-    """The streams and labels the store has actions of (the review page's filter choices)."""
-    streams = [row[0] for row in conn.execute("SELECT DISTINCT stream FROM actions ORDER BY stream")]
-    labels = [row[0] for row in conn.execute("SELECT DISTINCT label FROM actions ORDER BY label")]
-    return {"streams": streams, "labels": labels}
