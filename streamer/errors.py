@@ -36,3 +36,14 @@ class SourceError(PipelineError):
 
 class ProtocolError(PipelineError):
     """A message on a socket is malformed; it is dropped and counted."""
+
+
+def run_command(work) -> int:
+    """A command's exit code: 0 when ``work()`` returns, USAGE_ERROR with its one line on stderr when it raises a
+    PipelineError (the way every ``python -m`` command of the project ends)."""
+    try:
+        work()
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    return 0

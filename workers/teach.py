@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.errors import ConfigError, PipelineError, UsageParser
+from streamer.errors import ConfigError, UsageParser, run_command
 from workers.adapter import checkpoint_digest, save_adapter
 from workers.model import load_model
 from workers.training.data import WindowSpec, labelled_videos, read_frames, window_ends, window_indices
@@ -106,12 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.hop < 0:
         parser.error("--hop must be ≥ 0")
-    try:
-        print(teach(args.checkpoint, args.clips, args.out, args.hop))
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: print(teach(args.checkpoint, args.clips, args.out, args.hop)))
 
 
 if __name__ == "__main__":

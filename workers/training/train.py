@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from streamer.errors import ConfigError, PipelineError
+from streamer.errors import ConfigError, run_command
 from streamer.synthetic.scenes import CLASSES
 from workers.model import Preprocess, save_model
 from workers.preprocess import to_model_input
@@ -229,12 +229,7 @@ def save_checkpoints(model, optimizer, state: dict, record: dict, labels: list[s
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        train(args)
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: train(args))
 
 
 if __name__ == "__main__":
