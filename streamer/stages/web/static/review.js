@@ -47,13 +47,27 @@ function say(text, error = false) {
 
 // ------------------------------------------------------------------ labels as colours
 
-function colour(label) {  // a stable colour per label: FNV-1a of its name, mixed so that similar names differ;
-  let h = 0x811c9dc5;       // its hue, and one of two lightnesses so that labels of close hues still differ
+// Label colours: twelve that stay apart on the dark page; a label takes the one its name hashes to, or the next
+// one no other label of this page holds (past twelve labels, a hue of its own).
+const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+                 "#9c755f", "#bab0ac", "#17becf", "#bcbd22"];
+const colours = new Map();
+
+function hashed(label) {  // FNV-1a of the name, mixed so that similar names differ
+  let h = 0x811c9dc5;
   for (const c of String(label)) h = Math.imul(h ^ c.codePointAt(0), 0x01000193);
   h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
   h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
-  h = (h ^ (h >>> 16)) >>> 0;
-  return `hsl(${h % 360} 70% ${(h >>> 9) & 1 ? 72 : 52}%)`;
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+function colour(label) {
+  if (!colours.has(label)) {
+    const taken = new Set(colours.values()), h = hashed(label);
+    const free = PALETTE.map((_, k) => PALETTE[(h + k) % PALETTE.length]).find((c) => !taken.has(c));
+    colours.set(label, free ?? `hsl(${h % 360} 70% ${(h >>> 9) & 1 ? 72 : 52}%)`);
+  }
+  return colours.get(label);
 }
 
 // ------------------------------------------------------------------ filters and the address
@@ -103,6 +117,7 @@ function learn(actions) {  // new streams and labels become filter choices (and 
     if (a.feedback && a.feedback.label) known.labels.add(a.feedback.label);
   }
   if (known.streams.size + known.labels.size > before) choices();
+  [...known.labels].sort().forEach(colour);  // colours handed out in name order, not in the order seen
 }
 
 function choices() {
