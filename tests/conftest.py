@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -186,3 +188,30 @@ def metric_samples(text: bytes) -> dict[str, float]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
             out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return out
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # probes go straight to the stage
+
+
+def probe(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """``(status, body)`` of a GET on a stage's health or metrics endpoint; ``(0, b"")`` while nothing answers."""
+    try:
+        with _DIRECT.open(url, timeout=timeout) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except OSError:  # refused, reset, unreachable, timed out (URLError is one too)
+        return 0, b""
+
+
+def wait_for(check, timeout_s: float, what: str, context=lambda: "", every: float = 0.2):
+    """``check()``'s first truthy value within ``timeout_s``; else an AssertionError naming ``what`` (and
+    ``context()``, e.g. the processes' logs)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    extra = context()
+    raise AssertionError(f"not within {timeout_s:g} s: {what}" + (f"\n{extra}" if extra else ""))

@@ -7,26 +7,17 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from streamer.stages import health
-from tests.conftest import free_port, metric_samples
+from tests.conftest import free_port, metric_samples, probe, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-    except (urllib.error.URLError, ConnectionError):
-        return 0, b""
+get = probe
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -79,15 +70,6 @@ def start_role(config: Path, role: str, health_port: int, *extra: str) -> subpro
                              "--role", role, "--health", f"127.0.0.1:{health_port}", *extra],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
-
-def wait_for(check, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout_s:g} s: {what}")
 
 
 def test_roles_become_ready_in_turn_and_the_dispatcher_counts_the_workers_it_needs(tmp_path):

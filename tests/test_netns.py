@@ -15,18 +15,15 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from tests.conftest import metric_samples
+from tests.conftest import metric_samples, probe, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTS = {"windows": 5550, "work": 5551, "results": 5552, "display": 5553, "web": 5554, "clips": 5555}
 STREAMS = ("cam0", "cam1")
 HEARTBEAT_TIMEOUT_S = 8.0  # 8 workers share 2 cores at step 3: a batch can take 6 s there, and a busy worker sends no heartbeat
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the bridge is never behind a proxy
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -176,13 +173,7 @@ class Stage:
 
 
 def get(url: str) -> tuple[int, bytes]:
-    try:
-        with _OPENER.open(url, timeout=3) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-    except (urllib.error.URLError, OSError):
-        return 0, b""
+    return probe(url, timeout=3)
 
 
 def metrics(stage: Stage) -> dict[str, float]:
@@ -269,14 +260,8 @@ class Scene:
         return stage
 
     def wait(self, check, timeout_s: float, what: str):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.25)
-        logs = "\n".join(stage.tail() for stage in self.stages if stage.proc.poll() is None or stage.role != "worker")
-        raise AssertionError(f"not within {timeout_s:g} s: {what}\n{logs}")
+        return wait_for(check, timeout_s, what, every=0.25, context=lambda: "\n".join(
+            stage.tail() for stage in self.stages if stage.proc.poll() is None or stage.role != "worker"))
 
     def mark(self, what: str) -> None:
         print(f"[{time.monotonic() - self.t0:5.1f} s] {what}", flush=True)

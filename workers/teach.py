@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from streamer.errors import ConfigError, UsageParser, run_command
 from workers.adapter import checkpoint_digest, save_adapter
@@ -81,8 +82,6 @@ def teach(checkpoint: str, clips: Path, out: Path, hop: int = 0) -> str:
         target = -1 if label == NONE else labels.index(label)
         parts.append((features, logits, np.full(len(features), target), np.full(len(features), group)))
         group_labels.append(label)
-    import torch
-
     examples = Examples(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
                         np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
     digest = checkpoint_digest(checkpoint)

@@ -98,26 +98,27 @@ class History:
             return _json_error(404, f"no action {action_id[:80]!r} in the history; GET /api/actions lists them")
         return web.json_response(action)
 
+    async def _or(self, work: Callable[[sqlite3.Connection], Any], fallback: Any) -> Any:
+        """``work(connection)``, or ``fallback`` without a store or when it cannot be read: for what the pages
+        add from the history, which they do without."""
+        if self.store is None:
+            return fallback
+        try:
+            return await self._run(work, fallback)
+        except (ConfigError, sqlite3.Error):
+            return fallback
+
     async def earlier(self, until: float, limit: int = 50) -> list[dict[str, Any]]:
         """The newest actions that started before ``until`` (this web stage's start): what the live page shows
         below the events it saw itself, so that a restart does not empty it. [] without a store."""
-        if self.store is None:
-            return []
-        try:
-            actions, _ = await self._run(
-                lambda conn: queries.list_actions(conn, queries.ActionQuery(until=until, limit=limit)), ([], None))
-        except (ConfigError, sqlite3.Error):
-            return []
-        return actions
+        query = queries.ActionQuery(until=until, limit=limit)
+        return (await self._or(lambda conn: queries.list_actions(conn, query), ([], None)))[0]
 
     async def clip_of(self, action_id: str) -> str | None:
         """The clip the store names for an action (the clips of earlier runs), None if none."""
-        if self.store is None or not EVENT_ID.fullmatch(action_id):
+        if not EVENT_ID.fullmatch(action_id):
             return None
-        try:
-            action = await self._run(lambda conn: queries.get_action(conn, action_id), None)
-        except (ConfigError, sqlite3.Error):
-            return None
+        action = await self._or(lambda conn: queries.get_action(conn, action_id), None)
         return None if action is None else action.get("clip")
 
 
