@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.report import cpu_name, write_section  # noqa: E402
 from streamer.synthetic.files import make_none_clips, make_teaching_clips  # noqa: E402
-from workers.adapter import adapt, load_adapter  # noqa: E402
+from workers.adapter import load_adapter  # noqa: E402
+from workers.heads import adapt  # noqa: E402
 from workers.model import checkpoint_model, load_model  # noqa: E402
 from workers.teach import clip_windows  # noqa: E402
 from workers.training.data import WindowSpec  # noqa: E402

@@ -13,7 +13,8 @@ import torch
 
 from tests.conftest import make_video
 from tests.test_pipeline import LABELS, PRE, checkpoint  # noqa: F401  (fixture re-used)
-from workers.adapter import Adapter, adapt, checkpoint_digest, load_adapter, save_adapter
+from workers.adapter import Adapter, checkpoint_digest, load_adapter, save_adapter
+from workers.heads import adapt
 from streamer.config.loader import Overrides, load_config
 from streamer.errors import CheckpointError
 from workers.model import checkpoint_model, describe_checkpoint, load_model

@@ -9,6 +9,7 @@ check it (precision and recall printed, and kept in the file); the adapter writt
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -88,7 +89,7 @@ def teach(checkpoint: str, clips: Path, out: Path, hop: int = 0) -> str:
     left_out = held_out(examples.groups, group_labels)
     checks = check(fit(examples.subset(~left_out), labels, digest), examples.subset(left_out), views)
     adapter = fit(examples, labels, digest)
-    adapter = type(adapter)(adapter.labels, adapter.weight, adapter.bias, digest, checks)
+    adapter = dataclasses.replace(adapter, checks=checks)
     save_adapter(adapter, out)
     return (f"wrote {out}: taught {adapter.describe()}; from {len(pairs)} clips "
             f"({len(examples.targets) // views} windows) in {time.perf_counter() - started:.1f} s")

@@ -26,10 +26,17 @@ class FlipViews:
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, 3, T, H, W) model input → (B, classes) float32 probabilities."""
+        return self.average(model(self.stack(x)).float().softmax(dim=-1))
+
+    def stack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) → (V·B, ...): the clips, then each flip of them (one forward for all views)."""
+        return torch.cat([x, *(x.flip(FLIPS[flip][0]) for flip in self.flips)]) if self.flips else x
+
+    def average(self, probs: torch.Tensor) -> torch.Tensor:
+        """(V·B, classes) probabilities of :meth:`stack`'s views → (B, classes), each mirror's mapped back."""
         if not self.flips:
-            return model(x).float().softmax(dim=-1)
-        views = torch.cat([x, *(x.flip(FLIPS[flip][0]) for flip in self.flips)])
-        probs = model(views).float().softmax(dim=-1).view(len(self.flips) + 1, len(x), -1)
+            return probs
+        probs = probs.view(len(self.flips) + 1, -1, probs.shape[-1])
         total = probs[0].clone()
         for view, index in zip(probs[1:], self.maps):
             total += view[:, index]  # P(class c) = P(the mirror shows map[c])

@@ -27,7 +27,7 @@ from streamer.config.sinks import ClipStageConfig, SinksConfig, StoreConfig
 from streamer.config.stages import (CaptureConfig, DispatchConfig, EventConfig, LabelThresholds, OverlayConfig,
                                     PipelineConfig, WorkerConfig)
 from streamer.config.tables import (MAX_SPAN, ConfigFile, EndpointsTable, EventsTable, LabelEventsTable, ModelTable,
-                                    StoreTable)
+                                    StoreTable, TeachTable)
 from streamer.config.web import web_config, web_listen
 from streamer.errors import ConfigError
 from streamer.store.schema import check_store
@@ -91,6 +91,7 @@ class ModelChoice:
     hop: int
     flip_views: tuple[str, ...]
     adapter: str = ""  # the adapter file, checked against the checkpoint; its labels are in ``labels``
+    checkpoint_labels: tuple[str, ...] = ()  # ``labels`` without the adapter's
 
 
 def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
@@ -110,7 +111,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     events = event_config(file.events, model.labels, f"{where} [events]")
     video = writable_video(file.overlay.output)
     clips = clips_config(file.clips)
-    store = store_config(file.store)
+    store = store_config(file.store, file.teach)
     same_host = all(e.startswith("ipc://") for e in (endpoints.windows, endpoints.work))  # frames in shared memory
     frames_port = (file.endpoints.frames_port if file.endpoints is not None and file.pipeline.shared_memory
                    and not same_host else None)  # on one host the workers read the store themselves
@@ -122,22 +123,27 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         advertise=advertised_host(flags.advertise) if frames_port else ""), where)
     kinds = _source_kinds(captures)
     streams = tuple(kinds)
+    for stream in file.teach.streams:
+        if stream not in kinds:
+            raise ConfigError(f"{where} [teach] streams: {stream!r} is not a source's name ({', '.join(streams)})")
+    embed = (file.teach.streams or ("*",)) if store is not None and store.keep_windows_h else ()
     if file.pipeline.offline and any(kind != "file" for kind in kinds.values()):
         raise ConfigError("--offline reads files as fast as the workers take them; every source must be a file")
     dispatch = DispatchConfig(
         endpoints=endpoints, streams=streams, finite_streams=tuple(s for s, k in kinds.items() if k == "file"),
-        labels=model.labels, offline=file.pipeline.offline, events=events, clips=clips, store=store,
-        security=security,
+        labels=model.checkpoint_labels, offline=file.pipeline.offline, events=events, clips=clips, store=store,
+        security=security, checkpoint=model.checkpoint, adapter=model.adapter,
         events_path=writable_file(file.events.path, "event log (--events)"),
         heartbeat_timeout_s=file.pipeline.heartbeat_timeout_s)
     sockets, panel_top = {"endpoints": endpoints, "security": security}, min(events.top_k, 5)
     return PipelineConfig(
         captures=captures, dispatch=dispatch,
-        workers=worker_configs(file, model, endpoints, security, frame_store, events.top_k, where),
+        workers=worker_configs(file, model, endpoints, security, frame_store, events.top_k, where, embed),
         overlay=OverlayConfig(streams=streams, window=_window(file), output=video, fps=file.overlay.fps,
                               top_k=panel_top, **sockets) if video or _window(file) else None,
         web=web_config(file.web, flags.web, where, default_file=path.resolve() == default_config(),
-                       streams=tuple(kinds.items()), top_k=panel_top, store=store, **sockets)
+                       streams=tuple(kinds.items()), top_k=panel_top, store=store, checkpoint=model.checkpoint,
+                       labels=model.checkpoint_labels, **sockets)
         if flags.role in (None, "web") else None,
         sinks=sinks_config(file, endpoints, security, streams, model.labels, where)
         if flags.role in (None, "sinks") else None,
@@ -166,14 +172,15 @@ def event_config(table: EventsTable, labels: tuple[str, ...], where: str) -> Eve
                   labels=tuple(own))
 
 
-def store_config(table: StoreTable) -> StoreConfig | None:
-    """``[store]`` (``--store FILE|off`` laid over its path): None when off; a file that exists must be a store
-    this code can use (checked read-only, nothing is made)."""
+def store_config(table: StoreTable, teach: TeachTable) -> StoreConfig | None:
+    """``[store]`` (``--store FILE|off`` laid over its path) with ``[teach]``'s windows: None when off; a file
+    that exists must be a store this code can use (checked read-only, nothing is made)."""
     if table.path in ("", "off"):
         return None
     path = writable_file(table.path, "action store (--store)")
     check_store(path)
-    return StoreConfig(path=path, keep_days=table.keep_days, max_bytes=table.max_bytes)
+    return StoreConfig(path=path, keep_days=table.keep_days, max_bytes=table.max_bytes,
+                       keep_windows_h=teach.keep_h, windows_max_bytes=teach.max_bytes)
 
 
 def advertised_host(flag: str | None) -> str:
@@ -232,14 +239,14 @@ def model_choice(table: ModelTable, preprocess_of, where: str) -> ModelChoice:
         raise ConfigError(f"{where}: a window of {num_frames} frames {frame_interval} apart spans "
                           f"{span} source frames; at most {MAX_SPAN} fit the ring buffer")
     flips = check_flip_views(table.flip_views, where) if table.flip_views is not None else preprocess.flip_views
-    labels = tuple(labels or ())
+    labels = own = tuple(labels or ())
     if table.adapter:
         from workers.adapter import load_adapter
 
         labels += load_adapter(table.adapter, checkpoint, list(labels)).labels
     return ModelChoice(checkpoint=checkpoint, labels=labels, size=preprocess.size, num_frames=num_frames,
                        frame_interval=frame_interval, hop=table.hop or max(1, frame_interval), flip_views=flips,
-                       adapter=table.adapter)
+                       adapter=table.adapter, checkpoint_labels=own)
 
 
 def pipeline_endpoints(table: EndpointsTable | None, security: Security, where: str) -> tuple[Endpoints, str]:
@@ -258,7 +265,7 @@ def pipeline_endpoints(table: EndpointsTable | None, security: Security, where: 
 
 
 def worker_configs(file: ConfigFile, model: ModelChoice, endpoints: Endpoints, security: Security,
-                   frame_store: str, top_k: int, where: str) -> tuple[WorkerConfig, ...]:
+                   frame_store: str, top_k: int, where: str, embed: tuple[str, ...] = ()) -> tuple[WorkerConfig, ...]:
     """``[pipeline] workers`` of them, alike but for their name and index."""
     table, count = file.model, file.pipeline.workers
     worker = _built(f"{where} [model]", WorkerConfig, name="worker-0", endpoints=endpoints, checkpoint=model.checkpoint,
@@ -266,7 +273,7 @@ def worker_configs(file: ConfigFile, model: ModelChoice, endpoints: Endpoints, s
                     device=table.device, precision=table.precision, backend=table.backend,
                     calibration=_calibration(table, model.labels, f"{where} [model]"), max_batch=table.max_batch,
                     threads=table.threads, top_k=top_k, delay_s=table.delay_s, flip_views=model.flip_views,
-                    workers_on_host=count, frame_store=frame_store, security=security)
+                    embed_streams=embed, workers_on_host=count, frame_store=frame_store, security=security)
     return tuple(replace(worker, name=f"worker-{i}", index=i) for i in range(count))
 
 

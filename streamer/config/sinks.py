@@ -11,7 +11,7 @@ from msgspec import Meta
 
 from streamer.config.checks import check
 from streamer.config.network import Endpoints, Security
-from streamer.config.tables import (ClipLength, ClipSeconds, Count, EventKinds, Folder, HookTimeout, KeepDays,
+from streamer.config.tables import (ClipLength, ClipSeconds, Count, EventKinds, Folder, HookTimeout, KeepDays, KeepHours,
                                     MaxBytes, Port, Queue, Retries, Topic, TopicRoot, TopK)
 
 EVENT_KINDS = ("start", "end")
@@ -89,6 +89,8 @@ class StoreConfig:
     path: Annotated[str, Meta(min_length=1, pattern=r"^[^\x00]*$")]
     keep_days: KeepDays = 0.0     # 0: keep forever
     max_bytes: MaxBytes = 0       # 0: no cap; else the oldest actions go first
+    keep_windows_h: KeepHours = 0.0  # [teach] keep_h: hours of window embeddings kept to teach from (0: none)
+    windows_max_bytes: MaxBytes = 0  # [teach] max_bytes: their cap; the oldest go first
 
     def __post_init__(self) -> None:
         check(self)

@@ -116,6 +116,8 @@ class DispatchConfig:
     events: EventConfig = field(default_factory=EventConfig)
     clips: ClipsConfig | None = None  # end lines name their clip
     store: StoreConfig | None = None  # the action history the dispatcher keeps (contract 8)
+    checkpoint: str = ""  # the workers' checkpoint: taught labels must have been taught on it
+    adapter: str = ""  # taught labels to hand the workers at start (--adapter); else the store's newest
     heartbeat_timeout_s: Seconds = 30.0
     status_interval_s: Seconds = 1.0
     security: Security = field(default_factory=Security)
@@ -141,6 +143,7 @@ class WorkerConfig:
     top_k: TopK = 5
     delay_s: Delay = 0.0  # added to every forward: simulates a slower model (overload tests and benchmarks)
     flip_views: tuple[str, ...] = ()  # mirror images averaged in (workers.views)
+    embed_streams: tuple[str, ...] = ()  # streams whose results carry their embedding ("*": all), [teach]
     index: int = 0            # picks the GPU round robin
     workers_on_host: Workers = 1  # CPU workers share the cores evenly
     shares_host: bool = True  # the other stages run beside it (one supervisor), so one core is left to them
@@ -185,6 +188,7 @@ class WebConfig:
         top_k: labels in the panel.
         events_kept: action events kept for /api/events and the page.
         store: the action history it serves (``/api/actions``, ``/review``), None when there is none.
+        checkpoint, labels: the workers' checkpoint and its own labels, which ``/api/teach`` teaches beside.
     """
 
     host: str
@@ -200,6 +204,8 @@ class WebConfig:
     top_k: TopK = 5
     events_kept: EventsKept = 1000
     store: StoreConfig | None = None
+    checkpoint: str = ""
+    labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check(self)

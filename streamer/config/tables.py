@@ -73,6 +73,7 @@ ClipSeconds = Annotated[float, Meta(ge=0, le=60)]
 ClipLength = Annotated[float, Meta(ge=1, le=MAX_WAIT_S)]
 KeepDays = Annotated[float, Meta(ge=0, le=100_000, description="≥ 0 days (0: keep for ever)")]
 MaxBytes = Annotated[int, Meta(ge=0, description="≥ 0 bytes (0: no cap)")]
+KeepHours = Annotated[float, Meta(ge=0, le=100_000, description="≥ 0 hours (0: keep none)")]
 HookTimeout = Annotated[float, Meta(gt=0, le=300)]
 Retries = Annotated[int, Meta(ge=0, le=20)]
 Duration = Annotated[float, Meta(ge=0, le=MAX_DURATION_S, description="0 (run until stopped) or seconds to run")]
@@ -250,6 +251,12 @@ class StoreTable(Table):
     max_bytes: MaxBytes = 0
 
 
+class TeachTable(Table):
+    keep_h: KeepHours = 24.0  # hours of each stream's window embeddings the store keeps to teach from (0: none)
+    max_bytes: MaxBytes = 256 * 1024 * 1024  # their cap (0: none); the oldest go first
+    streams: tuple[str, ...] = ()  # the streams kept (empty: all)
+
+
 class ConfigFile(Table):
     """The whole file. A table left out takes its defaults; ``[endpoints]``, ``[web]``, ``[mqtt]`` and
     ``[clips]`` are None when left out, since their presence means something."""
@@ -266,3 +273,4 @@ class ConfigFile(Table):
     webhooks: tuple[WebhookTable, ...] = ()
     clips: ClipsTable | None = None
     store: StoreTable = msgspec.field(default_factory=StoreTable)
+    teach: TeachTable = msgspec.field(default_factory=TeachTable)

@@ -36,6 +36,7 @@ from streamer.transport.messages import Credit, DisplayFrame, Stats, Status
 from workers.sampling import window_span
 from streamer.video.sources import SourceConfig, SourceLost, open_source
 
+END_LINGER_S = 30.0  # how long a file's frame store outlives its end, for windows still to be read
 OFFLINE_IN_FLIGHT = 2  # windows a file may be ahead of the workers in offline mode
 STORE_SECONDS = 8.0  # a shared frame store keeps this much video beyond one window (a slow worker's margin)
 STORE_HOPS = 24  # and at least this many hops (offline, where frames come as fast as credits allow)
@@ -177,6 +178,12 @@ def run(config: CaptureConfig, stop: multiprocessing.synchronize.Event, health: 
                 health.not_ready(f"source {config.stream} lost; reconnecting")
             elif capture.counts.captured:
                 health.ready()
+        if config.frame_store and not stop.is_set():
+            # The file ended, but workers may not have read its last windows yet: the store stays until the
+            # pipeline stops (the dispatcher ends it once they are predicted), or a while at most.
+            deadline = time.monotonic() + END_LINGER_S
+            while not stop.wait(0.2) and time.monotonic() < deadline:
+                health.beat()
     finally:
         capture.close()
         ctx.term()

@@ -3,6 +3,11 @@
 Per batch: uint8 windows (inline, or copied out of the captures' shared frame stores) →
 one tensor → to the device → float and normalise there → forward on the fast path →
 softmax → top-k, with the time each step took.
+
+The forward answers the checkpoint's logits and the window's embedding together
+(:mod:`workers.heads`): taught labels (:mod:`workers.adapter`) are scored on the embedding after it, so the
+dispatcher can hand a worker a new adapter between two batches (:class:`AdapterUpdate`) and it runs at once,
+nothing converted again; the embedding itself goes out with the results of the streams kept to teach from.
 """
 
 import multiprocessing.synchronize
@@ -15,14 +20,16 @@ from loguru import logger
 
 from streamer.transport import messages, sockets
 from streamer.config.stages import WorkerConfig
-from streamer.errors import ProtocolError
+from streamer.errors import CheckpointError, ProtocolError
 from streamer.kinds import LineKind
 from streamer.stages.health import Health
 from streamer.transport.frameserver import FrameFetcher
 from streamer.transport.framestore import FrameStoreReader
-from streamer.transport.messages import Batch, Result, ResultBatch, Status, Window, WorkRequest
-from workers.adapter import adapt, load_adapter
+from streamer.stages.adapters import from_message
+from streamer.transport.messages import AdapterUpdate, Batch, Result, ResultBatch, Status, Window, WorkRequest
+from workers.adapter import Adapter, check_fits, checkpoint_digest, load_adapter
 from workers.cpu import usable_cores
+from workers.heads import with_features
 from workers.model import checkpoint_model, label_names
 from workers.preprocess import fold_normalisation, to_raw_input
 from workers.runtime import build, plan
@@ -89,21 +96,52 @@ class Predictor:
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(config.threads, config.workers_on_host, config.shares_host))
         model = checkpoint_model(config.checkpoint)  # fp32 on the CPU; the plan's runtime is built from it
-        if config.adapter:  # taught labels: their layer beside the head, the checkpoint's logits untouched
-            adapter = load_adapter(config.adapter, config.checkpoint, model.labels)
-            model = adapt(model, adapter)
-            logger.info(f"{config.name}: adapter {config.adapter}: {adapter.describe()}")
-        self.labels = label_names(model.labels, model.config.num_classes)
+        self.config = config
+        self.base_labels = label_names(model.labels, model.config.num_classes)
+        self.width = model.head.in_features
         self.pre = model.preprocess
         fold_normalisation(model, self.pre.mean, self.pre.std)  # the model now takes raw 0..255 pixels
-        self.model = build(model, self.plan, raw_input=True, batch=config.max_batch * (1 + len(config.flip_views)),
-                           calibration=self._calibration(config))
-        self.top_k = min(config.top_k, len(self.labels))
-        self.views = FlipViews(self.labels, config.flip_views, self.device)
+        self.model = build(with_features(model), self.plan, raw_input=True,
+                           batch=config.max_batch * (1 + len(config.flip_views)), calibration=self._calibration(config))
+        self.use(load_adapter(config.adapter, config.checkpoint, self.base_labels) if config.adapter else None)
         self.delay_s = config.delay_s
         self.stores = FrameStoreReader(config.frame_store)
         self.remote: FrameFetcher | None = None  # frames of captures on other hosts (set by run: it has sockets)
         self.stale = messages.MalformedLog(config.name, what="windows whose frames it cannot read")
+
+    def use(self, adapter: Adapter | None) -> None:
+        """Score ``adapter``'s taught labels after the checkpoint's from the next batch on (None: none)."""
+        self.adapter = adapter if adapter is not None and adapter.labels else None
+        self.labels = [*self.base_labels, *(self.adapter.labels if self.adapter else ())]
+        self.top_k = min(self.config.top_k, len(self.labels))
+        self.views = FlipViews(self.labels, self.config.flip_views, self.device)
+        self.taught = None if self.adapter is None else (
+            torch.from_numpy(self.adapter.weight).to(self.device), torch.from_numpy(self.adapter.bias).to(self.device))
+        if self.adapter is not None:
+            logger.info(f"{self.config.name}: taught labels {self.adapter.describe()}")
+
+    @property
+    def adapter_key(self) -> str:
+        return self.adapter.key if self.adapter is not None else ""
+
+    def take(self, update: AdapterUpdate) -> None:
+        """An adapter the dispatcher hands on: used if it fits this worker's checkpoint, else refused (logged)."""
+        adapter = from_message(update)
+        try:
+            if adapter is not None:
+                if adapter.weight.shape[1] != self.width:
+                    raise ProtocolError(f"its labels read {adapter.weight.shape[1]}-wide embeddings, this "
+                                        f"checkpoint's are {self.width}-wide")
+                if adapter.checkpoint != checkpoint_digest(self.config.checkpoint):
+                    raise ProtocolError("it was taught on another checkpoint than this worker runs")
+                check_fits(adapter, "it", None, self.base_labels)
+        except (ProtocolError, CheckpointError) as err:
+            logger.warning(f"{self.config.name}: adapter {update.key} refused: {err}; keeping "
+                           f"{self.adapter.describe() if self.adapter else 'the checkpoint labels alone'}")
+            return
+        if adapter is None and self.adapter is not None:
+            logger.info(f"{self.config.name}: taught labels forgotten; the checkpoint's own from now on")
+        self.use(adapter)
 
     def _calibration(self, config: WorkerConfig):
         """int8 calibrates on the checkpoint's own data (the config's ``calibration``: "synthetic" or a folder)."""
@@ -121,17 +159,23 @@ class Predictor:
         return time.perf_counter() - start
 
     @torch.inference_mode()
-    def predict(self, frames: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """(B, T, H, W, 3) uint8 → (B, classes) float32 probabilities and the step timings in ms."""
+    def predict(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """(B, T, H, W, 3) uint8 → (B, classes) float32 probabilities (the checkpoint's labels, then the taught
+        ones), (B, views, width) float32 embeddings (the clip, then its flips) and the step timings in ms."""
         t0 = time.perf_counter()
         batch = torch.from_numpy(frames).to(self.device, non_blocking=True)
         x = to_raw_input(batch)
         t1 = time.perf_counter()
-        probs = self.views(self.model, x).cpu().numpy()
+        out = self.model(self.views.stack(x)).float()  # (V·B, classes + width)
+        logits, features = out[:, :len(self.base_labels)], out[:, len(self.base_labels):]
+        if self.taught is not None:
+            logits = torch.cat([logits, features @ self.taught[0].T + self.taught[1]], dim=1)
+        probs = self.views.average(logits.softmax(dim=-1)).cpu().numpy()
+        features = features.view(-1, len(x), self.width).transpose(0, 1).cpu().numpy()
         if self.delay_s:
             time.sleep(self.delay_s)
         t2 = time.perf_counter()
-        return probs, {"preprocess_ms": 1000 * (t1 - t0), "forward_ms": 1000 * (t2 - t1)}
+        return probs, features, {"preprocess_ms": 1000 * (t1 - t0), "forward_ms": 1000 * (t2 - t1)}
 
     def frames_of(self, batch: Batch) -> tuple[list[Window], np.ndarray | None, list[Status]]:
         """The windows still readable, their frames as (sum of their views, T, H, W, 3), and a ``window_stale``
@@ -180,10 +224,12 @@ class Predictor:
         if frames is None:
             return ResultBatch(()), lost
         gather_ms = 1000 * (time.perf_counter() - gather_start)  # copying frames out of the stores
-        probs, timings = self.predict(frames)
+        probs, features, timings = self.predict(frames)
         timings["preprocess_ms"] += gather_ms
-        out = []
+        out, start = [], 0
         for window, p in zip(windows, per_window(probs, [w.views for w in windows])):
+            crops, start = features[start:start + window.views], start + window.views
+            embedding = crops.mean(axis=0).astype(np.float16) if self._embeds(window.stream) else None
             top = np.argsort(-p)[: self.top_k]
             out.append(Result(
                 stream=window.stream, seq=window.seq, frame_index=window.frame_indices[-1],
@@ -192,9 +238,13 @@ class Predictor:
                 timings={"capture_ms": 1000 * max(0.0, window.sent_ts - window.frame_ts[-1]),
                          "queue_ms": 1000 * max(0.0, received - window.sent_ts), **timings,
                          "batch_size": float(len(windows))},
-                track=window.track, box=window.box,
+                track=window.track, box=window.box, embedding=embedding,
             ))
-        return ResultBatch(tuple(out)), lost
+        return ResultBatch(tuple(out), self.adapter_key), lost
+
+    def _embeds(self, stream: str) -> bool:
+        """Whether ``stream``'s windows are kept to teach from (``[teach]``): their results carry embeddings."""
+        return "*" in self.config.embed_streams or stream in self.config.embed_streams
 
 
 def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat=None,
@@ -218,7 +268,11 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
     ctx = sockets.Context()
     sock = sockets.make_socket(ctx, zmq.DEALER, config.endpoints.work, bind=False, security=config.security)
     predictor.remote = FrameFetcher(ctx, config.security)
-    messages.send(sock, WorkRequest(config.name, config.max_batch))
+
+    def ask() -> None:
+        messages.send(sock, WorkRequest(config.name, config.max_batch, predictor.adapter_key))
+
+    ask()
     health.ready()
     malformed = messages.MalformedLog(config.name)
     counts = _Counts()
@@ -228,13 +282,15 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
             if heartbeat is not None:
                 heartbeat.value = time.time()
             if not sock.poll(int(HEARTBEAT_S * 1000)):
-                # Re-asking is idempotent and lets a restarted dispatcher learn about us.
-                messages.send(sock, WorkRequest(config.name, config.max_batch))
+                ask()  # re-asking is idempotent and lets a restarted dispatcher learn about us
                 continue
             try:
                 msg = messages.recv(sock)
             except ProtocolError as err:
                 malformed.saw(err)
+                continue
+            if isinstance(msg, AdapterUpdate):
+                predictor.take(msg)
                 continue
             if not isinstance(msg, Batch):
                 continue
@@ -244,7 +300,7 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
             messages.send(sock, results)
             for status in lost:  # so the dispatcher stops waiting for them
                 messages.send(sock, status)
-            messages.send(sock, WorkRequest(config.name, config.max_batch))
+            ask()
     finally:
         predictor.remote.close()
         sock.close(linger=0)

@@ -43,6 +43,25 @@ MIGRATIONS = (
     ) WITHOUT ROWID;
     CREATE INDEX actions_by_label ON actions (label, start_ts, id);
     """,
+    # 3: taught actions: recent windows' embeddings to teach from, and every adapter the workers were handed
+    """
+    CREATE TABLE windows (
+        stream TEXT NOT NULL,
+        track INTEGER,
+        frame_ts REAL NOT NULL,
+        frame_index INTEGER NOT NULL,
+        embedding BLOB NOT NULL
+    );
+    CREATE INDEX windows_by_stream ON windows (stream, frame_ts);
+    CREATE INDEX windows_by_time ON windows (frame_ts);
+    CREATE TABLE adapters (
+        version INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        labels TEXT NOT NULL,
+        body BLOB,
+        note TEXT NOT NULL
+    );
+    """,
 )
 VERSION = len(MIGRATIONS)
 BUSY_MS = 2000  # how long a connection waits for the other writer (the web stage's feedback, a reader's checkpoint)

@@ -23,9 +23,12 @@ from loguru import logger
 from streamer.config.sinks import StoreConfig
 from streamer.errors import ConfigError
 from streamer.kinds import LineKind
+from streamer.store import taught
 from streamer.store.schema import connect
+from workers.adapter import Adapter
 
 MAX_WAITING = 100_000  # lines held while the store cannot be written
+MAX_WINDOWS_WAITING = 20_000  # window embeddings held meanwhile (the oldest go: they are only examples)
 BATCH = 1000  # lines a transaction
 RETRY_S = 1.0
 RETAIN_EVERY_S = 60.0
@@ -61,13 +64,22 @@ def _int_or_none(value: Any) -> int | None:
 class StoreWriter:
     """The thread that writes actions into the store.
 
+    It also keeps the windows' embeddings that results carry (``[teach]``), and watches the adapters table:
+    :attr:`adapter` is the newest version there, which the dispatcher hands to the workers.
+
     Args:
         config: the store's file and retention.
         log_path: the dispatcher's event log (None: no catch-up; a crash may then lose the newest lines).
+        start_adapter: the adapter the pipeline was started with (``--adapter``): put in force if the store's
+            newest is another.
     """
 
-    def __init__(self, config: StoreConfig, log_path: str | None) -> None:
+    def __init__(self, config: StoreConfig, log_path: str | None,
+                 start_adapter: tuple[str, Adapter] | None = None) -> None:
         self.config = config
+        self.start_adapter = start_adapter
+        self.windows: collections.deque[tuple] = collections.deque(maxlen=MAX_WINDOWS_WAITING)
+        self.adapter: taught.Version | None = None  # the newest adapter version, once read
         self.log_path = os.path.abspath(log_path) if log_path else None
         # What the dispatchers before this one appended: read at the catch-up; this one's lines come by put().
         self.log_end = os.path.getsize(self.log_path) if self.log_path and os.path.exists(self.log_path) else 0
@@ -90,6 +102,12 @@ class StoreWriter:
         self.waiting.append(line)
         self._wake.set()
 
+    def put_window(self, stream: str, track: int | None, frame_ts: float, frame_index: int,
+                   embedding: bytes) -> None:
+        """Keep a window's embedding to teach from (``[teach] keep_h``); never blocks."""
+        if self.config.keep_windows_h:
+            self.windows.append((stream, track, frame_ts, frame_index, embedding))
+
     def close(self, timeout_s: float = 5.0) -> None:
         """Write what waits (for at most ``timeout_s``), then stop."""
         self._stopping.set()
@@ -106,7 +124,9 @@ class StoreWriter:
                 if conn is None:
                     conn = connect(self.config.path, create=True)
                     self._catch_up(conn)
+                    self._start_with(conn)
                 self._write_waiting(conn)
+                self._watch_adapters(conn)
                 if time.monotonic() >= retain_due:
                     retain(conn, self.config, time.time())
                     retain_due = time.monotonic() + RETAIN_EVERY_S
@@ -133,7 +153,26 @@ class StoreWriter:
             self._wake.wait(0.5)
             self._wake.clear()
 
+    def _start_with(self, conn: sqlite3.Connection) -> None:
+        """``--adapter``'s adapter in force, unless it is already the newest version."""
+        if self.start_adapter is None:
+            return
+        path, adapter = self.start_adapter
+        now = taught.latest(conn)
+        if now is None or now.adapter is None or now.adapter.key != adapter.key:
+            with _transaction(conn):
+                taught.add_version(conn, adapter, f"loaded from {path} at start")
+
+    def _watch_adapters(self, conn: sqlite3.Connection) -> None:
+        """The newest adapter version, when another stage (the web stage's teaching) added one."""
+        if taught.newest_number(conn) != (self.adapter.version if self.adapter else 0):
+            self.adapter = taught.latest(conn)
+
     def _write_waiting(self, conn: sqlite3.Connection) -> None:
+        if self.windows:
+            rows = [self.windows.popleft() for _ in range(len(self.windows))]
+            with _transaction(conn):
+                taught.put_windows(conn, rows)
         while self.waiting:
             batch = [self.waiting.popleft() for _ in range(min(BATCH, len(self.waiting)))]
             try:
@@ -217,6 +256,7 @@ def retain(conn: sqlite3.Connection, config: StoreConfig, now: float) -> int:
                                  "ORDER BY start_ts LIMIT ?)", (max(1, int(count * excess)),)).rowcount
         if gone:
             conn.execute("DELETE FROM feedback WHERE action_id NOT IN (SELECT id FROM actions)")
+        gone += taught.retain_windows(conn, config.keep_windows_h, config.windows_max_bytes, now)
     if gone:
         conn.executescript("PRAGMA incremental_vacuum;")  # stepped to the end (execute() frees one page a call)
     return gone

@@ -4,9 +4,10 @@ The Structs are the schema: every field's type and ``Meta`` bounds are what :fun
 enforces (msgspec checks them while it parses), ``forbid_unknown_fields`` refuses anything else. Import them
 from :mod:`streamer.transport.messages`, which re-exports them next to the codec.
 
-An array field (``Window.frames``, ``Result.probs``, ``DisplayFrame.image``) holds a numpy array here and its
-shape on the wire (under the name ``shape``, or ``classes`` for the probabilities); its bytes travel as the next
-ZeroMQ frame. Rules that span fields (indices increasing, shapes against frame counts) live in the codec.
+An array field (``Window.frames``, ``Result.probs``, ``Result.embedding``, ``DisplayFrame.image``,
+``AdapterUpdate.weights``) holds a numpy array here and its shape on the wire (under the name ``shape``, or
+``classes`` for probabilities and weights; an embedding's ``[views, width]`` says float16); its bytes travel as
+the next ZeroMQ frame. Rules that span fields (indices increasing, shapes against frame counts) live in the codec.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ MAX_LABELS = 4  # labels of one sample
 MAX_VIEWS = 8  # crops of one window's frames
 MAX_TRACKS = 256  # tracked actors listed in one display frame
 MAX_STORE_NAME = 80  # characters of a frame store's file name
+MAX_EMBEDDING = 8192  # width of a window's embedding (the class token: 768 for base-size TimeSformer)
+MAX_TAUGHT = 256  # taught labels in one adapter
+MAX_ADAPTER_WEIGHTS = MAX_TAUGHT * (MAX_EMBEDDING + 1)
 
 VERSION = 2  # 2: msgspec's layout (nested messages keep their type, a store reference its shape)
 
@@ -63,6 +67,13 @@ Classes = Annotated[int, Meta(ge=1, le=MAX_CLASSES)]  # the length of a Result's
 
 # What an array field declares (the codec checks it with msgspec.convert, which caches a Struct's checks and
 # rebuilds a bare tuple type's on every call: 0.2 µs against 5).
+class EmbeddingShape(msgspec.Struct, frozen=True, array_like=True):
+    """A window's embedding: [views, width] (float16), a row per flip view (the window, then its mirror images)."""
+
+    views: Annotated[int, Meta(ge=1, le=MAX_VIEWS)]
+    width: Annotated[int, Meta(ge=1, le=MAX_EMBEDDING)]
+
+
 class FramesShape(msgspec.Struct, frozen=True, array_like=True):
     """A window's frames: [T, H, W, 3] (uint8 RGB)."""
 
@@ -151,11 +162,35 @@ class Window(_Message, tag="window", eq=False, rename={"frames": "shape"}):
         return self.stream, self.track
 
 
+AdapterKey = Annotated[str, Meta(max_length=64, pattern=r"^[0-9a-f]*$")]
+
+
 class WorkRequest(_Message, tag="work_request"):
-    """A worker asks for up to ``max_batch`` windows; it doubles as its heartbeat."""
+    """A worker asks for up to ``max_batch`` windows; it doubles as its heartbeat. ``adapter``: the key of the
+    taught labels it runs ("" for none), so the dispatcher knows whom to hand a new adapter."""
 
     worker: Name
     max_batch: Count
+    adapter: AdapterKey = ""
+
+
+class AdapterUpdate(_Message, tag="adapter_update", eq=False, rename={"weights": "classes"}):
+    """Dispatcher → worker, before a batch: run these taught labels from now on (:mod:`workers.adapter`).
+
+    Args:
+        key: the adapter's key ("" with no labels: back to the checkpoint's own).
+        labels: the taught labels, in class order after the checkpoint's.
+        checkpoint: SHA-256 of the checkpoint it was taught on; a worker running another refuses it.
+        weights: float32, each label's weight row (``width`` values) then the biases: ``K · (width + 1)``;
+            None with no labels.
+        width: the embedding width the weights read.
+    """
+
+    key: AdapterKey
+    labels: Annotated[tuple[Name, ...], Meta(max_length=MAX_TAUGHT)]
+    checkpoint: Annotated[str, Meta(max_length=64, pattern=r"^[0-9a-f]*$")]
+    weights: np.ndarray | None
+    width: Annotated[int, Meta(ge=1, le=MAX_EMBEDDING)]
 
 
 class Batch(_Message, tag="batch", eq=False):
@@ -175,6 +210,8 @@ class Result(_Message, tag="result", eq=False, rename={"probs": "classes"}):
         worker: name of the worker that ran it.
         timings: milliseconds per step (``queue_ms``, ``preprocess_ms``, ``forward_ms``, ...).
         track, box: of the window (a tracked actor), else None.
+        embedding: (views, width) float16: the window's normalised class token, a row per flip view, for the
+            streams whose windows are kept to teach from (``[teach]``); else None.
     """
 
     stream: Name
@@ -187,6 +224,7 @@ class Result(_Message, tag="result", eq=False, rename={"probs": "classes"}):
     timings: Annotated[dict[Name, Finite], Meta(max_length=MAX_TIMINGS)]
     track: Index | None = None
     box: Box | None = None
+    embedding: np.ndarray | None = None
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -194,9 +232,11 @@ class Result(_Message, tag="result", eq=False, rename={"probs": "classes"}):
 
 
 class ResultBatch(_Message, tag="result_batch", eq=False):
-    """A worker's results for one batch, in one message."""
+    """A worker's results for one batch, in one message; ``adapter``: the key of the taught labels they were
+    scored with ("" for none), which says what the classes after the checkpoint's are."""
 
     results: Annotated[tuple[Result, ...], Meta(max_length=MAX_BATCH)]
+    adapter: AdapterKey = ""
 
 
 class DisplayFrame(_Message, tag="display", eq=False, rename={"image": "shape"}):
@@ -278,4 +318,4 @@ class FramesFound(_Message, tag="frames_found", eq=False, rename={"frames": "sha
 
 
 Message = (Window | WorkRequest | Batch | Result | ResultBatch | DisplayFrame | Status | Credit | Heartbeat
-           | LogLine | Stats | FramesWanted | FramesFound)
+           | LogLine | Stats | FramesWanted | FramesFound | AdapterUpdate)

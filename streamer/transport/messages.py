@@ -32,14 +32,14 @@ from streamer.transport.message_types import FrameRef
 from streamer.transport.message_types import (
     MAX_ARRAY_BYTES, MAX_BATCH, MAX_CLASSES, MAX_DETAIL, MAX_HEADER_BYTES, MAX_IMAGE_SIDE, MAX_INDEX, MAX_LABELS,
     MAX_LINE_FIELDS, MAX_NAME, MAX_PARTS, MAX_SAMPLES, MAX_TIMINGS, MAX_TOP, MAX_TRACKS, MAX_VIEWS, MAX_WINDOW_FRAMES,
-    PRINTABLE, VERSION, Batch, Classes, Credit, DisplayFrame, FramesFound, FramesShape, FramesWanted, Heartbeat,
-    ImageShape, LogLine, Message, Result, ResultBatch, Stats, Status, Window, WorkRequest,
+    MAX_ADAPTER_WEIGHTS, MAX_EMBEDDING, MAX_TAUGHT, PRINTABLE, VERSION, AdapterUpdate, Batch, Classes, Credit, DisplayFrame, FramesFound, FramesShape, FramesWanted, Heartbeat,
+    EmbeddingShape, ImageShape, LogLine, Message, Result, ResultBatch, Stats, Status, Window, WorkRequest,
 )
 
 __all__ = [  # the message types and bounds are part of this module's interface
     "MAX_ARRAY_BYTES", "MAX_BATCH", "MAX_CLASSES", "MAX_DETAIL", "MAX_HEADER_BYTES", "MAX_IMAGE_SIDE", "MAX_INDEX",
     "MAX_LABELS", "MAX_LINE_FIELDS", "MAX_NAME", "MAX_PARTS", "MAX_SAMPLES", "MAX_TIMINGS", "MAX_TOP", "MAX_TRACKS",
-    "MAX_VIEWS", "MAX_WINDOW_FRAMES", "VERSION", "Batch", "Credit", "DisplayFrame", "FramesFound", "FramesWanted",
+    "MAX_VIEWS", "MAX_WINDOW_FRAMES", "MAX_EMBEDDING", "MAX_TAUGHT", "VERSION", "AdapterUpdate", "Batch", "Credit", "DisplayFrame", "FramesFound", "FramesWanted",
     "Heartbeat", "LogLine", "Message",
     "Result", "ResultBatch", "Stats", "Status", "Window", "WorkRequest", "MalformedLog", "ProtocolError", "decode",
     "display_topic", "drain", "encode", "recorder_topic", "recv", "send",
@@ -47,6 +47,7 @@ __all__ = [  # the message types and bounds are part of this module's interface
 
 U8 = np.dtype("|u1")
 F32 = np.dtype("<f4")
+F16 = np.dtype("<f2")
 _TYPE_NAMES = frozenset(cls.__struct_config__.tag for cls in Message.__args__)
 
 
@@ -68,9 +69,9 @@ def _one_line(text: object, limit: int = 200) -> str:
 
 
 def _outgoing(array: np.ndarray) -> np.ndarray:
-    """The array as it goes on the wire: C-contiguous (no copy if it already is), uint8 or float32."""
-    if array.dtype not in (U8, F32):
-        raise TypeError(f"arrays travel as uint8 or float32, not {array.dtype}")
+    """The array as it goes on the wire: C-contiguous (no copy if it already is), uint8, float32 or float16."""
+    if array.dtype not in (U8, F32, F16):
+        raise TypeError(f"arrays travel as uint8, float32 or float16, not {array.dtype}")
     return np.ascontiguousarray(array)
 
 
@@ -101,8 +102,10 @@ class _Arrays:
             shape_type, dtype = Classes, F32
         elif isinstance(declared, list) and len(declared) in (3, 4):
             shape_type, dtype = (ImageShape if len(declared) == 3 else FramesShape), U8
+        elif isinstance(declared, list) and len(declared) == 2:
+            shape_type, dtype = EmbeddingShape, F16
         else:
-            raise ValueError("expected a class count, [H, W, 3] or [T, H, W, 3]")
+            raise ValueError("expected a class count, [views, width], [H, W, 3] or [T, H, W, 3]")
         shape = _shape(declared, shape_type)
         expected = math.prod(shape) * dtype.itemsize
         if expected > MAX_ARRAY_BYTES:
@@ -190,6 +193,25 @@ def _result(r: Result, where: str) -> None:
     if len(r.top) > r.probs.size:
         raise ProtocolError(f"{where}.top: {len(r.top)} pairs for {r.probs.size} classes")
     _place(r.track, r.box, where)
+    if r.embedding is not None:
+        _array(r.embedding, 2, f"{where}.embedding")
+        if r.embedding.dtype != F16 or not np.isfinite(r.embedding).all():
+            raise ProtocolError(f"{where}.embedding: not finite float16 values")
+
+
+def _adapter_update(msg: AdapterUpdate) -> None:
+    if msg.weights is None:
+        if msg.labels or msg.key:
+            raise ProtocolError("adapter_update: labels without their weights")
+        return
+    _array(msg.weights, 1, "adapter_update.classes")
+    if msg.weights.size != len(msg.labels) * (msg.width + 1) or msg.weights.size > MAX_ADAPTER_WEIGHTS:
+        raise ProtocolError(f"adapter_update: {msg.weights.size} weights for {len(msg.labels)} labels of width "
+                            f"{msg.width} (needs labels × (width + 1))")
+    if not np.isfinite(msg.weights).all():
+        raise ProtocolError("adapter_update.weights: not all finite")
+    if len(set(msg.labels)) != len(msg.labels) or (msg.key == "") != (not msg.labels):
+        raise ProtocolError("adapter_update: labels twice, or a key without labels (or labels without a key)")
 
 
 def _check(msg: Message) -> None:
@@ -204,6 +226,8 @@ def _check(msg: Message) -> None:
     elif isinstance(msg, ResultBatch):
         for i, result in enumerate(msg.results):
             _result(result, f"result_batch.results[{i}]")
+    elif isinstance(msg, AdapterUpdate):
+        _adapter_update(msg)
     elif isinstance(msg, FramesWanted):
         _frame_ref(msg.ref, "frames_wanted.ref")
     elif isinstance(msg, FramesFound) and msg.frames is not None:

@@ -95,7 +95,7 @@ def fit(examples: Examples, labels: tuple[str, ...], checkpoint: str, *, decay: 
         return loss
 
     optimiser.step(loss_fn)
-    return Adapter(tuple(labels), weight.detach(), bias.detach(), checkpoint)
+    return Adapter(tuple(labels), weight.detach().numpy(), bias.detach().numpy(), checkpoint)
 
 
 def _centroid_init(f: torch.Tensor, targets: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +110,7 @@ def check(adapter: Adapter, held_out: Examples, views: int) -> dict[str, dict[st
     """Precision and recall of each taught label on windows it was not trained on, each window's views averaged
     as the pipeline averages them (the softmax over the checkpoint's and the taught labels together)."""
     old_classes = held_out.logits.shape[1]
-    logits = torch.cat([held_out.logits, held_out.features @ adapter.weight.T + adapter.bias], dim=1)
+    logits = torch.cat([held_out.logits, torch.from_numpy(adapter.logits(held_out.features.numpy()))], dim=1)
     probs = logits.softmax(-1).view(-1, views, logits.shape[1]).mean(1)  # rows are window-major (see embed)
     predicted = probs.argmax(1).numpy() - old_classes  # ≥ 0: a taught label
     truth = held_out.targets.reshape(-1, views)[:, 0]
@@ -120,3 +120,61 @@ def check(adapter: Adapter, held_out: Examples, views: int) -> dict[str, dict[st
         out[label] = {"precision": float((said & real).sum() / max(1, said.sum())),
                       "recall": float((said & real).sum() / max(1, real.sum())), "windows": float(real.sum())}
     return out
+
+
+def rows(windows: np.ndarray, head: tuple[np.ndarray, np.ndarray], current: Adapter | None
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept windows' embeddings ``(N, V, D)`` → (features ``(N·V, D)``, logits ``(N·V, C + K)``): the checkpoint's
+    head and the taught labels already in force, the logits a new label is trained beside."""
+    f = torch.from_numpy(np.ascontiguousarray(windows, np.float32).reshape(-1, windows.shape[-1]))
+    logits = f @ torch.from_numpy(head[0]).T + torch.from_numpy(head[1])
+    if current is not None and current.labels:
+        logits = torch.cat([logits, torch.from_numpy(current.logits(f.numpy()))], dim=1)
+    return f, logits
+
+
+def teach_label(label: str, examples: list[np.ndarray], negatives: np.ndarray, head: tuple[np.ndarray, np.ndarray],
+                current: Adapter | None, checkpoint: str) -> Adapter:
+    """``current`` with ``label`` taught (or taught again) from kept windows: ``examples``, one ``(N, V, D)`` array
+    of embeddings per example (a span, an action), and ``negatives`` ``(M, V, D)``. The other taught labels keep
+    their rows; the new one is trained beside them and the checkpoint's, held fixed (:func:`fit`). Every fourth
+    example (with one example: the last quarter of its windows) and every fourth negative are held out to check
+    it first."""
+    if current is not None and label in current.labels:
+        current = without(current, label)
+    views = examples[0].shape[1]
+    parts, held = [], []
+    for number, windows in enumerate(examples):
+        out = np.zeros(len(windows), bool)
+        if len(examples) == 1:
+            out[len(windows) - max(1, len(windows) // 4):] = len(windows) > 1
+        else:
+            out[:] = number % 4 == 3 or (len(examples) < 4 and number == len(examples) - 1)
+        parts.append((windows, np.zeros(len(windows), int), np.full(len(windows), number)))
+        held.append(out)
+    parts.append((negatives, np.full(len(negatives), -1), np.full(len(negatives), len(examples))))
+    held.append(np.arange(len(negatives)) % 4 == 3)
+    features, logits = rows(np.concatenate([p[0] for p in parts]), head, current)
+
+    def per_row(values: np.ndarray) -> np.ndarray:  # each window has ``views`` rows, window-major
+        return np.repeat(values, views)
+
+    everything = Examples(features, logits, per_row(np.concatenate([p[1] for p in parts])),
+                          per_row(np.concatenate([p[2] for p in parts])))
+    left_out = per_row(np.concatenate(held))
+    checks = check(fit(everything.subset(~left_out), (label,), checkpoint), everything.subset(left_out), views) \
+        if left_out.any() and (~left_out & (everything.targets == 0)).any() else {}
+    new = fit(everything, (label,), checkpoint)
+    if current is None or not current.labels:
+        return Adapter(new.labels, new.weight, new.bias, checkpoint, checks)
+    return Adapter((*current.labels, label), np.concatenate([current.weight, new.weight]),
+                   np.concatenate([current.bias, new.bias]), checkpoint, {**current.checks, **checks})
+
+
+def without(current: Adapter, label: str) -> Adapter | None:
+    """``current`` with ``label`` forgotten (None when it was the last)."""
+    keep = [i for i, name in enumerate(current.labels) if name != label]
+    if not keep:
+        return None
+    return Adapter(tuple(current.labels[i] for i in keep), current.weight[keep], current.bias[keep],
+                   current.checkpoint, {k: v for k, v in current.checks.items() if k != label})

@@ -9,24 +9,29 @@ do with each message is decided by :class:`~streamer.stages.dispatcher.rules.Dis
 from __future__ import annotations
 
 import multiprocessing.synchronize
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 import zmq
 from loguru import logger
 
-from streamer.errors import ProtocolError
+from streamer.errors import CheckpointError, ConfigError, ProtocolError
 from streamer.kinds import LineKind, StageKind
 from streamer.render.words import label_words
+from streamer.stages.adapters import Handout
 from streamer.stages.dispatcher.brief import BriefGate
 from streamer.stages.dispatcher.event_log import EventLog
 from streamer.stages.dispatcher.rules import Counters, Dispatcher
 from streamer.stages.dispatcher.tracker import ActionTracker, left_open, prediction_line
 from streamer.stages.health import Health
+from streamer.store import taught
+from streamer.store.schema import connect
 from streamer.store.writer import StoreWriter
 from streamer.transport import messages, sockets
 from streamer.transport.messages import (Batch, Credit, Heartbeat, LogLine, Result, ResultBatch, Stats, Status, Window,
                                          WorkRequest)
+from workers.adapter import Adapter, checkpoint_digest, load_adapter
 
 if TYPE_CHECKING:
     from streamer.config.stages import DispatchConfig
@@ -42,9 +47,15 @@ class Hub:
         self.config = config
         self.health = health or Health("dispatcher")
         self.log = EventLog(config.events_path)
+        start = load_adapter(config.adapter) if config.adapter else None  # checked by the config loader
         # after the log is opened (a torn last line cut) and before this dispatcher writes to it
-        self.store = StoreWriter(config.store, config.events_path).start() if config.store else None
+        self.store = StoreWriter(config.store, config.events_path, (config.adapter, start) if start else None
+                                 ).start() if config.store else None
         self.tracker = ActionTracker(config.events, config.labels or None)
+        self.handout = Handout(tuple(config.labels))  # the taught labels the workers run (streamer.stages.adapters)
+        self.worker_adapter: dict[bytes, str] = {}  # each worker's adapter key, from its requests
+        self.adapter_version = 0  # the store's adapter version in force here
+        self._use(start or self._stored_adapter(), f"adapter {config.adapter}" if start else "from the action store")
         self.gate = BriefGate(config.events.min_duration_s)
         self.clock_fps: dict[str, float] = {}  # offline: each stream's fps, which turns frame indices into seconds
         # Actions the dispatcher before this one (killed, or its node lost) left under way: they end here.
@@ -79,6 +90,7 @@ class Hub:
                 for identity, msg in _read_router(self.workers, self.rules.counters) if self.workers in ready else ():
                     self._from_worker(identity, msg)
                 self._forget_silent_workers()
+                self._follow_store()
                 self._close_tracks()
                 for end in self.tracker.due_ends(time.time()):  # streams silent since their action ended
                     self._write(end)
@@ -105,6 +117,44 @@ class Hub:
         for line in self.left_open:
             self._write(line)
         self.left_open = []
+
+    def _stored_adapter(self) -> Adapter | None:
+        """The store's newest adapter, read at start so that the first batches already run it."""
+        if self.config.store is None or not self.config.labels:
+            return None
+        try:
+            conn = connect(self.config.store.path)
+        except (FileNotFoundError, ConfigError, OSError, sqlite3.Error):
+            return None
+        try:
+            version = taught.latest(conn)
+        except sqlite3.Error:
+            return None
+        finally:
+            conn.close()
+        if version is not None:
+            self.adapter_version = version.version
+        return version.adapter if version is not None else None
+
+    def _use(self, adapter: Adapter | None, why: str) -> None:
+        """Hand ``adapter``'s taught labels to the workers from their next batch on, and read results with them."""
+        if adapter is not None and adapter.checkpoint != checkpoint_digest(self.config.checkpoint):
+            logger.warning(f"dispatcher: taught labels {', '.join(adapter.labels)} ({why}) were taught on another "
+                           f"checkpoint than {self.config.checkpoint}; not used (teach them again on this one)")
+            adapter = None
+        if not self.config.labels or not self.handout.use(adapter):
+            return
+        for event in self.tracker.relabel(self.handout.labels):
+            self._write(event)
+        taught_now = adapter.describe() if adapter is not None else "none"
+        logger.info(f"dispatcher: taught labels now {taught_now} ({why})")
+
+    def _follow_store(self) -> None:
+        """A new adapter version in the store (taught, forgotten or gone back to in the web stage): hand it on."""
+        version = self.store.adapter if self.store is not None else None
+        if version is not None and version.version != self.adapter_version:
+            self.adapter_version = version.version
+            self._use(version.adapter, f"version {version.version}: {version.note}")
 
     def close(self) -> None:
         """End every action under way in the log, then close the log and the sockets."""
@@ -139,23 +189,32 @@ class Hub:
         now = time.time()
         if isinstance(msg, WorkRequest):
             self.rules.worker_ready(identity, msg.worker, msg.max_batch, now)
+            self.worker_adapter[identity] = msg.adapter
         elif isinstance(msg, (Heartbeat, ResultBatch)):
             self.rules.worker_seen(identity, now)
             for result in getattr(msg, "results", ()):
-                self._on_result(result)
+                probs = self.handout.probs(result.probs, msg.adapter) if self.config.labels else result.probs
+                if probs is None:  # scored with taught labels this dispatcher does not know
+                    self.rules.counters.malformed += 1
+                    continue
+                self._on_result(result, probs)
         elif isinstance(msg, Status) and msg.kind == LineKind.WINDOW_STALE:
             self.rules.window_stale((msg.stream, msg.track))
         else:
             self.rules.counters.malformed += 1
 
-    def _on_result(self, result: Result) -> None:
-        """Its prediction line, the action events it causes, and the result itself for the overlay."""
+    def _on_result(self, result: Result, probs) -> None:
+        """Its prediction line, the action events it causes, and the result itself for the overlay; ``probs``:
+        its probabilities over the current labels (:class:`Handout`)."""
         self.rules.release(result.key)
         line = prediction_line(result, time.time())
         self._write(line)
+        if self.store is not None and result.embedding is not None:
+            self.store.put_window(result.stream, result.track, result.frame_ts, result.frame_index,
+                                  result.embedding.tobytes())
         clock = self._clock(result)
         try:
-            _, action_events = self.tracker.update(result, clock)
+            _, action_events = self.tracker.update(result, clock, probs)
         except ProtocolError as err:  # e.g. a worker with another model's classes
             self.rules.counters.malformed += 1
             logger.debug(f"dispatcher: result not tracked ({err})")
@@ -228,6 +287,9 @@ class Hub:
     def _dispatch(self) -> None:
         """A batch to each idle worker that asked; offline, a credit back to each window's capture."""
         for worker, batch in self.rules.assign():
+            update = self.handout.update_for(worker.identity, self.worker_adapter.get(worker.identity, ""))
+            if update is not None:  # new taught labels: the worker takes them before this batch
+                self.workers.send_multipart([worker.identity, *messages.encode(update)], copy=False)
             self.workers.send_multipart([worker.identity, *messages.encode(Batch(tuple(batch)))], copy=False)
             for window in batch if self.config.offline else ():
                 capture = self.rules.capture_of.get(window.stream)
@@ -237,6 +299,8 @@ class Hub:
     def _forget_silent_workers(self) -> None:
         now = time.time()
         for worker in self.rules.forget_silent_workers(now):
+            self.handout.forget_worker(worker.identity)
+            self.worker_adapter.pop(worker.identity, None)
             logger.warning(f"dispatcher: {worker.name} silent for {self.config.heartbeat_timeout_s:g} s; "
                            "forgetting it")
             self._write({"kind": LineKind.WORKER_LOST, "stream": "", "detail": worker.name, "ts": now})

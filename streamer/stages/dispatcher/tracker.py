@@ -108,15 +108,17 @@ class ActionTracker:
             line["peak"] = round(max(state.peak, at.score), 6)
         return line if key[1] is None else {**line, "track": key[1], "box": box_line(at.box)}
 
-    def update(self, result: Result, clock: float | None = None) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
+    def update(self, result: Result, clock: float | None = None, probs: np.ndarray | None = None
+               ) -> tuple[list[tuple[str, float]], list[dict[str, Any]]]:
         """Take one result; return its stream's smoothed top-k (best first) and the events it caused.
 
         ``clock`` is the result's time in its stream's own seconds, which the holds count in (default its
         ``frame_ts``; a file read faster than real time gives its media time). A late result (its stream
         already has a newer one) changes nothing. Raises ProtocolError if its class count does not match
-        the labels.
+        the labels. ``probs``: the result's probabilities laid out over the current labels, if they were not
+        (a result scored before labels were taught or forgotten).
         """
-        probs = np.asarray(result.probs, np.float32)
+        probs = np.asarray(result.probs if probs is None else probs, np.float32)
         if self.labels is not None and probs.shape != (len(self.labels),):
             raise ProtocolError(
                 f"result from worker {result.worker!r} has {probs.shape[0]} classes but the model labels "
@@ -185,6 +187,29 @@ class ActionTracker:
         end, state.ending = state.ending, None
         return end
 
+    def relabel(self, labels: Sequence[str]) -> list[dict[str, Any]]:
+        """The classes changed (labels taught or forgotten): each stream's history is laid out over ``labels`` by
+        name and goes on; an action whose label is gone ends now (its end line is returned)."""
+        before, self.labels = self.labels, list(labels)
+        if before is None or before == self.labels:
+            return []
+        index = {label: i for i, label in enumerate(self.labels)}
+        moved = np.array([index.get(label, -1) for label in before])
+        events = []
+        for key, state in self._streams.items():
+            if state.active is not None and moved[state.active] < 0:
+                at = state.quiet_since or self._point(state, state.active)
+                events.append({**self._line(LineKind.END, key, state, state.active, at), "label": before[state.active]})
+                state.active, state.quiet_since = None, None
+            if state.active is not None:
+                state.active = int(moved[state.active])
+            state.ending_label = int(moved[state.ending_label]) if state.ending_label >= 0 else -1
+            state.history = deque((_laid_out(h, moved, len(self.labels)) for h in state.history),
+                                  maxlen=state.history.maxlen)
+            if state.smoothed is not None:
+                state.smoothed = _laid_out(state.smoothed, moved, len(self.labels))
+        return events
+
     def active(self, stream: str, track: int | None = None) -> str | None:
         """Label of the stream's (or its tracked actor's) ongoing action, if any."""
         state = self._streams.get((stream, track))
@@ -231,6 +256,14 @@ class ActionTracker:
     def reset_all(self) -> list[dict[str, Any]]:
         """Forget every stream (clean stop): the ``end`` events of all ongoing actions."""
         return [event for key in list(self._streams) for event in self._forget(key)]
+
+
+def _laid_out(probs: np.ndarray, moved: np.ndarray, classes: int) -> np.ndarray:
+    """``probs[i]`` at ``moved[i]`` of ``classes`` (dropped where ``moved`` is -1; a new class starts at 0)."""
+    out = np.zeros(classes, np.float32)
+    kept = moved >= 0
+    out[moved[kept]] = probs[kept]
+    return out
 
 
 def left_open(lines: Sequence[dict[str, Any]], streams: set[str], smoothing: int) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ from streamer.config.web import bind_listener
 from streamer.stages.health import Health
 from streamer.stages.web.feeds import MAX_WIDTH, MIN_WIDTH, Feeds
 from streamer.stages.web.history import History
+from streamer.stages.web.teach import Teacher
 from streamer.stages.web.metrics import Metrics
 from streamer.stages.web.state import WebState
 
@@ -80,6 +81,7 @@ class WebApp:
         self.metrics.attach(self.state, self.feeds)
         self.token = config.token.encode()
         self.history = History(config.store)
+        self.teacher = Teacher(config.store, config.checkpoint, config.labels)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.guard], client_max_size=64 * 1024)
@@ -90,7 +92,7 @@ class WebApp:
             web.get("/api/live", self.live),
             web.get("/events/{event_id}/{file}", self.event_file),
             web.get("/metrics", self.metrics_text), web.get("/healthz", self.healthz), web.get("/readyz", self.readyz),
-            web.get("/review", self.review), *self.history.routes(),
+            web.get("/review", self.review), *self.history.routes(), *self.teacher.routes(),
         ])
         return app
 

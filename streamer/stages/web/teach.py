@@ -1,0 +1,230 @@
+"""Teaching from the review page (issue 24): ``/api/teach`` turns spans of streams the store kept (or stored
+actions) into a taught label, and forgets one or goes back to an earlier adapter.
+
+The store keeps recent windows' embeddings (``[teach] keep_h``); a teaching reads the chosen spans' windows as
+examples and ordinary windows of the same cameras, plus windows of actions marked wrong, as negatives, trains the
+label beside the checkpoint's head and the labels already taught (:func:`workers.training.teaching.teach_label`,
+a second or less), and adds the result to the store's adapters. The dispatcher sees the new version within half
+a second and hands it to each worker before its next batch: nothing restarts, no window is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sqlite3
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from loguru import logger
+
+from streamer.config.sinks import StoreConfig
+from streamer.errors import CheckpointError, ConfigError
+from streamer.store import taught
+from streamer.store.schema import connect
+from workers.adapter import Adapter, checkpoint_digest
+
+MAX_LABEL = 64
+MAX_EXAMPLES = 200
+NEGATIVES = 600  # ordinary windows of the examples' cameras, spread over the time kept
+MIN_WINDOWS = 2  # examples' windows a teaching needs at least
+
+
+class TeachError(ValueError):
+    """A request that cannot teach: its one line says why, with ``status``."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Teacher:
+    """The ``/api/teach`` routes over one store and checkpoint."""
+
+    def __init__(self, store: StoreConfig | None, checkpoint: str, labels: tuple[str, ...]) -> None:
+        self.store, self.checkpoint, self.labels = store, checkpoint, labels
+        self._head: tuple[np.ndarray, np.ndarray] | None = None  # the checkpoint's head, read at the first teaching
+        self._lock = threading.Lock()  # one teaching at a time
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/api/teach", self.state), web.post("/api/teach", self.teach),
+                web.post("/api/teach/forget", self.forget), web.post("/api/teach/revert", self.revert)]
+
+    async def state(self, request: web.Request) -> web.Response:
+        return await self._answer(self._state, None)
+
+    async def teach(self, request: web.Request) -> web.Response:
+        return await self._answer(self._teach, await request.read())
+
+    async def forget(self, request: web.Request) -> web.Response:
+        return await self._answer(self._forget, await request.read())
+
+    async def revert(self, request: web.Request) -> web.Response:
+        return await self._answer(self._revert, await request.read())
+
+    async def _answer(self, work, body) -> web.Response:
+        if self.store is None:
+            return web.json_response({"error": "teaching needs the action store; set [store] path in the config "
+                                      "or run with --store FILE.db"}, status=404)
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(None, self._with_store, work, body)
+        except TeachError as err:
+            return web.json_response({"error": str(err)}, status=err.status)
+        except (ConfigError, CheckpointError) as err:
+            return web.json_response({"error": str(err)}, status=503)
+        except sqlite3.OperationalError as err:
+            return web.json_response({"error": f"action store busy or unreadable ({err}); try again"}, status=503)
+        return web.json_response(out)
+
+    def _with_store(self, work, body):
+        try:
+            conn = connect(self.store.path, create=True)
+        except FileNotFoundError:
+            raise TeachError("the action store is not made yet; wait for the first actions", 503) from None
+        with self._lock:
+            try:
+                return work(conn) if body is None else work(conn, _json(body))
+            finally:
+                conn.close()
+
+    # ------------------------------------------------------------------ in a thread, with the store open
+
+    def _state(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        now = taught.latest(conn)
+        kept = conn.execute("SELECT count(*), min(frame_ts), max(frame_ts) FROM windows").fetchone()
+        return {"labels": list(now.labels) if now else [], "checks": now.adapter.checks if now and now.adapter else {},
+                "version": now.version if now else 0, "versions": [v.record() for v in taught.versions(conn)],
+                "keep_h": self.store.keep_windows_h, "windows": {"count": kept[0], "from": kept[1], "to": kept[2]}}
+
+    def _teach(self, conn: sqlite3.Connection, data: dict) -> dict[str, Any]:
+        started = time.perf_counter()
+        label, spans = self._request(conn, data)
+        head, width = self._checkpoint_head()
+        examples = [w for w in (taught.windows_of(conn, s["stream"], s["from"], s["to"], s.get("track"), width)
+                                for s in spans) if len(w)]
+        if sum(len(w) for w in examples) < MIN_WINDOWS:
+            raise TeachError(f"the spans hold {sum(len(w) for w in examples)} kept window(s) of {label!r}; choose "
+                             f"longer spans (a window is kept about every hop; [teach] keep_h says for how long)", 422)
+        views = examples[0].shape[1]
+        examples = [w for w in examples if w.shape[1] == views]
+        negatives = self._negatives(conn, label, spans, width, views)
+        current = taught.latest(conn)
+        adapter = _teach_label(label, examples, negatives, head, current.adapter if current else None,
+                               checkpoint_digest(self.checkpoint))
+        version = self._put(conn, adapter, f"taught {label} from {len(examples)} example(s), "
+                                           f"{sum(len(w) for w in examples)} windows")
+        seconds = time.perf_counter() - started
+        logger.info(f"web: taught {adapter.describe()} in {seconds:.1f} s (adapter version {version})")
+        return {"version": version, "labels": list(adapter.labels), "checks": adapter.checks,
+                "examples": int(sum(len(w) for w in examples)), "negatives": int(len(negatives)),
+                "seconds": round(seconds, 3)}
+
+    def _forget(self, conn: sqlite3.Connection, data: dict) -> dict[str, Any]:
+        from workers.training.teaching import without
+
+        label = data.get("label") if isinstance(data, dict) else None
+        now = taught.latest(conn)
+        if not isinstance(label, str) or now is None or label not in now.labels:
+            raise TeachError(f'"label" must be a taught label ({", ".join(now.labels) if now else "none yet"})', 404)
+        adapter = without(now.adapter, label)
+        version = self._put(conn, adapter, f"forgot {label}")
+        return {"version": version, "labels": list(adapter.labels) if adapter else []}
+
+    def _revert(self, conn: sqlite3.Connection, data: dict) -> dict[str, Any]:
+        number = data.get("version") if isinstance(data, dict) else None
+        earlier = taught.get_version(conn, number) if isinstance(number, int) and not isinstance(number, bool) else None
+        if earlier is None:
+            raise TeachError('"version" must be the number of an earlier adapter (GET /api/teach lists them)', 404)
+        version = self._put(conn, earlier.adapter, f"back to version {number}")
+        return {"version": version, "labels": list(earlier.labels)}
+
+    def _put(self, conn: sqlite3.Connection, adapter: Adapter | None, note: str) -> int:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = taught.add_version(conn, adapter, note)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return version
+
+    def _request(self, conn: sqlite3.Connection, data: Any) -> tuple[str, list[dict]]:
+        """``{"label": ..., "spans": [{"stream", "from", "to", "track"?}], "actions": [id, ...]}`` → the label and
+        every example as a span; TeachError says what is wrong."""
+        if not isinstance(data, dict) or set(data) - {"label", "spans", "actions"}:
+            raise TeachError('the body must be {"label": "...", "spans": [{"stream": "...", "from": SECONDS, '
+                             '"to": SECONDS}], "actions": ["action id", ...]}')
+        label = data.get("label")
+        if not isinstance(label, str) or not 0 < len(label.strip()) <= MAX_LABEL or not label.isprintable():
+            raise TeachError(f'"label" must be the new action\'s name: 1 to {MAX_LABEL} printable characters')
+        label = label.strip()
+        if label in self.labels:
+            raise TeachError(f"{label!r} is a label of the checkpoint already; name the new action otherwise", 409)
+        spans = [_span(s) for s in _list(data, "spans")]
+        for action_id in _list(data, "actions"):
+            row = conn.execute("SELECT stream, track, start_ts, end_ts FROM actions WHERE id = ?",
+                               (str(action_id),)).fetchone()
+            if row is None:
+                raise TeachError(f"no action {str(action_id)[:80]!r} in the history", 404)
+            spans.append({"stream": row[0], "track": row[1], "from": row[2], "to": row[3] or row[2]})
+        if not spans:
+            raise TeachError('give at least one example: "spans" of a stream, or "actions" from the history')
+        return label, spans
+
+    def _negatives(self, conn: sqlite3.Connection, label: str, spans: list[dict], width: int, views: int) -> np.ndarray:
+        """Ordinary windows of the examples' cameras, and the windows of actions an operator marked wrong (unless
+        the right label they gave is this one)."""
+        wrong = conn.execute("SELECT a.stream, a.track, a.start_ts, coalesce(a.end_ts, a.start_ts) FROM actions a "
+                             "JOIN feedback f ON f.action_id = a.id WHERE f.verdict = 'wrong' AND "
+                             "coalesce(f.label, '') != ? ORDER BY a.start_ts DESC LIMIT 200", (label,)).fetchall()
+        away = [(s["stream"], s["from"], s["to"]) for s in spans]
+        parts = [taught.sample_windows(conn, {s["stream"] for s in spans}, NEGATIVES, width, away)]
+        parts += [taught.windows_of(conn, stream, start, end, track, width) for stream, track, start, end in wrong]
+        parts = [p for p in parts if len(p) and p.shape[1] == views]
+        return np.concatenate(parts) if parts else np.zeros((0, views, width), np.float32)
+
+    def _checkpoint_head(self) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+        if self._head is None:
+            from workers.model import checkpoint_model
+
+            model = checkpoint_model(self.checkpoint)
+            self._head = (model.head.weight.detach().numpy().copy(), model.head.bias.detach().numpy().copy())
+        return self._head, self._head[0].shape[1]
+
+
+def _teach_label(*args):
+    from workers.training.teaching import teach_label  # torch: imported at the first teaching, not at start
+
+    return teach_label(*args)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise TeachError("the body must be JSON") from None
+
+
+def _list(data: dict, key: str) -> list:
+    value = data.get(key, [])
+    if not isinstance(value, list) or len(value) > MAX_EXAMPLES:
+        raise TeachError(f'"{key}" must be a list of at most {MAX_EXAMPLES}')
+    return value
+
+
+def _span(span: Any) -> dict:
+    if not isinstance(span, dict) or not isinstance(span.get("stream"), str) or set(span) - {"stream", "from", "to",
+                                                                                               "track"}:
+        raise TeachError('each span is {"stream": "...", "from": SECONDS, "to": SECONDS} (and "track" for an actor)')
+    start, end = span.get("from"), span.get("to")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (start, end)) \
+            or end <= start:
+        raise TeachError('a span\'s "from" and "to" are Unix seconds, "to" after "from"')
+    track = span.get("track")
+    if track is not None and (not isinstance(track, int) or isinstance(track, bool)):
+        raise TeachError('a span\'s "track" is a whole number')
+    return {"stream": span["stream"], "from": float(start), "to": float(end), "track": track}
