@@ -9,6 +9,7 @@ so this package may not import it back."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -117,3 +118,22 @@ def make_none_clips(folder: Path, count: int, seconds: float = 2.0, seed: int = 
     labels = [CLASSES[i % len(CLASSES)] for i in range(count)]
     return _write_clips(Path(folder) / "none", "none", labels, (TEACH_STREAM, len(ALL_ACTIONS)), seconds, seed,
                         fps, width, height)
+
+
+def write_plan(out: Path, plan: Sequence[tuple[str, float]], seed: int = 0, fps: float = 30.0, width: int = 320,
+               height: int = 240) -> list[dict]:
+    """A video of the shots ``plan`` lists, ``(label, seconds)`` in order (each drawn as one shot of a clip of
+    it alone), and its labels json; return the labels. For tests and benchmarks that need an action at set
+    times (a taught one now, and again later)."""
+    segs, start = [], 0
+    for i, (label, seconds) in enumerate(plan):
+        if label not in ALL_ACTIONS or seconds <= 0:
+            raise ValueError(f"a plan lists (action, seconds > 0) pairs; got ({label!r}, {seconds})")
+        frames = max(1, round(seconds * fps))
+        shot = segments_for(seed, frames, fps, [label], (TEACH_STREAM, 0x91A, i))[0]
+        segs.append(replace(shot, start_frame=start, end_frame=start + frames - 1))
+        start += frames
+    encode_video(out, (render_frame(segment_at(segs, i), i, width, height) for i in range(start)), fps, width, height)
+    labels = [{"start_frame": s.start_frame, "end_frame": s.end_frame, "label": s.label} for s in segs]
+    labels_path(out).write_text(json.dumps(labels, indent=1) + "\n")
+    return labels

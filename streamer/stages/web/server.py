@@ -44,7 +44,7 @@ BOUNDARY = "frame"
 WRITE_TIMEOUT_S = 10.0  # a viewer that takes no data for this long is disconnected
 STREAMS_EVERY_S = 1.0  # the page's stream list is pushed this often
 STATIC = {"page.js": "text/javascript", "page.css": "text/css", "review.js": "text/javascript",
-          "review.css": "text/css"}
+          "review.css": "text/css", "teach.js": "text/javascript"}
 
 
 def _error(status: int, message: str) -> web.Response:

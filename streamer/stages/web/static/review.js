@@ -231,6 +231,7 @@ function drawTimeline() {
     title.textContent = title.title = name;
     const track = document.createElement("div");
     track.className = "track";
+    track.dataset.stream = name;
     track.style.height = `calc(var(--lane) * ${count})`;
     track.append(...actions.map((a) => span(a, lane.get(a.id))));
     row.append(title, track);
@@ -473,7 +474,7 @@ document.addEventListener("keydown", (e) => {
     relabel.hidden = true;
     return rightLabel.blur();
   }
-  if (e.ctrlKey || e.metaKey || e.altKey || e.target.closest("input:not([type=checkbox]), select")) return;
+  if (e.ctrlKey || e.metaKey || e.altKey || e.target.closest("input:not([type=checkbox]), select, #teach")) return;
   const keys = { j: () => step(1), k: () => step(-1), " ": () => toggle(false), r: () => judge("right"),
                  w: askLabel };
   if (!keys[e.key]) return;

@@ -1,0 +1,152 @@
+// Teaching from the review page (issue 24): drag along a stream's row to choose a span, or choose an action and
+// press "teach as…", name what it shows, and Teach: the server trains the label on the windows it kept
+// (POST /api/teach) and the workers use it from their next batch. Below the legend: the taught labels, each with
+// forget, and the earlier versions to go back to. Loaded after review.js, whose timeline, view and helpers it uses.
+"use strict";
+const teachForm = $("teach"), teachWhat = $("teach-what"), teachLabel = $("teach-label");
+const taughtBox = $("taught"), taughtList = $("taught-labels"), versionList = $("versions");
+const MIN_SPAN_S = 1;  // a shorter drag is a click
+let example = null;    // what Teach teaches from: {stream, from, to} or {action}
+
+const post = (path, body) => api(path, { method: "POST", headers: { "Content-Type": "application/json" },
+                                         body: JSON.stringify(body) });
+
+function timeAt(stream, x) {  // the time under a pointer on a stream's row (as it is drawn now)
+  const track = trackOf(stream) ?? timeline.querySelector(".track");
+  const box = track.getBoundingClientRect(), part = Math.min(1, Math.max(0, (x - box.left) / box.width));
+  return view.from + part * (view.to - view.from);
+}
+
+const trackOf = (stream) => [...timeline.querySelectorAll(".track")].find((t) => t.dataset.stream === stream);
+
+function band() {  // the chosen span on its row (the rows are drawn again as the day is followed)
+  timeline.querySelectorAll(".band").forEach((el) => el.remove());
+  if (!example?.stream) return;
+  const track = trackOf(example.stream);
+  if (!track) return;
+  const el = document.createElement("div");
+  el.className = "band";
+  el.style.left = place(example.from);
+  el.style.width = share(example.to - example.from);
+  track.append(el);
+}
+
+function offer(chosen, what) {
+  example = chosen;
+  teachWhat.textContent = what;
+  teachForm.hidden = false;
+  band();
+  teachLabel.focus();
+}
+
+function cancel() {
+  example = null;
+  teachForm.hidden = true;
+  band();
+}
+
+// A drag along a row chooses a span, over the actions drawn there too (a press that hardly moves stays a click,
+// which selects an action). The rows are drawn again while a drag goes on (the day is followed every few seconds):
+// the drag listens on the document, and each move reads the row of its stream as drawn then.
+const DRAG_PX = 4;
+
+timeline.addEventListener("pointerdown", (e) => {
+  const track = e.target.closest(".track");
+  if (!track || e.button !== 0) return;
+  const stream = track.dataset.stream, from = timeAt(stream, e.clientX), x0 = e.clientX;
+  let dragging = false;
+  const drag = (m) => {
+    dragging ||= Math.abs(m.clientX - x0) > DRAG_PX;
+    if (!dragging) return;
+    const t = timeAt(stream, m.clientX);
+    example = { stream, from: Math.min(from, t), to: Math.max(from, t) };
+    band();
+  };
+  const done = (u) => {
+    document.removeEventListener("pointermove", drag);
+    document.removeEventListener("pointerup", done);
+    drag(u);
+    if (!dragging) return;
+    if (example.to - example.from < MIN_SPAN_S) return cancel();
+    offer(example, `${example.stream}, ${clock(example.from)} to ${clock(example.to)} ` +
+                   `(${Math.round(example.to - example.from)} s) shows`);
+  };
+  document.addEventListener("pointermove", drag);
+  document.addEventListener("pointerup", done);
+});
+
+new MutationObserver(band).observe(timeline, { childList: true });
+
+$("teach-this").addEventListener("click", () => {
+  const a = selected && day.actions.get(selected);
+  if (a) offer({ action: a.id }, `this ${words(a.label)} (${where(a)}, ${clock(a.start_ts)}) shows`);
+});
+$("teach-cancel").addEventListener("click", cancel);
+teachLabel.addEventListener("keydown", (e) => { if (e.key === "Escape") cancel(); });
+
+teachForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  if (!example) return;
+  const label = teachLabel.value.trim().replace(/\s+/g, "_");  // typed as words, kept as a label
+  const body = example.action ? { label, actions: [example.action] } : { label, spans: [example] };
+  say(`teaching ${words(label)}…`);
+  try {
+    const got = await post("/api/teach", body);
+    const check = got.checks[label];
+    say(`taught ${words(label)} from ${got.examples} windows (and ${got.negatives} others) in ` +
+        `${got.seconds.toFixed(1)} s` + (check ? `; held out: precision ${check.precision.toFixed(2)}, ` +
+        `recall ${check.recall.toFixed(2)}` : "") + ". The workers use it from their next batch.");
+    known.labels.add(label);
+    choices();
+    teachLabel.value = "";
+    cancel();
+    showTaught();
+  } catch (err) {
+    say(err.message, true);
+  }
+});
+
+async function showTaught() {
+  let state;
+  try {
+    state = await api("/api/teach");
+  } catch (err) {
+    return;  // no store: nothing to teach from, and the box stays hidden
+  }
+  taughtBox.hidden = false;
+  taughtList.replaceChildren(...state.labels.map((label) => {
+    const li = document.createElement("li"), forget = document.createElement("button"), check = state.checks[label];
+    li.style.setProperty("--colour", colour(label));
+    li.textContent = words(label) + (check ? ` · held out: precision ${check.precision.toFixed(2)}, ` +
+                                             `recall ${check.recall.toFixed(2)}` : "");
+    forget.type = "button";
+    forget.textContent = "forget";
+    forget.addEventListener("click", () => change("/api/teach/forget", { label }, `forgot ${words(label)}`));
+    li.append(forget);
+    return li;
+  }));
+  if (!state.labels.length) taughtList.replaceChildren(note("none yet: drag along a stream, name what it shows"));
+  versionList.replaceChildren(...state.versions.map((v) => {
+    const li = document.createElement("li"), back = document.createElement("button");
+    li.textContent = `${v.version}: ${v.note} (${v.labels.map(words).join(", ") || "no taught labels"}) `;
+    back.type = "button";
+    back.textContent = "go back to this";
+    back.hidden = v.version === state.version;
+    back.addEventListener("click", () => change("/api/teach/revert", { version: v.version },
+                                                `back to version ${v.version}`));
+    li.append(back);
+    return li;
+  }));
+}
+
+async function change(path, body, done) {
+  try {
+    await post(path, body);
+    say(`${done}. The workers follow from their next batch.`);
+    showTaught();
+  } catch (err) {
+    say(err.message, true);
+  }
+}
+
+showTaught();
