@@ -27,3 +27,10 @@ def cpu_name() -> str:
                         platform.processor())
     except OSError:
         return platform.processor()
+
+
+def publish(heading: str, body: str, write: bool = True) -> None:
+    """Print a section, and put it in BENCHMARKS.md unless ``write`` is False (``--no-write``)."""
+    print(f"\n## {heading}\n\n{body}")
+    if write:
+        write_section(heading, body)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.report import cpu_name, write_section  # noqa: E402
+from bench.report import cpu_name, publish  # noqa: E402
 from streamer.config.sinks import StoreConfig  # noqa: E402
 from streamer.stages.dispatcher.event_log import EventLog  # noqa: E402
 from streamer.store import queries  # noqa: E402
@@ -207,9 +207,7 @@ query on a copy without the indexes.
 |---|---:|---:|---:|
 {rows}
 """
-    print(f"\n## {HEADING}\n\n{text}")
-    if not args.no_write:
-        write_section(HEADING, text)
+    publish(HEADING, text, not args.no_write)
 
 
 if __name__ == "__main__":

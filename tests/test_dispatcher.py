@@ -286,3 +286,22 @@ def test_the_subscribers_hear_a_flickering_action_once_and_a_brief_one_not_at_al
     stills = [x for x in logged if x["label"] == "still"]  # "still" at the end: under 3 s when the stop ended it
     assert [x["kind"] for x in stills] == ["start", "end"] and stills[1]["brief"] is True
     assert all(x["label"] != "still" for x in heard)
+
+
+def test_each_worker_is_handed_a_new_adapter_once_and_results_are_read_by_the_labels_they_had() -> None:
+    from streamer.stages.adapters import Handout, from_message
+    from workers.adapter import Adapter
+
+    handout = Handout(("a", "b"))
+    adapter = Adapter(("x",), np.ones((1, 4)), np.zeros(1), "cd" * 32)
+    assert handout.update_for(b"w1", "") is None  # nothing taught: nothing to hand
+    assert handout.use(adapter) and not handout.use(adapter) and handout.labels == ("a", "b", "x")
+    update = handout.update_for(b"w1", "")
+    assert update.key == adapter.key and from_message(update).key == adapter.key
+    assert handout.update_for(b"w1", "") is None  # handed already (refused, or on its way): not again
+    assert handout.update_for(b"w2", adapter.key) is None  # runs it already
+    old = handout.probs(np.array([0.6, 0.4], np.float32), "")  # scored before the swap
+    assert old.tolist() == pytest.approx([0.6, 0.4, 0.0])
+    assert handout.probs(np.array([0.5, 0.25, 0.25], np.float32), "f" * 16) is None  # a key never handed out
+    handout.use(None)
+    assert handout.labels == ("a", "b") and handout.update_for(b"w1", adapter.key).labels == ()

@@ -457,3 +457,18 @@ def test_a_label_taking_over_ends_the_old_action_where_it_went_quiet() -> None:
     events = [e for r in (result(0.9, 0), result(0.3, 1), result(0.3, 2), other) for e in tracker.update(r)[1]]
     assert [(e["kind"], e["label"], e["frame_index"]) for e in events] == [
         ("start", "abseiling", 0), ("end", "abseiling", 8), ("start", "air drumming", 24)]
+
+
+def test_labels_taught_mid_action_keep_it_going_and_a_forgotten_label_ends_its_action() -> None:
+    tracker = ActionTracker(EventConfig(**AT_ONCE, smoothing=2), LABELS)
+    assert run(tracker, [0.9, 0.9]) == [("start", "abseiling", 0)]
+    assert tracker.relabel([*LABELS, "waving"]) == []  # taught: the same action goes on, its history re-laid
+    probs = np.array([0.85, 0.05, 0.05, 0.05], np.float32)
+    _, events = tracker.update(Result("cam0", 2, 16, 1002.0, probs, (("abseiling", 0.85),), "w0", {}))
+    assert events == [] and tracker.active("cam0") == "abseiling"
+    probs = np.array([0.02, 0.02, 0.02, 0.94], np.float32)
+    for seq in (3, 4):
+        _, events = tracker.update(Result("cam0", seq, seq * 8, 1000.0 + seq, probs, (("waving", 0.94),), "w0", {}))
+    assert [(e["kind"], e["label"]) for e in events] == [("end", "abseiling"), ("start", "waving")]
+    (end,) = tracker.relabel(LABELS)  # forgotten while under way: its action ends, named as it was
+    assert (end["kind"], end["label"]) == ("end", "waving") and tracker.active("cam0") is None

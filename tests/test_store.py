@@ -213,3 +213,28 @@ def test_the_catch_up_after_sigkill_neither_loses_nor_doubles_an_action(tmp_path
         else:  # started just before a kill: ended where it began (no line will ever end it)
             assert end_ts is not None
     assert conn.execute("SELECT offset FROM log_read").fetchone()[0] == log.stat().st_size
+
+
+def test_window_embeddings_are_kept_by_age_and_size_and_adapter_versions_only_grow(tmp_path) -> None:
+    import numpy as np
+
+    from streamer.store import taught
+    from workers.adapter import Adapter
+
+    conn = connect(str(tmp_path / "s.db"), create=True)
+    now, width = time.time(), 8
+    rows = [("cam", None, now - 7200 + i, i, np.full((3, width), i, np.float16).tobytes()) for i in range(100)]
+    rows += [("cam", None, now - 60 + i, 1000 + i, np.full((3, width), 1, np.float16).tobytes()) for i in range(50)]
+    taught.put_windows(conn, rows)
+    assert taught.windows_of(conn, "cam", now - 7200, now - 7200 + 9, width=width).shape == (10, 3, width)
+    assert taught.sample_windows(conn, ["cam"], 20, width, [("cam", now - 60, now)]).shape[0] <= 20
+    assert taught.retain_windows(conn, 1.0, 0, now) == 100  # older than an hour
+    assert taught.retain_windows(conn, 1.0, 20 * (3 * width * 2 + taught.ROW_OVERHEAD), now) >= 30  # over the cap
+    assert conn.execute("SELECT count(*) FROM windows").fetchone()[0] <= 20
+    adapter = Adapter(("waving",), np.ones((1, width)), np.zeros(1), "ab" * 32)
+    first = taught.add_version(conn, adapter, "taught waving")
+    second = taught.add_version(conn, None, "forgot waving")
+    assert second > first and taught.latest(conn).adapter is None and taught.latest(conn).labels == ()
+    assert taught.get_version(conn, first).adapter.key == adapter.key
+    assert [v.version for v in taught.versions(conn)] == [second, first]
+    conn.close()

@@ -8,6 +8,7 @@ import json
 import os
 import time
 import tomllib
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -136,6 +137,28 @@ def test_in_chromium_a_span_dragged_on_the_timeline_is_taught_and_the_live_panel
         _wait(live, lambda: NEW in live.locator("body").text_content(), 120)  # the panel, once it shows again
         assert not errors, errors
         browser.close()
+
+
+def test_a_request_that_cannot_teach_gets_one_line_and_changes_nothing(run):
+    before = json.loads(urllib.request.urlopen(run.base + "/api/teach", timeout=10).read())
+    far = {"stream": "door", "from": 1000.0, "to": 1010.0}
+    cases = [("/api/teach", b"{not json", 400, "JSON"),
+             ("/api/teach", {"label": "still", "spans": [far]}, 409, "a label of the checkpoint"),
+             ("/api/teach", {"label": "x", "spans": [{"stream": "door", "from": 5, "to": 1}]}, 400, '"to" after'),
+             ("/api/teach", {"label": "x", "spans": [far]}, 422, "kept window"),
+             ("/api/teach", {"label": "x"}, 400, "at least one example"),
+             ("/api/teach", {"label": "x", "actions": ["no-such"]}, 404, "no action"),
+             ("/api/teach/forget", {"label": "never-taught"}, 404, "a taught label"),
+             ("/api/teach/revert", {"version": 999}, 404, "earlier adapter")]
+    for path, body, status, says in cases:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(run.base + path, data=data, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        message = json.loads(err.value.read())["error"]
+        assert err.value.code == status and says in message and "\n" not in message, (path, body, message)
+    after = json.loads(urllib.request.urlopen(run.base + "/api/teach", timeout=10).read())
+    assert after["version"] == before["version"] and after["labels"] == before["labels"]
 
 
 def test_forgetting_the_label_stops_it_and_no_window_was_dropped_by_the_swaps(run):

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
@@ -298,6 +299,15 @@ def read_checkpoint(path: str | Path, **overrides) -> tuple[dict, TimeSformerCon
     if labels is not None and len(labels) != config.num_classes:
         raise CheckpointError(f"{path}: {len(labels)} labels for a head of {config.num_classes} classes")
     return state, config, labels, pre
+
+
+def checkpoint_head(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The checkpoint's head, ``(classes, width)`` weight and ``(classes,)`` bias as float32 arrays, without
+    building the model: what a taught label is trained beside (:mod:`workers.training.teaching`)."""
+    state, config, _, _ = read_checkpoint(path)
+    if "head.weight" not in state or "head.bias" not in state:
+        raise CheckpointError(f"{path}: holds no classification head to teach labels beside")
+    return (state["head.weight"].float().numpy().copy(), state["head.bias"].float().numpy().copy())
 
 
 def checkpoint_model(path: str | Path, **overrides) -> TimeSformer:

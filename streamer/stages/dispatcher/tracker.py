@@ -190,24 +190,27 @@ class ActionTracker:
     def relabel(self, labels: Sequence[str]) -> list[dict[str, Any]]:
         """The classes changed (labels taught or forgotten): each stream's history is laid out over ``labels`` by
         name and goes on; an action whose label is gone ends now (its end line is returned)."""
-        before, self.labels = self.labels, list(labels)
-        if before is None or before == self.labels:
+        before, labels = self.labels, list(labels)
+        if before is None or before == labels:
+            self.labels = labels
             return []
-        index = {label: i for i, label in enumerate(self.labels)}
+        index = {label: i for i, label in enumerate(labels)}
         moved = np.array([index.get(label, -1) for label in before])
         events = []
-        for key, state in self._streams.items():
+        for key, state in self._streams.items():  # the ends, while the old labels still name them
             if state.active is not None and moved[state.active] < 0:
-                at = state.quiet_since or self._point(state, state.active)
-                events.append({**self._line(LineKind.END, key, state, state.active, at), "label": before[state.active]})
+                events.append(self._line(LineKind.END, key, state, state.active,
+                                         state.quiet_since or self._point(state, state.active)))
                 state.active, state.quiet_since = None, None
+        self.labels = labels
+        for state in self._streams.values():
             if state.active is not None:
                 state.active = int(moved[state.active])
             state.ending_label = int(moved[state.ending_label]) if state.ending_label >= 0 else -1
-            state.history = deque((_laid_out(h, moved, len(self.labels)) for h in state.history),
+            state.history = deque((_laid_out(h, moved, len(labels)) for h in state.history),
                                   maxlen=state.history.maxlen)
             if state.smoothed is not None:
-                state.smoothed = _laid_out(state.smoothed, moved, len(self.labels))
+                state.smoothed = _laid_out(state.smoothed, moved, len(labels))
         return events
 
     def active(self, stream: str, track: int | None = None) -> str | None:

@@ -137,6 +137,10 @@ class MqttSink:
         """One start or end line: on ``<prefix>/events``, and the stream/label state."""
         self._publish(f"{self.prefix}/events", json.dumps(line, separators=(",", ":")))
         if isinstance(line.get("stream"), str) and isinstance(line.get("label"), str):
+            if line["label"] not in self.labels:  # taught while running: announced at its first action
+                self.labels = (*self.labels, line["label"])
+                for stream in self.streams if self.config.discovery else ():
+                    self._publish(*self._discovery(stream, line["label"]), retain=True)
             key, start = (line["stream"], line["label"]), line["kind"] == LineKind.START
             if "track" in line:  # tracked actors: ON while any of them does it (their actions told apart by id)
                 ids = self.active.setdefault(key, set())

@@ -49,13 +49,27 @@ class Teacher:
         self.store, self.checkpoint, self.labels = store, checkpoint, labels
         self._head: tuple[np.ndarray, np.ndarray] | None = None  # the checkpoint's head, read at the first teaching
         self._lock = threading.Lock()  # one teaching at a time
+        self._warming = threading.Event()
+        self._head_lock = threading.Lock()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/api/teach", self.state), web.post("/api/teach", self.teach),
                 web.post("/api/teach/forget", self.forget), web.post("/api/teach/revert", self.revert)]
 
     async def state(self, request: web.Request) -> web.Response:
+        """What is taught; the review page asks on opening, which also readies the first teaching (torch and the
+        checkpoint's head are read in the background then, not at its Teach)."""
+        if self.store is not None and self._head is None and not self._warming.is_set():
+            self._warming.set()
+            threading.Thread(target=self._ready, name="teacher-warm-up", daemon=True).start()
         return await self._answer(self._state, None)
+
+    def _ready(self) -> None:
+        try:
+            self._checkpoint_head()
+            import workers.training.teaching  # noqa: F401  (torch, at its first import)
+        except (CheckpointError, OSError) as err:
+            logger.warning(f"web: cannot read the checkpoint's head to teach beside ({err})")
 
     async def teach(self, request: web.Request) -> web.Response:
         return await self._answer(self._teach, await request.read())
@@ -188,11 +202,12 @@ class Teacher:
         return np.concatenate(parts) if parts else np.zeros((0, views, width), np.float32)
 
     def _checkpoint_head(self) -> tuple[tuple[np.ndarray, np.ndarray], int]:
-        if self._head is None:
-            from workers.model import checkpoint_model
+        with self._head_lock:
+            if self._head is None:
+                from workers.model import checkpoint_head
 
-            model = checkpoint_model(self.checkpoint)
-            self._head = (model.head.weight.detach().numpy().copy(), model.head.bias.detach().numpy().copy())
+                self._head = checkpoint_head(self.checkpoint)
+                checkpoint_digest(self.checkpoint)  # hashed once, now rather than at the first Teach
         return self._head, self._head[0].shape[1]
 
 
