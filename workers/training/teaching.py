@@ -59,16 +59,35 @@ def embed(model: torch.nn.Module, frames: np.ndarray, flips: tuple[str, ...] = (
     return torch.cat(features), torch.cat(logits)
 
 
-def fit(examples: Examples, labels: tuple[str, ...], checkpoint: str, *, decay: float = 1e-3,
-        steps: int = 60) -> Adapter:
+FALSE_TOP = 0.06  # the share of unseen negative windows a taught label may still win (see :func:`fit`)
+CALIBRATION_FOLDS = 5  # negatives cut into this many runs of windows when they are one example
+
+
+def fit(examples: Examples, labels: tuple[str, ...], checkpoint: str, *, decay: float = 1e-4,
+        steps: int = 200, false_top: float | None = FALSE_TOP) -> Adapter:
     """The taught labels' layer, trained in the softmax beside the checkpoint's fixed logits (L-BFGS, full
     batch: a few thousand rows train in well under a second).
 
-    Each taught label and the negatives weigh the same in the loss, however many windows each has.
+    Each taught label and the negatives weigh the same in the loss, however many windows each has. That
+    balance suits the examples, not a stream, where a taught action is rare and the negatives it will meet are
+    more varied than a few clips: trained alone, a label wins 5-25% of the windows of ordinary actions it was
+    not shown. So each label's bias is then lowered (never raised) until it wins the top-1 on no more than
+    ``false_top`` of the negative rows *it was not trained on*: the negatives are left out an example at a
+    time (or, when they are one example, a run of windows at a time), the layer trained without them scores
+    them, and the bias takes the ``1 - false_top`` quantile of how far the label beat the checkpoint's best logit
+    there. ``false_top=None`` (or too few negatives) skips it. The weight decay is low, so that the layer
+    is sharp: a window far from the examples scores far below them, and lowering the bias costs the
+    examples' own windows little.
     """
+    weight, bias = _train(examples, len(labels), decay, steps)
+    if false_top is not None:
+        bias = bias - _calibration(examples, len(labels), decay, steps, false_top)
+    return Adapter(tuple(labels), weight.numpy(), bias.numpy(), checkpoint)
+
+
+def _train(examples: Examples, k: int, decay: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     f, old = examples.features, examples.logits
     targets = torch.from_numpy(examples.targets)
-    k, dim = len(labels), f.shape[1]
     weights = torch.zeros(len(f))
     for cls in range(-1, k):
         members = targets == cls
@@ -95,7 +114,30 @@ def fit(examples: Examples, labels: tuple[str, ...], checkpoint: str, *, decay: 
         return loss
 
     optimiser.step(loss_fn)
-    return Adapter(tuple(labels), weight.detach().numpy(), bias.detach().numpy(), checkpoint)
+    return weight.detach(), bias.detach()
+
+
+def _calibration(examples: Examples, k: int, decay: float, steps: int, false_top: float) -> torch.Tensor:
+    """``(k,)`` how far to lower each label's bias (≥ 0): see :func:`fit`."""
+    negative = np.flatnonzero(examples.targets < 0)
+    groups = np.unique(examples.groups[negative])
+    if len(groups) >= 3:
+        folds = [negative[examples.groups[negative] == g] for g in groups]
+    elif len(negative) >= 2 * CALIBRATION_FOLDS:  # one example of negatives: runs of its windows (view rows kept
+        folds = np.array_split(negative, CALIBRATION_FOLDS)  # together but for a run's edge)
+    else:
+        return torch.zeros(k)
+    margins = []
+    for fold in folds:
+        keep = np.ones(len(examples.targets), bool)
+        keep[fold] = False
+        weight, bias = _train(examples.subset(keep), k, decay, steps)
+        index = torch.from_numpy(fold)
+        new = examples.features[index] @ weight.T + bias  # (n, k)
+        best_old = examples.logits[index].max(dim=1, keepdim=True).values
+        margins.append(new - best_old)  # > 0: the label would win this row's top-1 (beside the old labels)
+    quantile = torch.quantile(torch.cat(margins), 1.0 - false_top, dim=0)
+    return quantile.clamp(min=0.0)
 
 
 def _centroid_init(f: torch.Tensor, targets: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
