@@ -9,8 +9,9 @@ prediction that carries the new label.
    against the plain one, torch, the demo model, batch 4 × 3 views, taking turns.
 2. Teach → prediction: the pipeline runs live (real time) on a video that shows "bouncing", with the web stage
    and the store; after the first shot the bench POSTs /api/teach with its span, and times the answer (the
-   teaching) and the first prediction line whose top list has the label. Cold: the web stage's first teaching
-   (torch and the checkpoint's head read then); warm: after GET /api/teach, as the review page does on opening.
+   teaching) and the first prediction scored with the label (the first line written after the worker logs that it
+   took it). Cold: the web stage's first teaching (torch and the checkpoint's head read then); warm: after
+   GET /api/teach, as the review page does on opening.
 """
 
 from __future__ import annotations
@@ -105,8 +106,17 @@ def lines(path: Path) -> list[dict]:
     return out
 
 
+def taken_at(log: Path) -> float | None:
+    """When the worker logged that it took the taught labels (Unix seconds), None before it has."""
+    for line in log.read_text().splitlines():
+        if "worker-0: taught labels" in line:
+            clock = datetime.datetime.strptime(line.split(" | ")[0], "%H:%M:%S.%f").time()
+            return datetime.datetime.combine(datetime.date.today(), clock).timestamp()
+    return None
+
+
 def teach_to_prediction(checkpoint: Path, folder: Path, warm: bool, port: int) -> tuple[float, float]:
-    """(seconds the POST took, seconds from the POST to the first prediction with the label)."""
+    """(seconds the POST took, seconds from the POST to the first prediction scored with the label)."""
     video = folder / "bouncing.mp4"
     if not video.exists():
         write_plan(video, PLAN, seed=5, width=160, height=120)
@@ -115,35 +125,41 @@ def teach_to_prediction(checkpoint: Path, folder: Path, warm: bool, port: int) -
     config["sources"] = [{"name": "door", "spec": str(video)}]
     config.pop("clips", None)
     (folder / "teach.toml").write_text(tomli_w.dumps(config))
-    events, store = folder / f"events-{warm}.jsonl", folder / f"actions-{warm}.db"
+    run = f"{checkpoint.stem}-{'warm' if warm else 'cold'}"
+    events, store, log = folder / f"events-{run}.jsonl", folder / f"actions-{run}.db", folder / f"log-{run}.txt"
     proc = subprocess.Popen([sys.executable, "run_pipeline.py", "--config", folder / "teach.toml", "--headless",
                              "--web", f"127.0.0.1:{port}", "--store", store, "--events", events], cwd=REPO,
-                            stderr=open(folder / f"log-{warm}.txt", "w"))
+                            stderr=open(log, "w"))
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
+        while warm and time.monotonic() < deadline:  # the review page opened as the pipeline starts
+            try:
+                post(base + "/api/teach")
+                break
+            except OSError:
+                time.sleep(0.2)
         while time.monotonic() < deadline:
             done = [p for p in lines(events) if p["kind"] == "prediction" and p["frame_index"] > 5.5 * 30]
             if done:
                 break
             time.sleep(0.2)
         inside = [p for p in lines(events) if p["kind"] == "prediction" and 29 <= p["frame_index"] <= 149]
-        if warm:
-            post(base + "/api/teach")
-            time.sleep(15)  # the review page open a while before the Teach
         asked = time.time()
         post(base + "/api/teach", {"label": "bouncing", "spans": [
             {"stream": "door", "from": inside[0]["frame_ts"], "to": inside[-1]["frame_ts"]}]})
         answered = time.time() - asked
-        while time.monotonic() < deadline:
-            for p in lines(events):
-                if p["kind"] == "prediction" and any(n == "bouncing" for n, _ in p["top"]):
-                    written = p["frame_ts"] + p["latency_ms"] / 1000  # when the dispatcher wrote it
-                    return answered, written - asked
+        while time.monotonic() < deadline:  # the worker logs when it takes the adapter; its next result has it
+            took = taken_at(log)
+            later = [p["frame_ts"] + p["latency_ms"] / 1000 for p in lines(events)
+                     if p["kind"] == "prediction" and took and p["frame_ts"] + p["latency_ms"] / 1000 > took]
+            if later:
+                return answered, min(later) - asked
             time.sleep(0.05)
         raise TimeoutError("no prediction with the taught label")
-    except (OSError, TimeoutError):
-        print((folder / f"log-{warm}.txt").read_text()[-3000:], file=sys.stderr)
+    except (OSError, TimeoutError, IndexError):
+        print(f"pipeline log ({checkpoint.name}, warm={warm}):", log.read_text()[-3000:],
+              file=sys.stderr)
         raise
     finally:
         proc.terminate()
@@ -182,11 +198,12 @@ the plain one, torch, batch 4 × 3 views, medians of 15 turns each: {plain_ms:.1
 
 Teach → prediction, live (real time) with the web stage and the store, one teaching of "bouncing" from one span \
 of 5 s: the POST's answer (reading the kept windows, training beside the checkpoint's head, the new adapter \
-version written) and the first prediction line that carries the label (the dispatcher sees the version within \
-0.5 s and hands it to the worker before its next batch). Cold: the web stage's first teaching; warm: the review \
-page opened first (GET /api/teach readies torch and the checkpoint's head in the background).
+version written) and the first prediction scored with the label (the dispatcher sees the version within \
+0.5 s and hands it to the worker before its next batch: the first prediction line written after the worker logs \
+that it took the labels). Cold: the web stage's first teaching; warm: the review page opened as the pipeline \
+started (GET /api/teach readies torch and the checkpoint's head in the background).
 
-| model | web stage | POST answered (s) | first prediction with the label (s) |
+| model | web stage | POST answered (s) | first prediction scored with the label (s) |
 |---|---|---:|---:|
 {live_rows}
 """

@@ -138,7 +138,7 @@ class Hub:
 
     def _use(self, adapter: Adapter | None, why: str) -> None:
         """Hand ``adapter``'s taught labels to the workers from their next batch on, and read results with them."""
-        if adapter is not None and adapter.checkpoint != checkpoint_digest(self.config.checkpoint):
+        if adapter is not None and adapter.checkpoint != self._checkpoint_digest(adapter.checkpoint):
             logger.warning(f"dispatcher: taught labels {', '.join(adapter.labels)} ({why}) were taught on another "
                            f"checkpoint than {self.config.checkpoint}; not used (teach them again on this one)")
             adapter = None
@@ -148,6 +148,14 @@ class Hub:
             self._write(event)
         taught_now = adapter.describe() if adapter is not None else "none"
         logger.info(f"dispatcher: taught labels now {taught_now} ({why})")
+
+    def _checkpoint_digest(self, otherwise: str) -> str:
+        """The workers' checkpoint's SHA-256; ``otherwise`` where this host has no copy of it (a dispatcher in a
+        pod of its own): the workers check it themselves and refuse an adapter of another checkpoint."""
+        try:
+            return checkpoint_digest(self.config.checkpoint) if self.config.checkpoint else otherwise
+        except OSError:
+            return otherwise
 
     def _follow_store(self) -> None:
         """A new adapter version in the store (taught, forgotten or gone back to in the web stage): hand it on."""
