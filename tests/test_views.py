@@ -72,7 +72,7 @@ def test_worker_averages_the_views_its_config_names(tiny_model):
     for flips in ((), ("horizontal", "vertical")):
         config = WorkerConfig(name="w", endpoints=Endpoints("ipc:///tmp/w", "ipc:///tmp/k", "ipc:///tmp/r", "ipc:///tmp/d"), checkpoint=str(tiny_model), device="cpu",
                               precision="fp32", threads=1, flip_views=flips)
-        probs, _ = Predictor(config).predict(frames)
+        probs, _, _ = Predictor(config).predict(frames)
         expected = evaluate.predict(model, frames, model.preprocess.mean, model.preprocess.std, flips=flips)
         assert np.allclose(probs, expected.numpy(), atol=1e-5)
 
