@@ -192,7 +192,7 @@ def test_the_catch_up_after_sigkill_neither_loses_nor_doubles_an_action(tmp_path
     script.write_text(KILLED_DISPATCHER)
     for run in range(3):
         proc = subprocess.Popen([sys.executable, str(script), str(log), str(store), str(run * 1_000_000)], cwd=REPO,
-                                stdout=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert proc.stdout.readline().strip() == "running"
         time.sleep(0.2 + 0.3 * run)
         proc.send_signal(signal.SIGKILL)
