@@ -26,7 +26,7 @@ from streamer.stages import dispatcher
 from streamer.stages.dispatcher.event_log import EventLog
 from streamer.stages.dispatcher.tracker import EventConfig
 from streamer.transport import messages
-from streamer.transport.messages import (Batch, Credit, LogLine, Result, ResultBatch, Stats, Status, Window,
+from streamer.transport.messages import (Batch, Credit, Leaving, LogLine, Result, ResultBatch, Stats, Status, Window,
                                          WorkRequest)
 
 LABELS = ("left", "right", "still")
@@ -192,6 +192,18 @@ def test_a_stale_window_is_dropped_counted_and_not_waited_for(hub_factory):
     assert hub.returned == [0], "the file's last window came back stale, yet the dispatcher still waits for it"
     lines = hub.lines()
     assert not any(line["kind"] in (LineKind.PREDICTION, LineKind.WINDOW_STALE) for line in lines)
+
+
+def test_a_worker_that_says_it_leaves_is_forgotten_at_once_and_its_windows_not_waited_for(hub_factory):
+    hub = hub_factory(streams=("clip",), finite=("clip",), heartbeat_timeout_s=60.0)
+    hub.send(hub.capture, window("clip", 0))
+    hub.send(hub.capture, Status(LineKind.END_OF_STREAM, "clip", "last frame was 3", time.time()))
+    hub.send(hub.worker, WorkRequest("w0", 1))
+    assert hub.receive(hub.worker, Batch) is not None
+    hub.counts(lambda c: c.get(("workers_answering", ())) == 1)
+    hub.send(hub.worker, Leaving("w0"))  # stopped with the window unanswered: the file is done without it
+    hub.thread.join(timeout=5)
+    assert hub.returned == [0], "the dispatcher still waits for the window of a worker that left"
 
 
 def test_a_tracked_actors_track_closes_only_once_its_windows_are_predicted(hub_factory):

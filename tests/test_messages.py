@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from streamer.transport import messages as m
 from streamer.errors import ProtocolError
-from streamer.transport.messages import (Batch, Credit, DisplayFrame, Heartbeat, LogLine, Result, ResultBatch, Stats, Status,
+from streamer.transport.messages import (Batch, Credit, DisplayFrame, Heartbeat, Leaving, LogLine, Result, ResultBatch, Stats, Status,
                                Window, WorkRequest, decode, encode)
 
 # ---------------------------------------------------------------------------
@@ -72,6 +72,7 @@ any_message = st.one_of(
               categories=("L", "N", "P"), include_characters=" "), max_size=200), stamps, tracks),
     st.builds(Credit, names, st.integers(1, m.MAX_BATCH)),
     st.builds(Heartbeat, names, stamps),
+    st.builds(Leaving, names),
     st.builds(LogLine, st.fixed_dictionaries({"kind": names}, optional={"stream": names, "frame_index": indices,
                                                                         "top": st.lists(st.tuples(names, probs_f)
                                                                                         .map(list), max_size=5)})),

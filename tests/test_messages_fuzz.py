@@ -12,7 +12,7 @@ import numpy as np
 
 from streamer.transport import messages as m
 from streamer.errors import ProtocolError
-from streamer.transport.messages import (Batch, Credit, DisplayFrame, Heartbeat, LogLine, Result, ResultBatch, Stats,
+from streamer.transport.messages import (Batch, Credit, DisplayFrame, Heartbeat, Leaving, LogLine, Result, ResultBatch, Stats,
                                          Status, Window, WorkRequest, decode, encode)
 
 
@@ -37,6 +37,7 @@ def _samples() -> list[list]:
         Status("source_lost", "cam0", "read timed out", 11.0),
         Credit("cam0", 1),
         Heartbeat("w0", 11.5),
+        Leaving("w0"),
         LogLine({"kind": "start", "stream": "cam0", "label": "run", "frame_index": 8, "score": 0.9, "id": "1-ab"}),
         Stats("dispatcher", 12.0, (("windows_dropped", {"stream": "cam0", "reason": "overtaken"}, 3.0),
                                    ("workers_answering", {}, 1.0))),

@@ -293,7 +293,7 @@ def test_default_demo_runs_with_the_shipped_model(tmp_path):
             taken.listen()
         except OSError:
             pass  # something else holds it: the same case
-        proc = run("--headless", "--duration", 12, "--events", events, timeout=120)
+        proc = run("--headless", "--duration", 9, "--events", events, timeout=120)
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "web view off" in line]
     assert len(warnings) == 1 and "127.0.0.1:8080" in warnings[0] and "WARNING" in warnings[0], proc.stderr

@@ -26,7 +26,7 @@ NEW = "bouncing"
 # (a label taught from one span of a camera just started knows no others).
 PLAN = [("blinking", 2), ("moving_up", 2), ("growing", 2), ("still", 2), (NEW, 4), ("moving_up", 3), ("blinking", 3),
         ("growing", 3), (NEW, 5), ("still", 3), ("moving_down", 3), ("shrinking", 3), (NEW, 5), ("moving_left", 3),
-        ("growing", 3), ("still", 2), (NEW, 5), ("still", 2)]
+        ("growing", 2), (NEW, 5), ("still", 1)]
 SPAN = 29  # source frames one window covers (8 frames, 4 apart): a window's truth is its last frame's shot
 
 

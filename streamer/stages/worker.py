@@ -26,7 +26,7 @@ from streamer.stages.health import Health
 from streamer.transport.frameserver import FrameFetcher
 from streamer.transport.framestore import FrameStoreReader
 from streamer.stages.adapters import from_message
-from streamer.transport.messages import AdapterUpdate, Batch, Result, ResultBatch, Status, Window, WorkRequest
+from streamer.transport.messages import AdapterUpdate, Batch, Leaving, Result, ResultBatch, Status, Window, WorkRequest
 from workers.adapter import Adapter, check_fits, checkpoint_digest, load_adapter
 from workers.cpu import usable_cores
 from workers.heads import with_features
@@ -247,6 +247,15 @@ class Predictor:
         return "*" in self.config.embed_streams or stream in self.config.embed_streams
 
 
+def _say_leaving(sock: zmq.Socket, name: str) -> None:
+    """Told to stop (not killed): tell the dispatcher, waiting half a second at most for it to go out."""
+    try:
+        messages.send(sock, Leaving(name), zmq.NOBLOCK)
+        sock.close(linger=500)
+    except zmq.ZMQError:  # no dispatcher to take it: the heartbeat timeout forgets us there
+        pass
+
+
 def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat=None,
         health: Health | None = None) -> int:
     """Serve batches until ``stop`` is set.
@@ -301,6 +310,7 @@ def run(config: WorkerConfig, stop: multiprocessing.synchronize.Event, heartbeat
             for status in lost:  # so the dispatcher stops waiting for them
                 messages.send(sock, status)
             ask()
+        _say_leaving(sock, config.name)
     finally:
         predictor.remote.close()
         sock.close(linger=0)

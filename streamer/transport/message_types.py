@@ -280,6 +280,13 @@ class Heartbeat(_Message, tag="heartbeat"):
     ts: Finite
 
 
+class Leaving(_Message, tag="leaving"):
+    """Worker → dispatcher as it stops on purpose (an orchestrator scaling it down): forget me now, rather than
+    after the heartbeat timeout, so the count of workers answering (and any autoscaler reading it) is right."""
+
+    sender: Name
+
+
 class LogLine(_Message, tag="log_line", eq=False):
     """One event-log line (contract 3) as the dispatcher wrote it, for the stages that show or forward it;
     its values nest at most four levels deep, and it has a ``kind`` (checked in the codec)."""
@@ -318,4 +325,4 @@ class FramesFound(_Message, tag="frames_found", eq=False, rename={"frames": "sha
 
 
 Message = (Window | WorkRequest | Batch | Result | ResultBatch | DisplayFrame | Status | Credit | Heartbeat
-           | LogLine | Stats | FramesWanted | FramesFound | AdapterUpdate)
+           | Leaving | LogLine | Stats | FramesWanted | FramesFound | AdapterUpdate)

@@ -33,14 +33,14 @@ from streamer.transport.message_types import (
     MAX_ARRAY_BYTES, MAX_BATCH, MAX_CLASSES, MAX_DETAIL, MAX_HEADER_BYTES, MAX_IMAGE_SIDE, MAX_INDEX, MAX_LABELS,
     MAX_LINE_FIELDS, MAX_NAME, MAX_PARTS, MAX_SAMPLES, MAX_TIMINGS, MAX_TOP, MAX_TRACKS, MAX_VIEWS, MAX_WINDOW_FRAMES,
     MAX_ADAPTER_WEIGHTS, MAX_EMBEDDING, MAX_TAUGHT, PRINTABLE, VERSION, AdapterUpdate, Batch, Classes, Credit, DisplayFrame, FramesFound, FramesShape, FramesWanted, Heartbeat,
-    EmbeddingShape, ImageShape, LogLine, Message, Result, ResultBatch, Stats, Status, Window, WorkRequest,
+    EmbeddingShape, ImageShape, Leaving, LogLine, Message, Result, ResultBatch, Stats, Status, Window, WorkRequest,
 )
 
 __all__ = [  # the message types and bounds are part of this module's interface
     "MAX_ARRAY_BYTES", "MAX_BATCH", "MAX_CLASSES", "MAX_DETAIL", "MAX_HEADER_BYTES", "MAX_IMAGE_SIDE", "MAX_INDEX",
     "MAX_LABELS", "MAX_LINE_FIELDS", "MAX_NAME", "MAX_PARTS", "MAX_SAMPLES", "MAX_TIMINGS", "MAX_TOP", "MAX_TRACKS",
     "MAX_VIEWS", "MAX_WINDOW_FRAMES", "MAX_EMBEDDING", "MAX_TAUGHT", "VERSION", "AdapterUpdate", "Batch", "Credit", "DisplayFrame", "FramesFound", "FramesWanted",
-    "Heartbeat", "LogLine", "Message",
+    "Heartbeat", "Leaving", "LogLine", "Message",
     "Result", "ResultBatch", "Stats", "Status", "Window", "WorkRequest", "MalformedLog", "ProtocolError", "decode",
     "display_topic", "drain", "encode", "recorder_topic", "recv", "send",
 ]

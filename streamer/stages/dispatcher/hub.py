@@ -29,7 +29,7 @@ from streamer.store import taught
 from streamer.store.schema import connect
 from streamer.store.writer import StoreWriter
 from streamer.transport import messages, sockets
-from streamer.transport.messages import (Batch, Credit, Heartbeat, LogLine, Result, ResultBatch, Stats, Status, Window,
+from streamer.transport.messages import (Batch, Credit, Heartbeat, Leaving, LogLine, Result, ResultBatch, Stats, Status, Window,
                                          WorkRequest)
 from workers.adapter import Adapter, checkpoint_digest, load_adapter
 
@@ -208,8 +208,16 @@ class Hub:
                 self._on_result(result, probs)
         elif isinstance(msg, Status) and msg.kind == LineKind.WINDOW_STALE:
             self.rules.window_stale((msg.stream, msg.track))
+        elif isinstance(msg, Leaving):
+            if self.rules.forget_worker(identity) is not None:
+                self._forget_adapter_of(identity)
+                logger.info(f"dispatcher: {msg.sender} stopped; {len(self.rules.workers)} worker(s) left")
         else:
             self.rules.counters.malformed += 1
+
+    def _forget_adapter_of(self, identity: bytes) -> None:
+        self.handout.forget_worker(identity)
+        self.worker_adapter.pop(identity, None)
 
     def _on_result(self, result: Result, probs) -> None:
         """Its prediction line, the action events it causes, and the result itself for the overlay; ``probs``:
@@ -307,8 +315,7 @@ class Hub:
     def _forget_silent_workers(self) -> None:
         now = time.time()
         for worker in self.rules.forget_silent_workers(now):
-            self.handout.forget_worker(worker.identity)
-            self.worker_adapter.pop(worker.identity, None)
+            self._forget_adapter_of(worker.identity)
             logger.warning(f"dispatcher: {worker.name} silent for {self.config.heartbeat_timeout_s:g} s; "
                            "forgetting it")
             self._write({"kind": LineKind.WORKER_LOST, "stream": "", "detail": worker.name, "ts": now})

@@ -185,10 +185,15 @@ class Dispatcher:
         """The workers silent past the heartbeat timeout, forgotten: their windows are stale, not re-sent."""
         gone = [w for w in self.workers.values() if now - w.last_seen > self.config.heartbeat_timeout_s]
         for worker in gone:
-            del self.workers[worker.identity]
-            for key in worker.holding:  # they will never come back: stop waiting for them
-                self.release(key)
+            self.forget_worker(worker.identity)
         return gone
+
+    def forget_worker(self, identity: bytes) -> WorkerState | None:
+        """A worker gone (silent, or it said it leaves): whatever it held will never come back."""
+        worker = self.workers.pop(identity, None)
+        for key in worker.holding if worker is not None else ():  # stop waiting for them
+            self.release(key)
+        return worker
 
     def window_stale(self, key: tuple[str, int | None]) -> None:
         """A worker could not read a window's frames (overwritten in the frame store): dropped as stale."""
