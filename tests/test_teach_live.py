@@ -47,7 +47,7 @@ class Run:
         self.events = tmp / "events.jsonl"
         config = tomllib.loads((REPO / "configs" / "default.toml").read_text())
         # one window a forward, slowed a little: the run lasts long enough to act within it on any machine
-        config["model"].update(backend="torch", max_batch=1, delay_s=0.04)
+        config["model"].update(backend="torch", max_batch=1, delay_s=0.03)
         config["sources"] = [{"name": "door", "spec": str(tmp / "bouncing.mp4")}]
         config.pop("clips", None)
         (tmp / "teach.toml").write_text(tomli_w.dumps(config))
