@@ -29,8 +29,8 @@ from streamer.store import taught
 from streamer.store.schema import connect
 from streamer.store.writer import StoreWriter
 from streamer.transport import messages, sockets
-from streamer.transport.messages import (Batch, Credit, Heartbeat, Leaving, LogLine, Result, ResultBatch, Stats, Status, Window,
-                                         WorkRequest)
+from streamer.transport.messages import (Batch, Credit, Heartbeat, Leaving, LogLine, Result, ResultBatch, Stats,
+                                         Status, Window, WorkRequest)
 from workers.adapter import Adapter, checkpoint_digest, load_adapter
 
 if TYPE_CHECKING:
