@@ -232,13 +232,16 @@ class Supervisor:
         previous = {sig: signal.signal(sig, lambda signum, frame: stop_requested.append(signum))
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return self._supervise(stop_requested)
+            code, failure = self._supervise(stop_requested)
         finally:
             self.shutdown()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if failure is not None:  # after the stages' own last lines: the one line a usage error leaves is the last
+            print(f"error: {failure}", file=sys.stderr, flush=True)
+        return code
 
-    def _supervise(self, stop_requested: list[int]) -> int:
+    def _supervise(self, stop_requested: list[int]) -> tuple[int, str | None]:
         deadline = time.monotonic() + self.duration_s if self.duration_s > 0 else None
         for stage in self.stages:
             if not stage.waiting:
@@ -247,7 +250,7 @@ class Supervisor:
         while not stop_requested:
             if deadline is not None and time.monotonic() >= deadline:
                 logger.info(f"--duration {self.duration_s:g} s reached; stopping")
-                return 0
+                return 0, None
             if any(s.waiting for s in self.stages) and self._a_worker_is_ready(begun):
                 for stage in self.stages:
                     if stage.waiting:
@@ -255,13 +258,12 @@ class Supervisor:
                         self._start(stage)
             finished, failure = self._check()
             if failure is not None:
-                print(f"error: {failure}", file=sys.stderr, flush=True)
-                return USAGE_ERROR
+                return USAGE_ERROR, failure
             if finished:
-                return 0
+                return 0, None
             time.sleep(0.05)
         logger.info("stop requested; stopping every stage")
-        return 0
+        return 0, None
 
     def _start(self, stage: StageProcess) -> None:
         if stage.heartbeat is not None:
