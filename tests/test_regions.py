@@ -171,7 +171,8 @@ def run(tmp_path_factory):
     config = folder / "run.toml"
     config.write_text(tomli_w.dumps({
         "model": {"checkpoint": str(REPO / "models/demo.safetensors"), "backend": "torch", "precision": "fp32",
-                  "hop": 4, "max_batch": 8, "threads": 1},
+                  "hop": 4, "max_batch": 8, "threads": 1,
+                  "flip_views": []},  # one view: regions and tracks are tested here, not the flips' last point
         "events": {"start_threshold": 0.7, "end_threshold": 0.5},
         "sources": [{"spec": str(halves), "name": "halves",
                      "regions": [{"name": "left", "box": [0, 0, 0.5, 1]}, {"name": "right", "box": [0.5, 0, 1, 1]}]},
