@@ -65,13 +65,23 @@ def has_display() -> bool:
     return True
 
 
+def describe_checkpoint(path: str):
+    """:func:`workers.model.describe_checkpoint`, imported when a checkpoint is first read: torch takes a second
+    to import, and a config or checkpoint path that is wrong is told at once."""
+    from streamer.errors import CheckpointError
+
+    CheckpointError.unless_found(path)
+    from workers.model import describe_checkpoint as describe
+
+    return describe(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from streamer.config.loader import Overrides, load_config
     from loguru import logger
 
     from streamer.supervisor import configure_logging
-    from workers.model import describe_checkpoint
 
     configure_logging()
     try:

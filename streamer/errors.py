@@ -5,6 +5,7 @@ it; the command line prints ``str(error)`` and exits with code 2.
 """
 
 import argparse
+import os
 import sys
 
 USAGE_ERROR = 2  # the exit code of every usage error: a bad flag, config, checkpoint or source
@@ -28,6 +29,13 @@ class ConfigError(PipelineError):
 
 class CheckpointError(PipelineError):
     """A checkpoint is missing, unreadable, unsafe or of the wrong shape."""
+
+    @classmethod
+    def unless_found(cls, path: os.PathLike | str) -> None:
+        """Raise when nothing is at ``path`` (checked before torch is imported to read it)."""
+        if not os.path.exists(path):
+            raise cls(f"{path}: no such file or folder; pass an official .pyth/.pth, a Hugging Face folder or a "
+                      ".safetensors file")
 
 
 class SourceError(PipelineError):

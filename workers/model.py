@@ -281,10 +281,7 @@ def _check_preprocess(pre: Preprocess, where: Path) -> None:
 def read_checkpoint(path: str | Path, **overrides) -> tuple[dict, TimeSformerConfig, list[str] | None, Preprocess]:
     """Read weights, architecture, labels and preprocessing from any supported format (no model built)."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(
-            f"{path}: no such file or folder; pass an official .pyth/.pth, a Hugging Face folder or a .safetensors file"
-        )
+    CheckpointError.unless_found(path)
     if path.is_dir():
         state, arch, labels, pre = _read_hf(path)
     elif path.suffix == ".safetensors":
