@@ -35,7 +35,7 @@ hop = 4
 max_batch = 4
 
 [[sources]]
-spec = "synthetic:"
+spec = "synthetic:5"  # its actions change every 4-6 s: the waits below are short
 name = "demo"
 
 [events]
