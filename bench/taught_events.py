@@ -5,20 +5,24 @@ teaching never saw, and do the checkpoint's own labels keep their accuracy?
     python bench/taught_events.py --no-write       # print only
     python bench/taught_events.py --keep /tmp/te   # keep the clips, videos, adapters and event logs there
 
-For each new synthetic action (bouncing, orbiting, shaking), taught alone (one label per adapter): 10 clips of it
-and 10 of the demo's own actions (``none/``), 2.5 s each, are rendered with teaching seeds and taught through the
-real command, ``python -m workers.teach --checkpoint models/demo.safetensors --clips DIR --out ADAPTER``. Held-out
-``--new-actions`` videos (``--seeds`` × ``--seconds``: the first seeds from ``--first-seed`` up whose scene plan
-holds ≥ ``--least`` new-action segments of ≥ 2 s, so that each label has about ten; the teaching never used them)
-are then run through the real pipeline, ``run_pipeline.py --offline --headless --store off --web off --events
-FILE --adapter ADAPTER`` (all videos as sources of one run, a stream each), once per adapter and once without
-one. From the event lines:
+Two scenarios, each taught through the real command (``python -m workers.teach --checkpoint
+models/demo.safetensors --clips DIR --out ADAPTER``) from 10 clips of each new action and 10 of the demo's own
+actions (``none/``), 2.5 s each, rendered with teaching seeds:
+
+- *alone* (the issue's goal as stated): each new action (bouncing, orbiting, shaking) taught alone; its held-out
+  videos mix it with the demo's own actions only;
+- *together*: the three taught in one adapter; its held-out videos mix all three with the demo's actions.
+
+Held-out videos (``--seeds`` × ``--seconds`` a scenario: the first seeds from ``--first-seed`` up whose scene plan
+holds enough segments of ≥ 2 s of the scenario's new actions; the teaching never used them) run through the real
+pipeline, ``run_pipeline.py --offline --headless --store off --web off --events FILE --adapter ADAPTER`` (all
+videos of a scenario as sources of one run, a stream each), and once, all together, without an adapter. From the
+event lines:
 
 - segment recall: of the label's ground-truth segments of 2 s or more, the fraction with a ``start`` line of the
   label on that stream whose frame_index lies in [segment start, segment end + one window span];
 - false-start rate: of the label's ``start`` lines, the fraction outside every segment of the label on its stream
-  (same tolerance), and how many of those fall on one of the *other* new actions (which a label taught alone
-  never saw as a negative);
+  (same tolerance), and how many of those fall on one of the *other* new actions;
 - the old labels' accuracy: per-prediction top-1 on the demo's own classes, over windows whose truth (the segment
   at the window's last frame) is a demo class and which do not straddle a cut, with the adapter and without.
 
@@ -46,6 +50,7 @@ from workers.sampling import window_span  # noqa: E402
 
 HEADING = "Taught actions: events on held-out videos"
 NEW = ("bouncing", "orbiting", "shaking")
+TOGETHER = "together"  # the three taught in one adapter, each the others' negative
 CHECKPOINT = REPO / "models" / "demo.safetensors"
 FPS = 30
 SPAN = window_span(8, 4)  # the demo model's window: 8 frames, every 4th (29 source frames)
@@ -54,20 +59,23 @@ CLIP_S = 2.5
 MIN_SEGMENT_S = 2.0
 
 
-def held_out_seeds(first: int, count: int, seconds: float, least: int) -> list[int]:
-    """The first ``count`` seeds from ``first`` up whose video holds at least ``least`` segments of ≥ 2 s of the
-    new actions (read from the scene plan, before any rendering: chosen by their truth, never by a result)."""
+def held_out_seeds(first: int, count: int, seconds: float, least: int, choices: list[str],
+                   new: tuple[str, ...]) -> list[int]:
+    """The first ``count`` seeds from ``first`` up whose video (drawing from ``choices``) holds at least ``least``
+    segments of ≥ 2 s of the ``new`` actions (read from the scene plan, before any rendering: chosen by their
+    truth, never by a result)."""
     seeds, seed = [], first
     while len(seeds) < count:
-        segs = segments_for(seed, round(seconds * FPS), FPS, ALL_ACTIONS)
-        if sum(s.label in NEW and s.end_frame - s.start_frame + 1 >= MIN_SEGMENT_S * FPS for s in segs) >= least:
+        segs = segments_for(seed, round(seconds * FPS), FPS, choices)
+        if sum(s.label in new and s.end_frame - s.start_frame + 1 >= MIN_SEGMENT_S * FPS for s in segs) >= least:
             seeds.append(seed)
         seed += 1
     return seeds
 
 
 def render_teaching(root: Path, examples: int, none: int) -> dict[str, Path]:
-    """One teaching folder per new label: ``<label>/`` and the shared ``none/`` clips."""
+    """The teaching folders: one per new label (``<label>/`` and the shared ``none/`` clips), and ``together``
+    (the three labels' folders and ``none/``)."""
     shared = root / "none-clips"
     make_none_clips(shared, none, seconds=CLIP_S, seed=NONE_SEED)
     out = {}
@@ -76,6 +84,10 @@ def render_teaching(root: Path, examples: int, none: int) -> dict[str, Path]:
         make_teaching_clips(folder, label, examples, seconds=CLIP_S, seed=TEACH_SEED + i)
         shutil.copytree(shared / "none", folder / "none")
         out[label] = folder
+    together = root / "teach-together"
+    for label in (*NEW, "none"):
+        shutil.copytree((out[label] if label in out else shared) / label, together / label)
+    out[TOGETHER] = together
     return out
 
 
@@ -130,14 +142,24 @@ def old_accuracy(events: list[dict], truth: dict[str, list[dict]]) -> tuple[int,
     return right, total
 
 
+def score_run(labels: tuple[str, ...], events: list[dict], truth: dict[str, list[dict]], base: float) -> list[dict]:
+    """One row per taught label: its segments found and starts elsewhere; the old labels' top-1 and its change."""
+    right, total = old_accuracy(events, truth)
+    acc = right / max(1, total)
+    return [{**score_label(label, events, truth), "label": label, "old": acc, "change": (acc - base) * 100}
+            for label in labels]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=10, help="clips of the new label taught from")
+    parser.add_argument("--examples", type=int, default=10, help="clips of each new label taught from")
     parser.add_argument("--none", type=int, default=10, help="clips of ordinary actions taught from")
-    parser.add_argument("--seeds", type=int, default=6, help="held-out videos")
+    parser.add_argument("--seeds", type=int, default=6, help="held-out videos of each scenario")
     parser.add_argument("--first-seed", type=int, default=7101, help="held-out seeds are searched from here up")
-    parser.add_argument("--least", type=int, default=5,
-                        help="held-out videos hold at least this many new-action segments of ≥ 2 s")
+    parser.add_argument("--least", type=int, default=2,
+                        help="a held-out video of one new action holds at least this many segments of it ≥ 2 s")
+    parser.add_argument("--least-together", type=int, default=5,
+                        help="a held-out video of the three holds at least this many of their segments ≥ 2 s")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each held-out video")
     parser.add_argument("--keep", type=Path, help="work here and keep everything (default: a temporary folder)")
     parser.add_argument("--no-write", action="store_true")
@@ -149,78 +171,82 @@ def main() -> None:
     else:
         cleanup = tempfile.TemporaryDirectory()
         work = Path(cleanup.name)
+    # scenario → (labels taught, what its held-out videos draw from, least segments of them per video)
+    scenarios = {label: ((label,), [*CLASSES, label], args.least) for label in NEW}
+    scenarios[TOGETHER] = (NEW, ALL_ACTIONS, args.least_together)
     try:
         folders = render_teaching(work / "teach", args.examples, args.none)
-        videos, truth = [], {}
-        seeds = held_out_seeds(args.first_seed, args.seeds, args.seconds, args.least)
-        for seed in seeds:
-            video = work / "held-out" / f"held-{seed}.mp4"
-            write_video(video, args.seconds, seed, choices=ALL_ACTIONS)
-            videos.append(video)
-            truth[video.stem] = read_labels(video.with_suffix(".labels.json"))
+        videos, truth, seeds = {}, {}, {}
+        for name, (labels, choices, least) in scenarios.items():
+            seeds[name] = held_out_seeds(args.first_seed, args.seeds, args.seconds, least, choices, labels)
+            videos[name] = []
+            for seed in seeds[name]:
+                video = work / "held-out" / name / f"{name}-{seed}.mp4"
+                if not video.exists():
+                    write_video(video, args.seconds, seed, choices=choices)
+                videos[name].append(video)
+                truth[video.stem] = read_labels(video.with_suffix(".labels.json"))
         render_s = time.perf_counter() - began
-        sources = [a for v in videos for a in ("--source", v)]
-        pipeline = ["run_pipeline.py", "--checkpoint", CHECKPOINT, *sources, "--offline", "--headless",
-                    "--store", "off", "--web", "off"]
-        taught, teach_s, runs_s = {}, [], []
-        for label, folder in folders.items():
-            adapter = work / f"{label}.safetensors"
+        pipeline = ["run_pipeline.py", "--checkpoint", CHECKPOINT, "--offline", "--headless", "--store", "off",
+                    "--web", "off"]
+        said, runs_s, teach_s, events = {}, [], [], {}
+        for name, folder in folders.items():
+            adapter = work / f"{name}.safetensors"
             teach_s.append(run(["-m", "workers.teach", "--checkpoint", CHECKPOINT, "--clips", folder, "--out",
-                                adapter], work / f"teach-{label}.log"))
-            said = (work / f"teach-{label}.log").read_text().strip().splitlines()[-1]
-            events = work / f"events-{label}.jsonl"
-            events.unlink(missing_ok=True)
-            runs_s.append(run([*pipeline, "--adapter", adapter, "--events", events], work / f"run-{label}.log"))
-            taught[label] = (said, read_events(events))
-        plain = work / "events-plain.jsonl"
+                                adapter], work / f"teach-{name}.log"))
+            said[name] = (work / f"teach-{name}.log").read_text().strip().splitlines()[-1]
+            out = work / f"events-{name}.jsonl"
+            out.unlink(missing_ok=True)
+            sources = [a for v in videos[name] for a in ("--source", v)]
+            runs_s.append(run([*pipeline, *sources, "--adapter", adapter, "--events", out], work / f"run-{name}.log"))
+            events[name] = read_events(out)
+        plain = work / "events-plain.jsonl"  # every scenario's videos, once, without an adapter
         plain.unlink(missing_ok=True)
-        runs_s.append(run([*pipeline, "--events", plain], work / "run-plain.log"))
-        base_right, base_total = old_accuracy(read_events(plain), truth)
+        sources = [a for name in scenarios for v in videos[name] for a in ("--source", v)]
+        runs_s.append(run([*pipeline, *sources, "--events", plain], work / "run-plain.log"))
+        plain_events = read_events(plain)
     finally:
         if cleanup is not None:
             cleanup.cleanup()
     wall_s = time.perf_counter() - began
-    base = base_right / max(1, base_total)
-    rows, met = [], True
-    for label, (said, events) in taught.items():
-        s = score_label(label, events, truth)
-        right, total = old_accuracy(events, truth)
-        recall = s["found"] / max(1, s["segments"])
-        false = s["elsewhere"] / max(1, s["starts"])
-        acc = right / max(1, total)
-        met &= recall >= 0.9 and false <= 0.05 and abs(acc - base) * 100 <= 0.5
-        rows.append(f"| {label} | {s['segments']} | {s['found']} | {recall:.0%} | {s['starts']} | {s['elsewhere']} "
-                    f"| {false:.0%} | {s['on_new']} | {acc:.1%} | {(acc - base) * 100:+.1f} |")
-    said_lines = "\n".join(f"- {label}: `{said.split(': ', 1)[-1]}`" for label, (said, _) in taught.items())
+    rows, met, bases = [], {}, {}
+    for name, (labels, _, _) in scenarios.items():
+        own = {v.stem: truth[v.stem] for v in videos[name]}
+        right, total = old_accuracy([e for e in plain_events if e.get("stream") in own], own)
+        bases[name] = (right / max(1, total), total)
+        for r in score_run(labels, events[name], own, bases[name][0]):
+            recall, false = r["found"] / max(1, r["segments"]), r["elsewhere"] / max(1, r["starts"])
+            met[name] = met.get(name, True) and recall >= 0.9 and false <= 0.05 and abs(r["change"]) <= 0.5
+            rows.append(f"| {'alone' if name in NEW else name} | {r['label']} | {r['segments']} | {r['found']} "
+                        f"| {recall:.0%} | {r['starts']} | {r['elsewhere']} | {false:.0%} | {r['on_new']} "
+                        f"| {bases[name][0]:.1%} of {bases[name][1]} | {r['old']:.1%} | {r['change']:+.1f} |")
+    said_lines = "\n".join(f"- {name}: `{line.split(': ', 1)[-1]}`" for name, line in said.items())
+    seed_lines = "; ".join(f"{name}: {', '.join(map(str, seeds[name]))}" for name in scenarios)
     text = f"""`python bench/taught_events.py` on {cpu_name()}, {datetime.date.today()} ({wall_s / 60:.1f} min in \
-all: rendering {render_s:.0f} s, teaching {sum(teach_s):.0f} s, pipeline runs {sum(runs_s):.0f} s). Each new \
-action is taught alone (an adapter of one label) through `python -m workers.teach` from {args.examples} clips of it \
-and {args.none} of the demo's own actions (`none/`), {CLIP_S} s each; then {args.seeds} held-out `--new-actions` \
-videos of {args.seconds:.0f} s (seeds {", ".join(map(str, seeds))}: the first from {args.first_seed} up with \
-≥ {args.least} segments of ≥ 2 s of new actions each, by their labels; never taught from) run \
-through `run_pipeline.py --offline --headless --adapter ADAPTER` (default events: start 0.7, end 0.5, smoothing \
-3). Found: a segment of the label of ≥ {MIN_SEGMENT_S:.0f} s with a `start` of the label on its stream from its \
-first frame to {SPAN} frames (one window) past its last; elsewhere: a `start` of the label outside all of them. \
-Old labels: per-prediction top-1 over windows of a demo class inside one segment, {base:.1%} of {base_total} \
-without an adapter.
+all: rendering {render_s:.0f} s, teaching {sum(teach_s):.0f} s, pipeline runs {sum(runs_s):.0f} s). Taught through \
+`python -m workers.teach` from {args.examples} clips of each new action and {args.none} of the demo's own actions \
+(`none/`), {CLIP_S} s each, then run over held-out videos of {args.seconds:.0f} s that the teaching never saw, \
+`run_pipeline.py --offline --headless --adapter ADAPTER` (default events: start 0.7, end 0.5, smoothing 3), and \
+once more without an adapter for the old labels' baseline. Two scenarios:
 
-| taught label | segments ≥ 2 s | found | recall | starts | elsewhere | false starts | of them on another new action | old labels' top-1 | change (points) |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+- **alone** (the goal as the issue states it): each new action taught alone (an adapter of one label); its \
+{args.seeds} held-out videos mix it with the demo's own actions only (each with ≥ {args.least} segments of it \
+of ≥ 2 s, chosen by their labels).
+- **together**: the three taught in one adapter (each is the others' negative); {args.seeds} held-out videos \
+mix all three with the demo's actions (≥ {args.least_together} new-action segments of ≥ 2 s each).
+
+Seeds: {seed_lines}. Found: a segment of the label of ≥ {MIN_SEGMENT_S:.0f} s with a `start` of the label on its \
+stream from its first frame to {SPAN} frames (one window) past its last; elsewhere: a `start` of the label outside \
+all of them. Old labels: per-prediction top-1 over windows of a demo class inside one segment.
+
+| scenario | taught label | segments ≥ 2 s | found | recall | starts | elsewhere | false starts | of them on another new action | old labels' top-1 without | with | change (points) |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-Goal (≥ 90% recall, ≤ 5% false starts, old labels within 0.5 point) {"met for every label" if met else "not met"}. \
-The teaching command printed (held-out check on its own clips):
+Goal (≥ 90% recall, ≤ 5% false starts, old labels within 0.5 point): \
+{"; ".join(f"{name} {'met' if ok else 'not met'}" for name, ok in met.items())}. The teaching command printed \
+(held-out check on its own clips):
 {said_lines}
-
-Reading: most false starts fall on one of the *other* new actions. A label taught alone never sees them, and the \
-demo model's class token hardly tells the three oscillations apart: in side measurements on other seeds, a linear \
-layer trained on labelled windows of all thirteen actions got only 47-73% of the new actions' windows right \
-(bouncing, orbiting and shaking mostly taken for one another), and the score a label taught alone gives windows \
-of orbiting or shaking ranks them no better than the other two new actions' (ROC AUC 0.4-0.7). So the goal's \
-≤ 5% of starts elsewhere is out of reach on videos that mix the three, whatever the fit, until the features \
-change. The bias calibration (`workers/training/teaching.py`) is what removed the starts on the demo's own \
-actions and most of the old labels' loss; at its 6% target they still lose a few points of top-1 on some seeds \
-(0.2-0.5 on the seeds it was tuned on).
 """
     print(f"\n## {HEADING}\n\n{text}")
     if not args.no_write:
