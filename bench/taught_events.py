@@ -50,6 +50,7 @@ from workers.sampling import window_span  # noqa: E402
 
 HEADING = "Taught actions: events on held-out videos"
 NEW = ("bouncing", "orbiting", "shaking")
+SUMMARY = "summary.json"
 TOGETHER = "together"  # the three taught in one adapter, each the others' negative
 CHECKPOINT = REPO / "models" / "demo.safetensors"
 FPS = 30
@@ -106,11 +107,23 @@ def within(frame: int, segments: list[dict]) -> bool:
     return any(s["start_frame"] <= frame <= s["end_frame"] + SPAN for s in segments)
 
 
+def actions_of(labels: list[dict]) -> list[dict]:
+    """The video's shots with back-to-back shots of one label joined: one action to the events, which cannot
+    start again what is still under way across the cut."""
+    out: list[dict] = []
+    for s in labels:
+        if out and out[-1]["label"] == s["label"] and out[-1]["end_frame"] + 1 == s["start_frame"]:
+            out[-1] = {**out[-1], "end_frame": s["end_frame"]}
+        else:
+            out.append(dict(s))
+    return out
+
+
 def score_label(label: str, events: list[dict], truth: dict[str, list[dict]]) -> dict:
     """Segment recall and false starts of ``label`` over every stream."""
     segments = found = starts = elsewhere = on_new = 0
     for stream, labels in truth.items():
-        own = [s for s in labels if s["label"] == label]
+        own = [s for s in actions_of(labels) if s["label"] == label]
         at = [e["frame_index"] for e in events if e["kind"] == "start" and e["stream"] == stream
               and e["label"] == label]
         for s in own:
@@ -142,12 +155,95 @@ def old_accuracy(events: list[dict], truth: dict[str, list[dict]]) -> tuple[int,
     return right, total
 
 
+def measure(args: argparse.Namespace, work: Path, scenarios: dict) -> dict:
+    """Render, teach and run every scenario in ``work``; the timings, seeds, videos and what the teaching
+    printed, also written to ``work/summary.json`` (``--rescore`` scores them again without running)."""
+    began = time.perf_counter()
+    folders = render_teaching(work / "teach", args.examples, args.none)
+    videos, seeds = {}, {}
+    for name, (labels, choices, least) in scenarios.items():
+        seeds[name] = held_out_seeds(args.first_seed, args.seeds, args.seconds, least, choices, labels)
+        videos[name] = [work / "held-out" / name / f"{name}-{seed}.mp4" for seed in seeds[name]]
+        for seed, video in zip(seeds[name], videos[name]):
+            if not video.exists():
+                write_video(video, args.seconds, seed, choices=choices)
+    render_s = time.perf_counter() - began
+    pipeline = ["run_pipeline.py", "--checkpoint", CHECKPOINT, "--offline", "--headless", "--store", "off",
+                "--web", "off"]
+    said, runs_s, teach_s = {}, [], []
+    for name, folder in folders.items():
+        adapter = work / f"{name}.safetensors"
+        teach_s.append(run(["-m", "workers.teach", "--checkpoint", CHECKPOINT, "--clips", folder, "--out",
+                            adapter], work / f"teach-{name}.log"))
+        said[name] = (work / f"teach-{name}.log").read_text().strip().splitlines()[-1]
+        out = work / f"events-{name}.jsonl"
+        out.unlink(missing_ok=True)
+        sources = [a for v in videos[name] for a in ("--source", v)]
+        runs_s.append(run([*pipeline, *sources, "--adapter", adapter, "--events", out], work / f"run-{name}.log"))
+    plain = work / "events-plain.jsonl"  # every scenario's videos, once, without an adapter
+    plain.unlink(missing_ok=True)
+    sources = [a for name in scenarios for v in videos[name] for a in ("--source", v)]
+    runs_s.append(run([*pipeline, *sources, "--events", plain], work / "run-plain.log"))
+    summary = {"render_s": render_s, "teach_s": sum(teach_s), "runs_s": sum(runs_s),
+               "wall_s": time.perf_counter() - began, "seeds": seeds, "said": said,
+               "videos": {name: [str(v) for v in vs] for name, vs in videos.items()}}
+    (work / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
 def score_run(labels: tuple[str, ...], events: list[dict], truth: dict[str, list[dict]], base: float) -> list[dict]:
     """One row per taught label: its segments found and starts elsewhere; the old labels' top-1 and its change."""
     right, total = old_accuracy(events, truth)
     acc = right / max(1, total)
     return [{**score_label(label, events, truth), "label": label, "old": acc, "change": (acc - base) * 100}
             for label in labels]
+
+
+def report(args: argparse.Namespace, scenarios: dict, summary: dict, events: dict[str, list[dict]],
+           truth: dict[str, list[dict]]) -> str:
+    """The BENCHMARKS.md section: a row per scenario and taught label."""
+    plain_events, seeds, said = events["plain"], summary["seeds"], summary["said"]
+    rows, met, bases = [], {}, {}
+    for name, (labels, _, _) in scenarios.items():
+        own = {Path(v).stem: truth[Path(v).stem] for v in summary["videos"][name]}
+        right, total = old_accuracy([e for e in plain_events if e.get("stream") in own], own)
+        bases[name] = (right / max(1, total), total)
+        for r in score_run(labels, events[name], own, bases[name][0]):
+            recall, false = r["found"] / max(1, r["segments"]), r["elsewhere"] / max(1, r["starts"])
+            met[name] = met.get(name, True) and recall >= 0.9 and false <= 0.05 and abs(r["change"]) <= 0.5
+            rows.append(f"| {'alone' if name in NEW else name} | {r['label']} | {r['segments']} | {r['found']} "
+                        f"| {recall:.0%} | {r['starts']} | {r['elsewhere']} | {false:.0%} | {r['on_new']} "
+                        f"| {bases[name][0]:.1%} of {bases[name][1]} | {r['old']:.1%} | {r['change']:+.1f} |")
+    said_lines = "\n".join(f"- {name}: `{line.split(': ', 1)[-1]}`" for name, line in said.items())
+    seed_lines = "; ".join(f"{name}: {', '.join(map(str, seeds[name]))}" for name in scenarios)
+    text = f"""`python bench/taught_events.py` on {cpu_name()}, {datetime.date.today()} ({summary["wall_s"] / 60:.1f} min in \
+all: rendering {summary["render_s"]:.0f} s, teaching {summary["teach_s"]:.0f} s, pipeline runs \
+{summary["runs_s"]:.0f} s). Taught through \
+`python -m workers.teach` from {args.examples} clips of each new action and {args.none} of the demo's own actions \
+(`none/`), {CLIP_S} s each, then run over held-out videos of {args.seconds:.0f} s that the teaching never saw, \
+`run_pipeline.py --offline --headless --adapter ADAPTER` (default events: start 0.7, end 0.5, smoothing 3), and \
+once more without an adapter for the old labels' baseline. Two scenarios:
+
+- **alone** (the goal as the issue states it): each new action taught alone (an adapter of one label); its \
+{args.seeds} held-out videos mix it with the demo's own actions only (each with ≥ {args.least} segments of it \
+of ≥ 2 s, chosen by their labels).
+- **together**: the three taught in one adapter (each is the others' negative); {args.seeds} held-out videos \
+mix all three with the demo's actions (≥ {args.least_together} new-action segments of ≥ 2 s each).
+
+Seeds: {seed_lines}. Found: a segment of the label of ≥ {MIN_SEGMENT_S:.0f} s (back-to-back shots of one label joined: one action) with a `start` of the label on its \
+stream from its first frame to {SPAN} frames (one window) past its last; elsewhere: a `start` of the label outside \
+all of them. Old labels: per-prediction top-1 over windows of a demo class inside one segment.
+
+| scenario | taught label | segments ≥ 2 s | found | recall | starts | elsewhere | false starts | of them on another new action | old labels' top-1 without | with | change (points) |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+{chr(10).join(rows)}
+
+Goal (≥ 90% recall, ≤ 5% false starts, old labels within 0.5 point): \
+{"; ".join(f"{name} {'met' if ok else 'not met'}" for name, ok in met.items())}. The teaching command printed \
+(held-out check on its own clips):
+{said_lines}
+"""
+    return text
 
 
 def main() -> None:
@@ -162,9 +258,11 @@ def main() -> None:
                         help="a held-out video of the three holds at least this many of their segments ≥ 2 s")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each held-out video")
     parser.add_argument("--keep", type=Path, help="work here and keep everything (default: a temporary folder)")
+    parser.add_argument("--rescore", action="store_true", help="score the runs kept in --keep again, run nothing")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    began = time.perf_counter()
+    if args.rescore and not args.keep:
+        parser.error("--rescore scores what --keep DIR holds; name the folder")
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         work, cleanup = args.keep, None
@@ -175,79 +273,14 @@ def main() -> None:
     scenarios = {label: ((label,), [*CLASSES, label], args.least) for label in NEW}
     scenarios[TOGETHER] = (NEW, ALL_ACTIONS, args.least_together)
     try:
-        folders = render_teaching(work / "teach", args.examples, args.none)
-        videos, truth, seeds = {}, {}, {}
-        for name, (labels, choices, least) in scenarios.items():
-            seeds[name] = held_out_seeds(args.first_seed, args.seeds, args.seconds, least, choices, labels)
-            videos[name] = []
-            for seed in seeds[name]:
-                video = work / "held-out" / name / f"{name}-{seed}.mp4"
-                if not video.exists():
-                    write_video(video, args.seconds, seed, choices=choices)
-                videos[name].append(video)
-                truth[video.stem] = read_labels(video.with_suffix(".labels.json"))
-        render_s = time.perf_counter() - began
-        pipeline = ["run_pipeline.py", "--checkpoint", CHECKPOINT, "--offline", "--headless", "--store", "off",
-                    "--web", "off"]
-        said, runs_s, teach_s, events = {}, [], [], {}
-        for name, folder in folders.items():
-            adapter = work / f"{name}.safetensors"
-            teach_s.append(run(["-m", "workers.teach", "--checkpoint", CHECKPOINT, "--clips", folder, "--out",
-                                adapter], work / f"teach-{name}.log"))
-            said[name] = (work / f"teach-{name}.log").read_text().strip().splitlines()[-1]
-            out = work / f"events-{name}.jsonl"
-            out.unlink(missing_ok=True)
-            sources = [a for v in videos[name] for a in ("--source", v)]
-            runs_s.append(run([*pipeline, *sources, "--adapter", adapter, "--events", out], work / f"run-{name}.log"))
-            events[name] = read_events(out)
-        plain = work / "events-plain.jsonl"  # every scenario's videos, once, without an adapter
-        plain.unlink(missing_ok=True)
-        sources = [a for name in scenarios for v in videos[name] for a in ("--source", v)]
-        runs_s.append(run([*pipeline, *sources, "--events", plain], work / "run-plain.log"))
-        plain_events = read_events(plain)
+        summary = json.loads((work / SUMMARY).read_text()) if args.rescore else measure(args, work, scenarios)
+        events = {name: read_events(work / f"events-{name}.jsonl") for name in (*scenarios, "plain")}
+        truth = {Path(v).stem: read_labels(Path(v).with_suffix(".labels.json"))
+                 for videos in summary["videos"].values() for v in videos}
     finally:
         if cleanup is not None:
             cleanup.cleanup()
-    wall_s = time.perf_counter() - began
-    rows, met, bases = [], {}, {}
-    for name, (labels, _, _) in scenarios.items():
-        own = {v.stem: truth[v.stem] for v in videos[name]}
-        right, total = old_accuracy([e for e in plain_events if e.get("stream") in own], own)
-        bases[name] = (right / max(1, total), total)
-        for r in score_run(labels, events[name], own, bases[name][0]):
-            recall, false = r["found"] / max(1, r["segments"]), r["elsewhere"] / max(1, r["starts"])
-            met[name] = met.get(name, True) and recall >= 0.9 and false <= 0.05 and abs(r["change"]) <= 0.5
-            rows.append(f"| {'alone' if name in NEW else name} | {r['label']} | {r['segments']} | {r['found']} "
-                        f"| {recall:.0%} | {r['starts']} | {r['elsewhere']} | {false:.0%} | {r['on_new']} "
-                        f"| {bases[name][0]:.1%} of {bases[name][1]} | {r['old']:.1%} | {r['change']:+.1f} |")
-    said_lines = "\n".join(f"- {name}: `{line.split(': ', 1)[-1]}`" for name, line in said.items())
-    seed_lines = "; ".join(f"{name}: {', '.join(map(str, seeds[name]))}" for name in scenarios)
-    text = f"""`python bench/taught_events.py` on {cpu_name()}, {datetime.date.today()} ({wall_s / 60:.1f} min in \
-all: rendering {render_s:.0f} s, teaching {sum(teach_s):.0f} s, pipeline runs {sum(runs_s):.0f} s). Taught through \
-`python -m workers.teach` from {args.examples} clips of each new action and {args.none} of the demo's own actions \
-(`none/`), {CLIP_S} s each, then run over held-out videos of {args.seconds:.0f} s that the teaching never saw, \
-`run_pipeline.py --offline --headless --adapter ADAPTER` (default events: start 0.7, end 0.5, smoothing 3), and \
-once more without an adapter for the old labels' baseline. Two scenarios:
-
-- **alone** (the goal as the issue states it): each new action taught alone (an adapter of one label); its \
-{args.seeds} held-out videos mix it with the demo's own actions only (each with ≥ {args.least} segments of it \
-of ≥ 2 s, chosen by their labels).
-- **together**: the three taught in one adapter (each is the others' negative); {args.seeds} held-out videos \
-mix all three with the demo's actions (≥ {args.least_together} new-action segments of ≥ 2 s each).
-
-Seeds: {seed_lines}. Found: a segment of the label of ≥ {MIN_SEGMENT_S:.0f} s with a `start` of the label on its \
-stream from its first frame to {SPAN} frames (one window) past its last; elsewhere: a `start` of the label outside \
-all of them. Old labels: per-prediction top-1 over windows of a demo class inside one segment.
-
-| scenario | taught label | segments ≥ 2 s | found | recall | starts | elsewhere | false starts | of them on another new action | old labels' top-1 without | with | change (points) |
-|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-{chr(10).join(rows)}
-
-Goal (≥ 90% recall, ≤ 5% false starts, old labels within 0.5 point): \
-{"; ".join(f"{name} {'met' if ok else 'not met'}" for name, ok in met.items())}. The teaching command printed \
-(held-out check on its own clips):
-{said_lines}
-"""
+    text = report(args, scenarios, summary, events, truth)
     print(f"\n## {HEADING}\n\n{text}")
     if not args.no_write:
         write_section(HEADING, text)
