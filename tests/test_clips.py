@@ -147,3 +147,30 @@ def test_old_clips_go_first_when_past_the_age_or_the_size_cap(tmp_path):
     stage._prune()
     left = sorted(p.name for p in (tmp_path / "cam").iterdir())
     assert left == ["newer.jpg", "newer.mp4", "newest.jpg", "newest.mp4"]  # 'old' by age, 'middle' by size
+
+
+def test_a_clip_never_holds_frames_past_an_end_that_names_an_earlier_frame():
+    """An end line names where the score went below (end_hold_s before it is written), and in an offline run the
+    frames run far ahead of the predictions: a clip still under way writes only frames its end cannot come
+    before, so it stops exactly post_s after the frame its end names."""
+    from streamer.config.sinks import ClipsConfig
+    from streamer.stages.clips import Recorder
+    from streamer.transport.messages import DisplayFrame
+
+    fps, post_s, hold_s = 30.0, 1.0, 1.0
+    recorder = Recorder("cam", ClipsConfig(dir="unused", pre_s=0.0, post_s=post_s, annotated=False), span=1,
+                        end_lag_s=hold_s)
+    image = np.zeros((48, 64, 3), np.uint8)
+    recorder.start({"id": "a", "label": "x", "frame_index": 10})
+    for index in range(300):  # the capture ran ahead: every frame is here before the end line
+        recorder.add_frame(DisplayFrame("cam", index, index / fps, image, fps), now=0.0)
+    for index in range(10, 101, 4):
+        recorder.add_prediction({"frame_index": index, "top": [["x", 0.9]]})
+    written = []
+    recorder._write = lambda clip, index, image, warn: (written.append(index), setattr(clip, "next", index + 1))
+    for _ in range(20):
+        recorder.pump(now=0.0, warn=str)
+    recorder.end({"id": "a", "frame_index": 100 - round(hold_s * fps)}, now=0.0)  # written at 100, naming 70
+    for _ in range(20):
+        recorder.pump(now=0.0, warn=str)
+    assert written == list(range(10, 70 + round(post_s * fps) + 1))

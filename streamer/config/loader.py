@@ -148,7 +148,8 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         sinks=sinks_config(file, endpoints, security, streams, model.labels, where)
         if flags.role in (None, "sinks") else None,
         clips=ClipStageConfig(clips=clips, streams=streams, span=window_span(model.num_frames, model.frame_interval),
-                              top_k=panel_top, **sockets) if clips else None,
+                              top_k=panel_top, end_lag_s=events.end_hold_s + events.merge_gap_s,
+                              **sockets) if clips else None,
         duration_s=file.pipeline.duration, security=security, source_file=where,
         fixed_endpoints=file.endpoints is not None, ipc_dir=ipc_dir)
 

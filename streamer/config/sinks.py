@@ -106,6 +106,7 @@ class ClipStageConfig:
     streams: tuple[str, ...]
     span: Count                   # source frames one window covers: the start line's frame minus span + 1
     top_k: TopK = 5
+    end_lag_s: float = 0.0        # how far before the newest prediction an end line may name (end_hold_s + merge_gap_s)
 
     def __post_init__(self) -> None:
         check(self)

@@ -73,6 +73,7 @@ class Recorder:
     name: str
     config: ClipsConfig
     span: int
+    end_lag_s: float = 0.0  # an end line names a frame up to this long before the newest prediction
     fps: float = 0.0
     frames: collections.deque = field(default_factory=collections.deque)   # (index, ts, received, jpeg)
     predictions: list = field(default_factory=list)                         # (frame_index, top, latency_ms)
@@ -152,11 +153,15 @@ class Recorder:
 
         Frame by frame, each drawn once for every clip that holds it (actions overlap by their rolls)."""
         newest_prediction = self.predictions[-1][0] if self.predictions else -1
+        # a clip still under way ends at a frame no earlier than this (its end line names where its score went
+        # below, up to end_lag_s before the newest prediction), so it takes no frame past its post-roll from there
+        sure = newest_prediction + round((self.config.post_s - self.end_lag_s) * (self.fps or 30.0))
         budget = DRAWN_PER_PUMP  # a clip's pre-roll is drawn a few frames at a time, so the sockets keep draining
         for index, _, received, jpeg in list(self.frames):
             if budget <= 0 and not stopping:
                 break
-            takers = [c for c in self.clips.values() if not c.failed and c.next <= index <= c.last]
+            takers = [c for c in self.clips.values() if not c.failed and c.next <= index <= c.last
+                      and (c.ended or stopping or index <= sure)]
             if not takers:
                 continue
             if self.config.annotated and index > newest_prediction and now - received < DRAW_WAIT_S and not stopping:
@@ -209,7 +214,8 @@ class ClipStage:
 
     def __init__(self, config: ClipStageConfig) -> None:
         self.config, self.clips = config, config.clips
-        self.recorders = {name: Recorder(name, config.clips, config.span) for name in config.streams}
+        self.recorders = {name: Recorder(name, config.clips, config.span, config.end_lag_s)
+                          for name in config.streams}
         self.counts = {"written": 0, "failed": 0}
         self.missed_frames = 0
         self._warned: set[str] = set()
