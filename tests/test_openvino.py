@@ -39,31 +39,34 @@ def test_openvino_logits_match_torch(tmp_path, monkeypatch, attention, frames, s
             assert (converted(x) - reference(x)).abs().max() <= 1e-4
 
 
-def load_in_a_process(path: Path, cache: Path) -> str:
-    code = ("import sys; from workers.model import load_model; "
-            f"m = load_model({str(path)!r}, backend='openvino'); print(m.backend)")
+def load_in_a_process(cache: Path, *paths: Path) -> list[str]:
+    """Load each checkpoint in turn through OpenVINO in one new process; what it logged for each."""
+    code = ("import sys; from workers.model import load_model\n"
+            f"for path in {[str(p) for p in paths]!r}:\n"
+            "    print('=== next', file=sys.stderr, flush=True)\n"
+            "    print(load_model(path, backend='openvino').backend)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "XDG_CACHE_HOME": str(cache)})
-    assert done.returncode == 0 and done.stdout.strip() == "openvino", done.stderr
-    return done.stderr
+    assert done.returncode == 0 and done.stdout.split() == ["openvino"] * len(paths), done.stderr
+    return done.stderr.split("=== next\n")[1:]
 
 
 def test_the_cache_is_shared_by_processes_and_rebuilt_when_stale_or_damaged(tmp_path):
     cache = tmp_path / "cache"
     path = tiny(tmp_path, "divided_space_time")
-    assert "converted the model to OpenVINO" in load_in_a_process(path, cache)
-    assert "converted" not in load_in_a_process(path, cache), "a second process converted again"
+    other = tiny(tmp_path, "divided_space_time", seed=1)  # other weights: another conversion, another file
+    assert "converted the model to OpenVINO" in load_in_a_process(cache, path)[0]
     files = sorted((cache / "timesformer-stream" / "openvino").glob("*.xml"))
     assert len(files) == 1
-
-    other = tiny(tmp_path, "divided_space_time", seed=1)  # other weights: another conversion, another file
-    assert "converted the model to OpenVINO" in load_in_a_process(other, cache)
+    again, second = load_in_a_process(cache, path, other)
+    assert "converted" not in again, "a second process converted again"
+    assert "converted the model to OpenVINO" in second
     assert len(list((cache / "timesformer-stream" / "openvino").glob("*.xml"))) == 2
 
     files[0].with_suffix(".bin").write_bytes(b"\0" * 100)  # damaged: rebuilt, with one warning
-    log = load_in_a_process(path, cache)
+    log, = load_in_a_process(cache, path)
     assert "converting it again" in log and "converted the model to OpenVINO" in log and "Traceback" not in log
-    assert "converted" not in load_in_a_process(path, cache)
+    assert not any("converted" in log for log in load_in_a_process(cache, path, other))
 
 
 def test_backend_torch_keeps_torch_and_the_plan_says_what_runs(tmp_path, monkeypatch):
