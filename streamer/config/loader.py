@@ -104,14 +104,15 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
     """
     path = Path(flags.config) if flags.config else default_config()
     file, where = read_config(path, flags), str(path)
-    model = model_choice(file.model, preprocess_of, where)
+    # what can be checked without the checkpoint first: reading one imports torch (a second)
     security = load_security(file.security, f"{where} [security]", path.parent,
                              server_secret=flags.role in BINDING_ROLES)
     endpoints, ipc_dir = pipeline_endpoints(file.endpoints, security, where)
-    events = event_config(file.events, model.labels, f"{where} [events]")
     video = writable_video(file.overlay.output)
     clips = clips_config(file.clips)
     store = store_config(file.store, file.teach)
+    model = model_choice(file.model, preprocess_of, where)
+    events = event_config(file.events, model.labels, f"{where} [events]")
     same_host = all(e.startswith("ipc://") for e in (endpoints.windows, endpoints.work))  # frames in shared memory
     frames_port = (file.endpoints.frames_port if file.endpoints is not None and file.pipeline.shared_memory
                    and not same_host else None)  # on one host the workers read the store themselves
