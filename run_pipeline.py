@@ -66,14 +66,16 @@ def has_display() -> bool:
 
 
 def describe_checkpoint(path: str):
-    """:func:`workers.model.describe_checkpoint`, imported when a checkpoint is first read: torch takes a second
-    to import, and a config or checkpoint path that is wrong is told at once."""
-    from streamer.errors import CheckpointError
+    """:func:`workers.model.describe_checkpoint` without importing torch for our own checkpoints (their header
+    says it all): torch takes a second to import, and the pipeline starts, or a mistake is told, without it."""
+    from workers.checkpoint_meta import described
 
-    CheckpointError.unless_found(path)
-    from workers.model import describe_checkpoint as describe
+    quick = described(path)
+    if quick is not None:
+        return quick
+    from workers.model import describe_checkpoint as in_full
 
-    return describe(path)
+    return in_full(path)
 
 
 def main(argv: list[str] | None = None) -> int:

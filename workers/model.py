@@ -9,7 +9,7 @@ import json
 import pickle
 import re
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,34 +17,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from streamer.errors import CheckpointError, ConfigError
-from workers.flips import check_flip_views
+from streamer.errors import CheckpointError
+from workers.checkpoint_meta import (FORMAT_NAME, FORMAT_VERSION, Preprocess, check_preprocess, checked_labels,
+                                     described, label_names, read_metadata)
 from workers.quantize import Calibration
 from workers.runtime import build, plan
-from workers.sampling import window_span
 from workers.timesformer import TimeSformer, TimeSformerConfig
-
-FORMAT_NAME = "timesformer-stream"
-FORMAT_VERSION = "1"
-KINETICS400_LABELS = Path(__file__).resolve().parent / "data" / "kinetics400_labels.txt"
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How frames must be prepared for a checkpoint: pixel statistics (0..1 units), crop side, window shape."""
-
-    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
-    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
-    size: int = 224
-    num_frames: int = 8
-    frame_interval: int = 32
-    flip_views: tuple[str, ...] = ()  # mirror images its classes allow averaging in at test time (workers.views)
-
-    @property
-    def span(self) -> int:
-        """Source frames from a window's first frame to its last, inclusive."""
-        return window_span(self.num_frames, self.frame_interval)
-
 
 # Hugging Face key → official key, applied in order (the official names are ours).
 HF_KEY_RULES = [
@@ -227,7 +205,7 @@ def _read_hf(folder: Path) -> tuple[dict, dict, list[str] | None, Preprocess]:
             pre = replace(pre, mean=tuple(proc["image_mean"]), std=tuple(proc["image_std"]))
     except (AttributeError, LookupError, TypeError, ValueError) as err:  # JSON of the wrong shape, text for a number
         raise CheckpointError(f"{folder}: config.json or preprocessor_config.json is damaged ({err})") from None
-    _check_preprocess(pre, folder)
+    check_preprocess(pre, folder)
     return hf_to_official(state), hf_arch, labels, pre
 
 
@@ -250,32 +228,8 @@ def _read_ours(path: Path) -> tuple[dict, dict, list[str] | None, Preprocess]:
             state = hf_to_official(state)
         state = {re.sub(r"^(module\.)?(model\.)?", "", k): v for k, v in state.items()}
         return state, {}, None, Preprocess()
-    try:
-        arch = json.loads(meta.get("config", "{}"))
-        labels = json.loads(meta["labels"]) if "labels" in meta else None
-        pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
-                            for k, v in json.loads(meta.get("preprocess", "{}")).items()})
-        if not isinstance(arch, dict) or not (labels is None or isinstance(labels, list)):
-            raise TypeError("config must be an object and labels a list")
-        heads = {"num_heads": int(arch["num_heads"])} if "num_heads" in arch else {}
-        labels = None if labels is None else [str(label) for label in labels]
-    except (AttributeError, LookupError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
-        raise CheckpointError(f"{path}: metadata is damaged ({err}); re-save the model with save_model") from None
-    _check_preprocess(pre, path)
+    heads, labels, pre = read_metadata(meta, path)
     return state, heads, labels, pre
-
-
-def _check_preprocess(pre: Preprocess, where: Path) -> None:
-    """Refuse preprocessing read from a file that would fail later, mid-stream, in a worker."""
-    try:
-        check_flip_views(pre.flip_views, f"{where}: metadata")
-    except ConfigError as err:  # the same rules as a config's flip_views, but the checkpoint is what is wrong
-        raise CheckpointError(str(err)) from None
-    stats_ok = all(len(v) == 3 and all(isinstance(x, (int, float)) for x in v) for v in (pre.mean, pre.std))
-    sizes_ok = all(isinstance(n, int) and n > 0 for n in (pre.size, pre.num_frames, pre.frame_interval))
-    if not stats_ok or not sizes_ok or min(pre.std) <= 0:
-        raise CheckpointError(f"{where}: preprocessing in its metadata is damaged ({pre}); "
-                              "mean/std must be 3 numbers (std > 0), sizes positive integers")
 
 
 def read_checkpoint(path: str | Path, **overrides) -> tuple[dict, TimeSformerConfig, list[str] | None, Preprocess]:
@@ -291,11 +245,7 @@ def read_checkpoint(path: str | Path, **overrides) -> tuple[dict, TimeSformerCon
     config = infer_config(state, str(path), **{**arch, **overrides})
     if "num_frames" in overrides or "img_size" in overrides:
         pre = replace(pre, num_frames=config.num_frames, size=config.img_size)
-    if labels is None and config.num_classes == 400:
-        labels = KINETICS400_LABELS.read_text().splitlines()
-    if labels is not None and len(labels) != config.num_classes:
-        raise CheckpointError(f"{path}: {len(labels)} labels for a head of {config.num_classes} classes")
-    return state, config, labels, pre
+    return state, config, checked_labels(labels, config.num_classes, path), pre
 
 
 def checkpoint_head(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -380,12 +330,12 @@ def save_model(model: TimeSformer, path: str | Path, *, labels: list[str] | None
     return path
 
 
-def label_names(labels: list[str] | None, num_classes: int) -> list[str]:
-    """The checkpoint's labels, or the class indices as names when it has none (a head trained elsewhere)."""
-    return list(labels) if labels else [str(i) for i in range(num_classes)]
-
-
-def describe_checkpoint(path: str | Path) -> tuple[Preprocess, list[str] | None]:
-    """Preprocessing and labels of a checkpoint, checked for loadability (raises CheckpointError)."""
+def describe_checkpoint(path: str | Path) -> tuple[Preprocess, list[str]]:
+    """Preprocessing and labels of a checkpoint (raises CheckpointError): ours from its header
+    (:func:`workers.checkpoint_meta.described`, no weights read), any other read in full, which checks that its
+    weights load."""
+    quick = described(path)
+    if quick is not None:
+        return quick
     _, config, labels, pre = read_checkpoint(path)
     return pre, label_names(labels, config.num_classes)
