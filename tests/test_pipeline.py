@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import pytest
 import tomli_w
 
@@ -102,13 +103,18 @@ def test_file_source_headless_writes_contract_lines_and_stops_at_end(tmp_path, c
     assert 1 / 45 < span < 1 / 20
 
 
-def test_offline_drops_no_window(tmp_path, checkpoint, video):
-    events = tmp_path / "events.jsonl"
+def test_offline_drops_no_window_and_its_annotated_video_holds_every_frame(tmp_path, checkpoint, video):
+    """Offline, the workers set the pace (slow here: 50 ms a window) and none of the file is lost: every window
+    predicted, and the annotated video (--output) one frame per source frame, not sampled at wall-clock speed."""
+    events, output = tmp_path / "events.jsonl", tmp_path / "annotated.mp4"
     config = write_config(tmp_path / "c.toml", checkpoint, delay_s=0.05, max_batch=1)
-    proc = run("--config", config, "--source", video, "--offline", "--headless", "--events", events)
+    proc = run("--config", config, "--source", video, "--offline", "--headless", "--events", events,
+               "--output", output)
     assert proc.returncode == 0, proc.stderr
     indices = [line["frame_index"] for line in read_lines(events) if line["kind"] == "prediction"]
     assert indices == due_indices(60)
+    with av.open(str(output)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 60
 
 
 def test_frames_through_shared_memory_predict_exactly_as_inline(tmp_path, checkpoint, video):

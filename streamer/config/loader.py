@@ -141,6 +141,7 @@ def load_config(flags: Overrides, preprocess_of) -> PipelineConfig:
         captures=captures, dispatch=dispatch,
         workers=worker_configs(file, model, endpoints, security, frame_store, events.top_k, where, embed),
         overlay=OverlayConfig(streams=streams, window=_window(file), output=video, fps=file.overlay.fps,
+                              every_frame=file.pipeline.offline and bool(video) and len(streams) == 1,
                               top_k=panel_top, **sockets) if video or _window(file) else None,
         web=web_config(file.web, flags.web, where, default_file=path.resolve() == default_config(),
                        streams=tuple(kinds.items()), top_k=panel_top, store=store, checkpoint=model.checkpoint,

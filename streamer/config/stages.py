@@ -157,7 +157,11 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class OverlayConfig:
-    """Newest frame + newest result per stream → a window, an annotated video, or both."""
+    """Newest frame + newest result per stream → a window, an annotated video, or both.
+
+    ``every_frame`` (an offline run of one file into ``output``): one image per source frame, each drawn once
+    its prediction is in, instead of the newest frame at ``fps`` of wall-clock time; the capture waits for it.
+    """
 
     endpoints: Endpoints
     streams: tuple[str, ...]
@@ -166,6 +170,7 @@ class OverlayConfig:
     fps: Fps = 30.0
     top_k: TopK = 5
     security: Security = field(default_factory=Security)
+    every_frame: bool = False
 
     def __post_init__(self) -> None:
         check(self)

@@ -80,9 +80,9 @@ class _Display:
             sock.setsockopt(zmq.SNDHWM, CLIP_QUEUE_FRAMES)
             sock.connect(config.endpoints.clips)
         display = cls(sock, config.look.streams(config.stream))
-        if config.offline and config.clips:
-            # Offline, clips must hold every frame however fast the file is read: wait for the recorder
-            # rather than drop (live sources never wait; the recorder's deep queue absorbs bursts there).
+        if config.offline and (config.clips or config.display):
+            # Offline, clips and the annotated video (--output) hold every frame however fast the file is read:
+            # wait for them rather than drop (live sources never wait; the recorder's deep queue absorbs bursts).
             sock.setsockopt(zmq.XPUB_NODROP, 1)
             display.wait_for_all = True
         return display
@@ -99,12 +99,15 @@ class _Display:
             except zmq.Again:  # the recorder is behind: offline, wait for it
                 self.sock.poll(100, zmq.POLLOUT)
 
-    def wait_for_subscriber(self, stop, offline: bool) -> None:
-        """With clips: hold the first frame until the recorder's subscription has arrived, so that its
-        pre-roll starts at frame 0 (offline up to RECORDER_WAIT_S; live a second at most)."""
+    def wait_for_subscriber(self, stop, offline: bool, clips: bool = True) -> None:
+        """Hold the first frame until the recorder's subscription (with clips) or a viewer's (offline, without
+        them: the overlay writing the annotated video) has arrived, so that a clip's pre-roll or the video starts
+        at frame 0 (offline up to RECORDER_WAIT_S; live a second at most)."""
         deadline = time.monotonic() + (RECORDER_WAIT_S if offline else 1.0)
-        while RECORDER_TOPIC not in self.topics and not stop.is_set() and time.monotonic() < deadline:
-            self.watched(next(iter(self.stream_topics)))
+        stream = next(iter(self.stream_topics))
+        while not stop.is_set() and time.monotonic() < deadline:
+            if self.watched(stream) and (RECORDER_TOPIC in self.topics or not clips):
+                return
             time.sleep(0.01)
 
     def watched(self, stream: str) -> bool:
@@ -255,8 +258,8 @@ class _Capture:
             self.out.poll(max(1, int(left * 1000)), zmq.POLLOUT)
 
     def wait_for_recorder(self) -> None:
-        if self.display is not None and self.config.clips:
-            self.display.wait_for_subscriber(self.stop, self.config.offline)
+        if self.display is not None and (self.config.clips or self.config.offline and self.config.display):
+            self.display.wait_for_subscriber(self.stop, self.config.offline, clips=self.config.clips)
 
     def step(self) -> bool:
         """Take one frame (or one wait of a source that reconnects); False at the source's end or a stop."""

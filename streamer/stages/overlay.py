@@ -3,8 +3,11 @@
 Frames arrive on the display socket (bound here, captures connect), results and source
 status on the dispatcher's results socket. Drawing runs at ``fps``; a stream with no frame
 yet shows a placeholder. The video file is finished properly on stop, so it stays playable.
+Offline, one file into ``--output``: every frame instead, each with the prediction of its window
+(:class:`FramesHeld`), so the annotated video is as long as the file.
 """
 
+import collections
 import multiprocessing.synchronize
 import time
 
@@ -22,6 +25,9 @@ from streamer.render.panel import StreamView, annotate_view
 from streamer.render.draw import tile
 from streamer.stages.health import Health
 from streamer.video.writer import VideoOut
+
+HOLD_S = 2.0  # offline into a file: the longest a frame waits for its prediction (the file's last frames)
+HOLD_FRAMES = 150  # and the most frames held meanwhile (about 100 MB at 640×360)
 
 
 def compose(views: dict[str, StreamView]) -> np.ndarray:
@@ -45,11 +51,22 @@ def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event, health: 
     poller.register(frames, zmq.POLLIN)
     poller.register(results, zmq.POLLIN)
     period, next_draw, malformed = 1.0 / config.fps, time.monotonic(), 0
+    held = FramesHeld(views[config.streams[0]]) if config.every_frame else None
+
+    def draw() -> None:
+        nonlocal show
+        image = compose(views)
+        if video is not None:
+            video.write(image)
+        if show:
+            show = _show(image)
+
     health.ready()
     try:
         while not stop.is_set():
             health.beat()
-            events = dict(poller.poll(max(1, int(1000 * (next_draw - time.monotonic())))))
+            wait_ms = 50 if held is not None else max(1, int(1000 * (next_draw - time.monotonic())))
+            events = dict(poller.poll(wait_ms))
             for sock in (frames, results):
                 while sock in events:
                     try:
@@ -62,12 +79,20 @@ def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event, health: 
                     view = views.get(getattr(msg, "stream", ""))
                     if view is None:
                         continue
-                    if isinstance(msg, DisplayFrame):
+                    if isinstance(msg, DisplayFrame) and held is not None:
+                        held.frames.append((msg, time.monotonic()))
+                    elif isinstance(msg, DisplayFrame):
                         view.add_frame(msg.image, msg.index, msg.ts, time.monotonic(), msg.tracks)
                     elif isinstance(msg, Result):
                         view.add_top(msg.top, 1000 * (time.time() - msg.frame_ts), msg.track)
+                        if held is not None and msg.track is None:
+                            held.predicted = max(held.predicted, msg.frame_index)
                     elif isinstance(msg, Status) and msg.kind != LineKind.TRACK_ENDED:
                         view.status = None if msg.kind == LineKind.SOURCE_RESTORED else msg.kind.replace("_", " ")
+            if held is not None:  # offline into a file: every frame, once its prediction is in
+                while held.due(time.monotonic()):
+                    draw()
+                continue
             if time.monotonic() < next_draw:
                 continue
             next_draw += period
@@ -75,12 +100,10 @@ def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event, health: 
                 next_draw = time.monotonic() + period
             if all(v.frame is None for v in views.values()):
                 continue
-            image = compose(views)
-            if video is not None:
-                video.write(image)
-            if show:
-                show = _show(image)
+            draw()
     finally:
+        while held is not None and held.due(float("inf")):  # the file's last frames, past its last window
+            draw()
         if video is not None:
             video.close()
         if config.window:
@@ -89,6 +112,27 @@ def run(config: OverlayConfig, stop: multiprocessing.synchronize.Event, health: 
         results.close(linger=0)
         ctx.term()
     return 0
+
+
+class FramesHeld:
+    """Offline into a file (``OverlayConfig.every_frame``): each frame of the one stream waits until a prediction
+    of a window ending at or after it is in (or HOLD_S has passed, or at most HOLD_FRAMES wait), then becomes the
+    view's frame, to be drawn once. The capture runs ahead of the workers; this keeps the labels with their
+    frames and the video as long as the file."""
+
+    def __init__(self, view: StreamView) -> None:
+        self.view, self.frames, self.predicted = view, collections.deque(), -1
+
+    def due(self, now: float) -> bool:
+        """Move the next frame to the view when it may be drawn; True when one was."""
+        if not self.frames:
+            return False
+        frame, received = self.frames[0]
+        if frame.index > self.predicted and len(self.frames) < HOLD_FRAMES and now - received < HOLD_S:
+            return False
+        self.frames.popleft()
+        self.view.add_frame(frame.image, frame.index, frame.ts, now, frame.tracks)
+        return True
 
 
 def _show(image: np.ndarray) -> bool:
