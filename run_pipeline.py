@@ -66,8 +66,9 @@ def has_display() -> bool:
 
 
 def describe_checkpoint(path: str):
-    """:func:`workers.model.describe_checkpoint` without importing torch for our own checkpoints (their header
-    says it all): torch takes a second to import, and the pipeline starts, or a mistake is told, without it."""
+    """Preprocessing and labels of the checkpoint: ours from the header alone, without importing torch (a second:
+    the pipeline starts, or a mistake is told, without it); any other read in full by
+    :func:`workers.model.describe_checkpoint`."""
     from workers.checkpoint_meta import described
 
     quick = described(path)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from streamer.errors import CheckpointError
 from workers.checkpoint_meta import (FORMAT_NAME, FORMAT_VERSION, Preprocess, check_preprocess, checked_labels,
-                                     described, label_names, read_metadata)
+                                     label_names, read_metadata)
 from workers.quantize import Calibration
 from workers.runtime import build, plan
 from workers.timesformer import TimeSformer, TimeSformerConfig
@@ -331,11 +331,7 @@ def save_model(model: TimeSformer, path: str | Path, *, labels: list[str] | None
 
 
 def describe_checkpoint(path: str | Path) -> tuple[Preprocess, list[str]]:
-    """Preprocessing and labels of a checkpoint (raises CheckpointError): ours from its header
-    (:func:`workers.checkpoint_meta.described`, no weights read), any other read in full, which checks that its
-    weights load."""
-    quick = described(path)
-    if quick is not None:
-        return quick
+    """Preprocessing and labels of a checkpoint, checked for loadability (raises CheckpointError); the header
+    alone, without torch, is :func:`workers.checkpoint_meta.described`."""
     _, config, labels, pre = read_checkpoint(path)
     return pre, label_names(labels, config.num_classes)
