@@ -19,7 +19,6 @@ import datetime
 import random
 import shutil
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time

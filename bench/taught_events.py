@@ -168,12 +168,12 @@ def measure(args: argparse.Namespace, work: Path, scenarios: dict) -> dict:
             if not video.exists():
                 write_video(video, args.seconds, seed, choices=choices)
     render_s = time.perf_counter() - began
-    pipeline = ["run_pipeline.py", "--checkpoint", CHECKPOINT, "--offline", "--headless", "--store", "off",
+    pipeline = ["run_pipeline.py", "--checkpoint", args.checkpoint, "--offline", "--headless", "--store", "off",
                 "--web", "off"]
     said, runs_s, teach_s = {}, [], []
     for name, folder in folders.items():
         adapter = work / f"{name}.safetensors"
-        teach_s.append(run(["-m", "workers.teach", "--checkpoint", CHECKPOINT, "--clips", folder, "--out",
+        teach_s.append(run(["-m", "workers.teach", "--checkpoint", args.checkpoint, "--clips", folder, "--out",
                             adapter], work / f"teach-{name}.log"))
         said[name] = (work / f"teach-{name}.log").read_text().strip().splitlines()[-1]
         out = work / f"events-{name}.jsonl"
@@ -216,7 +216,9 @@ def report(args: argparse.Namespace, scenarios: dict, summary: dict, events: dic
                         f"| {bases[name][0]:.1%} of {bases[name][1]} | {r['old']:.1%} | {r['change']:+.1f} |")
     said_lines = "\n".join(f"- {name}: `{line.split(': ', 1)[-1]}`" for name, line in said.items())
     seed_lines = "; ".join(f"{name}: {', '.join(map(str, seeds[name]))}" for name in scenarios)
-    text = f"""`python bench/taught_events.py` on {cpu_name()}, {datetime.date.today()} ({summary["wall_s"] / 60:.1f} min in \
+    command = "python bench/taught_events.py" + \
+        ("" if Path(args.checkpoint).resolve() == CHECKPOINT else f" --checkpoint {args.checkpoint}")
+    text = f"""`{command}` on {cpu_name()}, {datetime.date.today()} ({summary["wall_s"] / 60:.1f} min in \
 all: rendering {summary["render_s"]:.0f} s, teaching {summary["teach_s"]:.0f} s, pipeline runs \
 {summary["runs_s"]:.0f} s). Taught through \
 `python -m workers.teach` from {args.examples} clips of each new action and {args.none} of the demo's own actions \
@@ -268,6 +270,7 @@ def main() -> None:
     parser.add_argument("--least-together", type=int, default=5,
                         help="a held-out video of the three holds at least this many of their segments ≥ 2 s")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each held-out video")
+    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="the model taught (default: the demo's)")
     parser.add_argument("--keep", type=Path, help="work here and keep everything (default: a temporary folder)")
     parser.add_argument("--rescore", action="store_true", help="score the runs kept in --keep again, run nothing")
     parser.add_argument("--no-write", action="store_true")

@@ -41,7 +41,7 @@ def footprint(size: float, amplitude: float) -> float:
     return size + 2 * abs(amplitude)
 
 
-def _unit_noise(step: int, key: int) -> float:
+def unit_noise(step: int, key: int) -> float:
     """A number in [-1, 1) that is a pure function of ``(step, key)`` (splitmix64: the same on any machine)."""
     z = (step * 0x9E3779B97F4A7C15 + key * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & _MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -59,5 +59,5 @@ def position(label: str, x: float, y: float, amplitude: float, period: float, ph
         return x + abs(amplitude) * math.cos(turn), y + abs(amplitude) * math.sin(turn)
     if label == "shaking":
         step = math.floor(t * _JITTER_RATE + 1e-6)
-        return x + amplitude * _unit_noise(step, int(phase * (1 << 30))), y
+        return x + amplitude * unit_noise(step, int(phase * (1 << 30))), y
     raise ValueError(f"not a new action: {label!r}")

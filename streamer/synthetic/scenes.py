@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from streamer.synthetic.new_actions import NEW_ACTIONS, footprint, position, sample_motion
+from streamer.synthetic.wandering import WANDERING, sample_wander, wander_position
 
 CLASSES: list[str] = [
     "moving_left",
@@ -65,7 +66,9 @@ class Actor:
     speed: float  # stage units/s (moving), degrees/s (rotating), diameter units/s (growing, shrinking),
     #               travel in stage units (new actions; an orbit's radius, signed by its sense)
     period: float  # seconds per on/off cycle (blinking), per bob or orbit (new actions)
-    phase: float  # 0..1 offset of the blink, bob or orbit cycle (of the jitter's draws when shaking)
+    phase: float  # 0..1 offset of the blink, bob or orbit cycle (of the jitter's draws when shaking, wandering)
+    turn: float = 0.0  # radians/s of steady turning (wandering, training only: streamer.synthetic.wandering)
+    spread: float = 0.0  # how far a wandering actor's heading may jump, 0..1 of half a turn
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def _sample_actors(rng: np.random.Generator, label: str, duration: float, backgr
                    count: int | None = None) -> tuple[tuple[Actor, ...], list[tuple[float, float, float]]]:
     """Actors for one segment; their parameters make the motion clear at 30 fps and ~1 s windows."""
     # Several actors doing the same action make the motion a large part of the picture.
-    choices = [1, 2, 2, 3] if label in ("growing", "shrinking", *NEW_ACTIONS) else [1, 2, 3, 3, 4]
+    choices = [1, 2, 2, 3] if label in ("growing", "shrinking", WANDERING, *NEW_ACTIONS) else [1, 2, 3, 3, 4]
     count = int(rng.choice(choices)) if count is None else count
     actors: list[Actor] = []
     taken: list[tuple[float, float, float]] = []
@@ -133,6 +136,7 @@ def _sample_actors(rng: np.random.Generator, label: str, duration: float, backgr
         # frame at any model size), leaving one side and coming back on the other.
         speed = float(rng.uniform(0.3, 0.5))
         lanes = rng.permutation(np.linspace(0.2, 0.8, 4))[:count]
+    wander = sample_wander(rng) if label == WANDERING else {}
     for i in range(count):
         shape = str(rng.choice(SHAPES))
         color = _contrasting_color(rng, background)
@@ -161,6 +165,10 @@ def _sample_actors(rng: np.random.Generator, label: str, duration: float, backgr
             size, speed_i, period = sample_motion(rng, label)
             reach = footprint(size, speed_i)
             x, y = _place(rng, taken, reach, reach / 2, 1 - reach / 2)
+        elif label == WANDERING:  # the whole segment's path parameters, each actor its own key and heading
+            size = float(rng.uniform(0.14, 0.26))
+            x, y = _place(rng, taken, size)
+            speed_i, period = wander["speed"], wander["period"]
         else:  # blinking, still
             x, y = _place(rng, taken, size)
             period = float(rng.uniform(0.4, 1.0))
@@ -168,7 +176,8 @@ def _sample_actors(rng: np.random.Generator, label: str, duration: float, backgr
             taken.append((x, y, reach))
         else:
             taken.append((x, y, size if label not in ("growing", "shrinking") else 0.5))
-        actors.append(Actor(shape, color, marker, x, y, size, angle, speed_i, period, phase))
+        actors.append(Actor(shape, color, marker, x, y, size, angle, speed_i, period, phase,
+                            wander.get("turn", 0.0), wander.get("spread", 0.0)))
     return tuple(actors), taken
 
 
@@ -263,6 +272,9 @@ def actor_state(actor: Actor, label: str, t: float) -> ActorState:
         visible = ((t / actor.period + actor.phase) % 1.0) < 0.5
     elif label in NEW_ACTIONS:
         x, y = position(label, x, y, actor.speed, actor.period, actor.phase, t)
+    elif label == WANDERING:
+        x, y = wander_position(x, y, size, actor.speed, actor.period, actor.spread, actor.turn,
+                               int(actor.phase * (1 << 30)), t)
     return x, y, size, angle, visible
 
 

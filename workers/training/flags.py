@@ -72,6 +72,11 @@ def _optimisation_flags(group) -> None:
     group.add_argument("--actor-p", type=float, default=0.0,
                        help="share of synthetic clips cut around one actor of a multi-actor scene (tracked windows)")
     group.add_argument("--cut-p", type=float, default=0.2, help="share of synthetic clips that straddle a cut")
+    group.add_argument("--describe-motion", type=float, default=0.0, metavar="WEIGHT",
+                       help="synthetic: weight of a side task, saying each window's motion measures from the class "
+                            "token (workers.training.motion_targets), so the embedding describes more than the classes")
+    group.add_argument("--wander-p", type=float, default=0.0,
+                       help="with --describe-motion: share of synthetic scenes ending in a wandering shot (no class)")
 
 
 def _run_flags(group) -> None:

@@ -35,7 +35,10 @@ from workers.preprocess import to_model_input
 from workers.training import data, evaluate
 from workers.training.flags import parse_args
 from workers.training.build import build_model, probe_head
-from workers.training.clips import ClipStream
+from workers.training.clips import NO_CLASS, ClipStream
+from workers.training.motion_targets import MOTION_MEASURES
+
+DESCRIBER_LR_MULT = 10.0  # the side task's layer learns at least this many times the body's rate
 from workers.training.motion_init import FROZEN
 
 
@@ -92,6 +95,7 @@ class Run:
     precision: str
     out: Path
     state: dict
+    describer: nn.Module | None = None  # --describe-motion: the side task's linear layer on the class token
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -100,7 +104,7 @@ def train(args: argparse.Namespace) -> dict:
     run, pairs = start(args)
     val = held_out(args, run.labels, run.pre, pairs)
     stream = ClipStream(args.data if args.data == "synthetic" else "videos", pairs, args.seed + 7919 * run.state["epoch"],
-                        run.pre, args.cut_p, args.actor_p)
+                        run.pre, args.cut_p, args.actor_p, args.wander_p, describe=run.describer is not None)
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=args.batch_size, num_workers=args.workers, persistent_workers=False,
@@ -116,7 +120,7 @@ def train(args: argparse.Namespace) -> dict:
             record = epoch(run, batches, stream)
             if val is not None:
                 record.update(validate(run, val))
-            save_checkpoints(run.model, run.optimizer, run.state, record, run.labels, run.pre, run.out)
+            save_checkpoints(run.model, run.optimizer, run.state, record, run.labels, run.pre, run.out, run.describer)
             log.write(json.dumps(record) + "\n")
             log.flush()
             print(json.dumps(record), flush=True)
@@ -127,6 +131,8 @@ def train(args: argparse.Namespace) -> dict:
 def start(args: argparse.Namespace) -> tuple[Run, list[tuple[Path, int]]]:
     """The run's model, optimiser and state (resumed from ``OUT/resume.pt`` with ``--resume``), and the
     labelled video files for folder or list data."""
+    if args.describe_motion > 0 and args.data != "synthetic":
+        raise ConfigError("--describe-motion needs --data synthetic: the motion measures come from its scenes")
     torch.manual_seed(args.seed)
     # OpenCV's thread pool must not exist when the DataLoader forks its workers: a child
     # inherits the pool's locks but not its threads and hangs in a futex at its first cv2 call.
@@ -150,21 +156,32 @@ def start(args: argparse.Namespace) -> tuple[Run, list[tuple[Path, int]]]:
     if args.freeze_init:
         for name, param in model.named_parameters():
             param.requires_grad_(not name.startswith(FROZEN))
-    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, args.head_lr_mult, args.init_lr_mult),
-                                  lr=args.lr)
-    state = resume(out / "resume.pt", model, optimizer) if args.resume else None
+    groups = param_groups(model, args.weight_decay, args.head_lr_mult, args.init_lr_mult)
+    describer = None
+    if args.describe_motion > 0:
+        describer = nn.Linear(model.head.in_features, len(MOTION_MEASURES))
+        # a fresh layer on a trained body: at the body's rate it would take the whole run to find its scale
+        groups.append({"params": list(describer.parameters()), "weight_decay": 0.0,
+                       "lr_mult": max(args.head_lr_mult, DESCRIBER_LR_MULT), "head": True})
+    optimizer = torch.optim.AdamW(groups, lr=args.lr)
+    state = resume(out / "resume.pt", model, optimizer, describer) if args.resume else None
     model.to(device)
+    if describer is not None:
+        describer.to(device)
     return Run(args, labels, model, pre, optimizer, device, precision, out,
-               state or {"epoch": 0, "step": 0, "best": -1.0}), pairs
+               state or {"epoch": 0, "step": 0, "best": -1.0}, describer), pairs
 
 
-def resume(resume_file: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+def resume(resume_file: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+           describer: nn.Module | None = None) -> dict | None:
     """Load the weights, the optimiser and the state saved by :func:`save_checkpoints`; None when there is none yet."""
     if not resume_file.is_file():
         print(f"no {resume_file} yet: starting fresh", flush=True)
         return None
     saved = torch.load(resume_file, map_location="cpu", weights_only=True)
     model.load_state_dict(saved["model"])
+    if describer is not None and "describer" in saved:
+        describer.load_state_dict(saved["describer"])
     optimizer.load_state_dict(saved["optimizer"])
     state = {k: saved[k] for k in ("epoch", "step", "best")}
     print(f"resumed from {resume_file} at epoch {state['epoch']}, step {state['step']}", flush=True)
@@ -176,11 +193,11 @@ def epoch(run: Run, batches, stream: ClipStream) -> dict:
     args, state, model, optimizer = run.args, run.state, run.model, run.optimizer
     total = args.epochs * args.steps_per_epoch
     model.train()
-    seen, correct, loss_sum, started = 0, 0, 0.0, time.perf_counter()
+    seen, correct, loss_sum, side_sum, started = 0, 0, 0.0, 0.0, time.perf_counter()
     bar = tqdm(range(args.steps_per_epoch), desc=f"epoch {state['epoch'] + 1}/{args.epochs}",
                mininterval=args.bar_interval, file=sys.stderr)
     for _ in bar:
-        clips, targets = next(batches)
+        clips, targets, *measures = next(batches)
         lr = lr_at(state["step"], total, args.warmup, args.lr)
         stream.easy.value = max(0.0, 1.0 - state["step"] / args.easy_steps) if args.easy_steps else 0.0
         frozen = state["step"] < args.freeze_body_steps  # linear probe first, then fine-tune all
@@ -188,21 +205,41 @@ def epoch(run: Run, batches, stream: ClipStream) -> dict:
             group["lr"] = 0.0 if frozen and not group["head"] else lr * group["lr_mult"]
         x = to_model_input(clips.to(run.device), run.pre.mean, run.pre.std)
         targets = targets.to(run.device)
-        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), targets, label_smoothing=args.label_smoothing)
+        loss, logits, side = losses(run, x, targets, [m.to(run.device) for m in measures])
+        side_sum += side
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         state["step"] += 1
-        seen += len(targets)
-        correct += int((logits.argmax(1) == targets).sum())
-        loss_sum += float(loss.detach()) * len(targets)
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}", lr=f"{lr:.1e}", refresh=False)
+        classed = targets != NO_CLASS
+        seen += int(classed.sum())
+        correct += int((logits.argmax(1) == targets)[classed].sum())
+        loss_sum += float(loss.detach()) * int(classed.sum())
+        bar.set_postfix(loss=f"{loss_sum / max(1, seen):.3f}", acc=f"{correct / max(1, seen):.1%}", lr=f"{lr:.1e}", refresh=False)
     state["epoch"] += 1
-    return {"epoch": state["epoch"], "step": state["step"], "train_loss": loss_sum / seen,
-            "train_acc": correct / seen, "clips_per_s": seen / (time.perf_counter() - started)}
+    side = {"motion_loss": side_sum / args.steps_per_epoch} if run.describer is not None else {}
+    return {**side, "epoch": state["epoch"], "step": state["step"], "train_loss": loss_sum / max(1, seen),
+            "train_acc": correct / max(1, seen), "clips_per_s": args.steps_per_epoch * args.batch_size
+            / (time.perf_counter() - started)}
+
+
+def losses(run: Run, x: torch.Tensor, targets: torch.Tensor, measures: list[torch.Tensor]):
+    """The batch's loss, logits and side-task loss (0 without): cross-entropy on the clips with a class, plus, with ``--describe-motion``,
+    its weight times the side task's error on the clips with motion measures."""
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
+        features = run.model.forward_features(x)
+        logits = run.model.head(features).float()
+    classed = targets != NO_CLASS
+    loss = F.cross_entropy(logits[classed], targets[classed], label_smoothing=run.args.label_smoothing) \
+        if bool(classed.any()) else logits.sum() * 0.0
+    side = 0.0
+    if run.describer is not None and measures:
+        values, known = measures
+        if bool(known.any()):
+            error = F.smooth_l1_loss(run.describer(features.float()[known]), values[known], beta=0.5)
+            loss, side = loss + run.args.describe_motion * error, float(error.detach())
+    return loss, logits, side
 
 
 def validate(run: Run, val: data.WindowSet) -> dict:
@@ -214,7 +251,8 @@ def validate(run: Run, val: data.WindowSet) -> dict:
     return {"val_top1": scores.top1, "val_top5": scores.top5, "val_windows": scores.count}
 
 
-def save_checkpoints(model, optimizer, state: dict, record: dict, labels: list[str], pre, out: Path) -> None:
+def save_checkpoints(model, optimizer, state: dict, record: dict, labels: list[str], pre, out: Path,
+                     describer: nn.Module | None = None) -> None:
     """last/best checkpoints in our format and an atomic resume file."""
     model.labels, model.preprocess = labels, pre
     save_model(model, out / "last.safetensors", labels=labels, preprocess=pre)
@@ -223,7 +261,10 @@ def save_checkpoints(model, optimizer, state: dict, record: dict, labels: list[s
         state["best"] = metric
         save_model(model, out / "best.safetensors", labels=labels, preprocess=pre)
     tmp = out / "resume.pt.tmp"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, tmp)
+    saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}
+    if describer is not None:
+        saved["describer"] = describer.state_dict()
+    torch.save(saved, tmp)
     tmp.replace(out / "resume.pt")
 
 
