@@ -118,7 +118,9 @@ def test_in_chromium_a_span_dragged_on_the_timeline_is_taught_and_the_live_panel
     span = run.span_of(run.shots[1])
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        # Offline, a 5 s shot passes in 1.5-2.5 s of capture time, a few pixels of a 5-minute row at 1280 px: too
+        # short a move to be a drag (4 px). A wide window gives the row room (about 6 px a second).
+        page = browser.new_page(viewport={"width": 2560, "height": 800})
         errors = []
         page.on("pageerror", lambda err: errors.append(str(err)))
         page.goto(run.base + "/review")
@@ -133,7 +135,7 @@ def test_in_chromium_a_span_dragged_on_the_timeline_is_taught_and_the_live_panel
         page.mouse.down()
         page.mouse.move(x(span["to"]), y, steps=4)
         page.mouse.up()
-        assert page.locator("#teach").is_visible() and page.locator(".band").count() == 1
+        assert page.locator("#teach").is_visible() and page.locator(".band").count() == 1, (span, box)
         page.fill("#teach-label", NEW)
         page.click("#teach-go")
         status = page.locator("#status")
