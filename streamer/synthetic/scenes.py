@@ -45,7 +45,7 @@ ALL_ACTIONS: list[str] = CLASSES + list(NEW_ACTIONS)
 
 SHAPES = ("square", "triangle", "pentagon", "star", "cross", "ellipse", "arrow", "circle")
 _MOVES = {"moving_left": (-1, 0), "moving_right": (1, 0), "moving_up": (0, -1), "moving_down": (0, 1)}
-_WRAP = 1.3  # moving actors wrap around over this many stage units
+WRAP = 1.3  # moving actors wrap around over this many stage units
 
 
 @dataclass(frozen=True)
@@ -258,8 +258,8 @@ def actor_state(actor: Actor, label: str, t: float) -> ActorState:
     if label in _MOVES:
         # Wrap on a 1.3-wide torus: an actor fully leaves the stage before it comes back.
         dx, dy = _MOVES[label]
-        x = (x + dx * actor.speed * t + 0.15) % _WRAP - 0.15
-        y = (y + dy * actor.speed * t + 0.15) % _WRAP - 0.15
+        x = (x + dx * actor.speed * t + 0.15) % WRAP - 0.15
+        y = (y + dy * actor.speed * t + 0.15) % WRAP - 0.15
     elif label == "rotating_clockwise":
         angle += actor.speed * t  # image y points down, so +angle turns clockwise on screen
     elif label == "rotating_anticlockwise":

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from streamer.synthetic.scenes import Segment, actor_state, segment_at
+from streamer.synthetic.scenes import WRAP, Segment, actor_state, segment_at
 
 MOTION_MEASURES = (
     "speed_x", "speed_y", "travel_x", "travel_y", "jerk_x", "jerk_y", "reversals_x", "reversals_y",
@@ -24,7 +24,6 @@ MOTION_MEASURES = (
 )
 # Divisors that bring each measure to about one at its usual largest (stage units and degrees a step).
 _SCALE = np.array([0.1, 0.1, 0.4, 0.4, 0.1, 0.1, 1.0, 1.0, 1.0, 20.0, 0.02, 1.0], dtype=np.float32)
-_WRAP = 1.3  # moving actors wrap around this many stage units (streamer.synthetic.scenes)
 _STILL = 1e-4  # steps shorter than this (stage units) have no direction
 
 
@@ -44,7 +43,7 @@ def _measures(states: np.ndarray, wraps: bool) -> np.ndarray:
     """One actor's measures from its ``(x, y, diameter, angle, visible)`` at each frame of the window."""
     steps = np.diff(states[:, :2], axis=0)
     if wraps:  # the shortest way round the torus, not the jump back
-        steps = (steps + _WRAP / 2) % _WRAP - _WRAP / 2
+        steps = (steps + WRAP / 2) % WRAP - WRAP / 2
     change = np.diff(steps, axis=0)
     moving = np.linalg.norm(steps, axis=1) > _STILL
     return np.array([

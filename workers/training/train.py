@@ -120,7 +120,8 @@ def train(args: argparse.Namespace) -> dict:
             record = epoch(run, batches, stream)
             if val is not None:
                 record.update(validate(run, val))
-            save_checkpoints(run.model, run.optimizer, run.state, record, run.labels, run.pre, run.out, run.describer)
+            save_checkpoints(run.model, run.optimizer, run.state, record, run.labels, run.pre, run.out,
+                             run.describer)
             log.write(json.dumps(record) + "\n")
             log.flush()
             print(json.dumps(record), flush=True)
@@ -216,7 +217,8 @@ def epoch(run: Run, batches, stream: ClipStream) -> dict:
         seen += int(classed.sum())
         correct += int((logits.argmax(1) == targets)[classed].sum())
         loss_sum += float(loss.detach()) * int(classed.sum())
-        bar.set_postfix(loss=f"{loss_sum / max(1, seen):.3f}", acc=f"{correct / max(1, seen):.1%}", lr=f"{lr:.1e}", refresh=False)
+        bar.set_postfix(loss=f"{loss_sum / max(1, seen):.3f}", acc=f"{correct / max(1, seen):.1%}", lr=f"{lr:.1e}",
+                        refresh=False)
     state["epoch"] += 1
     side = {"motion_loss": side_sum / args.steps_per_epoch} if run.describer is not None else {}
     return {**side, "epoch": state["epoch"], "step": state["step"], "train_loss": loss_sum / max(1, seen),
@@ -225,8 +227,8 @@ def epoch(run: Run, batches, stream: ClipStream) -> dict:
 
 
 def losses(run: Run, x: torch.Tensor, targets: torch.Tensor, measures: list[torch.Tensor]):
-    """The batch's loss, logits and side-task loss (0 without): cross-entropy on the clips with a class, plus, with ``--describe-motion``,
-    its weight times the side task's error on the clips with motion measures."""
+    """The batch's loss, logits and side-task loss (0 without): cross-entropy on the clips with a class, plus,
+    with ``--describe-motion``, its weight times the side task's error on the clips with motion measures."""
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.precision == "bf16"):
         features = run.model.forward_features(x)
         logits = run.model.head(features).float()
