@@ -24,6 +24,7 @@ from streamer.config.stages import DispatchConfig
 from streamer.kinds import LineKind
 from streamer.stages import dispatcher
 from streamer.stages.dispatcher.event_log import EventLog
+from streamer.stages.dispatcher.rules import OFFERED_SPAN_S, Dispatcher
 from streamer.stages.dispatcher.tracker import EventConfig
 from streamer.transport import messages
 from streamer.transport.messages import (Batch, Credit, Leaving, LogLine, Result, ResultBatch, Stats, Status, Window,
@@ -317,3 +318,17 @@ def test_each_worker_is_handed_a_new_adapter_once_and_results_are_read_by_the_la
     assert handout.probs(np.array([0.5, 0.25, 0.25], np.float32), "f" * 16) is None  # a key never handed out
     handout.use(None)
     assert handout.labels == ("a", "b") and handout.update_for(b"w1", adapter.key).labels == ()
+
+
+def test_the_workers_needed_hold_through_a_quiet_second_and_follow_a_lasting_change():
+    """The autoscaling metric averages the offered rate over OFFERED_SPAN_S: one second with no window (a capture
+    starved of CPU for a moment) must not tell an autoscaler the pool may shrink to nothing, while a rate that
+    lasts longer than the span is what it reports."""
+    rules = Dispatcher(DispatchConfig(endpoints=Endpoints(*("inproc://x",) * 4), streams=("cam0",), finite_streams=(),
+                                      labels=LABELS))
+    needed = [rules.workers_needed(rules.offered_rate(1.0, n), 0.5) for n in (4, 4, 4, 0, 4)]
+    assert needed[:3] == [2.0, 2.0, 2.0]
+    assert 1.5 <= needed[3] < 2.0 and needed[4] > needed[3]
+    for _ in range(int(OFFERED_SPAN_S) + 1):
+        quiet = rules.workers_needed(rules.offered_rate(1.0, 0), 0.5)
+    assert quiet == 0.0, "a pool offered nothing for longer than the span needs no worker"

@@ -58,8 +58,8 @@ REPORTED_GAUGES = {
     "clip_buffer_bytes": "Recent frames the clips stage holds for pre-roll (JPEG)",
     "dispatcher_windows_waiting": "Windows waiting for a worker now (live: at most one a stream or tracked actor)",
     "dispatcher_workers_needed": "Workers it would take to predict every window offered: windows offered a second "
-                                 "times the worker-seconds one window takes (at least 1 while windows wait and no "
-                                 "worker answers); the worker autoscaling metric",
+                                 "(over the last 10 s) times the worker-seconds one window takes (at least 1 while "
+                                 "windows wait and no worker answers); the worker autoscaling metric",
     "store_lines_waiting": "Action lines waiting to be written into the action store (it is slow, locked or full)",
     "worker_forward_seconds": "The model's forward pass over this worker's last batch",
 }

@@ -332,8 +332,8 @@ class Hub:
             self.worker_s_per_window = sum(counters.worker_ms) / len(counters.worker_ms) / 1000.0
         stored = () if self.store is None else (("store_lines_written", {}, float(self.store.written)),
                                                 ("store_lines_waiting", {}, float(len(self.store.waiting))))
-        stats = self.rules.stats(self.log.lines, self.malformed_total, counters.windows_in / seconds,
-                                 self.worker_s_per_window, stored)
+        stats = self.rules.stats(self.log.lines, self.malformed_total,
+                                 self.rules.offered_rate(seconds, counters.windows_in), self.worker_s_per_window, stored)
         _log_status(self.rules, seconds)
         messages.send(self.results, stats)
         self.health.publish(stats.samples)

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from streamer.config.stages import DispatchConfig
 
 CLOSE_WAIT_S = 10.0  # an ended track's windows still at a worker after this long are not waited for
+OFFERED_SPAN_S = 10.0  # the offered rate behind workers_needed is averaged over this long, so one quiet second
+                       # (a capture starved of CPU, a reconnect) does not tell an autoscaler the pool can go
 
 
 @dataclass
@@ -101,6 +103,7 @@ class Dispatcher:
         self.closing: dict[tuple[str, int], float] = {}  # ended tracks with windows still to predict → when to give up
         self.totals: collections.Counter = collections.Counter()  # (metric, stream, reason) → count, for Stats
         self.captured = CaptureTotals()
+        self.offered: collections.deque[tuple[float, int]] = collections.deque()  # (seconds, windows in) per report
 
     def drop(self, stream: str, reason: str, n: int = 1) -> None:
         self.counters.dropped += n
@@ -124,6 +127,14 @@ class Dispatcher:
                     ("dispatcher_workers_needed", {}, self.workers_needed(offered_per_s, worker_s_per_window)),
                     *extra]
         return Stats(StageKind.DISPATCHER, time.time(), tuple(samples))
+
+    def offered_rate(self, seconds: float, windows_in: int) -> float:
+        """Windows offered a second over the last :data:`OFFERED_SPAN_S`, counting this report's ``windows_in``
+        over ``seconds``."""
+        self.offered.append((seconds, windows_in))
+        while sum(s for s, _ in self.offered) - self.offered[0][0] >= OFFERED_SPAN_S:
+            self.offered.popleft()
+        return sum(n for _, n in self.offered) / sum(s for s, _ in self.offered)
 
     def waiting(self) -> int:
         """Windows waiting for a worker now."""
