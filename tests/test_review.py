@@ -246,6 +246,41 @@ def test_the_day_shows_as_timeline_and_list_and_the_filters_narrow_the_list(page
     screenshot(page, "review-phone-390")
 
 
+def test_the_timeline_zooms_in_at_the_pointer_moves_along_the_day_and_fits_again(page, run):
+    """Short spans (a few seconds to teach from) need a closer view than the day's: ctrl + wheel zooms in around the
+    time under the pointer, shift + wheel moves along the day, + and - zoom at the middle, 0 gives the day back."""
+    page.goto(f"{run.base}/review?day={run.days['yesterday']}")
+    wait_until(page, lambda: page.locator(".span").count() == 300, "yesterday's actions on the timeline")
+    shown = lambda: page.evaluate("[view.from, view.to]")
+    ticks = lambda: page.eval_on_selector_all(".hour.named", "ts => ts.map(t => t.textContent).filter(Boolean)")
+    whole = shown()
+    assert not any(":" in t for t in ticks()), ticks()
+    box = page.locator('.track[data-stream="yard"]').bounding_box()
+    x = round(box["x"] + 0.3 * box["width"])  # (the wheel's clientX is whole pixels)
+    pointed = page.evaluate(f"timeUnder({x})")
+    page.mouse.move(x, box["y"] + 4)
+    page.keyboard.down("Control")
+    for _ in range(8):
+        page.mouse.wheel(0, -200)
+    page.keyboard.up("Control")
+    near = shown()
+    assert near[1] - near[0] < (whole[1] - whole[0]) / 100, (near, whole)
+    assert abs(page.evaluate(f"timeUnder({x})") - pointed) < 0.01 * (near[1] - near[0]), "the pointed time moved"
+    assert any(":" in t for t in ticks()), ticks()
+    screenshot(page, "review-zoomed-1280")
+    page.keyboard.down("Shift")
+    page.mouse.wheel(0, 500)
+    page.keyboard.up("Shift")
+    later = shown()
+    assert later[0] > near[0] and abs((later[1] - later[0]) - (near[1] - near[0])) < 1e-6, "moved later, same width"
+    page.keyboard.press("-")
+    assert shown()[1] - shown()[0] == pytest.approx(2 * (later[1] - later[0]))
+    page.click("#zoom-in")
+    assert shown()[1] - shown()[0] == pytest.approx(later[1] - later[0])
+    page.keyboard.press("0")
+    assert shown() == whole, "fit: the day's actions again"
+
+
 def test_scrolling_the_list_loads_the_next_pages(page, run):
     yesterday = run.days["yesterday"]
     page.goto(f"{run.base}/review?day={yesterday}")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import zmq
 from loguru import logger
 
-from streamer.errors import CheckpointError, ConfigError, ProtocolError
+from streamer.errors import ConfigError, ProtocolError
 from streamer.kinds import LineKind, StageKind
 from streamer.render.words import label_words
 from streamer.stages.adapters import Handout

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from streamer.config.stages import EventConfig
-from streamer.errors import ConfigError, ProtocolError
+from streamer.errors import ProtocolError
 from streamer.kinds import LineKind
 from streamer.transport.messages import Result
 

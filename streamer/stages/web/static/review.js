@@ -145,7 +145,7 @@ const view = { from: 0, to: 0 };
 const share = (seconds) => `${(100 * seconds) / (view.to - view.from)}%`;  // of the timeline's width
 const place = (ts) => share(ts - view.from);
 const HOUR = 3600;
-const STEPS = [60, 300, 600, 1800, HOUR, 3 * HOUR];  // seconds between named ticks: the finest naming ≤ 12
+const STEPS = [10, 30, 60, 300, 600, 1800, HOUR, 3 * HOUR];  // seconds between named ticks: the finest naming ≤ 12
 const FRAME = 300;  // the view starts and ends on these (5 minutes, from local midnight)
 
 function onFrame(ts, up) {  // the 5-minute mark at or before (after, with `up`) a time
@@ -153,7 +153,13 @@ function onFrame(ts, up) {  // the 5-minute mark at or before (after, with `up`)
   return day.since + (up ? Math.ceil(k) : Math.floor(k)) * FRAME;
 }
 
-function zoom() {
+function zoom() {  // the view: the user's (zoomed in or moved), else the part of the day that holds its actions
+  if (userView) {
+    const width = Math.min(userView.to - userView.from, day.until - day.since);
+    const from = Math.min(Math.max(userView.from, day.since), day.until - width);
+    Object.assign(view, { from, to: from + width });
+    return;
+  }
   const times = [...day.actions.values()].flatMap((a) => [a.start_ts, a.end_ts ?? now()]);
   if (!times.length) {
     Object.assign(view, { from: day.since, to: day.until });
@@ -165,19 +171,62 @@ function zoom() {
   Object.assign(view, { from, to: Math.max(to, Math.min(day.until, from + FRAME)) });
 }
 
+// Zooming in makes short spans wide enough to drag over precisely (teaching) and close actions apart: ctrl +
+// wheel (a pinch) at the pointer, + and - keys or buttons at the middle; shift + wheel moves along the day; 0 or
+// "fit" gives the automatic view back.
+const MIN_VIEW_S = 60;  // the closest zoom: a minute across the row
+let userView = null;
+
+function timeUnder(x, track = timeline.querySelector(".track")) {  // the time under a pointer on a row
+  const box = track.getBoundingClientRect(), part = Math.min(1, Math.max(0, (x - box.left) / box.width));
+  return view.from + part * (view.to - view.from);
+}
+
+function zoomBy(factor, at = (view.from + view.to) / 2) {
+  const width = Math.max(MIN_VIEW_S, Math.min((view.to - view.from) * factor, day.until - day.since));
+  const from = at - ((at - view.from) / (view.to - view.from)) * width;
+  userView = width >= day.until - day.since ? null : { from, to: from + width };
+  drawTimeline();
+}
+
+function panBy(share) {  // a share of the view's width, later (> 0) or earlier
+  const by = share * (view.to - view.from);
+  userView = { from: view.from + by, to: view.to + by };
+  drawTimeline();
+}
+
+function fit() {
+  userView = null;
+  drawTimeline();
+}
+
+timeline.addEventListener("wheel", (e) => {
+  if (!(e.ctrlKey || e.shiftKey || Math.abs(e.deltaX) > Math.abs(e.deltaY))) return;  // the page scrolls
+  e.preventDefault();
+  if (e.ctrlKey) {
+    zoomBy(Math.exp(Math.max(-1, Math.min(1, e.deltaY / 200))), timeUnder(e.clientX));
+  } else {
+    panBy((e.shiftKey ? e.deltaY : e.deltaX) / 1000);
+  }
+}, { passive: false });
+$("zoom-in").addEventListener("click", () => zoomBy(0.5));
+$("zoom-out").addEventListener("click", () => zoomBy(2));
+$("zoom-fit").addEventListener("click", fit);
+
 function hours() {  // ticks across the view, named at the finest step that keeps them apart; the now line
   const layer = document.createElement("div");
   layer.className = "hours";
   const step = STEPS.find((s) => (view.to - view.from) / s <= 12) ?? STEPS[STEPS.length - 1];
-  const minor = step / 3;
+  const parts = step === 10 ? 2 : 3, minor = step / parts;  // unnamed ticks between, on whole seconds
   for (let t = day.since + Math.ceil((view.from - day.since) / minor) * minor; t <= view.to; t += minor) {
     const tick = document.createElement("span");
-    const named = Math.round((t - day.since) / minor) % 3 === 0;
+    const named = Math.round((t - day.since) / minor) % parts === 0;
     tick.className = named ? "hour named" : "hour";
     tick.style.left = place(t);
     if (named && t < view.to) {
       const d = new Date(t * 1000);
       tick.textContent = step < HOUR ? `${pad(d.getHours())}:${pad(d.getMinutes())}` : pad(d.getHours());
+      if (step < 60) tick.textContent += `:${pad(d.getSeconds())}`;
     }
     layer.append(tick);
   }
@@ -476,7 +525,7 @@ document.addEventListener("keydown", (e) => {
   }
   if (e.ctrlKey || e.metaKey || e.altKey || e.target.closest("input:not([type=checkbox]), select, #teach")) return;
   const keys = { j: () => step(1), k: () => step(-1), " ": () => toggle(false), r: () => judge("right"),
-                 w: askLabel };
+                 w: askLabel, "+": () => zoomBy(0.5), "=": () => zoomBy(0.5), "-": () => zoomBy(2), 0: fit };
   if (!keys[e.key]) return;
   e.preventDefault();  // space scrolls no page, and w is not typed into the field it opens
   keys[e.key]();
@@ -553,7 +602,7 @@ async function follow() {  // today: new actions, and the ends (and clips) of th
 
 function grow() {  // each second: what is under way grows, and the now line moves (past the view: zoom out)
   if (!(day.since <= now() && now() < day.until)) return;
-  if (now() >= view.to && view.to < day.until) {
+  if (!userView && now() >= view.to && view.to < day.until) {
     drawTimeline();
     return;
   }
@@ -570,6 +619,7 @@ function grow() {  // each second: what is under way grows, and the now line mov
 function changed(newDay) {
   remember();
   if (newDay) {
+    userView = null;
     setDay();
     loadDay();
   } else {

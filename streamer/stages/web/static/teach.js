@@ -11,11 +11,7 @@ let example = null;    // what Teach teaches from: {stream, from, to} or {action
 const post = (path, body) => api(path, { method: "POST", headers: { "Content-Type": "application/json" },
                                          body: JSON.stringify(body) });
 
-function timeAt(stream, x) {  // the time under a pointer on a stream's row (as it is drawn now)
-  const track = trackOf(stream) ?? timeline.querySelector(".track");
-  const box = track.getBoundingClientRect(), part = Math.min(1, Math.max(0, (x - box.left) / box.width));
-  return view.from + part * (view.to - view.from);
-}
+const timeAt = (stream, x) => timeUnder(x, trackOf(stream));  // on a stream's row (as it is drawn now)
 
 const trackOf = (stream) => [...timeline.querySelectorAll(".track")].find((t) => t.dataset.stream === stream);
 
