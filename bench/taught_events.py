@@ -6,8 +6,9 @@ teaching never saw, and do the checkpoint's own labels keep their accuracy?
     python bench/taught_events.py --keep /tmp/te   # keep the clips, videos, adapters and event logs there
 
 Two scenarios, each taught through the real command (``python -m workers.teach --checkpoint
-models/demo.safetensors --clips DIR --out ADAPTER``) from 10 clips of each new action and 10 of the demo's own
-actions (``none/``), 2.5 s each, rendered with teaching seeds:
+models/demo.safetensors --clips DIR --out ADAPTER``) from 10 clips of each new action, 2.5 s each, and ordinary
+footage of the demo camera in ``none/`` (10 clips of its own actions, 2.5 s each, and 10 across one of its cuts,
+2.5 s each side), rendered with teaching seeds:
 
 - *alone* (the issue's goal as stated): each new action (bouncing, orbiting, shaking) taught alone; its held-out
   videos mix it with the demo's own actions only;
@@ -74,11 +75,11 @@ def held_out_seeds(first: int, count: int, seconds: float, least: int, choices: 
     return seeds
 
 
-def render_teaching(root: Path, examples: int, none: int) -> dict[str, Path]:
+def render_teaching(root: Path, examples: int, none: int, cuts: int) -> dict[str, Path]:
     """The teaching folders: one per new label (``<label>/`` and the shared ``none/`` clips), and ``together``
     (the three labels' folders and ``none/``)."""
     shared = root / "none-clips"
-    make_none_clips(shared, none, seconds=CLIP_S, seed=NONE_SEED)
+    make_none_clips(shared, none, seconds=CLIP_S, seed=NONE_SEED, cuts=cuts)
     out = {}
     for i, label in enumerate(NEW):
         folder = root / f"teach-{label}"
@@ -159,7 +160,7 @@ def measure(args: argparse.Namespace, work: Path, scenarios: dict) -> dict:
     """Render, teach and run every scenario in ``work``; the timings, seeds, videos and what the teaching
     printed, also written to ``work/summary.json`` (``--rescore`` scores them again without running)."""
     began = time.perf_counter()
-    folders = render_teaching(work / "teach", args.examples, args.none)
+    folders = render_teaching(work / "teach", args.examples, args.none, args.none_cuts)
     videos, seeds = {}, {}
     for name, (labels, choices, least) in scenarios.items():
         seeds[name] = held_out_seeds(args.first_seed, args.seeds, args.seconds, least, choices, labels)
@@ -221,8 +222,9 @@ def report(args: argparse.Namespace, scenarios: dict, summary: dict, events: dic
     text = f"""`{command}` on {cpu_name()}, {datetime.date.today()} ({summary["wall_s"] / 60:.1f} min in \
 all: rendering {summary["render_s"]:.0f} s, teaching {summary["teach_s"]:.0f} s, pipeline runs \
 {summary["runs_s"]:.0f} s). Taught through \
-`python -m workers.teach` from {args.examples} clips of each new action and {args.none} of the demo's own actions \
-(`none/`), {CLIP_S} s each, then run over held-out videos of {args.seconds:.0f} s that the teaching never saw, \
+`python -m workers.teach` from {args.examples} clips of each new action, {CLIP_S} s each, and ordinary footage of \
+the demo camera in `none/` ({args.none} clips of its own actions, {CLIP_S} s each, and {args.none_cuts} across one \
+of its cuts, {CLIP_S} s each side), then run over held-out videos of {args.seconds:.0f} s that the teaching never saw, \
 `run_pipeline.py --offline --headless --adapter ADAPTER` (default events: start 0.7, end 0.5, smoothing 3), and \
 once more without an adapter for the old labels' baseline. Two scenarios:
 
@@ -270,6 +272,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=10, help="clips of each new label taught from")
     parser.add_argument("--none", type=int, default=10, help="clips of ordinary actions taught from")
+    parser.add_argument("--none-cuts", type=int, default=10,
+                        help="clips of ordinary footage across a cut (two actions) taught from, in none/ too")
     parser.add_argument("--seeds", type=int, default=6, help="held-out videos of each scenario")
     parser.add_argument("--first-seed", type=int, default=7101, help="held-out seeds are searched from here up")
     parser.add_argument("--least", type=int, default=2,

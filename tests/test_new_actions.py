@@ -166,9 +166,9 @@ def test_only_an_unknown_action_is_one_line_and_exit_2(tmp_path):
 def test_teaching_folders_hold_clips_of_the_label_and_of_ordinary_actions(tmp_path):
     shaking = files.make_teaching_clips(tmp_path, "shaking", 2, seconds=1.0, seed=0, width=64, height=48)
     held_out = files.make_teaching_clips(tmp_path, "shaking", 1, seconds=1.0, seed=1, width=64, height=48)
-    none = files.make_none_clips(tmp_path, 3, seconds=1.0, seed=0, width=64, height=48)
+    none = files.make_none_clips(tmp_path, 3, seconds=1.0, seed=0, width=64, height=48, cuts=1)
     assert [p.parent for p in shaking + held_out] == [tmp_path / "shaking"] * 3
-    assert [p.parent for p in none] == [tmp_path / "none"] * 3
+    assert [p.parent for p in none] == [tmp_path / "none"] * 4
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
         ["shaking", "none", *(p.name for p in shaking + held_out + none)])  # videos only: the folder is the label
     firsts = []
@@ -176,10 +176,12 @@ def test_teaching_folders_hold_clips_of_the_label_and_of_ordinary_actions(tmp_pa
         capture = cv2.VideoCapture(str(path))
         frames = []
         while (ok := capture.read())[0]:
-            frames.append(ok[1])
+            frames.append(ok[1].astype(int))
         capture.release()
-        assert len(frames) == 30 and frames[0].shape == (48, 64, 3)
-        firsts.append(frames[0].astype(int))
+        assert len(frames) == (60 if path == none[-1] else 30) and frames[0].shape == (48, 64, 3)
+        firsts.append(frames[0])
     assert all(np.abs(a - b).mean() > 5 for i, a in enumerate(firsts) for b in firsts[i + 1:]), "each its own scene"
+    # the last of ``none`` is ordinary footage across a cut: a second of one action, then of another scene
+    assert np.abs(frames[29] - frames[30]).mean() > 5 * np.abs(frames[28] - frames[29]).mean()
     with pytest.raises(ValueError, match="juggling"):
         files.make_teaching_clips(tmp_path, "juggling", 1)

@@ -75,17 +75,25 @@ def frame_labels(labels: list[dict], num_frames: int) -> list[str | None]:
     return out
 
 
-def _write_clips(folder: Path, name: str, labels: list[str], key: tuple[int, ...], seconds: float, seed: int,
-                 fps: float, width: int, height: int) -> list[Path]:
-    """Clip ``i`` does ``labels[i]`` throughout, drawn from ``rng([seed, *key, i, ...])``; video only, because
-    the folder names the label."""
+def _write_clips(folder: Path, name: str, labels: list[str | tuple[str, str]], key: tuple[int, ...],
+                 seconds: float, seed: int, fps: float, width: int, height: int) -> list[Path]:
+    """Clip ``i`` does ``labels[i]`` throughout, drawn from ``rng([seed, *key, i, ...])``; for a pair of labels,
+    twice as long: a shot of the first, a cut, a shot of the second. Video only: the folder names the label."""
     if seconds <= 0 or seed < 0 or fps <= 0 or min(width, height) < 16:
         raise ValueError(f"clips need seconds > 0, seed >= 0, fps > 0 and sides >= 16, got {seconds}, {seed}, "
                          f"{fps}, {width}x{height}")
-    num_frames = max(1, round(seconds * fps))
+    shot_frames = max(1, round(seconds * fps))
     paths = []
     for i, label in enumerate(labels):
-        segs = segments_for(seed, num_frames, fps, [label], (*key, i))
+        if isinstance(label, str):
+            num_frames = shot_frames
+            segs = segments_for(seed, num_frames, fps, [label], (*key, i))
+        else:  # two shots of ``seconds`` each, as the demo's own video cuts from one to the next
+            num_frames = 2 * shot_frames
+            first, second = (segments_for(seed, shot_frames, fps, [shot], (*key, i, k))[0]
+                             for k, shot in enumerate(label))
+            segs = [replace(first, start_frame=0, end_frame=shot_frames - 1),
+                    replace(second, start_frame=shot_frames, end_frame=num_frames - 1)]
         path = Path(folder) / f"{name}-s{seed}-{i:03d}.mp4"
         encode_video(path, (render_frame(segment_at(segs, f), f, width, height) for f in range(num_frames)),
                      fps, width, height)
@@ -110,12 +118,16 @@ def make_teaching_clips(folder: Path, label: str, count: int, seconds: float = 2
 
 
 def make_none_clips(folder: Path, count: int, seconds: float = 2.0, seed: int = 0, fps: float = 30.0,
-                    width: int = 320, height: int = 240) -> list[Path]:
+                    width: int = 320, height: int = 240, cuts: int = 0) -> list[Path]:
     """Write ``count`` clips of the demo's own actions to ``FOLDER/none/`` (the "nothing new" examples);
-    clip ``i`` does ``CLASSES[i % 10]``, so ten clips show each once. Return their paths."""
-    if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
-    labels = [CLASSES[i % len(CLASSES)] for i in range(count)]
+    clip ``i`` does ``CLASSES[i % 10]``, so ten clips show each once. ``cuts`` more clips are ordinary footage
+    of the demo camera across one of its cuts: clip ``j`` shows ``CLASSES[j % 10]`` for ``seconds``, then
+    ``CLASSES[(j + 3) % 10]`` for as long (windows over a cut are the camera's ordinary windows too, and look
+    like no one action). Return their paths."""
+    if count < 1 or cuts < 0:
+        raise ValueError(f"count must be at least 1 and cuts at least 0, got {count}, {cuts}")
+    labels: list[str | tuple[str, str]] = [CLASSES[i % len(CLASSES)] for i in range(count)]
+    labels += [(CLASSES[j % len(CLASSES)], CLASSES[(j + 3) % len(CLASSES)]) for j in range(cuts)]
     return _write_clips(Path(folder) / "none", "none", labels, (TEACH_STREAM, len(ALL_ACTIONS)), seconds, seed,
                         fps, width, height)
 
