@@ -25,9 +25,11 @@ event lines:
 - false-start rate: of the label's ``start`` lines, the fraction outside every segment of the label on its stream
   (same tolerance), and how many of those fall on one of the *other* new actions;
 - the old labels' accuracy: per-prediction top-1 on the demo's own classes, over windows whose truth (the segment
-  at the window's last frame) is a demo class and which do not straddle a cut, with the adapter and without.
+  at the window's last frame) is a demo class and which do not straddle a cut, with the adapter and without;
+  and, beside the events, on the demo's own held-out windows (seeds 2000-2007, as ``workers.evaluate`` scores
+  them), one window at a time, with each adapter and without.
 
-The issue's goal: recall ≥ 90%, false starts ≤ 5%, the old accuracy within 0.5 point.
+The issue's goal: recall ≥ 90%, false starts ≤ 5%, the old accuracy within 0.5 point (on both measures).
 """
 
 from __future__ import annotations
@@ -42,12 +44,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.report import cpu_name, write_section  # noqa: E402
 from streamer.synthetic.files import make_none_clips, make_teaching_clips, read_labels, write_video  # noqa: E402
 from streamer.synthetic.scenes import ALL_ACTIONS, CLASSES, segments_for  # noqa: E402
+from workers.adapter import load_adapter  # noqa: E402
+from workers.flips import mirror_map  # noqa: E402
+from workers.model import load_model  # noqa: E402
 from workers.sampling import window_span  # noqa: E402
+from workers.training.data import WindowSpec, concat, synthetic_windows  # noqa: E402
+from workers.training.teaching import embed  # noqa: E402
 
 HEADING = "Taught actions: events on held-out videos"
 NEW = ("bouncing", "orbiting", "shaking")
@@ -192,6 +202,33 @@ def measure(args: argparse.Namespace, work: Path, scenarios: dict) -> dict:
     return summary
 
 
+DEMO_SEEDS = tuple(range(2000, 2008))  # the demo's held-out videos, as workers.evaluate scores them (40 s, hop 8)
+
+
+def held_out_demo(checkpoint: Path, adapters: dict[str, Path]) -> dict[str, float]:
+    """The old labels' top-1 over the demo's held-out windows (every window of seeds 2000-2007, each with its flip
+    views mapped back, as the workers score them), without an adapter ("plain") and with each of ``adapters``."""
+    model = load_model(str(checkpoint))
+    pre, labels = model.preprocess, list(model.labels)
+    spec = WindowSpec(pre.num_frames, pre.frame_interval, 8)
+    windows = concat([synthetic_windows(seed, 40, pre.size, spec, labels) for seed in DEMO_SEEDS])
+    features, logits = embed(model, windows.frames, pre.flip_views)
+    views = 1 + len(pre.flip_views)
+
+    def top1(names: tuple[str, ...] = (), extra: np.ndarray | None = None) -> float:
+        z = logits if extra is None else torch.cat([logits, torch.from_numpy(extra)], dim=1)
+        probs = z.softmax(-1).view(-1, views, z.shape[1])
+        maps = [list(range(z.shape[1]))] + [mirror_map(labels + list(names), flip) for flip in pre.flip_views]
+        mapped = torch.stack([probs[:, v][:, maps[v]] for v in range(views)], dim=1).mean(dim=1)
+        return float((mapped.argmax(dim=1).numpy() == windows.targets).mean())
+
+    out = {"plain": top1()}
+    for name, path in adapters.items():
+        adapter = load_adapter(path)
+        out[name] = top1(adapter.labels, adapter.logits(features.numpy()))
+    return out
+
+
 def score_run(labels: tuple[str, ...], events: list[dict], truth: dict[str, list[dict]], base: float) -> list[dict]:
     """One row per taught label: its segments found and starts elsewhere; the old labels' top-1 and its change."""
     right, total = old_accuracy(events, truth)
@@ -201,7 +238,7 @@ def score_run(labels: tuple[str, ...], events: list[dict], truth: dict[str, list
 
 
 def report(args: argparse.Namespace, scenarios: dict, summary: dict, events: dict[str, list[dict]],
-           truth: dict[str, list[dict]]) -> str:
+           truth: dict[str, list[dict]], demo: dict[str, float]) -> str:
     """The BENCHMARKS.md section: a row per scenario and taught label."""
     plain_events, seeds, said = events["plain"], summary["seeds"], summary["said"]
     rows, met, bases = [], {}, {}
@@ -211,10 +248,13 @@ def report(args: argparse.Namespace, scenarios: dict, summary: dict, events: dic
         bases[name] = (right / max(1, total), total)
         for r in score_run(labels, events[name], own, bases[name][0]):
             recall, false = r["found"] / max(1, r["segments"]), r["elsewhere"] / max(1, r["starts"])
-            met[name] = met.get(name, True) and recall >= 0.9 and false <= 0.05 and abs(r["change"]) <= 0.5
+            met[name] = (met.get(name, True) and recall >= 0.9 and false <= 0.05 and abs(r["change"]) <= 0.5
+                         and abs(demo[name] - demo["plain"]) * 100 <= 0.5)
             rows.append(f"| {'alone' if name in NEW else name} | {r['label']} | {r['segments']} | {r['found']} "
                         f"| {recall:.0%} | {r['starts']} | {r['elsewhere']} | {false:.0%} | {r['on_new']} "
                         f"| {bases[name][0]:.1%} of {bases[name][1]} | {r['old']:.1%} | {r['change']:+.1f} |")
+    demo_line = "; ".join(f"{name} {demo[name]:.2%} ({(demo[name] - demo['plain']) * 100:+.2f})"
+                          for name in scenarios)
     said_lines = "\n".join(f"- {name}: `{line.split(': ', 1)[-1]}`" for name, line in said.items())
     seed_lines = "; ".join(f"{name}: {', '.join(map(str, seeds[name]))}" for name in scenarios)
     command = "python bench/taught_events.py" + \
@@ -242,28 +282,39 @@ all of them. Old labels: per-prediction top-1 over windows of a demo class insid
 |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-Goal (≥ 90% recall, ≤ 5% false starts, old labels within 0.5 point): \
+The old labels on the demo's own held-out windows (every window of seeds {DEMO_SEEDS[0]}-{DEMO_SEEDS[-1]}, 40 s, \
+hop 8, flip views mapped back: what `workers.evaluate` scores, one window at a time with no smoothing), top-1 \
+without an adapter {demo["plain"]:.2%}; with each: {demo_line}.
+
+Goal (≥ 90% recall, ≤ 5% false starts, old labels within 0.5 point on both measures): \
 {"; ".join(f"{name} {'met' if ok else 'not met'}" for name, ok in met.items())}. The teaching command printed \
 (held-out check on its own clips):
 {said_lines}
 
-Reading (2026-12-06, second pass, the run above; the side measurements were window by window on clips of other \
-seeds): the demo model is now the one fine-tuned to say how things move (`--describe-motion`, "Describing motion" \
-under "Demo model: the shipped model and how it was trained"). Against the model before it, in the same benchmark \
-earlier the same day: taught alone, recall rose by 9 points for each label (bouncing 82 → 91%, orbiting 55 → 64%, \
-shaking 73 → 82%), false starts fell from 9/0/8% to none, and the old labels' loss from 0.5-0.7 to 0-0.3 point: \
-bouncing meets the goal, and the two others meet it on false starts and the old labels, not on recall. What still \
-misses: a taught label wins only part of its own windows (the teaching's held-out check: 54-75%), so in some \
-segments of orbiting and shaking its smoothed score never reaches the start threshold. Taught together, the three \
-still take each other's windows (a linear probe on the embedding, `bench/embedding_probe.py`, gets 60-78% of \
-their windows right, against 55-62% before), and their losses on the demo's blinking add up. Looser calibration \
-(`FALSE_TOP` 0.06 → 0.15, the same run otherwise) finds 91% of each label's actions alone, but starts 29% / 9% / \
-33% of them elsewhere and costs the old labels 2.0 / 1.3 / 6.9 points: not adopted. Two changes on \
-the teaching side were measured before and not adopted: richer frozen features beside the class token (the \
-patch tokens' spread and change over time) lift the together case's windows but leave the loss on blinking; \
-calibrating each label against each ordinary clip halves that loss but costs a fifth to two thirds of the \
-label's windows. More is to be had from the backbone, as this pass shows: the 48 px demo model is small, and a \
-real K400 checkpoint (not at hand here) describes far more.
+Reading (2026-12-07, the run above, and the same benchmark on six other held-out videos a scenario, \
+`--first-seed 7601`): three changes since the run of 2026-12-06, which found 91% / 64% / 82% of the actions alone. \
+The demo model was fine-tuned a second time to describe motion ("Describing motion" under "Demo model: the shipped \
+model and how it was trained"); `none/` holds ordinary footage across the camera's cuts as well as its actions; \
+and the calibration lets a label win 2% of unseen ordinary windows instead of 6% (`FALSE_TOP`). Taught alone, \
+each label now finds 91-100% of its actions here and 93% of them on the other seeds (13 of 14 each), with no \
+false start here and one of 15 starts of shaking there (7%). What still misses is the old labels: they lose \
+0.3 / 0.3 / 0.7 point here and 1.3 / 0.8 / 0.4 on the other seeds, where a taught label takes the smoothed top of \
+some windows of ordinary actions without starting (here shaking in a long moving-left shot and a \
+rotating-clockwise one, bouncing in a blinking one); and on the demo's held-out windows, one at a time, each \
+label alone takes 1.4-1.8 points (the adapters of the model before, with the calibration before, took 0.9-2.0 and \
+together 8.8): about the share of ordinary windows the calibration lets a label win (`FALSE_TOP`, 2%). Within \
+0.5 point would take a calibration of about 0.5%, which finds too few of the actions with this backbone. How the changes were found: the kept embeddings replayed \
+window by window through the real `ActionTracker` (scripts not kept; they matched this benchmark on every \
+figure), on these seeds and on seeds from 7401. Every false start of orbiting with the new model and the old \
+`none/` was a window straddling a cut into a rotating shot, which the teaching had never seen (its clips were \
+single shots); with footage across cuts it has. With those negatives, 0.06 let shaking start inside long \
+moving-left shots (3 false starts, -1.1 point) and 0.02 did not; 0.01 costs recall (9 of 11 orbiting actions). \
+Taught together, recall is 100 / 100 / 86% here (was 100 / 9 / 100%), but orbiting starts on bouncing and \
+shaking (17 of its 18 false starts) and the old labels lose 5.0 points (were 9.1): the three still take each \
+other's windows. Measured before and not adopted: a looser calibration (0.15: 91% of each label, but 9-33% \
+false starts); richer frozen features beside the class token; calibrating against each ordinary clip. What \
+would help most is still the backbone: the 48 px demo model is small, and a real K400 checkpoint (not at hand \
+here) describes far more.
 """
     return text
 
@@ -302,10 +353,11 @@ def main() -> None:
         events = {name: read_events(work / f"events-{name}.jsonl") for name in (*scenarios, "plain")}
         truth = {Path(v).stem: read_labels(Path(v).with_suffix(".labels.json"))
                  for videos in summary["videos"].values() for v in videos}
+        demo = held_out_demo(args.checkpoint, {name: work / f"{name}.safetensors" for name in scenarios})
     finally:
         if cleanup is not None:
             cleanup.cleanup()
-    text = report(args, scenarios, summary, events, truth)
+    text = report(args, scenarios, summary, events, truth, demo)
     print(f"\n## {HEADING}\n\n{text}")
     if not args.no_write:
         write_section(HEADING, text)
