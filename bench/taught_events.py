@@ -53,11 +53,11 @@ from bench.report import cpu_name, write_section  # noqa: E402
 from streamer.synthetic.files import make_none_clips, make_teaching_clips, read_labels, write_video  # noqa: E402
 from streamer.synthetic.scenes import ALL_ACTIONS, CLASSES, segments_for  # noqa: E402
 from workers.adapter import load_adapter  # noqa: E402
-from workers.flips import mirror_map  # noqa: E402
 from workers.model import load_model  # noqa: E402
 from workers.sampling import window_span  # noqa: E402
 from workers.training.data import WindowSpec, concat, synthetic_windows  # noqa: E402
 from workers.training.teaching import embed  # noqa: E402
+from workers.views import FlipViews  # noqa: E402
 
 HEADING = "Taught actions: events on held-out videos"
 NEW = ("bouncing", "orbiting", "shaking")
@@ -217,10 +217,10 @@ def held_out_demo(checkpoint: Path, adapters: dict[str, Path]) -> dict[str, floa
 
     def top1(names: tuple[str, ...] = (), extra: np.ndarray | None = None) -> float:
         z = logits if extra is None else torch.cat([logits, torch.from_numpy(extra)], dim=1)
-        probs = z.softmax(-1).view(-1, views, z.shape[1])
-        maps = [list(range(z.shape[1]))] + [mirror_map(labels + list(names), flip) for flip in pre.flip_views]
-        mapped = torch.stack([probs[:, v][:, maps[v]] for v in range(views)], dim=1).mean(dim=1)
-        return float((mapped.argmax(dim=1).numpy() == windows.targets).mean())
+        # embed's rows are window-major (a window's views adjacent); FlipViews reads view-major
+        probs = z.softmax(-1).view(-1, views, z.shape[1]).transpose(0, 1).reshape(-1, z.shape[1])
+        averaged = FlipViews(labels + list(names), pre.flip_views).average(probs)
+        return float((averaged.argmax(dim=1).numpy() == windows.targets).mean())
 
     out = {"plain": top1()}
     for name, path in adapters.items():

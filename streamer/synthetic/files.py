@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from streamer.synthetic.drawing import render_frame
-from streamer.synthetic.scenes import ALL_ACTIONS, CLASSES, segment_at, segments_for
+from streamer.synthetic.scenes import ALL_ACTIONS, CLASSES, Segment, segment_at, segments_for
 
 TEACH_STREAM = 0x7EAC  # rng([seed, TEACH_STREAM, ...]): teaching clips never share a demo video's draws
 
@@ -90,15 +90,18 @@ def _write_clips(folder: Path, name: str, labels: list[str | tuple[str, str]], k
             segs = segments_for(seed, num_frames, fps, [label], (*key, i))
         else:  # two shots of ``seconds`` each, as the demo's own video cuts from one to the next
             num_frames = 2 * shot_frames
-            first, second = (segments_for(seed, shot_frames, fps, [shot], (*key, i, k))[0]
-                             for k, shot in enumerate(label))
-            segs = [replace(first, start_frame=0, end_frame=shot_frames - 1),
-                    replace(second, start_frame=shot_frames, end_frame=num_frames - 1)]
+            segs = [_shot(seed, shot, shot_frames, fps, (*key, i, k), k * shot_frames) for k, shot in enumerate(label)]
         path = Path(folder) / f"{name}-s{seed}-{i:03d}.mp4"
         encode_video(path, (render_frame(segment_at(segs, f), f, width, height) for f in range(num_frames)),
                      fps, width, height)
         paths.append(path)
     return paths
+
+
+def _shot(seed: int, label: str, frames: int, fps: float, key: tuple[int, ...], start: int) -> Segment:
+    """One shot of ``label``, ``frames`` long from frame ``start``: the first scene ``rng([seed, *key])`` draws
+    for it, stretched over the whole shot (a clip cuts between shots where it says, not where the plan would)."""
+    return replace(segments_for(seed, frames, fps, [label], key)[0], start_frame=start, end_frame=start + frames - 1)
 
 
 def make_teaching_clips(folder: Path, label: str, count: int, seconds: float = 2.0, seed: int = 0,
@@ -142,8 +145,7 @@ def write_plan(out: Path, plan: Sequence[tuple[str, float]], seed: int = 0, fps:
         if label not in ALL_ACTIONS or seconds <= 0:
             raise ValueError(f"a plan lists (action, seconds > 0) pairs; got ({label!r}, {seconds})")
         frames = max(1, round(seconds * fps))
-        shot = segments_for(seed, frames, fps, [label], (TEACH_STREAM, 0x91A, i))[0]
-        segs.append(replace(shot, start_frame=start, end_frame=start + frames - 1))
+        segs.append(_shot(seed, label, frames, fps, (TEACH_STREAM, 0x91A, i), start))
         start += frames
     encode_video(out, (render_frame(segment_at(segs, i), i, width, height) for i in range(start)), fps, width, height)
     labels = [{"start_frame": s.start_frame, "end_frame": s.end_frame, "label": s.label} for s in segs]

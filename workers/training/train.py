@@ -37,9 +37,9 @@ from workers.training.flags import parse_args
 from workers.training.build import build_model, probe_head
 from workers.training.clips import NO_CLASS, ClipStream
 from workers.training.motion_targets import MOTION_MEASURES
+from workers.training.motion_init import FROZEN
 
 DESCRIBER_LR_MULT = 10.0  # the side task's layer learns at least this many times the body's rate
-from workers.training.motion_init import FROZEN
 
 
 def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float,
