@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -313,6 +314,23 @@ def test_twenty_viewers_one_stalled_do_not_slow_the_pipeline(demo):
     assert watched[0] >= 0.9 * alone[0], f"windows/s {alone[0]:.2f} alone, {watched[0]:.2f} with 20 viewers"
     assert watched[1] <= 1.5 * alone[1] + 30, f"latency p50 {alone[1]:.0f} ms alone, {watched[1]:.0f} ms watched"
     assert rss_after - rss_before < 60, f"web stage grew {rss_after - rss_before:.0f} MB"
+
+
+def test_viewers_that_hang_up_as_the_stream_starts_leave_no_traceback(demo):
+    """A browser closing a tab while the live stream or the page's event feed starts is ordinary: the connection
+    is reset while the response's headers go out. Each is dropped quietly (aiohttp logs a traceback for a
+    handler that raises on a reset connection)."""
+    host, port = demo.base.removeprefix("http://").split(":")
+    before = len(demo.pipe.lines)
+    for i in range(60):
+        path = "/streams/demo.mjpeg" if i % 2 else "/api/live"
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    time.sleep(1.0)
+    assert get_json(f"{demo.base}/api/streams")[0]["name"] == "demo"
+    lines = demo.pipe.lines[before:]
+    assert not any("Traceback" in line or "Error handling request" in line for line in lines), "".join(lines)
 
 
 def test_an_ended_action_serves_its_clip_and_thumbnail(demo):

@@ -179,7 +179,8 @@ class WebApp:
         response = web.StreamResponse(headers={
             "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}", "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff"})
-        await response.prepare(request)
+        if not await _started(response, request):
+            return response
         self.feeds.viewers[name] += 1
         version, next_due = -1, 0.0
         try:
@@ -237,7 +238,8 @@ class WebApp:
         """Server-sent events for the page: ``hello`` (the streams, the events this stage saw, and the history's
         actions from before it started), then ``streams`` (each second) and ``event`` lines."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
-        await response.prepare(request)
+        if not await _started(response, request):
+            return response
         queue = self.state.subscribe()
         try:
             await response.write(_sse("hello", {"streams": self.state.stream_list(),
@@ -275,6 +277,16 @@ class _ClientFaults(logging.Filter):
         from aiohttp.http_exceptions import HttpProcessingError
 
         return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
+
+
+async def _started(response: web.StreamResponse, request: web.Request) -> bool:
+    """Send a streaming response's headers; False when the viewer has gone already (a tab closed as the stream
+    began). Returned rather than raised, the reset connection is dropped quietly; raised, aiohttp logs a traceback."""
+    try:
+        await response.prepare(request)
+        return True
+    except ConnectionError:
+        return False
 
 
 def _sse(kind: str, data) -> bytes:
