@@ -19,6 +19,7 @@ from streamer.config.loader import Overrides, load_config
 from streamer.errors import CheckpointError
 from workers.model import checkpoint_model, describe_checkpoint, load_model
 from workers.teach import main as teach_main
+from workers.training.teaching import Examples, check
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,3 +122,18 @@ def test_teaching_writes_an_adapter_that_the_pipeline_runs_with_its_labels(tmp_p
     tops = [json.loads(x)["top"] for x in events.read_text().splitlines() if '"prediction"' in x]
     assert tops and all({name for name, _ in top} == {*LABELS, "waving"} for top in tops)
     assert all(abs(sum(p for _, p in top) - 1.0) < 1e-3 for top in tops)  # one softmax over all four
+
+
+def test_the_held_out_check_scores_a_window_as_the_pipeline_would_with_its_mirror_images_mapped_back():
+    """The check says what the workers would say. Here one window, seen as it is and as its horizontal mirror, and
+    a taught label scoring the same in both views: the original view says moving left, the mirror (rightly)
+    moving right. Mapped back, both views say moving left, which wins, as in the pipeline; averaged without the
+    map, the two old labels would split and the taught label would take it."""
+    names = ["moving_left", "moving_right"]
+    logits = torch.tensor([[4.0, 0.0], [0.0, 4.0]])  # one window, two views (window-major rows)
+    adapter = Adapter(("bouncing",), np.array([[3.5]], np.float32), np.array([0.0], np.float32), "x")
+    held_out = Examples(torch.ones(2, 1), logits, np.array([0, 0]), np.array([0, 0]))
+    assert check(adapter, held_out, names, ("horizontal",))["bouncing"]["recall"] == 0.0
+    # labels that are their own mirrors (no left/right in their names): the views are averaged as they are, split,
+    # and the taught label takes the window
+    assert check(adapter, held_out, ["jumping", "waving"], ("horizontal",))["bouncing"]["recall"] == 1.0

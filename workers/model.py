@@ -11,6 +11,7 @@ import re
 import warnings
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -248,13 +249,23 @@ def read_checkpoint(path: str | Path, **overrides) -> tuple[dict, TimeSformerCon
     return state, config, checked_labels(labels, config.num_classes, path), pre
 
 
-def checkpoint_head(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The checkpoint's head, ``(classes, width)`` weight and ``(classes,)`` bias as float32 arrays, without
-    building the model: what a taught label is trained beside (:mod:`workers.training.teaching`)."""
-    state, config, _, _ = read_checkpoint(path)
+class CheckpointHead(NamedTuple):
+    """A checkpoint's head as float32 arrays, with the labels it names and the flip views its windows are seen in."""
+
+    weight: np.ndarray  # (classes, width)
+    bias: np.ndarray  # (classes,)
+    labels: tuple[str, ...]
+    flips: tuple[str, ...]
+
+
+def checkpoint_head(path: str | Path) -> CheckpointHead:
+    """The checkpoint's head without building the model: what a taught label is trained beside
+    (:mod:`workers.training.teaching`)."""
+    state, config, labels, pre = read_checkpoint(path)
     if "head.weight" not in state or "head.bias" not in state:
         raise CheckpointError(f"{path}: holds no classification head to teach labels beside")
-    return (state["head.weight"].float().numpy().copy(), state["head.bias"].float().numpy().copy())
+    return CheckpointHead(state["head.weight"].float().numpy().copy(), state["head.bias"].float().numpy().copy(),
+                          tuple(labels or ()), tuple(pre.flip_views))
 
 
 def checkpoint_model(path: str | Path, **overrides) -> TimeSformer:

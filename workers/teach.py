@@ -87,7 +87,8 @@ def teach(checkpoint: str, clips: Path, out: Path, hop: int = 0) -> str:
                         np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
     digest = checkpoint_digest(checkpoint)
     left_out = held_out(examples.groups, group_labels)
-    checks = check(fit(examples.subset(~left_out), labels, digest), examples.subset(left_out), views)
+    checks = check(fit(examples.subset(~left_out), labels, digest), examples.subset(left_out), list(model.labels),
+                   pre.flip_views)
     adapter = fit(examples, labels, digest)
     adapter = dataclasses.replace(adapter, checks=checks)
     save_adapter(adapter, out)

@@ -11,6 +11,7 @@ their scores comparable with the old labels' under the same thresholds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,10 @@ import torch
 from workers.adapter import Adapter
 from workers.flips import FLIPS
 from workers.preprocess import to_model_input
+from workers.views import FlipViews
+
+if TYPE_CHECKING:
+    from workers.model import CheckpointHead
 
 NONE = "none"  # the folder (and label) of examples of nothing new: negatives
 
@@ -149,12 +154,16 @@ def _centroid_init(f: torch.Tensor, targets: torch.Tensor, k: int) -> tuple[torc
     return weight, torch.full((k,), -5.0)
 
 
-def check(adapter: Adapter, held_out: Examples, views: int) -> dict[str, dict[str, float]]:
+def check(adapter: Adapter, held_out: Examples, names: list[str], flips: tuple[str, ...]
+          ) -> dict[str, dict[str, float]]:
     """Precision and recall of each taught label on windows it was not trained on, each window's views averaged
-    as the pipeline averages them (the softmax over the checkpoint's and the taught labels together)."""
-    old_classes = held_out.logits.shape[1]
+    as the pipeline averages them (the softmax over the checkpoint's and the taught labels together, each mirror
+    image's classes mapped back). ``names``: the labels of ``held_out.logits``' columns; ``flips``: its views."""
+    old_classes, views = held_out.logits.shape[1], 1 + len(flips)
     logits = torch.cat([held_out.logits, torch.from_numpy(adapter.logits(held_out.features.numpy()))], dim=1)
-    probs = logits.softmax(-1).view(-1, views, logits.shape[1]).mean(1)  # rows are window-major (see embed)
+    # rows are window-major (see embed); FlipViews reads view-major
+    probs = logits.softmax(-1).view(-1, views, logits.shape[1]).transpose(0, 1).reshape(-1, logits.shape[1])
+    probs = FlipViews([*names, *adapter.labels], flips).average(probs)
     predicted = probs.argmax(1).numpy() - old_classes  # ≥ 0: a taught label
     truth = held_out.targets.reshape(-1, views)[:, 0]
     out = {}
@@ -165,7 +174,7 @@ def check(adapter: Adapter, held_out: Examples, views: int) -> dict[str, dict[st
     return out
 
 
-def rows(windows: np.ndarray, head: tuple[np.ndarray, np.ndarray], current: Adapter | None
+def rows(windows: np.ndarray, head: CheckpointHead, current: Adapter | None
          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Kept windows' embeddings ``(N, V, D)`` → (features ``(N·V, D)``, logits ``(N·V, C + K)``): the checkpoint's
     head and the taught labels already in force, the logits a new label is trained beside."""
@@ -176,7 +185,7 @@ def rows(windows: np.ndarray, head: tuple[np.ndarray, np.ndarray], current: Adap
     return f, logits
 
 
-def teach_label(label: str, examples: list[np.ndarray], negatives: np.ndarray, head: tuple[np.ndarray, np.ndarray],
+def teach_label(label: str, examples: list[np.ndarray], negatives: np.ndarray, head: CheckpointHead,
                 current: Adapter | None, checkpoint: str) -> Adapter:
     """``current`` with ``label`` taught (or taught again) from kept windows: ``examples``, one ``(N, V, D)`` array
     of embeddings per example (a span, an action), and ``negatives`` ``(M, V, D)``. The other taught labels keep
@@ -205,8 +214,9 @@ def teach_label(label: str, examples: list[np.ndarray], negatives: np.ndarray, h
     everything = Examples(features, logits, per_row(np.concatenate([p[1] for p in parts])),
                           per_row(np.concatenate([p[2] for p in parts])))
     left_out = per_row(np.concatenate(held))
-    checks = check(fit(everything.subset(~left_out), (label,), checkpoint), everything.subset(left_out), views) \
-        if left_out.any() and (~left_out & (everything.targets == 0)).any() else {}
+    names = [*head.labels, *(current.labels if current is not None else ())]
+    checks = check(fit(everything.subset(~left_out), (label,), checkpoint), everything.subset(left_out), names,
+                   head.flips) if left_out.any() and (~left_out & (everything.targets == 0)).any() else {}
     new = fit(everything, (label,), checkpoint)
     if current is None or not current.labels:
         return Adapter(new.labels, new.weight, new.bias, checkpoint, checks)

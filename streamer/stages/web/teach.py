@@ -47,7 +47,7 @@ class Teacher:
 
     def __init__(self, store: StoreConfig | None, checkpoint: str, labels: tuple[str, ...]) -> None:
         self.store, self.checkpoint, self.labels = store, checkpoint, labels
-        self._head: tuple[np.ndarray, np.ndarray] | None = None  # the checkpoint's head, read at the first teaching
+        self._head: tuple | None = None  # workers.model.CheckpointHead, read at the first teaching
         self._lock = threading.Lock()  # one teaching at a time
         self._warming = threading.Event()
         self._head_lock = threading.Lock()
@@ -201,7 +201,8 @@ class Teacher:
         parts = [p for p in parts if len(p) and p.shape[1] == views]
         return np.concatenate(parts) if parts else np.zeros((0, views, width), np.float32)
 
-    def _checkpoint_head(self) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+    def _checkpoint_head(self) -> tuple[tuple, int]:
+        """(workers.model.CheckpointHead, its width), read once."""
         with self._head_lock:
             if self._head is None:
                 from workers.model import checkpoint_head
