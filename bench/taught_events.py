@@ -213,13 +213,10 @@ def held_out_demo(checkpoint: Path, adapters: dict[str, Path]) -> dict[str, floa
     spec = WindowSpec(pre.num_frames, pre.frame_interval, 8)
     windows = concat([synthetic_windows(seed, 40, pre.size, spec, labels) for seed in DEMO_SEEDS])
     features, logits = embed(model, windows.frames, pre.flip_views)
-    views = 1 + len(pre.flip_views)
 
     def top1(names: tuple[str, ...] = (), extra: np.ndarray | None = None) -> float:
         z = logits if extra is None else torch.cat([logits, torch.from_numpy(extra)], dim=1)
-        # embed's rows are window-major (a window's views adjacent); FlipViews reads view-major
-        probs = z.softmax(-1).view(-1, views, z.shape[1]).transpose(0, 1).reshape(-1, z.shape[1])
-        averaged = FlipViews(labels + list(names), pre.flip_views).average(probs)
+        averaged = FlipViews(labels + list(names), pre.flip_views).average_windows(z.softmax(-1))
         return float((averaged.argmax(dim=1).numpy() == windows.targets).mean())
 
     out = {"plain": top1()}

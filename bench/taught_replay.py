@@ -113,10 +113,8 @@ class Scorer:
     def probs(self, f: np.ndarray, adapter=None, label: str | None = None) -> np.ndarray:
         """``(N, V, D)`` windows → ``(N, classes)`` probabilities, each view's mirror mapped back."""
         z = self.old(f) if adapter is None else np.concatenate([self.old(f), adapter.logits(f)], -1)
-        n, views, classes = z.shape
-        p = torch.from_numpy(z).float().softmax(-1).transpose(0, 1).reshape(n * views, classes)
         names = self.labels + ([label] if label else [])
-        return FlipViews(names, self.flips).average(p).numpy()
+        return FlipViews(names, self.flips).average_windows(torch.from_numpy(z).float().softmax(-1)).numpy()
 
     def top1(self, probs: np.ndarray) -> float:
         return float((probs.argmax(1) == self.data["demo_truth"]).mean())

@@ -32,6 +32,13 @@ class FlipViews:
         """(B, ...) → (V·B, ...): the clips, then each flip of them (one forward for all views)."""
         return torch.cat([x, *(x.flip(FLIPS[flip][0]) for flip in self.flips)]) if self.flips else x
 
+    def average_windows(self, probs: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`average`, for rows that are window-major (each window's views adjacent, as
+        :func:`workers.training.teaching.embed` and the kept embeddings hold them): (B·V, classes) or (B, V, classes)."""
+        views = len(self.flips) + 1
+        probs = probs.reshape(-1, views, probs.shape[-1])
+        return self.average(probs.transpose(0, 1).reshape(-1, probs.shape[-1]))
+
     def average(self, probs: torch.Tensor) -> torch.Tensor:
         """(V·B, classes) probabilities of :meth:`stack`'s views → (B, classes), each mirror's mapped back."""
         if not self.flips:

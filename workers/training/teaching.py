@@ -161,9 +161,7 @@ def check(adapter: Adapter, held_out: Examples, names: list[str], flips: tuple[s
     image's classes mapped back). ``names``: the labels of ``held_out.logits``' columns; ``flips``: its views."""
     old_classes, views = held_out.logits.shape[1], 1 + len(flips)
     logits = torch.cat([held_out.logits, torch.from_numpy(adapter.logits(held_out.features.numpy()))], dim=1)
-    # rows are window-major (see embed); FlipViews reads view-major
-    probs = logits.softmax(-1).view(-1, views, logits.shape[1]).transpose(0, 1).reshape(-1, logits.shape[1])
-    probs = FlipViews([*names, *adapter.labels], flips).average(probs)
+    probs = FlipViews([*names, *adapter.labels], flips).average_windows(logits.softmax(-1))  # rows: see embed
     predicted = probs.argmax(1).numpy() - old_classes  # ≥ 0: a taught label
     truth = held_out.targets.reshape(-1, views)[:, 0]
     out = {}
