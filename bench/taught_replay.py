@@ -37,7 +37,7 @@ from streamer.synthetic.files import (labels_path, make_none_clips, make_teachin
                                       write_video)
 from streamer.synthetic.scenes import CLASSES  # noqa: E402
 from workers.model import load_model  # noqa: E402
-from workers.teach import clip_windows  # noqa: E402
+from workers.training.teaching import clip_windows  # noqa: E402
 from workers.training.data import (WindowSpec, concat, read_frames, synthetic_windows, window_ends,  # noqa: E402
                                   window_indices)
 from workers.training.teaching import Examples, embed, fit  # noqa: E402

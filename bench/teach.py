@@ -32,9 +32,8 @@ from streamer.synthetic.files import make_none_clips, make_teaching_clips  # noq
 from workers.adapter import load_adapter  # noqa: E402
 from workers.heads import adapt  # noqa: E402
 from workers.model import checkpoint_model, load_model  # noqa: E402
-from workers.teach import clip_windows  # noqa: E402
 from workers.training.data import WindowSpec  # noqa: E402
-from workers.training.teaching import embed  # noqa: E402
+from workers.training.teaching import clip_windows, embed  # noqa: E402
 
 HEADING = "Taught actions: the adapter from folders of clips (first measurement)"
 NEW = ("bouncing", "orbiting", "shaking")

@@ -1,12 +1,14 @@
 """Taught actions live (issue 24): one real pipeline (capture, dispatcher, worker, web; real sockets, the shipped
 demo model) reads a video that shows an action the model never saw ("bouncing") four times between its own
-actions. Mid-run the label is taught through the API from the first time it shows, and again in Chromium by
-dragging along the review page's timeline over the second; the workers take each new adapter between two batches.
+actions. Mid-run the label is taught through the API from the first time it shows, again in Chromium by
+dragging along the review page's timeline over the second, and again from clip files sent as a form; the workers
+take each new adapter between two batches.
 The run is offline, so no window may be dropped, swaps included; forgetting the label stops it."""
 
 import json
 import os
 import time
+import uuid
 import tomllib
 import urllib.error
 import urllib.request
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from streamer.synthetic.files import write_plan
+from streamer.synthetic.files import make_teaching_clips, write_plan
 from tests.test_reliability import REPO, Pipeline
 from tests.test_web import CHROMIUM, CHROMIUM_FLAGS, web_url
 
@@ -86,9 +88,31 @@ class Run:
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())
 
+    def post_form(self, fields: list[tuple[str, str]], files: list[tuple[str, str, bytes]]) -> dict:
+        """``POST /api/teach`` as the review page sends clip files: multipart/form-data."""
+        body, kind = form_body(fields, files)
+        request = urllib.request.Request(self.base + "/api/teach", data=body, method="POST",
+                                         headers={"Content-Type": kind})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    def loaded(self) -> int:
+        """Adapters the workers have loaded so far (each logs its labels' held-out check)."""
+        return sum(f"{NEW} (held-out precision" in line for line in self.pipe.lines)
+
     def starts(self, shot: dict) -> list[dict]:
         return [s for s in self.lines("start") if s["label"] == NEW
                 and shot["start_frame"] <= s["frame_index"] <= shot["end_frame"] + SPAN]
+
+
+def form_body(fields: list[tuple[str, str]], files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body (RFC 7578) and its Content-Type, as a browser's FormData makes it."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+             for name, value in fields]
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+              f"Content-Type: video/mp4\r\n\r\n".encode() + data + b"\r\n" for name, filename, data in files]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +173,18 @@ def test_in_chromium_a_span_dragged_on_the_timeline_is_taught_and_the_live_panel
         browser.close()
 
 
+def test_clip_files_sent_as_a_form_teach_the_label_again_and_the_workers_take_it(run, tmp_path):
+    clips = make_teaching_clips(tmp_path, NEW, 4, seconds=2.5, seed=9300, width=160, height=120)
+    before, loaded = json.loads(urllib.request.urlopen(run.base + "/api/teach", timeout=10).read()), run.loaded()
+    answer = run.post_form([("label", NEW)], [("clip", c.name, c.read_bytes()) for c in clips])
+    assert answer["labels"] == [NEW] and answer["version"] == before["version"] + 1, answer
+    assert answer["examples"] >= 4 * 10 and answer["negatives"] >= 10, answer  # 2.5 s: 12 windows a clip
+    state = json.loads(urllib.request.urlopen(run.base + "/api/teach", timeout=10).read())
+    note = next(v["note"] for v in state["versions"] if v["version"] == answer["version"])
+    assert note == f"taught {NEW} from 4 clip(s), {answer['examples']} windows", state
+    run.pipe.wait_for(lambda: run.loaded() > loaded, timeout=30, what="the workers loading the clips' adapter")
+
+
 def test_a_request_that_cannot_teach_gets_one_line_and_changes_nothing(run):
     before = json.loads(urllib.request.urlopen(run.base + "/api/teach", timeout=10).read())
     far = {"stream": "door", "from": 1000.0, "to": 1010.0}
@@ -167,6 +203,18 @@ def test_a_request_that_cannot_teach_gets_one_line_and_changes_nothing(run):
             urllib.request.urlopen(request, timeout=30)
         message = json.loads(err.value.read())["error"]
         assert err.value.code == status and says in message and "\n" not in message, (path, body, message)
+    forms = [([("label", NEW)], [("clip", "notes.txt", b"not a video at all")], 422, "clip 'notes.txt'"),
+             ([("label", NEW)], [], 400, "at least one clip"),
+             ([("label", "still")], [("clip", "a.mp4", b"x")], 409, "a label of the checkpoint"),
+             ([("colour", "red")], [], 400, "unknown field 'colour'")]
+    for fields, files, status, says in forms:
+        body, kind = form_body(fields, files)
+        request = urllib.request.Request(run.base + "/api/teach", data=body, method="POST",
+                                         headers={"Content-Type": kind})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        message = json.loads(err.value.read())["error"]
+        assert err.value.code == status and says in message and "\n" not in message, (fields, message)
     after = json.loads(urllib.request.urlopen(run.base + "/api/teach", timeout=10).read())
     assert after["version"] == before["version"] and after["labels"] == before["labels"]
 

@@ -20,20 +20,8 @@ import torch
 from streamer.errors import ConfigError, UsageParser, run_command
 from workers.adapter import checkpoint_digest, save_adapter
 from workers.model import load_model
-from workers.training.data import WindowSpec, labelled_videos, read_frames, window_ends, window_indices
-from workers.training.teaching import NONE, Examples, check, embed, fit
-
-WINDOWS_PER_CLIP = 24  # at most, evenly spread: a long clip adds little a short one does not
-
-
-def clip_windows(path: Path, size: int, spec: WindowSpec) -> np.ndarray:
-    """The pipeline's windows over a clip (``(n, T, size, size, 3)`` uint8), at most WINDOWS_PER_CLIP."""
-    frames = np.stack(read_frames(path, size))
-    ends = window_ends(len(frames), spec)
-    if len(ends) > WINDOWS_PER_CLIP:
-        ends = [ends[round(i)] for i in np.linspace(0, len(ends) - 1, WINDOWS_PER_CLIP)]
-    return np.stack([frames[window_indices(end, spec)] for end in ends])
-
+from workers.training.data import labelled_videos
+from workers.training.teaching import NONE, Examples, check, embed_clip, fit
 
 def folders(clips: Path, known: list[str]) -> tuple[tuple[str, ...], list[tuple[Path, str]]]:
     """The new labels (sorted) and the ``(clip, label)`` pairs; ConfigError for a folder that cannot teach."""
@@ -74,12 +62,10 @@ def teach(checkpoint: str, clips: Path, out: Path, hop: int = 0) -> str:
     if model.labels is None:
         raise ConfigError(f"{checkpoint}: holds no label names; an adapter adds labels after the checkpoint's own")
     labels, pairs = folders(clips, list(model.labels))
-    spec = WindowSpec(pre.num_frames, pre.frame_interval, hop or max(1, pre.frame_interval))
     views = 1 + len(pre.flip_views)
     parts, group_labels = [], []
     for group, (path, label) in enumerate(pairs):
-        windows = clip_windows(path, pre.size, spec)
-        features, logits = embed(model, windows, pre.flip_views)
+        features, logits = embed_clip(model, path, hop)
         target = -1 if label == NONE else labels.index(label)
         parts.append((features, logits, np.full(len(features), target), np.full(len(features), group)))
         group_labels.append(label)

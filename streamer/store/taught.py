@@ -64,6 +64,11 @@ def windows_of(conn: sqlite3.Connection, stream: str, start_ts: float, end_ts: f
     return _stack([row[0] for row in rows], width)
 
 
+def streams(conn: sqlite3.Connection) -> list[str]:
+    """The streams with windows kept."""
+    return [row[0] for row in conn.execute("SELECT DISTINCT stream FROM windows ORDER BY stream")]
+
+
 def sample_windows(conn: sqlite3.Connection, streams: Iterable[str], count: int, width: int,
                    away_from: list[tuple[str, float, float]] = ()) -> np.ndarray:
     """Up to ``count`` windows of ``streams`` spread over the time kept, none within the ``(stream, start, end)``

@@ -16,15 +16,16 @@ from streamer.errors import ConfigError
 from workers.flips import FLIP_VIEWS
 from workers.model import Preprocess, load_model
 from workers.preprocess import to_model_input
-from workers.timesformer import Block, TimeSformer, TimeSformerConfig, init_layers
+from workers.timesformer import Block, TimeSformer, TimeSformerConfig, init_layers, resize_pos_embed
 from workers.training.motion_init import motion_init, sinusoid_table
 
 
 def build_model(args: argparse.Namespace, labels: list[str]):
     """A fresh TimeSformer (sinusoidal time embedding) or a loaded one with its head fitted to ``labels``."""
     if args.init:
-        overrides = {k: v for k, v in (("num_frames", args.num_frames), ("img_size", args.img_size)) if v}
-        model = load_model(args.init, **overrides)
+        model = load_model(args.init, **({"num_frames": args.num_frames} if args.num_frames else {}))
+        if args.img_size and args.img_size != model.config.img_size:
+            resize_input(model, args.img_size)
         pre = model.preprocess
         if model.labels != labels:
             dim = model.config.embed_dim
@@ -55,6 +56,17 @@ def build_model(args: argparse.Namespace, labels: list[str]):
     pre = Preprocess(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), size=config.img_size,
                      num_frames=config.num_frames, frame_interval=args.frame_interval or 4, flip_views=allowed_flips(args))
     return model, pre
+
+
+def resize_input(model: TimeSformer, size: int) -> None:
+    """Fine-tune at another input side: the position embedding takes the new patch grid as the model would
+    resize it at run time (so step 0 predicts as the checkpoint does at that size), then trains as its own."""
+    grid = size // model.config.patch_size
+    if grid * model.config.patch_size != size:
+        raise ConfigError(f"--img-size {size}: not a multiple of the patch ({model.config.patch_size} px)")
+    with torch.no_grad():
+        model.pos_embed = nn.Parameter(resize_pos_embed(model.pos_embed, grid, grid).clone())
+    model.config = replace(model.config, img_size=size)
 
 
 def allowed_flips(args: argparse.Namespace) -> tuple[str, ...]:

@@ -11,20 +11,24 @@ their scores comparable with the old labels' under the same thresholds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from streamer.errors import SourceError
 from workers.adapter import Adapter
 from workers.flips import FLIPS
 from workers.preprocess import to_model_input
+from workers.training.data import WindowSpec, read_frames, window_ends, window_indices
 from workers.views import FlipViews
 
 if TYPE_CHECKING:
     from workers.model import CheckpointHead
 
 NONE = "none"  # the folder (and label) of examples of nothing new: negatives
+WINDOWS_PER_CLIP = 24  # at most, evenly spread: a long clip adds little a short one does not
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,28 @@ def embed(model: torch.nn.Module, frames: np.ndarray, flips: tuple[str, ...] = (
         features.append(f)
         logits.append(model.head(f).float())
     return torch.cat(features), torch.cat(logits)
+
+
+def clip_windows(path: Path, size: int, spec: WindowSpec) -> np.ndarray:
+    """The pipeline's windows over a clip (``(n, T, size, size, 3)`` uint8), at most WINDOWS_PER_CLIP; SourceError
+    for a clip that is not a video or is shorter than one window."""
+    frames = read_frames(path, size)
+    ends = window_ends(len(frames), spec)
+    if not ends:
+        raise SourceError(f"{path}: {len(frames)} frame(s), fewer than one window spans "
+                          f"({spec.span}); give a longer clip")
+    if len(ends) > WINDOWS_PER_CLIP:
+        ends = [ends[round(i)] for i in np.linspace(0, len(ends) - 1, WINDOWS_PER_CLIP)]
+    frames = np.stack(frames)
+    return np.stack([frames[window_indices(end, spec)] for end in ends])
+
+
+def embed_clip(model: torch.nn.Module, path: Path, hop: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clip's windows, read with the checkpoint's own sampling (every ``hop`` frames; by default its frame
+    interval), through :func:`embed`."""
+    pre = model.preprocess
+    spec = WindowSpec(pre.num_frames, pre.frame_interval, hop or max(1, pre.frame_interval))
+    return embed(model, clip_windows(path, pre.size, spec), pre.flip_views)
 
 
 FALSE_TOP = 0.01  # the share of unseen negative windows a taught label may still win (see :func:`fit`): about the
@@ -177,7 +203,7 @@ def rows(windows: np.ndarray, head: CheckpointHead, current: Adapter | None
     """Kept windows' embeddings ``(N, V, D)`` → (features ``(N·V, D)``, logits ``(N·V, C + K)``): the checkpoint's
     head and the taught labels already in force, the logits a new label is trained beside."""
     f = torch.from_numpy(np.ascontiguousarray(windows, np.float32).reshape(-1, windows.shape[-1]))
-    logits = f @ torch.from_numpy(head[0]).T + torch.from_numpy(head[1])
+    logits = f @ torch.from_numpy(head.weight).T + torch.from_numpy(head.bias)
     if current is not None and current.labels:
         logits = torch.cat([logits, torch.from_numpy(current.logits(f.numpy()))], dim=1)
     return f, logits

@@ -1,5 +1,5 @@
 """Teaching from the review page (issue 24): ``/api/teach`` turns spans of streams the store kept (or stored
-actions) into a taught label, and forgets one or goes back to an earlier adapter.
+actions, or clip files sent as a form) into a taught label, and forgets one or goes back to an earlier adapter.
 
 The store keeps recent windows' embeddings (``[teach] keep_h``); a teaching reads the chosen spans' windows as
 examples and ordinary windows of the same cameras, plus windows of actions marked wrong, as negatives, trains the
@@ -14,8 +14,10 @@ import asyncio
 import json
 import math
 import sqlite3
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,8 @@ from aiohttp import web
 from loguru import logger
 
 from streamer.config.sinks import StoreConfig
-from streamer.errors import CheckpointError, ConfigError
+from streamer.errors import CheckpointError, ConfigError, SourceError
+from streamer.stages.web.uploads import ClipForm, UploadError, read_clip_form
 from streamer.store import taught
 from streamer.store.schema import connect
 from workers.adapter import Adapter, checkpoint_digest
@@ -48,6 +51,7 @@ class Teacher:
     def __init__(self, store: StoreConfig | None, checkpoint: str, labels: tuple[str, ...]) -> None:
         self.store, self.checkpoint, self.labels = store, checkpoint, labels
         self._head: tuple | None = None  # workers.model.CheckpointHead, read at the first teaching
+        self._model = None  # the checkpoint itself, loaded at the first teaching from clip files
         self._lock = threading.Lock()  # one teaching at a time
         self._warming = threading.Event()
         self._head_lock = threading.Lock()
@@ -62,7 +66,7 @@ class Teacher:
         if self.store is not None and self._head is None and not self._warming.is_set():
             self._warming.set()
             threading.Thread(target=self._ready, name="teacher-warm-up", daemon=True).start()
-        return await self._answer(self._state, None)
+        return await self._answer(self._state)
 
     def _ready(self) -> None:
         try:
@@ -72,20 +76,30 @@ class Teacher:
             logger.warning(f"web: cannot read the checkpoint's head to teach beside ({err})")
 
     async def teach(self, request: web.Request) -> web.Response:
-        return await self._answer(self._teach, await request.read())
+        if request.content_type != "multipart/form-data":
+            body = await request.read()
+            return await self._answer(lambda conn: self._teach(conn, _json(body)))
+        with tempfile.TemporaryDirectory(prefix="teach-clips-") as folder:
+            try:
+                form = await read_clip_form(request, Path(folder))
+            except UploadError as err:
+                return web.json_response({"error": str(err)}, status=err.status)
+            return await self._answer(lambda conn: self._teach_clips(conn, form))
 
     async def forget(self, request: web.Request) -> web.Response:
-        return await self._answer(self._forget, await request.read())
+        body = await request.read()
+        return await self._answer(lambda conn: self._forget(conn, _json(body)))
 
     async def revert(self, request: web.Request) -> web.Response:
-        return await self._answer(self._revert, await request.read())
+        body = await request.read()
+        return await self._answer(lambda conn: self._revert(conn, _json(body)))
 
-    async def _answer(self, work, body) -> web.Response:
+    async def _answer(self, work) -> web.Response:
         if self.store is None:
             return web.json_response({"error": "teaching needs the action store; set [store] path in the config "
                                       "or run with --store FILE.db"}, status=404)
         try:
-            out = await asyncio.get_running_loop().run_in_executor(None, self._with_store, work, body)
+            out = await asyncio.get_running_loop().run_in_executor(None, self._with_store, work)
         except TeachError as err:
             return web.json_response({"error": str(err)}, status=err.status)
         except (ConfigError, CheckpointError) as err:
@@ -94,14 +108,14 @@ class Teacher:
             return web.json_response({"error": f"action store busy or unreadable ({err}); try again"}, status=503)
         return web.json_response(out)
 
-    def _with_store(self, work, body):
+    def _with_store(self, work):
         try:
             conn = connect(self.store.path, create=True)
         except FileNotFoundError:
             raise TeachError("the action store is not made yet; wait for the first actions", 503) from None
         with self._lock:
             try:
-                return work(conn) if body is None else work(conn, _json(body))
+                return work(conn)
             finally:
                 conn.close()
 
@@ -123,13 +137,40 @@ class Teacher:
         if sum(len(w) for w in examples) < MIN_WINDOWS:
             raise TeachError(f"the spans hold {sum(len(w) for w in examples)} kept window(s) of {label!r}; choose "
                              f"longer spans (a window is kept about every hop; [teach] keep_h says for how long)", 422)
+        away = [(s["stream"], s["from"], s["to"]) for s in spans]
+        return self._learn(conn, label, examples, {s["stream"] for s in spans}, away, started, "example(s)")
+
+    def _teach_clips(self, conn: sqlite3.Connection, form: ClipForm) -> dict[str, Any]:
+        """A label from clip files: the checkpoint (loaded here once) reads each as ``workers.teach`` does; the
+        negatives are ordinary windows of the cameras the form names, or of every camera kept."""
+        started = time.perf_counter()
+        label = self._label(form.label)
+        if not form.clips:
+            raise TeachError('send at least one clip of the action: the form field "clip", a video file')
+        examples = []
+        for name, path in form.clips:
+            try:
+                features = _embed_clip(self._checkpoint_model(), path)
+            except SourceError as err:
+                reason = str(err).removeprefix(f"{path}: ").split(";")[0]
+                raise TeachError(f"clip {name!r}: {reason}; send a video of the action a second long or more (MP4, "
+                                 "AVI, MKV: what OpenCV decodes)", 422) from None
+            examples.append(features)
+        streams = set(form.streams) or set(taught.streams(conn))
+        return self._learn(conn, label, examples, streams, [], started, "clip(s)")
+
+    def _learn(self, conn: sqlite3.Connection, label: str, examples: list[np.ndarray], streams: set[str],
+               away: list[tuple[str, float, float]], started: float, kind: str) -> dict[str, Any]:
+        """Train ``label`` from ``examples`` (each ``(windows, views, width)``) against the negatives, and hand
+        the new adapter on (a version in the store)."""
+        head, width = self._checkpoint_head()
         views = examples[0].shape[1]
         examples = [w for w in examples if w.shape[1] == views]
-        negatives = self._negatives(conn, label, spans, width, views)
+        negatives = self._negatives(conn, label, streams, away, width, views)
         current = taught.latest(conn)
         adapter = _teach_label(label, examples, negatives, head, current.adapter if current else None,
                                checkpoint_digest(self.checkpoint))
-        version = self._put(conn, adapter, f"taught {label} from {len(examples)} example(s), "
+        version = self._put(conn, adapter, f"taught {label} from {len(examples)} {kind}, "
                                            f"{sum(len(w) for w in examples)} windows")
         seconds = time.perf_counter() - started
         logger.info(f"web: taught {adapter.describe()} in {seconds:.1f} s (adapter version {version})")
@@ -171,13 +212,8 @@ class Teacher:
         every example as a span; TeachError says what is wrong."""
         if not isinstance(data, dict) or set(data) - {"label", "spans", "actions"}:
             raise TeachError('the body must be {"label": "...", "spans": [{"stream": "...", "from": SECONDS, '
-                             '"to": SECONDS}], "actions": ["action id", ...]}')
-        label = data.get("label")
-        if not isinstance(label, str) or not 0 < len(label.strip()) <= MAX_LABEL or not label.isprintable():
-            raise TeachError(f'"label" must be the new action\'s name: 1 to {MAX_LABEL} printable characters')
-        label = label.strip()
-        if label in self.labels:
-            raise TeachError(f"{label!r} is a label of the checkpoint already; name the new action otherwise", 409)
+                             '"to": SECONDS}], "actions": ["action id", ...]}, or a form with clip files')
+        label = self._label(data.get("label"))
         spans = [_span(s) for s in _list(data, "spans")]
         for action_id in _list(data, "actions"):
             row = conn.execute("SELECT stream, track, start_ts, end_ts FROM actions WHERE id = ?",
@@ -189,19 +225,27 @@ class Teacher:
             raise TeachError('give at least one example: "spans" of a stream, or "actions" from the history')
         return label, spans
 
-    def _negatives(self, conn: sqlite3.Connection, label: str, spans: list[dict], width: int, views: int) -> np.ndarray:
-        """Ordinary windows of the examples' cameras, and the windows of actions an operator marked wrong (unless
-        the right label they gave is this one)."""
+    def _label(self, label: Any) -> str:
+        if not isinstance(label, str) or not 0 < len(label.strip()) <= MAX_LABEL or not label.isprintable():
+            raise TeachError(f'"label" must be the new action\'s name: 1 to {MAX_LABEL} printable characters')
+        label = label.strip()
+        if label in self.labels:
+            raise TeachError(f"{label!r} is a label of the checkpoint already; name the new action otherwise", 409)
+        return label
+
+    def _negatives(self, conn: sqlite3.Connection, label: str, streams: set[str],
+                   away: list[tuple[str, float, float]], width: int, views: int) -> np.ndarray:
+        """Ordinary windows of the cameras (none within the ``away`` spans, the examples), and the windows of
+        actions an operator marked wrong (unless the right label they gave is this one)."""
         wrong = conn.execute("SELECT a.stream, a.track, a.start_ts, coalesce(a.end_ts, a.start_ts) FROM actions a "
                              "JOIN feedback f ON f.action_id = a.id WHERE f.verdict = 'wrong' AND "
                              "coalesce(f.label, '') != ? ORDER BY a.start_ts DESC LIMIT 200", (label,)).fetchall()
-        away = [(s["stream"], s["from"], s["to"]) for s in spans]
-        parts = [taught.sample_windows(conn, {s["stream"] for s in spans}, NEGATIVES, width, away)]
+        parts = [taught.sample_windows(conn, streams, NEGATIVES, width, away)]
         parts += [taught.windows_of(conn, stream, start, end, track, width) for stream, track, start, end in wrong]
         parts = [p for p in parts if len(p) and p.shape[1] == views]
         return np.concatenate(parts) if parts else np.zeros((0, views, width), np.float32)
 
-    def _checkpoint_head(self) -> tuple[tuple, int]:
+    def _checkpoint_head(self) -> tuple[Any, int]:
         """(workers.model.CheckpointHead, its width), read once."""
         with self._head_lock:
             if self._head is None:
@@ -209,7 +253,25 @@ class Teacher:
 
                 self._head = checkpoint_head(self.checkpoint)
                 checkpoint_digest(self.checkpoint)  # hashed once, now rather than at the first Teach
-        return self._head, self._head[0].shape[1]
+        return self._head, self._head.weight.shape[1]
+
+    def _checkpoint_model(self):
+        """The checkpoint itself (fp32, on the CPU), to read clip files as the workers would; loaded once."""
+        with self._head_lock:
+            if self._model is None:
+                from workers.model import load_model
+
+                self._model = load_model(self.checkpoint)
+        return self._model
+
+
+def _embed_clip(model, path: Path) -> np.ndarray:
+    """A clip's windows as the store keeps them: ``(windows, views, width)``."""
+    from workers.training.teaching import embed_clip
+
+    views = 1 + len(model.preprocess.flip_views)
+    features = embed_clip(model, path)[0].numpy()
+    return features.reshape(len(features) // views, views, -1)
 
 
 def _teach_label(*args):

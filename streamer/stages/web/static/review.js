@@ -40,9 +40,13 @@ async function api(path, options = {}) {
 
 const actionsUrl = (params) => `/api/actions?${new URLSearchParams(params)}`;
 
-function say(text, error = false) {
+const HOLD_MS = 20000;  // an answer or an error stays this long before the day's count, followed, replaces it
+let heldUntil = 0;
+
+function say(text, error = false, hold = true) {
   statusLine.textContent = text;
   statusLine.classList.toggle("error", error);
+  heldUntil = hold ? Date.now() + HOLD_MS : 0;
 }
 
 // ------------------------------------------------------------------ labels as colours
@@ -554,13 +558,14 @@ async function fetchDay(since, generation) {  // the day's actions from `since` 
   return found;
 }
 
-function counted() {
+function counted(following = false) {
+  if (following && Date.now() < heldUntil) return;
   let matching = 0;
   for (const a of day.actions.values()) matching += matches(a);
   const all = day.actions.size;
   say(`${all} action${all === 1 ? "" : "s"} on ${new Date(day.since * 1000).toDateString()}` +
       (day.partial ? " (the newest; the timeline shows no more)" : "") +
-      (matching < all ? `, ${matching} match the filters` : ""));
+      (matching < all ? `, ${matching} match the filters` : ""), false, false);
 }
 
 async function loadDay() {
@@ -594,7 +599,7 @@ async function follow() {  // today: new actions, and the ends (and clips) of th
       if (matches(a) && a.start_ts >= top && rows.next !== undefined) add(a, false);  // (after the first page)
     }
     drawTimeline();
-    counted();
+    counted(true);
   } catch (err) {
     say(err.message, true);
   }

@@ -1,10 +1,12 @@
 // Teaching from the review page (issue 24): drag along a stream's row to choose a span, or choose an action and
 // press "teach as…", name what it shows, and Teach: the server trains the label on the windows it kept
-// (POST /api/teach) and the workers use it from their next batch. Below the legend: the taught labels, each with
+// (POST /api/teach) and the workers use it from their next batch. Clip files from this computer teach the same
+// way (sent as a form; the server reads them with the checkpoint). Below the legend: the taught labels, each with
 // forget, and the earlier versions to go back to. Loaded after review.js, whose timeline, view and helpers it uses.
 "use strict";
 const teachForm = $("teach"), teachWhat = $("teach-what"), teachLabel = $("teach-label");
 const taughtBox = $("taught"), taughtList = $("taught-labels"), versionList = $("versions");
+const filesForm = $("teach-files"), filesLabel = $("teach-files-label"), filesInput = $("teach-clips");
 const MIN_SPAN_S = 1;  // a shorter drag is a click
 let example = null;    // what Teach teaches from: {stream, from, to} or {action}
 
@@ -83,24 +85,44 @@ teachLabel.addEventListener("keydown", (e) => { if (e.key === "Escape") cancel()
 teachForm.addEventListener("submit", async (e) => {
   e.preventDefault();
   if (!example) return;
-  const label = teachLabel.value.trim().replace(/\s+/g, "_");  // typed as words, kept as a label
+  const label = asLabel(teachLabel.value);
   const body = example.action ? { label, actions: [example.action] } : { label, spans: [example] };
-  say(`teaching ${words(label)}…`);
+  if (await teachFrom(label, { method: "POST", headers: { "Content-Type": "application/json" },
+                               body: JSON.stringify(body) })) {
+    teachLabel.value = "";
+    cancel();
+  }
+});
+
+filesForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const label = asLabel(filesLabel.value), form = new FormData();
+  form.append("label", label);
+  for (const file of filesInput.files) form.append("clip", file, file.name);
+  if (await teachFrom(label, { method: "POST", body: form }, `${filesInput.files.length} clip(s)`)) {
+    filesForm.reset();
+  }
+});
+
+const asLabel = (typed) => typed.trim().replace(/\s+/g, "_");  // typed as words, kept as a label
+
+async function teachFrom(label, request, what = "") {  // true when it was taught
+  say(`teaching ${words(label)}${what ? ` from ${what}` : ""}…`);
   try {
-    const got = await post("/api/teach", body);
+    const got = await api("/api/teach", request);
     const check = got.checks[label];
     say(`taught ${words(label)} from ${got.examples} windows (and ${got.negatives} others) in ` +
         `${got.seconds.toFixed(1)} s` + (check ? `; held out: precision ${check.precision.toFixed(2)}, ` +
         `recall ${check.recall.toFixed(2)}` : "") + ". The workers use it from their next batch.");
     known.labels.add(label);
     choices();
-    teachLabel.value = "";
-    cancel();
     showTaught();
+    return true;
   } catch (err) {
     say(err.message, true);
+    return false;
   }
-});
+}
 
 async function showTaught() {
   let state;
