@@ -89,6 +89,29 @@ def test_added_blocks_start_as_identity_and_train_into_a_deeper_checkpoint(tmp_p
 
 
 @pytest.mark.timeout(120)
+def test_fine_tuning_at_another_input_side_starts_where_the_checkpoint_is_and_saves_the_new_side(tmp_path,
+                                                                                              two_class_list):
+    """--init with --img-size: at step 0 the model predicts as the checkpoint does when fed that side (the position
+    embedding takes the new grid as the model would resize it); the saved checkpoint is read at the new side."""
+    common = ["--data", str(two_class_list), "--steps-per-epoch", "4", "--epochs", "1", *TINY]
+    first = tmp_path / "first"
+    assert train.main([*common, "--out", str(first)]) == 0
+    trained = load_model(first / "last.safetensors")
+    side = trained.config.img_size + 2 * trained.config.patch_size
+    args = flags.parse_args([*common, "--init", str(first / "last.safetensors"), "--out", str(tmp_path / "x"),
+                             "--img-size", str(side)])
+    larger, pre = build.build_model(args, trained.labels)
+    clip = torch.randn(2, 3, 4, side, side)
+    assert pre.size == side and larger.pos_embed.shape[1] == 1 + (side // trained.config.patch_size) ** 2
+    assert torch.equal(larger.eval()(clip), trained(clip))
+    out = tmp_path / "larger"
+    assert train.main([*common, "--init", str(first / "last.safetensors"), "--out", str(out), "--img-size",
+                       str(side)]) == 0
+    model = load_model(out / "last.safetensors")
+    assert model.config.img_size == side and model.preprocess.size == side
+
+
+@pytest.mark.timeout(120)
 def test_resume_continues_from_saved_epoch_and_step(tmp_path, two_class_list):
     out = tmp_path / "run"
     common = ["--data", str(two_class_list), "--out", str(out), "--steps-per-epoch", "4", *TINY]
