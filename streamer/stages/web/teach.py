@@ -35,6 +35,7 @@ MAX_LABEL = 64
 MAX_EXAMPLES = 200
 NEGATIVES = 600  # ordinary windows of the examples' cameras, spread over the time kept
 MIN_WINDOWS = 2  # examples' windows a teaching needs at least
+MIN_NEGATIVES = 10  # ordinary windows too: without them a label learns nothing of what it is not, and takes all
 
 
 class TeachError(ValueError):
@@ -167,6 +168,9 @@ class Teacher:
         views = examples[0].shape[1]
         examples = [w for w in examples if w.shape[1] == views]
         negatives = self._negatives(conn, label, streams, away, width, views)
+        if len(negatives) < MIN_NEGATIVES:
+            raise TeachError(f"{len(negatives)} ordinary window(s) of {', '.join(sorted(streams)) or 'any camera'} are "
+                             f"kept to learn what is not {label!r}; let the cameras run a minute first", 422)
         current = taught.latest(conn)
         adapter = _teach_label(label, examples, negatives, head, current.adapter if current else None,
                                checkpoint_digest(self.checkpoint))
