@@ -8,6 +8,7 @@ import os
 import random
 import time
 import tomllib
+import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import date, datetime, timedelta
@@ -15,10 +16,11 @@ from datetime import time as clock_time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 import tomli_w
 
-from streamer.store import queries, writer
+from streamer.store import queries, taught, writer
 from streamer.store.schema import connect
 from tests.test_reliability import REPO, Pipeline
 from tests.test_web import CHROMIUM, CHROMIUM_FLAGS, get, get_json, log_lines, of_kind, web_url
@@ -75,6 +77,33 @@ def seed_store(path: Path) -> dict:
     return {name: day.isoformat() for name, day in days.items()}
 
 
+def seed_windows(path: Path) -> tuple[float, float]:
+    """Today's last half hour (or less, just after midnight) of kept windows on the tracked stream, two actors
+    apart, as the dispatcher keeps them for teaching (``[teach]``): each actor's embeddings around its own point,
+    but actor 2's around another in the middle half (a new action), three views of the demo model's 96 numbers,
+    fp16. Returns the span they cover."""
+    rng = np.random.default_rng(24)
+    end = time.time() - 60
+    start = max(midnight(datetime.now(ZONE).date()) + 10, end - 1800)
+    rows, new_action = [], rng.normal(size=(3, 96))
+    for track, hop in ((1, 2.0), (2, 3.0)):  # a window every hop seconds: the actors' counts differ
+        centre = rng.normal(size=(3, 96))
+        for ts in np.arange(start, end, hop):
+            acting = track == 2 and abs(ts - (start + end) / 2) < (end - start) / 4
+            window = (new_action if acting else centre) + 0.3 * rng.normal(size=(3, 96))
+            window /= np.linalg.norm(window, axis=-1, keepdims=True)
+            rows.append(("yard", track, float(ts), int(ts * 30), window.astype(np.float16).tobytes()))
+    for ts in np.arange(start, end, 4.0):  # a stream with one actor
+        window = rng.normal(size=(3, 96))
+        window /= np.linalg.norm(window, axis=-1, keepdims=True)
+        rows.append(("porch", 7, float(ts), int(ts * 30), window.astype(np.float16).tobytes()))
+    conn = connect(str(path))
+    with conn:
+        taught.put_windows(conn, rows)
+    conn.close()
+    return start, end
+
+
 # ---------------------------------------------------------------- the pipeline and the browser
 
 
@@ -89,6 +118,7 @@ class Run:
         self.config = tmp / "review.toml"
         self.config.write_text(tomli_w.dumps(config))
         self.days = seed_store(self.store)
+        self.windows = seed_windows(self.store)
         self.start()
 
     def start(self) -> None:
@@ -380,6 +410,61 @@ def test_today_follows_new_actions_and_those_under_way_grow(page, run):
                      timeout=20)
     assert all(page.locator(f'.span[data-id="{i}"]').count() == 1 for i in new)
     assert set(listed(page)[: len(new)]) == new, "new actions come in at the top (newest first)"
+
+
+def post_json(run: Run, path: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(run.base + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_a_span_dragged_on_a_tracked_stream_asks_whose_action_it_is_and_teaches_from_that_actor(page, run):
+    start, end = run.windows
+    a, b = start + 0.25 * (end - start), start + 0.75 * (end - start)
+    kept = get_json(f"{run.base}/api/teach/span?stream=yard&from={a}&to={b}")
+    assert kept["whole"] == 0 and [x["track"] for x in kept["actors"]] == [1, 2], kept
+    status, answer = post_json(run, "/api/teach", {"label": "waving", "spans": [{"stream": "yard", "from": a, "to": b}]})
+    assert status == 422 and "#1" in answer["error"] and "#2" in answer["error"] and '"track"' in answer["error"]
+    assert get(f"{run.base}/api/teach/span?stream=yard&from=x")[0] == 400
+    one = get_json(f"{run.base}/api/teach/span?stream=porch&from={a}&to={b}")["actors"]
+    status, answer = post_json(run, "/api/teach", {"label": "knocking", "spans": [{"stream": "porch", "from": a,
+                                                                                    "to": b}]})
+    post_json(run, "/api/teach/forget", {"label": "knocking"})
+    assert status == 200 and answer["examples"] == one[0]["windows"] and one[0]["track"] == 7, (answer, one)
+
+    page.goto(run.base + "/review")
+    row = page.locator('.track[data-stream="yard"]')
+    row.wait_for()
+    page.evaluate(f"userView = {{ from: {a - 30}, to: {b + 30} }}; drawTimeline()")
+    box = row.bounding_box()
+    x = lambda t: box["x"] + (t - (a - 30)) / (b - a + 60) * box["width"]  # noqa: E731
+    page.mouse.move(x(a), box["y"] + 4)
+    page.mouse.down()
+    page.mouse.move(x(b), box["y"] + 4, steps=4)
+    page.mouse.up()
+    actor = page.locator("#teach-actor")
+    wait_until(page, actor.is_visible, "the choice of actor")
+    assert sorted(o.split(" (")[0] for o in actor.locator("option").all_inner_texts()) == ["actor #1", "actor #2"]
+    span = page.evaluate("example")
+    screenshot(page, "actor-choice")
+    page.select_option("#teach-actor", "2")
+    page.fill("#teach-label", "waving")
+    page.click("#teach-go")
+    status = page.locator("#status")
+    try:
+        wait_until(page, lambda: status.text_content().startswith("taught"), "the teaching's answer", 60)
+        screenshot(page, "taught-actor")
+        second = get_json(f"{run.base}/api/teach/span?stream=yard&from={span['from']}&to={span['to']}")["actors"]
+        windows = {x["track"]: x["windows"] for x in second}
+        assert f"taught waving from {windows[2]} windows" in status.text_content(), (status.text_content(), windows)
+        check = get_json(f"{run.base}/api/teach")["checks"]["waving"]  # actor 1's windows there would not pass
+        assert check["precision"] >= 0.9 and check["recall"] >= 0.9, check
+    finally:
+        post_json(run, "/api/teach/forget", {"label": "waving"})
 
 
 def test_a_second_run_on_the_same_store_keeps_the_actions_and_marks(browser, run):

@@ -64,6 +64,13 @@ def windows_of(conn: sqlite3.Connection, stream: str, start_ts: float, end_ts: f
     return _stack([row[0] for row in rows], width)
 
 
+def windows_by_actor(conn: sqlite3.Connection, stream: str, start_ts: float, end_ts: float) -> dict[int | None, int]:
+    """How many windows a stream kept within ``[start_ts, end_ts]``, by tracked actor (None: the whole frame)."""
+    rows = conn.execute("SELECT track, count(*) FROM windows WHERE stream = ? AND frame_ts BETWEEN ? AND ? "
+                        "GROUP BY track ORDER BY track", (stream, start_ts, end_ts))
+    return {track: count for track, count in rows}
+
+
 def streams(conn: sqlite3.Connection) -> list[str]:
     """The streams with windows kept."""
     return [row[0] for row in conn.execute("SELECT DISTINCT stream FROM windows ORDER BY stream")]

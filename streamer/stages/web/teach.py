@@ -58,8 +58,9 @@ class Teacher:
         self._head_lock = threading.Lock()
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/api/teach", self.state), web.post("/api/teach", self.teach),
-                web.post("/api/teach/forget", self.forget), web.post("/api/teach/revert", self.revert)]
+        return [web.get("/api/teach", self.state), web.get("/api/teach/span", self.span),
+                web.post("/api/teach", self.teach), web.post("/api/teach/forget", self.forget),
+                web.post("/api/teach/revert", self.revert)]
 
     async def state(self, request: web.Request) -> web.Response:
         """What is taught; the review page asks on opening, which also readies the first teaching (torch and the
@@ -75,6 +76,18 @@ class Teacher:
             import workers.training.teaching  # noqa: F401  (torch, at its first import)
         except (CheckpointError, OSError) as err:
             logger.warning(f"web: cannot read the checkpoint's head to teach beside ({err})")
+
+    async def span(self, request: web.Request) -> web.Response:
+        """``?stream=&from=&to=``: the windows kept there, of the whole frame and of each tracked actor, so that
+        a span dragged on a tracked stream's row can say whose action it shows."""
+        query = request.query
+        try:
+            span = _span({"stream": query.get("stream"), "from": float(query.get("from", "nan")),
+                          "to": float(query.get("to", "nan"))})
+        except (TeachError, ValueError):
+            return web.json_response({"error": "give ?stream=NAME&from=SECONDS&to=SECONDS (Unix seconds, to after "
+                                      "from)"}, status=400)
+        return await self._answer(lambda conn: _kept(conn, span))
 
     async def teach(self, request: web.Request) -> web.Response:
         if request.content_type != "multipart/form-data":
@@ -132,6 +145,7 @@ class Teacher:
     def _teach(self, conn: sqlite3.Connection, data: dict) -> dict[str, Any]:
         started = time.perf_counter()
         label, spans = self._request(conn, data)
+        spans = [_whose(conn, s) for s in spans]
         head, width = self._checkpoint_head()
         examples = [w for w in (taught.windows_of(conn, s["stream"], s["from"], s["to"], s.get("track"), width)
                                 for s in spans) if len(w)]
@@ -276,6 +290,27 @@ def _embed_clip(model, path: Path) -> np.ndarray:
     views = 1 + len(model.preprocess.flip_views)
     features = embed_clip(model, path)[0].numpy()
     return features.reshape(len(features) // views, views, -1)
+
+
+def _kept(conn: sqlite3.Connection, span: dict) -> dict[str, Any]:
+    counts = taught.windows_by_actor(conn, span["stream"], span["from"], span["to"])
+    return {"stream": span["stream"], "whole": counts.get(None, 0),
+            "actors": [{"track": track, "windows": n} for track, n in counts.items() if track is not None]}
+
+
+def _whose(conn: sqlite3.Connection, span: dict) -> dict:
+    """A span that names no actor, on a tracked stream: its one actor's windows, or a TeachError naming them."""
+    if span.get("track") is not None:
+        return span
+    counts = taught.windows_by_actor(conn, span["stream"], span["from"], span["to"])
+    actors = {track: n for track, n in counts.items() if track is not None}
+    if counts.get(None) or not actors:
+        return span
+    if len(actors) == 1:
+        return {**span, "track": next(iter(actors))}
+    listed = ", ".join(f"#{track} ({n} windows)" for track, n in actors.items())
+    raise TeachError(f"the span of {span['stream']!r} holds windows of {len(actors)} actors, {listed}, not of the "
+                     f'whole frame; say whose action it shows: "track": N in the span', 422)
 
 
 def _teach_label(*args):

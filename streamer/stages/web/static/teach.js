@@ -6,6 +6,7 @@
 "use strict";
 const teachForm = $("teach"), teachWhat = $("teach-what"), teachLabel = $("teach-label");
 const taughtBox = $("taught"), taughtList = $("taught-labels"), versionList = $("versions");
+const teachActor = $("teach-actor");
 const filesForm = $("teach-files"), filesLabel = $("teach-files-label"), filesInput = $("teach-clips");
 const MIN_SPAN_S = 1;  // a shorter drag is a click
 let example = null;    // what Teach teaches from: {stream, from, to} or {action}
@@ -29,9 +30,11 @@ function band() {  // the chosen span on its row (the rows are drawn again as th
   track.append(el);
 }
 
-function offer(chosen, what) {
+function offer(chosen, what, actors = []) {  // actors: [{track, windows}] for a span of a tracked stream
   example = chosen;
   teachWhat.textContent = what;
+  teachActor.replaceChildren(...actors.map((a) => new Option(`actor #${a.track} (${a.windows} windows)`, a.track)));
+  teachActor.hidden = actors.length < 2;  // one actor: the server takes it
   teachForm.hidden = false;
   band();
   teachLabel.focus();
@@ -66,12 +69,27 @@ timeline.addEventListener("pointerdown", (e) => {
     drag(u);
     if (!dragging) return;
     if (example.to - example.from < MIN_SPAN_S) return cancel();
-    offer(example, `${example.stream}, ${clock(example.from)} to ${clock(example.to)} ` +
-                   `(${Math.round(example.to - example.from)} s) shows`);
+    offerSpan(example);
   };
   document.addEventListener("pointermove", drag);
   document.addEventListener("pointerup", done);
 });
+
+async function offerSpan(span) {  // says how much the span kept; on a tracked stream, asks whose action it is
+  const what = `${span.stream}, ${clock(span.from)} to ${clock(span.to)} (${Math.round(span.to - span.from)} s)`;
+  let kept = { whole: 0, actors: [] };
+  try {
+    kept = await api(`/api/teach/span?${new URLSearchParams({ stream: span.stream, from: span.from, to: span.to })}`);
+  } catch (err) {
+    say(err.message, true);
+  }
+  if (example !== span) return;  // another drag since
+  const actors = kept.whole ? [] : kept.actors.sort((a, b) => b.windows - a.windows);
+  const count = (n) => `${n} window${n === 1 ? "" : "s"}`;
+  offer(span, actors.length > 1 ? `${what}: whose action?` :
+              actors.length ? `${what}, actor #${actors[0].track} (${count(actors[0].windows)} kept), shows` :
+              `${what}, ${count(kept.whole)} kept, shows`, actors);
+}
 
 new MutationObserver(band).observe(timeline, { childList: true });
 
@@ -86,7 +104,8 @@ teachForm.addEventListener("submit", async (e) => {
   e.preventDefault();
   if (!example) return;
   const label = asLabel(teachLabel.value);
-  const body = example.action ? { label, actions: [example.action] } : { label, spans: [example] };
+  const span = teachActor.hidden ? example : { ...example, track: Number(teachActor.value) };
+  const body = example.action ? { label, actions: [example.action] } : { label, spans: [span] };
   if (await teachFrom(label, { method: "POST", headers: { "Content-Type": "application/json" },
                                body: JSON.stringify(body) })) {
     teachLabel.value = "";
