@@ -7,7 +7,9 @@ the old labels' accuracy, for one or more checkpoints, in seconds a setting inst
 The clips and videos are bench/taught_events.py's (same seeds): each new action taught alone from 10 clips and
 the same ``none/`` footage, held-out videos from ``--first-seeds`` (six a label each). Every window of them is
 embedded once per checkpoint (cached in ``--work``); each label is then taught as ``workers.teach`` teaches it
-(:func:`workers.training.teaching.fit`) at each ``FALSE_TOP``, the held-out windows' probabilities (flip views
+(:func:`workers.training.teaching.fit`) at each ``FALSE_TOP``, against the ``none/`` clips or against the ordinary
+windows a camera would have kept (``--negatives cameras``: web teaching), with the neighbours' vote and without
+it (:class:`workers.adapter.Adapter`); the held-out windows' probabilities (flip views
 mapped back) are replayed through the real :class:`ActionTracker` with the shipped ``[events]``, and scored as
 bench/taught_events.py scores its event lines; the old labels on the demo's held-out windows (seeds 2000-2007) as
 ``workers.evaluate`` scores them. What it leaves out is the pipeline itself (the capture's decoding and its
@@ -17,8 +19,10 @@ timing), so a run of taught_events is the figure to quote; this one is for compa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
+import itertools
 import sys
 import tomllib
 from pathlib import Path
@@ -45,6 +49,8 @@ from workers.views import FlipViews  # noqa: E402
 
 HEADING = "Taught actions: the calibration, window by window"
 SECONDS = 60.0
+CAMERA_SEEDS = range(9600, 9610)  # ten minutes of the demo's footage: the negatives web teaching has (`cameras`)
+CAMERA_WINDOWS = 600  # as many as streamer.stages.web.teach takes (NEGATIVES)
 
 
 def render(work: Path, first_seeds: list[int], examples: int, none: int, cuts: int) -> dict:
@@ -71,7 +77,14 @@ def embeddings(checkpoint: str, work: Path, media: dict) -> dict[str, np.ndarray
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:12]
     cache = work / f"embeddings-{digest}.npz"
     if cache.exists():
-        return dict(np.load(cache))
+        out = dict(np.load(cache))
+        if "cameras" not in out:  # a cache from before the cameras' footage
+            model = load_model(checkpoint)
+            footage = camera_footage(model)
+            out["cameras"] = embed(model, footage, model.preprocess.flip_views)[0].numpy().reshape(
+                len(footage), 1 + len(model.preprocess.flip_views), -1)
+            np.savez(cache, **out)
+        return out
     model = load_model(checkpoint)
     pre = model.preprocess
     views = 1 + len(pre.flip_views)
@@ -94,8 +107,18 @@ def embeddings(checkpoint: str, work: Path, media: dict) -> dict[str, np.ndarray
     demo = concat([synthetic_windows(seed, 40, pre.size, WindowSpec(pre.num_frames, pre.frame_interval, 8),
                                      list(model.labels)) for seed in DEMO_SEEDS])
     out["demo"], out["demo_truth"] = rows(demo.frames), np.asarray(demo.targets)
+    out["cameras"] = rows(camera_footage(model))
     np.savez(cache, **out)
     return out
+
+
+def camera_footage(model) -> np.ndarray:
+    """The ordinary windows a camera running the demo would have kept when the web page teaches: 600 of the
+    windows (hop 10) of ten minutes of demo footage, seeds the held-out demo does not use."""
+    pre = model.preprocess
+    spec = WindowSpec(pre.num_frames, pre.frame_interval, 10)
+    frames = concat([synthetic_windows(seed, 60, pre.size, spec, list(model.labels)) for seed in CAMERA_SEEDS]).frames
+    return frames[np.linspace(0, len(frames) - 1, CAMERA_WINDOWS).round().astype(int)]
 
 
 class Scorer:
@@ -119,17 +142,23 @@ class Scorer:
     def top1(self, probs: np.ndarray) -> float:
         return float((probs.argmax(1) == self.data["demo_truth"]).mean())
 
-    def teach(self, label: str, false_top: float):
+    def teach(self, label: str, false_top: float, negatives: str = "none", vote: bool = True):
+        """``label`` taught from its clips against ``negatives``: the ``none/`` clips (as ``workers.teach``
+        has them) or ``cameras`` (the ordinary windows web teaching has); ``vote``: keep the neighbours."""
         parts = [(self.data[f"clip/{label}/{i}"], 0) for i in range(len(self.media["clips"][label]))]
-        parts += [(self.data[f"clip/none/{i}"], -1) for i in range(len(self.media["clips"]["none"]))]
+        if negatives == "cameras":
+            parts += [(self.data["cameras"], -1)]  # one part, as web teaching hands them to fit
+        else:
+            parts += [(self.data[f"clip/none/{i}"], -1) for i in range(len(self.media["clips"]["none"]))]
         f = np.concatenate([w.reshape(-1, w.shape[-1]) for w, _ in parts])
         targets = np.concatenate([np.full(w.shape[0] * w.shape[1], t) for w, t in parts])
         groups = np.concatenate([np.full(w.shape[0] * w.shape[1], g) for g, (w, _) in enumerate(parts)])
         examples = Examples(torch.from_numpy(f), torch.from_numpy(self.old(f)).float(), targets, groups)
-        return fit(examples, (label,), "replay", false_top=false_top)
+        adapter = fit(examples, (label,), "replay", false_top=false_top)
+        return adapter if vote else dataclasses.replace(adapter, neighbours=None, neighbour_counts=())
 
-    def score(self, label: str, false_top: float) -> dict:
-        adapter = self.teach(label, false_top)
+    def score(self, label: str, false_top: float, negatives: str = "none", vote: bool = True) -> dict:
+        adapter = self.teach(label, false_top, negatives, vote)
         events, truth = [], {}
         for video in self.media["held"][label]:
             ends = self.data[f"ends/{label}/{video.stem}"]
@@ -149,6 +178,8 @@ def main() -> None:
     parser.add_argument("--first-seeds", type=int, nargs="+", default=[7101, 7401],
                         help="six held-out videos a label from each (7101: taught_events' own)")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "taught-replay")
+    parser.add_argument("--negatives", nargs="+", choices=["none", "cameras"], default=["none", "cameras"],
+                        help="none: the none/ clips (workers.teach); cameras: ordinary windows (web teaching)")
     parser.add_argument("--write", action="store_true", help="put the table in BENCHMARKS.md")
     args = parser.parse_args()
     media = render(args.work, args.first_seeds, examples=10, none=10, cuts=10)
@@ -158,23 +189,27 @@ def main() -> None:
     rows = []
     for checkpoint in args.checkpoints:
         scorer = Scorer(embeddings(checkpoint, args.work, media), media, events)
-        for false_top in args.false_top:
+        for negatives, false_top, vote in itertools.product(args.negatives, args.false_top, (True, False)):
             cells, found, segments = [], 0, 0
             for label in NEW:
-                s = scorer.score(label, false_top)
+                s = scorer.score(label, false_top, negatives, vote)
                 found, segments = found + s["found"], segments + s["segments"]
                 cells.append(f"{s['found']}/{s['segments']}, {s['elsewhere']}/{s['starts']}, {s['demo']:+.2f}")
-            rows.append(f"| `{checkpoint}` | {false_top:g} | " + " | ".join(cells) + f" | {found / segments:.0%} |")
+            rows.append(f"| `{checkpoint}` | {negatives} | {false_top:g} | {'yes' if vote else 'no'} | "
+                        + " | ".join(cells) + f" | {found / segments:.0%} |")
             print(rows[-1], flush=True)
-    command = " ".join(["python bench/taught_replay.py", *args.checkpoints, "--false-top", *map(str, args.false_top)])
+    command = " ".join(["python bench/taught_replay.py", *args.checkpoints, "--false-top", *map(str, args.false_top),
+                        *(["--first-seeds", *map(str, args.first_seeds)] if args.first_seeds != [7101, 7401] else [])])
     body = f"""`{command}` \
 on {cpu_name()}, {datetime.date.today()}: each new action taught alone (10 clips, bench/taught_events.py's \
-`none/`), replayed window by window over {len(media['held'][NEW[0]])} held-out videos a label (seeds from \
+`none/` clips as `workers.teach` has them, or 600 ordinary windows of ten minutes of demo footage as web teaching \
+has them: `cameras`), with the neighbours' vote (shipped) and without it (the linear layer alone), replayed \
+window by window over {len(media['held'][NEW[0]])} held-out videos a label (seeds from \
 {', '.join(map(str, args.first_seeds))}). Each cell: segments of ≥ 2 s found / of them, starts elsewhere / \
 starts, and the change of the old labels' top-1 on the demo's held-out windows (points; goal within 0.5).
 
-| checkpoint | FALSE_TOP | bouncing | orbiting | shaking | recall, all |
-|---|---:|---|---|---|---:|
+| checkpoint | negatives | FALSE_TOP | vote | bouncing | orbiting | shaking | recall, all |
+|---|---|---:|---|---|---|---|---:|
 {chr(10).join(rows)}
 """
     publish(HEADING, body, args.write)

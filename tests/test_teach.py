@@ -137,3 +137,38 @@ def test_the_held_out_check_scores_a_window_as_the_pipeline_would_with_its_mirro
     # labels that are their own mirrors (no left/right in their names): the views are averaged as they are, split,
     # and the taught label takes the window
     assert check(adapter, held_out, ["jumping", "waving"], ("horizontal",))["bouncing"]["recall"] == 1.0
+
+
+def test_the_neighbours_vote_keeps_a_label_off_windows_that_lie_among_its_negatives(tmp_path):
+    """The layer alone scores a window by one direction: one far along it but among the negatives wins; with the
+    neighbours it is voted down, while a window among the label's own examples keeps its logit. The vote goes
+    with the file and with the message that hands the adapter to a worker; without neighbours (a version-1 file)
+    there is none, and neighbours that do not match their counts are one line."""
+    from streamer.stages.adapters import from_message, update_message
+    from streamer.transport.messages import ProtocolError, decode, encode
+    from workers.adapter import NEIGHBOURS, VETOED, adapter_bytes, neighbours_from, parse_adapter
+
+    rng = np.random.default_rng(3)
+    width, direction = 16, np.eye(16)[0]
+    examples = direction + 0.1 * rng.normal(size=(30, width))  # the label's: along its direction
+    negatives = np.concatenate([np.eye(16)[1] + 0.1 * rng.normal(size=(40, width)),  # ordinary windows
+                                direction + np.eye(16)[2] + 0.1 * rng.normal(size=(20, width))])  # look-alikes
+    rows, counts = neighbours_from(np.concatenate([negatives, examples]), np.r_[np.full(60, -1), np.zeros(30, int)], 1)
+    adapter = Adapter(("waving",), direction[None] * 10, np.zeros(1), "ab", {}, rows, counts)
+    plain = Adapter(("waving",), direction[None] * 10, np.zeros(1), "ab")
+    near_examples, look_alike = direction + 0.05, direction + np.eye(16)[2] + 0.05
+    windows = np.stack([near_examples, look_alike]).astype(np.float32)
+    assert plain.logits(windows)[1, 0] > 5  # the layer alone: the look-alike wins
+    assert adapter.logits(windows)[0, 0] == plain.logits(windows)[0, 0] and adapter.logits(windows)[1, 0] == VETOED
+    assert counts == (60, 30) and len(rows) >= NEIGHBOURS
+
+    for back in (parse_adapter(adapter_bytes(adapter)), from_message(decode(encode(update_message(adapter))))):
+        assert back.key == adapter.key and np.array_equal(back.logits(windows), adapter.logits(windows))
+    old = parse_adapter(adapter_bytes(plain))
+    assert old.neighbours is None and np.array_equal(old.logits(windows), plain.logits(windows))
+    wrong = Adapter(("waving",), direction[None], np.zeros(1), "ab", {}, rows, (60, 29))
+    with pytest.raises(CheckpointError, match="do not match their counts") as err:
+        parse_adapter(adapter_bytes(wrong))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ProtocolError, match="do not match their counts"):
+        encode(update_message(wrong))

@@ -6,9 +6,16 @@ checkpoint's logits are never touched. It is trained in that same softmax with t
 (:mod:`workers.training.teaching`), which is what makes a taught label's probability mean what an old label's
 does: the top list, the thresholds and the events need nothing new.
 
-The file is safetensors: the weight and bias, and as metadata the labels, the checkpoint's SHA-256 (an adapter
-runs only on the checkpoint it was taught on) and its held-out check. Numpy only: the dispatcher and the web
-stage read and hand adapters on without torch; :mod:`workers.heads` runs one inside a model.
+A linear layer alone lets a taught label take windows of old actions that its few examples happen to point
+towards (the demo's taught "bouncing" takes shots of shapes blinking at different heights). So the adapter also
+keeps the rows it was taught on, normalised (its examples and the negatives, by class: ``neighbours``), and a
+taught label keeps its logit only where at least ``AGREE`` of a window's ``NEIGHBOURS`` nearest rows (cosine) are
+its own examples; elsewhere its logit is ``VETOED``. Measured in BENCHMARKS.md ("the neighbours' vote").
+
+The file is safetensors: the weight and bias (and the neighbours, float16), and as metadata the labels, the
+checkpoint's SHA-256 (an adapter runs only on the checkpoint it was taught on), its held-out check and how many
+neighbours each class has. Numpy only: the dispatcher and the web stage read and hand adapters on without torch;
+:mod:`workers.heads` runs one inside a model.
 """
 
 from __future__ import annotations
@@ -27,7 +34,11 @@ from safetensors.numpy import load, save
 from streamer.errors import CheckpointError
 
 FORMAT_NAME = "timesformer-stream-adapter"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: the neighbours (version 1 files, without them, still load: no vote)
+NEIGHBOURS = 10  # the nearest taught-on rows that vote on a window's taught labels
+AGREE = 0.7  # the share of them that must be a label's own examples for it to keep its logit
+VETOED = -1e4  # a voted-down label's logit: no probability left (finite, for float16 and any softmax)
+MAX_NEIGHBOURS = 4096  # rows kept a class (each taught label, the negatives): a few MB for a base-size model
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,9 @@ class Adapter:
         checkpoint: SHA-256 of the checkpoint it was taught on (:func:`checkpoint_digest`).
         checks: per taught label, its held-out check: ``precision``, ``recall`` and ``windows`` (examples it
             was not trained on).
+        neighbours: ``(N, D)`` float16 unit rows it was taught on, by class: the negatives first, then each
+            taught label's examples in label order (``neighbour_counts`` says how many of each). None: no vote.
+        neighbour_counts: ``K + 1`` counts: the negatives', then each label's.
     """
 
     labels: tuple[str, ...]
@@ -47,10 +61,15 @@ class Adapter:
     bias: np.ndarray
     checkpoint: str
     checks: dict[str, dict[str, float]] = field(default_factory=dict)
+    neighbours: np.ndarray | None = None
+    neighbour_counts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight", np.ascontiguousarray(np.asarray(self.weight, np.float32)))
         object.__setattr__(self, "bias", np.ascontiguousarray(np.asarray(self.bias, np.float32)))
+        if self.neighbours is not None:
+            object.__setattr__(self, "neighbours", np.ascontiguousarray(np.asarray(self.neighbours, np.float16)))
+            object.__setattr__(self, "neighbour_counts", tuple(int(n) for n in self.neighbour_counts))
 
     @functools.cached_property
     def key(self) -> str:
@@ -58,11 +77,33 @@ class Adapter:
         digest = hashlib.sha256(json.dumps(list(self.labels)).encode())
         digest.update(self.weight.tobytes())
         digest.update(self.bias.tobytes())
+        if self.neighbours is not None:
+            digest.update(json.dumps(self.neighbour_counts).encode())
+            digest.update(self.neighbours.tobytes())
         return digest.hexdigest()[:16]
 
+    @functools.cached_property
+    def _vote(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The neighbours as float32 rows and each row's class (-1: a negative), once an adapter."""
+        if self.neighbours is None or len(self.neighbours) < NEIGHBOURS:
+            return None
+        classes = np.repeat(np.arange(-1, len(self.neighbour_counts) - 1), self.neighbour_counts)
+        return self.neighbours.astype(np.float32), classes
+
     def logits(self, features: np.ndarray) -> np.ndarray:
-        """``(..., D)`` embeddings → ``(..., K)`` the taught labels' logits."""
-        return features @ self.weight.T + self.bias
+        """``(..., D)`` embeddings → ``(..., K)`` the taught labels' logits, each ``VETOED`` where fewer than
+        ``AGREE`` of the row's nearest neighbours are that label's examples."""
+        features = np.asarray(features, np.float32)
+        logits = features @ self.weight.T + self.bias
+        if self._vote is None or not self.labels:
+            return logits
+        rows, classes = self._vote
+        flat = features.reshape(-1, features.shape[-1])
+        near = np.argpartition(-(flat @ rows.T), NEIGHBOURS - 1, axis=1)[:, :NEIGHBOURS]  # cosine: rows are unit
+        near = classes[near]  # (M, NEIGHBOURS) classes
+        agree = (near[:, :, None] == np.arange(len(self.labels))).mean(axis=1)  # (M, K) share of each label
+        keep = (agree >= AGREE).reshape(logits.shape)
+        return np.where(keep, logits, np.float32(VETOED)).astype(np.float32)
 
     def describe(self) -> str:
         """The labels with their held-out check, for a log line."""
@@ -72,6 +113,27 @@ class Adapter:
             parts.append(f"{label} (held-out precision {c['precision']:.2f}, recall {c['recall']:.2f} on "
                          f"{int(c['windows'])} windows)" if c else label)
         return ", ".join(parts) or "no labels"
+
+
+def neighbours_from(features: np.ndarray, classes: np.ndarray, labels: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The rows a layer was taught on as an adapter's neighbours: ``features`` ``(N, D)`` made unit, grouped by
+    ``classes`` (-1: a negative, then each of ``labels``), at most ``MAX_NEIGHBOURS`` of each, evenly spread."""
+    features = np.asarray(features, np.float32)
+    unit = features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+    parts = []
+    for cls in range(-1, labels):
+        rows = unit[classes == cls]
+        if len(rows) > MAX_NEIGHBOURS:
+            rows = rows[np.linspace(0, len(rows) - 1, MAX_NEIGHBOURS).round().astype(int)]
+        parts.append(rows)
+    return np.concatenate(parts).astype(np.float16), tuple(len(rows) for rows in parts)
+
+
+def neighbour_groups(adapter: Adapter) -> list[np.ndarray]:
+    """An adapter's neighbours by class: the negatives', then each label's (empty without neighbours)."""
+    if adapter.neighbours is None:
+        return [np.zeros((0, adapter.weight.shape[1]), np.float16) for _ in range(len(adapter.labels) + 1)]
+    return np.split(adapter.neighbours, np.cumsum(adapter.neighbour_counts)[:-1])
 
 
 def checkpoint_digest(path: str | Path) -> str:
@@ -96,7 +158,11 @@ def adapter_bytes(adapter: Adapter) -> bytes:
     """The adapter as the bytes of its file."""
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "labels": json.dumps(list(adapter.labels)),
             "checkpoint_sha256": adapter.checkpoint, "checks": json.dumps(adapter.checks)}
-    return save({"weight": adapter.weight, "bias": adapter.bias}, metadata=meta)
+    tensors = {"weight": adapter.weight, "bias": adapter.bias}
+    if adapter.neighbours is not None:
+        tensors["neighbours"] = adapter.neighbours
+        meta["neighbour_counts"] = json.dumps(list(adapter.neighbour_counts))
+    return save(tensors, metadata=meta)
 
 
 def save_adapter(adapter: Adapter, path: str | Path) -> Path:
@@ -137,18 +203,38 @@ def parse_adapter(data: bytes, what: str = "adapter") -> Adapter:
 
 
 def _adapter(tensors: dict[str, np.ndarray], meta: dict[str, str], what: str) -> Adapter:
-    if meta.get("format") != FORMAT_NAME or set(tensors) != {"weight", "bias"}:
+    if meta.get("format") != FORMAT_NAME or set(tensors) - {"neighbours"} != {"weight", "bias"}:
         raise CheckpointError(f"{what}: not an adapter file (made by python -m workers.teach)")
     try:
         labels = tuple(json.loads(meta["labels"]))
         checks = json.loads(meta.get("checks", "{}"))
-    except (KeyError, ValueError):
+        counts = tuple(json.loads(meta.get("neighbour_counts", "[]")))
+    except (KeyError, ValueError, TypeError):
         raise CheckpointError(f"{what}: its labels are unreadable; teach it again") from None
     weight, bias = tensors["weight"], tensors["bias"]
     if weight.ndim != 2 or bias.shape != (weight.shape[0],) or len(labels) != weight.shape[0] \
             or not all(isinstance(label, str) and label for label in labels) or len(set(labels)) != len(labels):
         raise CheckpointError(f"{what}: {len(labels)} labels for a {tuple(weight.shape)} weight; teach it again")
-    return Adapter(labels, weight, bias, meta.get("checkpoint_sha256", ""), checks if isinstance(checks, dict) else {})
+    neighbours = tensors.get("neighbours")
+    problem = neighbour_problem(neighbours, counts, len(labels), weight.shape[1])
+    if problem:
+        raise CheckpointError(f"{what}: {problem}; teach it again")
+    return Adapter(labels, weight, bias, meta.get("checkpoint_sha256", ""), checks if isinstance(checks, dict) else {},
+                   neighbours, counts)
+
+
+def neighbour_problem(neighbours: np.ndarray | None, counts: tuple, labels: int, width: int) -> str:
+    """What is wrong with an adapter's neighbours (a file's, a message's), or "" when nothing is."""
+    if neighbours is None:
+        return "neighbour counts without their rows" if counts else ""
+    if neighbours.ndim != 2 or neighbours.shape[1] != width or neighbours.dtype != np.float16:
+        return f"its neighbours are not float16 rows of {width} values"
+    if len(counts) != labels + 1 or not all(isinstance(n, int) and 0 <= n <= MAX_NEIGHBOURS for n in counts) \
+            or sum(counts) != len(neighbours):
+        return f"{len(neighbours)} neighbours do not match their counts by class"
+    if not np.isfinite(neighbours).all():
+        return "its neighbours are not all finite"
+    return ""
 
 
 def check_fits(adapter: Adapter, what: str, checkpoint: str | Path | None = None,

@@ -32,19 +32,17 @@ def with_features(model: nn.Module) -> nn.Module:
 
 
 class AdaptedHead(nn.Module):
-    """The checkpoint's head and an adapter side by side: ``[head(f), adapter(f)]``."""
+    """The checkpoint's head and an adapter side by side: ``[head(f), adapter(f)]`` (the adapter's logits as
+    :meth:`Adapter.logits` makes them, its neighbours' vote included, as a worker does)."""
 
     def __init__(self, head: nn.Linear, adapter: Adapter) -> None:
         super().__init__()
         self.head = head
-        self.taught = nn.Linear(adapter.weight.shape[1], len(adapter.labels))
-        with torch.no_grad():
-            self.taught.weight.copy_(torch.from_numpy(adapter.weight))
-            self.taught.bias.copy_(torch.from_numpy(adapter.bias))
-        self.taught.to(head.weight.device, head.weight.dtype)
+        self.adapter = adapter
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.head(features), self.taught(features)], dim=-1)
+        taught = torch.from_numpy(self.adapter.logits(features.detach().float().cpu().numpy()))
+        return torch.cat([self.head(features), taught.to(features.device, self.head.weight.dtype)], dim=-1)
 
 
 def adapt(model: nn.Module, adapter: Adapter) -> nn.Module:

@@ -21,7 +21,8 @@ def update_message(adapter: Adapter | None) -> AdapterUpdate:
         return AdapterUpdate(key="", labels=(), checkpoint="", weights=None, width=1)
     weights = np.concatenate([adapter.weight.ravel(), adapter.bias]).astype(np.float32)
     return AdapterUpdate(key=adapter.key, labels=adapter.labels, checkpoint=adapter.checkpoint, weights=weights,
-                         width=adapter.weight.shape[1])
+                         width=adapter.weight.shape[1], neighbours=adapter.neighbours,
+                         neighbour_counts=adapter.neighbour_counts)
 
 
 def from_message(msg: AdapterUpdate) -> Adapter | None:
@@ -29,7 +30,9 @@ def from_message(msg: AdapterUpdate) -> Adapter | None:
     if msg.weights is None:
         return None
     rows = np.array(msg.weights, np.float32).reshape(len(msg.labels), msg.width + 1)  # a copy: the message's is read-only
-    return Adapter(msg.labels, rows[:, :msg.width], rows[:, msg.width], msg.checkpoint)
+    neighbours = None if msg.neighbours is None else np.array(msg.neighbours)  # a copy, as above
+    return Adapter(msg.labels, rows[:, :msg.width], rows[:, msg.width], msg.checkpoint, {}, neighbours,
+                   msg.neighbour_counts)
 
 
 class LabelSets:

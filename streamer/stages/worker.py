@@ -115,8 +115,6 @@ class Predictor:
         self.labels = [*self.base_labels, *(self.adapter.labels if self.adapter else ())]
         self.top_k = min(self.config.top_k, len(self.labels))
         self.views = FlipViews(self.labels, self.config.flip_views, self.device)
-        self.taught = None if self.adapter is None else (
-            torch.from_numpy(self.adapter.weight).to(self.device), torch.from_numpy(self.adapter.bias).to(self.device))
         if self.adapter is not None:
             logger.info(f"{self.config.name}: taught labels {self.adapter.describe()}")
 
@@ -168,8 +166,9 @@ class Predictor:
         t1 = time.perf_counter()
         out = self.model(self.views.stack(x)).float()  # (V·B, classes + width)
         logits, features = out[:, :len(self.base_labels)], out[:, len(self.base_labels):]
-        if self.taught is not None:
-            logits = torch.cat([logits, features @ self.taught[0].T + self.taught[1]], dim=1)
+        if self.adapter is not None:  # a few rows against a few thousand neighbours: numpy, beside the forward
+            taught = self.adapter.logits(features.cpu().numpy())
+            logits = torch.cat([logits, torch.from_numpy(taught).to(logits.device)], dim=1)
         probs = self.views.average(logits.softmax(dim=-1)).cpu().numpy()
         features = features.view(-1, len(x), self.width).transpose(0, 1).cpu().numpy()
         if self.delay_s:

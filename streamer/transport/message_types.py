@@ -41,6 +41,7 @@ MAX_STORE_NAME = 80  # characters of a frame store's file name
 MAX_EMBEDDING = 8192  # width of a window's embedding (the class token: 768 for base-size TimeSformer)
 MAX_TAUGHT = 256  # taught labels in one adapter
 MAX_ADAPTER_WEIGHTS = MAX_TAUGHT * (MAX_EMBEDDING + 1)
+MAX_NEIGHBOUR_ROWS = (MAX_TAUGHT + 1) * 4096  # an adapter's neighbours (workers.adapter.MAX_NEIGHBOURS a class)
 
 VERSION = 2  # 2: msgspec's layout (nested messages keep their type, a store reference its shape)
 
@@ -68,9 +69,10 @@ Classes = Annotated[int, Meta(ge=1, le=MAX_CLASSES)]  # the length of a Result's
 # What an array field declares (the codec checks it with msgspec.convert, which caches a Struct's checks and
 # rebuilds a bare tuple type's on every call: 0.2 µs against 5).
 class EmbeddingShape(msgspec.Struct, frozen=True, array_like=True):
-    """A window's embedding: [views, width] (float16), a row per flip view (the window, then its mirror images)."""
+    """Embedding rows: [rows, width] (float16). A window's embedding has a row per flip view (the window, then
+    its mirror images: at most MAX_VIEWS, checked by the codec); an adapter's neighbours a row each."""
 
-    views: Annotated[int, Meta(ge=1, le=MAX_VIEWS)]
+    views: Annotated[int, Meta(ge=1, le=MAX_NEIGHBOUR_ROWS)]
     width: Annotated[int, Meta(ge=1, le=MAX_EMBEDDING)]
 
 
@@ -184,6 +186,9 @@ class AdapterUpdate(_Message, tag="adapter_update", eq=False, rename={"weights":
         weights: float32, each label's weight row (``width`` values) then the biases: ``K · (width + 1)``;
             None with no labels.
         width: the embedding width the weights read.
+        neighbours: float16 ``[rows, width]``: the rows it was taught on, which vote on its labels
+            (:class:`workers.adapter.Adapter`); None: no vote.
+        neighbour_counts: their count by class: the negatives, then each label.
     """
 
     key: AdapterKey
@@ -191,6 +196,8 @@ class AdapterUpdate(_Message, tag="adapter_update", eq=False, rename={"weights":
     checkpoint: Annotated[str, Meta(max_length=64, pattern=r"^[0-9a-f]*$")]
     weights: np.ndarray | None
     width: Annotated[int, Meta(ge=1, le=MAX_EMBEDDING)]
+    neighbours: np.ndarray | None = None
+    neighbour_counts: Annotated[tuple[Annotated[int, Meta(ge=0, le=4096)], ...], Meta(max_length=MAX_TAUGHT + 1)] = ()
 
 
 class Batch(_Message, tag="batch", eq=False):

@@ -35,6 +35,7 @@ from streamer.transport.message_types import (
     MAX_ADAPTER_WEIGHTS, MAX_EMBEDDING, MAX_TAUGHT, PRINTABLE, VERSION, AdapterUpdate, Batch, Classes, Credit, DisplayFrame, FramesFound, FramesShape, FramesWanted, Heartbeat,
     EmbeddingShape, ImageShape, Leaving, LogLine, Message, Result, ResultBatch, Stats, Status, Window, WorkRequest,
 )
+from workers.adapter import neighbour_problem
 
 __all__ = [  # the message types and bounds are part of this module's interface
     "MAX_ARRAY_BYTES", "MAX_BATCH", "MAX_CLASSES", "MAX_DETAIL", "MAX_HEADER_BYTES", "MAX_IMAGE_SIDE", "MAX_INDEX",
@@ -197,6 +198,8 @@ def _result(r: Result, where: str) -> None:
         _array(r.embedding, 2, f"{where}.embedding")
         if r.embedding.dtype != F16 or not np.isfinite(r.embedding).all():
             raise ProtocolError(f"{where}.embedding: not finite float16 values")
+        if len(r.embedding) > MAX_VIEWS:
+            raise ProtocolError(f"{where}.embedding: {len(r.embedding)} views, at most {MAX_VIEWS}")
 
 
 def _adapter_update(msg: AdapterUpdate) -> None:
@@ -212,6 +215,11 @@ def _adapter_update(msg: AdapterUpdate) -> None:
         raise ProtocolError("adapter_update.weights: not all finite")
     if len(set(msg.labels)) != len(msg.labels) or (msg.key == "") != (not msg.labels):
         raise ProtocolError("adapter_update: labels twice, or a key without labels (or labels without a key)")
+    if msg.neighbours is not None:
+        _array(msg.neighbours, 2, "adapter_update.neighbours")
+    problem = neighbour_problem(msg.neighbours, msg.neighbour_counts, len(msg.labels), msg.width)
+    if problem:
+        raise ProtocolError(f"adapter_update: {problem}")
 
 
 def _check(msg: Message) -> None:

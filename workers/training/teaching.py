@@ -10,6 +10,7 @@ their scores comparable with the old labels' under the same thresholds.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from streamer.errors import SourceError
-from workers.adapter import Adapter
+from workers.adapter import Adapter, neighbour_groups, neighbours_from
 from workers.flips import FLIPS
 from workers.preprocess import to_model_input
 from workers.training.data import WindowSpec, read_frames, window_ends, window_indices
@@ -114,7 +115,8 @@ def fit(examples: Examples, labels: tuple[str, ...], checkpoint: str, *, decay: 
     weight, bias = _train(examples, len(labels), decay, steps)
     if false_top is not None:
         bias = bias - _calibration(examples, len(labels), decay, steps, false_top)
-    return Adapter(tuple(labels), weight.numpy(), bias.numpy(), checkpoint)
+    neighbours, counts = neighbours_from(examples.features.numpy(), examples.targets, len(labels))
+    return Adapter(tuple(labels), weight.numpy(), bias.numpy(), checkpoint, {}, neighbours, counts)
 
 
 def _train(examples: Examples, k: int, decay: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,15 +245,26 @@ def teach_label(label: str, examples: list[np.ndarray], negatives: np.ndarray, h
                    head.flips) if left_out.any() and (~left_out & (everything.targets == 0)).any() else {}
     new = fit(everything, (label,), checkpoint)
     if current is None or not current.labels:
-        return Adapter(new.labels, new.weight, new.bias, checkpoint, checks)
+        return dataclasses.replace(new, checks=checks)
+    # the neighbours: both adapters' negatives, the labels' examples as they were, then the new label's
+    old_groups, new_groups = neighbour_groups(current), neighbour_groups(new)
+    groups = [np.concatenate([old_groups[0], new_groups[0]]), *old_groups[1:], new_groups[1]]
+    neighbours, counts = neighbours_from(np.concatenate(groups), np.repeat(np.arange(-1, len(groups) - 1),
+                                                                           [len(g) for g in groups]), len(groups) - 1)
     return Adapter((*current.labels, label), np.concatenate([current.weight, new.weight]),
-                   np.concatenate([current.bias, new.bias]), checkpoint, {**current.checks, **checks})
+                   np.concatenate([current.bias, new.bias]), checkpoint, {**current.checks, **checks},
+                   neighbours, counts)
 
 
 def without(current: Adapter, label: str) -> Adapter | None:
-    """``current`` with ``label`` forgotten (None when it was the last)."""
+    """``current`` with ``label`` forgotten, its examples too (None when it was the last)."""
     keep = [i for i, name in enumerate(current.labels) if name != label]
     if not keep:
         return None
+    neighbours, counts = current.neighbours, current.neighbour_counts
+    if neighbours is not None:
+        groups = neighbour_groups(current)
+        groups = [groups[0], *(groups[1 + i] for i in keep)]
+        neighbours, counts = np.concatenate(groups), tuple(len(g) for g in groups)
     return Adapter(tuple(current.labels[i] for i in keep), current.weight[keep], current.bias[keep],
-                   current.checkpoint, {k: v for k, v in current.checks.items() if k != label})
+                   current.checkpoint, {k: v for k, v in current.checks.items() if k != label}, neighbours, counts)

@@ -30,11 +30,10 @@ function band() {  // the chosen span on its row (the rows are drawn again as th
   track.append(el);
 }
 
-function offer(chosen, what, actors = []) {  // actors: [{track, windows}] for a span of a tracked stream
+function offer(chosen, what) {
   example = chosen;
   teachWhat.textContent = what;
-  teachActor.replaceChildren(...actors.map((a) => new Option(`actor #${a.track} (${a.windows} windows)`, a.track)));
-  teachActor.hidden = actors.length < 2;  // one actor: the server takes it
+  askActor([]);
   teachForm.hidden = false;
   band();
   teachLabel.focus();
@@ -75,20 +74,27 @@ timeline.addEventListener("pointerdown", (e) => {
   document.addEventListener("pointerup", done);
 });
 
-async function offerSpan(span) {  // says how much the span kept; on a tracked stream, asks whose action it is
+function askActor(actors) {  // [{track, windows}]: a span of a tracked stream with several actors in it
+  teachActor.replaceChildren(...actors.map((a) => new Option(`actor #${a.track} (${a.windows} windows)`, a.track)));
+  teachActor.hidden = actors.length < 2;  // one actor: the server takes it
+}
+
+async function offerSpan(span) {  // offered at once; then says how much it kept, and on a tracked stream whose
   const what = `${span.stream}, ${clock(span.from)} to ${clock(span.to)} (${Math.round(span.to - span.from)} s)`;
-  let kept = { whole: 0, actors: [] };
+  offer(span, `${what} shows`);
+  let kept;
   try {
     kept = await api(`/api/teach/span?${new URLSearchParams({ stream: span.stream, from: span.from, to: span.to })}`);
   } catch (err) {
-    say(err.message, true);
+    return say(err.message, true);
   }
   if (example !== span) return;  // another drag since
   const actors = kept.whole ? [] : kept.actors.sort((a, b) => b.windows - a.windows);
   const count = (n) => `${n} window${n === 1 ? "" : "s"}`;
-  offer(span, actors.length > 1 ? `${what}: whose action?` :
-              actors.length ? `${what}, actor #${actors[0].track} (${count(actors[0].windows)} kept), shows` :
-              `${what}, ${count(kept.whole)} kept, shows`, actors);
+  teachWhat.textContent = actors.length > 1 ? `${what}: whose action?` :
+    actors.length ? `${what}, actor #${actors[0].track} (${count(actors[0].windows)} kept), shows` :
+    `${what}, ${count(kept.whole)} kept, shows`;
+  askActor(actors);
 }
 
 new MutationObserver(band).observe(timeline, { childList: true });
