@@ -142,8 +142,9 @@ def test_the_held_out_check_scores_a_window_as_the_pipeline_would_with_its_mirro
 def test_the_neighbours_vote_keeps_a_label_off_windows_that_lie_among_its_negatives(tmp_path):
     """The layer alone scores a window by one direction: one far along it but among the negatives wins; with the
     neighbours it is voted down, while a window among the label's own examples keeps its logit. The vote goes
-    with the file and with the message that hands the adapter to a worker; without neighbours (a version-1 file)
-    there is none, and neighbours that do not match their counts are one line."""
+    with the file and with the message that hands the adapter to a worker; a label taught from fewer rows than
+    the vote asks needs that share of what it has; without neighbours (a version-1 file) there is no vote, and
+    neighbours that do not match their counts are one line."""
     from streamer.stages.adapters import from_message, update_message
     from streamer.transport.messages import ProtocolError, decode, encode
     from workers.adapter import NEIGHBOURS, VETOED, adapter_bytes, neighbours_from, parse_adapter
@@ -161,6 +162,9 @@ def test_the_neighbours_vote_keeps_a_label_off_windows_that_lie_among_its_negati
     assert plain.logits(windows)[1, 0] > 5  # the layer alone: the look-alike wins
     assert adapter.logits(windows)[0, 0] == plain.logits(windows)[0, 0] and adapter.logits(windows)[1, 0] == VETOED
     assert counts == (60, 30) and len(rows) >= NEIGHBOURS
+    few_rows, few = neighbours_from(np.concatenate([negatives, examples[:4]]), np.r_[np.full(60, -1), np.zeros(4, int)], 1)
+    taught_from_few = Adapter(("waving",), direction[None] * 10, np.zeros(1), "ab", {}, few_rows, few)
+    assert taught_from_few.logits(windows)[0, 0] > 5  # four rows: three of its ten nearest are enough
 
     for back in (parse_adapter(adapter_bytes(adapter)), from_message(decode(encode(update_message(adapter))))):
         assert back.key == adapter.key and np.array_equal(back.logits(windows), adapter.logits(windows))

@@ -92,7 +92,7 @@ class Adapter:
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """``(..., D)`` embeddings → ``(..., K)`` the taught labels' logits, each ``VETOED`` where fewer than
-        ``AGREE`` of the row's nearest neighbours are that label's examples."""
+        ``AGREE`` of the row's nearest neighbours are that label's examples (of as many as it has, if fewer)."""
         features = np.asarray(features, np.float32)
         logits = features @ self.weight.T + self.bias
         if self._vote is None or not self.labels:
@@ -100,9 +100,10 @@ class Adapter:
         rows, classes = self._vote
         flat = features.reshape(-1, features.shape[-1])
         near = np.argpartition(-(flat @ rows.T), NEIGHBOURS - 1, axis=1)[:, :NEIGHBOURS]  # cosine: rows are unit
-        near = classes[near]  # (M, NEIGHBOURS) classes
-        agree = (near[:, :, None] == np.arange(len(self.labels))).mean(axis=1)  # (M, K) share of each label
-        keep = (agree >= AGREE).reshape(logits.shape)
+        votes = (classes[near][:, :, None] == np.arange(len(self.labels))).sum(axis=1)  # (M, K) rows of each label
+        # of the neighbours a label could have (a label taught from fewer rows than NEIGHBOURS can win fewer)
+        needed = np.ceil(AGREE * np.minimum(NEIGHBOURS, self.neighbour_counts[1:]) - 1e-6)
+        keep = (votes >= needed).reshape(logits.shape)
         return np.where(keep, logits, np.float32(VETOED)).astype(np.float32)
 
     def describe(self) -> str:
