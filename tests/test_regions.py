@@ -252,9 +252,12 @@ def test_the_annotated_video_draws_each_track_with_its_label(run):
     """The overlay's frames of a tracked stream: each track's box in the track colour, its tag above it."""
     with av.open(str(run["annotated"])) as container:
         frames = [f.to_ndarray(format="bgr24") for i, f in zip(range(200), container.decode(video=0))]
-    green = [((f[..., 1] > 180) & (f[..., 0] < 110) & (f[..., 2] < 110)).sum() for f in frames[60:]]
+    # with two sources the overlay draws at its fps while the run lasts (2-4 s here): skip a share, not a count
+    skip = len(frames) // 3
+    assert len(frames) >= 30, f"{len(frames)} frames in the annotated video"
+    green = [((f[..., 1] > 180) & (f[..., 0] < 110) & (f[..., 2] < 110)).sum() for f in frames[skip:]]
     assert max(green) > 200, "box outlines drawn"
-    cv2.imwrite(str(run["annotated"].with_suffix(".png")), frames[int(np.argmax(green)) + 60])
+    cv2.imwrite(str(run["annotated"].with_suffix(".png")), frames[int(np.argmax(green)) + skip])
 
 
 def test_the_dispatcher_keeps_the_newest_window_of_each_track():
