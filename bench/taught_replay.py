@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import hashlib
 import itertools
 import sys
@@ -80,19 +81,13 @@ def embeddings(checkpoint: str, work: Path, media: dict) -> dict[str, np.ndarray
         out = dict(np.load(cache))
         if "cameras" not in out:  # a cache from before the cameras' footage
             model = load_model(checkpoint)
-            footage = camera_footage(model)
-            out["cameras"] = embed(model, footage, model.preprocess.flip_views)[0].numpy().reshape(
-                len(footage), 1 + len(model.preprocess.flip_views), -1)
+            out["cameras"] = view_rows(model, camera_footage(model))
             np.savez(cache, **out)
         return out
     model = load_model(checkpoint)
     pre = model.preprocess
-    views = 1 + len(pre.flip_views)
     spec = WindowSpec(pre.num_frames, pre.frame_interval, pre.frame_interval)
-
-    def rows(windows: np.ndarray) -> np.ndarray:
-        return embed(model, windows, pre.flip_views)[0].numpy().reshape(len(windows), views, -1)
-
+    rows = functools.partial(view_rows, model)
     out = {"head_w": model.head.weight.detach().numpy(), "head_b": model.head.bias.detach().numpy(),
            "labels": np.array(model.labels), "flips": np.array(pre.flip_views)}
     for name, clips in media["clips"].items():
@@ -110,6 +105,12 @@ def embeddings(checkpoint: str, work: Path, media: dict) -> dict[str, np.ndarray
     out["cameras"] = rows(camera_footage(model))
     np.savez(cache, **out)
     return out
+
+
+def view_rows(model, windows: np.ndarray) -> np.ndarray:
+    """Windows' embeddings as the store keeps them: ``(windows, views, width)``."""
+    views = 1 + len(model.preprocess.flip_views)
+    return embed(model, windows, model.preprocess.flip_views)[0].numpy().reshape(len(windows), views, -1)
 
 
 def camera_footage(model) -> np.ndarray:

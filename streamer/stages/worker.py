@@ -166,11 +166,12 @@ class Predictor:
         t1 = time.perf_counter()
         out = self.model(self.views.stack(x)).float()  # (V·B, classes + width)
         logits, features = out[:, :len(self.base_labels)], out[:, len(self.base_labels):]
+        features = features.cpu().numpy()  # (V·B, width): view-major rows, out once for the adapter and the result
         if self.adapter is not None:  # a few rows against a few thousand neighbours: numpy, beside the forward
-            taught = self.adapter.logits(features.cpu().numpy())
+            taught = self.adapter.logits(features)
             logits = torch.cat([logits, torch.from_numpy(taught).to(logits.device)], dim=1)
         probs = self.views.average(logits.softmax(dim=-1)).cpu().numpy()
-        features = features.view(-1, len(x), self.width).transpose(0, 1).cpu().numpy()
+        features = features.reshape(-1, len(x), self.width).transpose(1, 0, 2)
         if self.delay_s:
             time.sleep(self.delay_s)
         t2 = time.perf_counter()

@@ -19,6 +19,8 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
+from workers.adapter import MAX_NEIGHBOURS
+
 # Bounds, checked before anything is allocated or trusted.
 MAX_HEADER_BYTES = 64 * 1024
 MAX_WINDOW_FRAMES = 64  # frames in one window
@@ -41,7 +43,7 @@ MAX_STORE_NAME = 80  # characters of a frame store's file name
 MAX_EMBEDDING = 8192  # width of a window's embedding (the class token: 768 for base-size TimeSformer)
 MAX_TAUGHT = 256  # taught labels in one adapter
 MAX_ADAPTER_WEIGHTS = MAX_TAUGHT * (MAX_EMBEDDING + 1)
-MAX_NEIGHBOUR_ROWS = (MAX_TAUGHT + 1) * 4096  # an adapter's neighbours (workers.adapter.MAX_NEIGHBOURS a class)
+MAX_NEIGHBOUR_ROWS = (MAX_TAUGHT + 1) * MAX_NEIGHBOURS  # an adapter's neighbours: so many a class, at most
 
 VERSION = 2  # 2: msgspec's layout (nested messages keep their type, a store reference its shape)
 
@@ -197,7 +199,8 @@ class AdapterUpdate(_Message, tag="adapter_update", eq=False, rename={"weights":
     weights: np.ndarray | None
     width: Annotated[int, Meta(ge=1, le=MAX_EMBEDDING)]
     neighbours: np.ndarray | None = None
-    neighbour_counts: Annotated[tuple[Annotated[int, Meta(ge=0, le=4096)], ...], Meta(max_length=MAX_TAUGHT + 1)] = ()
+    neighbour_counts: Annotated[tuple[Annotated[int, Meta(ge=0, le=MAX_NEIGHBOURS)], ...],
+                                Meta(max_length=MAX_TAUGHT + 1)] = ()
 
 
 class Batch(_Message, tag="batch", eq=False):
