@@ -303,18 +303,23 @@ def test_the_subscribers_hear_a_flickering_action_once_and_a_brief_one_not_at_al
 
 def test_each_worker_is_handed_a_new_adapter_once_and_results_are_read_by_the_labels_they_had() -> None:
     from streamer.stages.adapters import Handout, from_message
+    from streamer.transport.messages import decode, encode
     from workers.adapter import Adapter
 
     handout = Handout(("a", "b"))
-    adapter = Adapter(("x",), np.ones((1, 4)), np.zeros(1), "cd" * 32)
+    adapter = Adapter(("x", "y"), np.arange(8, dtype=np.float32).reshape(2, 4), np.array([0.5, -0.5], np.float32),
+                      "cd" * 32)  # two labels: each weight row and bias must come back where it was
     assert handout.update_for(b"w1", "") is None  # nothing taught: nothing to hand
-    assert handout.use(adapter) and not handout.use(adapter) and handout.labels == ("a", "b", "x")
+    assert handout.use(adapter) and not handout.use(adapter) and handout.labels == ("a", "b", "x", "y")
     update = handout.update_for(b"w1", "")
-    assert update.key == adapter.key and from_message(update).key == adapter.key
+    handed = from_message(decode(encode(update)))
+    assert update.key == adapter.key and handed.key == adapter.key
+    assert np.array_equal(handed.weight, adapter.weight) and np.array_equal(handed.bias, adapter.bias)
     assert handout.update_for(b"w1", "") is None  # handed already (refused, or on its way): not again
     assert handout.update_for(b"w2", adapter.key) is None  # runs it already
     old = handout.probs(np.array([0.6, 0.4], np.float32), "")  # scored before the swap
-    assert old.tolist() == pytest.approx([0.6, 0.4, 0.0])
+    assert old.tolist() == pytest.approx([0.6, 0.4, 0.0, 0.0])
+    assert handout.probs(np.array([0.4, 0.3, 0.2, 0.1], np.float32), handed.key) is not None  # the worker's results
     assert handout.probs(np.array([0.5, 0.25, 0.25], np.float32), "f" * 16) is None  # a key never handed out
     handout.use(None)
     assert handout.labels == ("a", "b") and handout.update_for(b"w1", adapter.key).labels == ()

@@ -29,10 +29,11 @@ def from_message(msg: AdapterUpdate) -> Adapter | None:
     """The adapter a worker was handed (None: back to the checkpoint's own labels)."""
     if msg.weights is None:
         return None
-    rows = np.array(msg.weights, np.float32).reshape(len(msg.labels), msg.width + 1)  # a copy: the message's is read-only
+    values = np.array(msg.weights, np.float32)  # a copy: the message's is read-only
+    taught = len(msg.labels) * msg.width  # every label's weight row, then the biases (AdapterUpdate's layout)
     neighbours = None if msg.neighbours is None else np.array(msg.neighbours)  # a copy, as above
-    return Adapter(msg.labels, rows[:, :msg.width], rows[:, msg.width], msg.checkpoint, {}, neighbours,
-                   msg.neighbour_counts)
+    return Adapter(msg.labels, values[:taught].reshape(len(msg.labels), msg.width), values[taught:], msg.checkpoint,
+                   {}, neighbours, msg.neighbour_counts)
 
 
 class LabelSets:
