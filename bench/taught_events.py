@@ -1,14 +1,20 @@
-"""Taught actions (issue 24) end to end: is a new action taught from 10 clips *found* as an action on videos the
-teaching never saw, and do the checkpoint's own labels keep their accuracy?
+"""Taught actions (issue 24) end to end: is a new action taught from 10 examples *found* as an action on videos
+the teaching never saw, and do the checkpoint's own labels keep their accuracy?
 
-    python bench/taught_events.py                  # writes its BENCHMARKS.md section (about 16 min on 2 cores)
+    python bench/taught_events.py                  # writes its BENCHMARKS.md section (about 30 min on 2 cores)
+    python bench/taught_events.py --teach cli      # the CLI path alone (about 16 min)
     python bench/taught_events.py --no-write       # print only
     python bench/taught_events.py --keep /tmp/te   # keep the clips, videos, adapters and event logs there
 
-Two scenarios, each taught through the real command (``python -m workers.teach --checkpoint
-models/demo.safetensors --clips DIR --out ADAPTER``) from 10 clips of each new action, 2.5 s each, and ordinary
-footage of the demo camera in ``none/`` (10 clips of its own actions, 2.5 s each, and 10 across one of its cuts,
-2.5 s each side), rendered with teaching seeds:
+Each new action is taught from 10 examples of 2.5 s, two ways (``--teach``):
+
+- *CLI*: the real command (``python -m workers.teach --checkpoint models/demo.safetensors --clips DIR --out
+  ADAPTER``) from 10 clips of each new action and ordinary footage of the demo camera in ``none/`` (10 clips of its
+  own actions, 2.5 s each, and 10 across one of its cuts, 2.5 s each side), rendered with teaching seeds;
+- *web*: through the web stage of a running pipeline, from spans of what its cameras showed, against the ordinary
+  windows its store kept (:mod:`bench.web_teaching`).
+
+Two scenarios each:
 
 - *alone* (the issue's goal as stated): each new action (bouncing, orbiting, shaking) taught alone; its held-out
   videos mix it with the demo's own actions only;
@@ -50,6 +56,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.report import cpu_name, write_section  # noqa: E402
+from bench.web_teaching import BETWEEN_S, EXAMPLES, camera_folders, teach_through_web  # noqa: E402
+from streamer.stages.web.teach import NEGATIVES  # noqa: E402
 from streamer.synthetic.files import make_none_clips, make_teaching_clips, read_labels, write_video  # noqa: E402
 from streamer.synthetic.scenes import ALL_ACTIONS, CLASSES, segments_for  # noqa: E402
 from workers.adapter import load_adapter  # noqa: E402
@@ -63,12 +71,29 @@ HEADING = "Taught actions: events on held-out videos"
 NEW = ("bouncing", "orbiting", "shaking")
 SUMMARY = "summary.json"
 TOGETHER = "together"  # the three taught in one adapter, each the others' negative
+WEB = "web-"  # a run taught through the web stage: its key, adapter and event file start so
+SHOTS = "shots-"  # taught through the CLI from the web's cameras cut into clips (the same examples, the other path)
 CHECKPOINT = REPO / "models" / "demo.safetensors"
 FPS = 30
 SPAN = window_span(8, 4)  # the demo model's window: 8 frames, every 4th (29 source frames)
 TEACH_SEED, NONE_SEED = 9300, 9310  # the held-out videos' seeds start at --first-seed (7101), far from these
 CLIP_S = 2.5
 MIN_SEGMENT_S = 2.0
+READING = (  # what the figures of the last run say (BENCHMARKS.md); written after reading it
+    "Reading (2026-12-07, fourth run of the day): taught through the web stage of a running pipeline, from "
+    "spans of what its cameras showed and the ordinary windows its store kept, each label alone meets the issue's "
+    "goal: recall 100 / 100 / 91%, no start elsewhere, the old labels on the demo's held-out windows -0.34 / -0.09 / "
+    "-0.17 point. (On the scenario videos bouncing costs 0.6 point: eleven single windows, six of them in one "
+    "moving_up shot of seed 7133, where a bob reads like a climb; none started an action.) Taught together "
+    "through the web, 100 / 91 / 100% with no false start and the old labels unchanged. Through the CLI from the "
+    "bench's own clips, 91 / 82 / 82%; from the web's cameras cut into clips (the same examples, the other path), "
+    "100 / 82 / 91%: orbiting misses the same two segments either way (seed 7133 frames 856-1054 and seed 7152 "
+    "frames 392-516), where the CLI's layer gives orbiting 0.4-0.5 and the web's 0.7-0.8. The difference left is "
+    "the ordinary footage each reads: the CLI takes 24 windows of each `none/` clip (264 here), the web 500-odd "
+    "of the camera; read up to 600, the same CLI layer gives 0.4-0.8 there, but the vote then vetoes some of "
+    "those windows (not yet a fix, and not shipped). This run also found that a worker handed an adapter of two "
+    "or more labels read its weights in the wrong layout, so every result was dropped (fixed, with a test)."
+)
 
 
 def held_out_seeds(first: int, count: int, seconds: float, least: int, choices: list[str],
@@ -94,11 +119,11 @@ def render_teaching(root: Path, examples: int, none: int, cuts: int) -> dict[str
     for i, label in enumerate(NEW):
         folder = root / f"teach-{label}"
         make_teaching_clips(folder, label, examples, seconds=CLIP_S, seed=TEACH_SEED + i)
-        shutil.copytree(shared / "none", folder / "none")
+        shutil.copytree(shared / "none", folder / "none", dirs_exist_ok=True)
         out[label] = folder
     together = root / "teach-together"
     for label in (*NEW, "none"):
-        shutil.copytree((out[label] if label in out else shared) / label, together / label)
+        shutil.copytree((out[label] if label in out else shared) / label, together / label, dirs_exist_ok=True)
     out[TOGETHER] = together
     return out
 
@@ -167,10 +192,10 @@ def old_accuracy(events: list[dict], truth: dict[str, list[dict]]) -> tuple[int,
 
 
 def measure(args: argparse.Namespace, work: Path, scenarios: dict) -> dict:
-    """Render, teach and run every scenario in ``work``; the timings, seeds, videos and what the teaching
-    printed, also written to ``work/summary.json`` (``--rescore`` scores them again without running)."""
+    """Render, teach (through the CLI, through the web stage, or both) and run every scenario in ``work``; the
+    timings, seeds, videos and what the teaching said, also written to ``work/summary.json`` (``--rescore``
+    scores them again without running)."""
     began = time.perf_counter()
-    folders = render_teaching(work / "teach", args.examples, args.none, args.none_cuts)
     videos, seeds = {}, {}
     for name, (labels, choices, least) in scenarios.items():
         seeds[name] = held_out_seeds(args.first_seed, args.seeds, args.seconds, least, choices, labels)
@@ -179,27 +204,56 @@ def measure(args: argparse.Namespace, work: Path, scenarios: dict) -> dict:
             if not video.exists():
                 write_video(video, args.seconds, seed, choices=choices)
     render_s = time.perf_counter() - began
+    adapters, said, teach_s = {}, {}, {}
+
+    def teach_folders(folders: dict[str, Path], prefix: str) -> float:
+        began_cli = time.perf_counter()
+        for name, folder in folders.items():
+            key = prefix + name
+            adapters[key] = work / f"{key}.safetensors"
+            run(["-m", "workers.teach", "--checkpoint", args.checkpoint, "--clips", folder, "--out", adapters[key]],
+                work / f"teach-{key}.log")
+            said[key] = (work / f"teach-{key}.log").read_text().strip().splitlines()[-1].split(": ", 1)[-1]
+        return time.perf_counter() - began_cli
+
+    if "cli" in args.teach:
+        teach_s["cli"] = teach_folders(render_teaching(work / "teach", args.examples, args.none, args.none_cuts), "")
+    if "shots" in args.teach:
+        teach_s["shots"] = teach_folders(camera_folders(work, NEW, TOGETHER), SHOTS)
+    if "web" in args.teach:
+        web, web_said, teach_s["web"] = teach_through_web(work, args.checkpoint, NEW, SPAN, TOGETHER)
+        adapters |= {f"{WEB}{name}": path for name, path in web.items()}
+        said |= {f"{WEB}{name}": line for name, line in web_said.items()}
     pipeline = ["run_pipeline.py", "--checkpoint", args.checkpoint, "--offline", "--headless", "--store", "off",
                 "--web", "off"]
-    said, runs_s, teach_s = {}, [], []
-    for name, folder in folders.items():
-        adapter = work / f"{name}.safetensors"
-        teach_s.append(run(["-m", "workers.teach", "--checkpoint", args.checkpoint, "--clips", folder, "--out",
-                            adapter], work / f"teach-{name}.log"))
-        said[name] = (work / f"teach-{name}.log").read_text().strip().splitlines()[-1]
-        out = work / f"events-{name}.jsonl"
+    runs_s = []
+    for key, adapter in adapters.items():
+        out = work / f"events-{key}.jsonl"
         out.unlink(missing_ok=True)
-        sources = [a for v in videos[name] for a in ("--source", v)]
-        runs_s.append(run([*pipeline, *sources, "--adapter", adapter, "--events", out], work / f"run-{name}.log"))
+        sources = [a for v in videos[scenario_of(key)] for a in ("--source", v)]
+        runs_s.append(run([*pipeline, *sources, "--adapter", adapter, "--events", out], work / f"run-{key}.log"))
     plain = work / "events-plain.jsonl"  # every scenario's videos, once, without an adapter
-    plain.unlink(missing_ok=True)
-    sources = [a for name in scenarios for v in videos[name] for a in ("--source", v)]
-    runs_s.append(run([*pipeline, *sources, "--events", plain], work / "run-plain.log"))
-    summary = {"render_s": render_s, "teach_s": sum(teach_s), "runs_s": sum(runs_s),
-               "wall_s": time.perf_counter() - began, "seeds": seeds, "said": said,
+    earlier = json.loads((work / SUMMARY).read_text()) if (work / SUMMARY).exists() else None
+    if earlier is None or earlier["seeds"] != seeds or not plain.exists():
+        earlier = None  # another set of videos: nothing of the runs kept there is added to this one
+        plain.unlink(missing_ok=True)
+        sources = [a for name in scenarios for v in videos[name] for a in ("--source", v)]
+        runs_s.append(run([*pipeline, *sources, "--events", plain], work / "run-plain.log"))
+    summary = {"render_s": render_s, "teach_s": teach_s, "runs_s": sum(runs_s),
+               "wall_s": time.perf_counter() - began, "seeds": seeds, "said": said, "runs": list(adapters),
                "videos": {name: [str(v) for v in vs] for name, vs in videos.items()}}
+    if earlier is not None:  # the same videos, other teachings measured before: one report of them all
+        summary |= {"teach_s": earlier["teach_s"] | teach_s, "said": earlier["said"] | said,
+                    "runs": list(dict.fromkeys(earlier["runs"] + summary["runs"])),
+                    "runs_s": earlier["runs_s"] + summary["runs_s"], "wall_s": earlier["wall_s"] + summary["wall_s"],
+                    "render_s": earlier["render_s"] + render_s}
     (work / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def scenario_of(key: str) -> str:
+    """A run's scenario: its key without the teaching path (``web-bouncing`` → ``bouncing``)."""
+    return key.removeprefix(WEB).removeprefix(SHOTS)
 
 
 DEMO_SEEDS = tuple(range(2000, 2008))  # the demo's held-out videos, as workers.evaluate scores them (40 s, hop 8)
@@ -236,34 +290,49 @@ def score_run(labels: tuple[str, ...], events: list[dict], truth: dict[str, list
 
 def report(args: argparse.Namespace, scenarios: dict, summary: dict, events: dict[str, list[dict]],
            truth: dict[str, list[dict]], demo: dict[str, float]) -> str:
-    """The BENCHMARKS.md section: a row per scenario and taught label."""
+    """The BENCHMARKS.md section: a row per teaching path, scenario and taught label."""
     plain_events, seeds, said = events["plain"], summary["seeds"], summary["said"]
     rows, met, bases = [], {}, {}
-    for name, (labels, _, _) in scenarios.items():
+    for name in scenarios:
         own = {Path(v).stem: truth[Path(v).stem] for v in summary["videos"][name]}
         right, total = old_accuracy([e for e in plain_events if e.get("stream") in own], own)
-        bases[name] = (right / max(1, total), total)
-        for r in score_run(labels, events[name], own, bases[name][0]):
+        bases[name] = (right / max(1, total), total, own)
+    for key in summary.get("runs", list(scenarios)):
+        name = scenario_of(key)
+        base, total, own = bases[name]
+        for r in score_run(scenarios[name][0], events[key], own, base):
             recall, false = r["found"] / max(1, r["segments"]), r["elsewhere"] / max(1, r["starts"])
-            met[name] = (met.get(name, True) and recall >= 0.9 and false <= 0.05 and abs(r["change"]) <= 0.5
-                         and abs(demo[name] - demo["plain"]) * 100 <= 0.5)
-            rows.append(f"| {'alone' if name in NEW else name} | {r['label']} | {r['segments']} | {r['found']} "
-                        f"| {recall:.0%} | {r['starts']} | {r['elsewhere']} | {false:.0%} | {r['on_new']} "
-                        f"| {bases[name][0]:.1%} of {bases[name][1]} | {r['old']:.1%} | {r['change']:+.1f} |")
-    demo_line = "; ".join(f"{name} {demo[name]:.2%} ({(demo[name] - demo['plain']) * 100:+.2f})"
-                          for name in scenarios)
-    said_lines = "\n".join(f"- {name}: `{line.split(': ', 1)[-1]}`" for name, line in said.items())
+            met[key] = (met.get(key, True) and recall >= 0.9 and false <= 0.05 and abs(r["change"]) <= 0.5
+                        and abs(demo[key] - demo["plain"]) * 100 <= 0.5)
+            rows.append(f"| {path_of(key)} | {'alone' if name in NEW else name} | {r['label']} | {r['segments']} "
+                        f"| {r['found']} | {recall:.0%} | {r['starts']} | {r['elsewhere']} | {false:.0%} "
+                        f"| {r['on_new']} | {base:.1%} of {total} | {r['old']:.1%} | {r['change']:+.1f} |")
+    demo_line = "; ".join(f"{path_of(key)} {scenario_of(key)} {demo[key]:.2%} ({(demo[key] - demo['plain']) * 100:+.2f})"
+                          for key in summary.get("runs", list(scenarios)))
+    said_lines = "\n".join(f"- {path_of(key)}, {scenario_of(key)}: `{line}`" for key, line in said.items())
     seed_lines = "; ".join(f"{name}: {', '.join(map(str, seeds[name]))}" for name in scenarios)
     command = "python bench/taught_events.py" + \
         ("" if Path(args.checkpoint).resolve() == CHECKPOINT else f" --checkpoint {args.checkpoint}")
+    teach_s = summary["teach_s"] if isinstance(summary["teach_s"], dict) else {"cli": summary["teach_s"]}
     text = f"""`{command}` on {cpu_name()}, {datetime.date.today()} ({summary["wall_s"] / 60:.1f} min in \
-all: rendering {summary["render_s"]:.0f} s, teaching {summary["teach_s"]:.0f} s, pipeline runs \
-{summary["runs_s"]:.0f} s). Taught through \
-`python -m workers.teach` from {args.examples} clips of each new action, {CLIP_S} s each, and ordinary footage of \
-the demo camera in `none/` ({args.none} clips of its own actions, {CLIP_S} s each, and {args.none_cuts} across one \
-of its cuts, {CLIP_S} s each side), then run over held-out videos of {args.seconds:.0f} s that the teaching never saw, \
+all: rendering the held-out videos {summary["render_s"]:.0f} s, teaching \
+{", ".join(f"{path} {s:.0f} s" for path, s in teach_s.items())}, held-out pipeline runs {summary["runs_s"]:.0f} s). \
+Each new action taught from {args.examples} examples of {CLIP_S} s, two ways:
+
+- **CLI**: `python -m workers.teach --clips DIR` from {args.examples} clips of each new action and ordinary \
+footage of the demo camera in `none/` ({args.none} clips of its own actions, {CLIP_S} s each, and {args.none_cuts} \
+across one of its cuts, {CLIP_S} s each side);
+- **web**: through the web stage of a running pipeline (`bench/web_teaching.py`): a camera a new action, the \
+demo camera's own footage with {EXAMPLES} shots of the action, {BETWEEN_S:.0f} s apart ({len(NEW)} cameras, \
+`--offline --store DB --web 127.0.0.1:0`, `[teach] keep_h`); once each is past its last shot, and while they \
+still run, `POST /api/teach` with a span over each shot (its windows wholly inside, as the review page sends a \
+span dragged over it): the examples are the store's windows, the negatives {NEGATIVES} ordinary windows of that \
+camera the store kept. Each label alone (the one before forgotten through `POST /api/teach/forget`), then the \
+others taught beside the last. The store's adapter versions, written out, are what the held-out runs load.
+
+Then each adapter runs over held-out videos of {args.seconds:.0f} s that no teaching saw, \
 `run_pipeline.py --offline --headless --adapter ADAPTER` (default events: start 0.7, end 0.5, smoothing 3), and \
-once more without an adapter for the old labels' baseline. Two scenarios:
+the videos run once more without an adapter for the old labels' baseline. Two scenarios:
 
 - **alone** (the goal as the issue states it): each new action taught alone (an adapter of one label); its \
 {args.seeds} held-out videos mix it with the demo's own actions only (each with ≥ {args.least} segments of it \
@@ -271,12 +340,13 @@ of ≥ 2 s, chosen by their labels).
 - **together**: the three taught in one adapter (each is the others' negative); {args.seeds} held-out videos \
 mix all three with the demo's actions (≥ {args.least_together} new-action segments of ≥ 2 s each).
 
-Seeds: {seed_lines}. Found: a segment of the label of ≥ {MIN_SEGMENT_S:.0f} s (back-to-back shots of one label joined: one action) with a `start` of the label on its \
-stream from its first frame to {SPAN} frames (one window) past its last; elsewhere: a `start` of the label outside \
-all of them. Old labels: per-prediction top-1 over windows of a demo class inside one segment.
+Seeds: {seed_lines}. Found: a segment of the label of ≥ {MIN_SEGMENT_S:.0f} s (back-to-back shots of one label \
+joined: one action) with a `start` of the label on its stream from its first frame to {SPAN} frames (one window) \
+past its last; elsewhere: a `start` of the label outside all of them. Old labels: per-prediction top-1 over \
+windows of a demo class inside one segment.
 
-| scenario | taught label | segments ≥ 2 s | found | recall | starts | elsewhere | false starts | of them on another new action | old labels' top-1 without | with | change (points) |
-|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| taught through | scenario | taught label | segments ≥ 2 s | found | recall | starts | elsewhere | false starts | of them on another new action | old labels' top-1 without | with | change (points) |
+|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
 The old labels on the demo's own held-out windows (every window of seeds {DEMO_SEEDS[0]}-{DEMO_SEEDS[-1]}, 40 s, \
@@ -284,13 +354,17 @@ hop 8, flip views mapped back: what `workers.evaluate` scores, one window at a t
 without an adapter {demo["plain"]:.2%}; with each: {demo_line}.
 
 Goal (≥ 90% recall, ≤ 5% false starts, old labels within 0.5 point on both measures): \
-{"; ".join(f"{name} {'met' if ok else 'not met'}" for name, ok in met.items())}. The teaching command printed \
-(held-out check on its own clips):
+{"; ".join(f"{path_of(key)} {scenario_of(key)} {'met' if ok else 'not met'}" for key, ok in met.items())}. \
+What each teaching said of its held-out check (on its own examples):
 {said_lines}
 
-Reading (2026-12-07, third run of the day): a taught label now counts only where at least 7 of a window's 10 nearest taught-on rows are its own examples (the adapter's neighbours, `workers.adapter`). Against the run before (the linear layer alone, same seeds and clips): the old labels on the demo's held-out windows lose 0.34 / 0.09 / 0.43 point (were 0.60 / 0.26 / 0.68), within the goal for each label, and 0.0 / 0.0 / 0.2 on the scenario videos (were 0.3 / 0.0 / 0.5), still with no false start; recall is 91 / 82 / 82% (was 100 / 82 / 82%): bouncing misses one segment of 11, and orbiting and shaking miss two each, as before: the short-clip `none/` footage `workers.teach` has and the pipeline's own timing (the replay of these videos finds 19 / 18 / 18 of 20 with seeds from 7401 added). Taught from a camera's own ordinary windows, as the review page and `POST /api/teach` teach, the replay over 45 segments a label finds 93 / 91 / 91% with no start elsewhere and the old labels within 0.26 point (\"Taught actions: the calibration, window by window\"). Together, the vote keeps the three off each other's windows: bouncing starts once elsewhere of 13 (was 20 of 26), the old labels lose 0.77 point with three labels (was 2.6); orbiting finds 8 of 11.
+{READING}
 """
     return text
+
+
+def path_of(key: str) -> str:
+    return "web" if key.startswith(WEB) else "CLI, the cameras' shots" if key.startswith(SHOTS) else "CLI"
 
 
 def main() -> None:
@@ -307,6 +381,9 @@ def main() -> None:
                         help="a held-out video of the three holds at least this many of their segments ≥ 2 s")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each held-out video")
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="the model taught (default: the demo's)")
+    parser.add_argument("--teach", nargs="+", choices=("cli", "web", "shots"), default=["cli", "web", "shots"],
+                        help="the teaching measured: cli (clips), web (spans, through the API), shots (the web's "
+                             "cameras cut into clips, through the CLI); default all three")
     parser.add_argument("--keep", type=Path, help="work here and keep everything (default: a temporary folder)")
     parser.add_argument("--rescore", action="store_true", help="score the runs kept in --keep again, run nothing")
     parser.add_argument("--no-write", action="store_true")
@@ -324,10 +401,11 @@ def main() -> None:
     scenarios[TOGETHER] = (NEW, ALL_ACTIONS, args.least_together)
     try:
         summary = json.loads((work / SUMMARY).read_text()) if args.rescore else measure(args, work, scenarios)
-        events = {name: read_events(work / f"events-{name}.jsonl") for name in (*scenarios, "plain")}
+        runs = summary.get("runs", list(scenarios))
+        events = {key: read_events(work / f"events-{key}.jsonl") for key in (*runs, "plain")}
         truth = {Path(v).stem: read_labels(Path(v).with_suffix(".labels.json"))
                  for videos in summary["videos"].values() for v in videos}
-        demo = held_out_demo(args.checkpoint, {name: work / f"{name}.safetensors" for name in scenarios})
+        demo = held_out_demo(args.checkpoint, {key: work / f"{key}.safetensors" for key in runs})
     finally:
         if cleanup is not None:
             cleanup.cleanup()

@@ -54,6 +54,7 @@ class Hub:
         self.tracker = ActionTracker(config.events, config.labels or None)
         self.handout = Handout(tuple(config.labels))  # the taught labels the workers run (streamer.stages.adapters)
         self.worker_adapter: dict[bytes, str] = {}  # each worker's adapter key, from its requests
+        self.unknown_adapters: set[str] = set()  # keys of results dropped so far (each said once)
         self.adapter_version = 0  # the store's adapter version in force here
         self._use(start or self._stored_adapter(), f"adapter {config.adapter}" if start else "from the action store")
         self.gate = BriefGate(config.events.min_duration_s)
@@ -204,6 +205,7 @@ class Hub:
                 probs = self.handout.probs(result.probs, msg.adapter) if self.config.labels else result.probs
                 if probs is None:  # scored with taught labels this dispatcher does not know
                     self.rules.counters.malformed += 1
+                    self._unknown_adapter(msg.adapter)
                     continue
                 self._on_result(result, probs)
         elif isinstance(msg, Status) and msg.kind == LineKind.WINDOW_STALE:
@@ -214,6 +216,13 @@ class Hub:
                 logger.info(f"dispatcher: {msg.sender} stopped; {len(self.rules.workers)} worker(s) left")
         else:
             self.rules.counters.malformed += 1
+
+    def _unknown_adapter(self, key: str) -> None:
+        """Say once a key that a worker's results are dropped: scored with taught labels never handed out here."""
+        if key not in self.unknown_adapters:
+            self.unknown_adapters.add(key)
+            logger.warning(f"dispatcher: a worker's results are scored with taught labels {key!r} this dispatcher "
+                           "never handed out; they are dropped until it runs the current ones")
 
     def _forget_adapter_of(self, identity: bytes) -> None:
         self.handout.forget_worker(identity)
