@@ -1,18 +1,22 @@
 """Taught actions (issue 24) end to end: is a new action taught from 10 examples *found* as an action on videos
 the teaching never saw, and do the checkpoint's own labels keep their accuracy?
 
-    python bench/taught_events.py                  # writes its BENCHMARKS.md section (about 30 min on 2 cores)
-    python bench/taught_events.py --teach cli      # the CLI path alone (about 16 min)
+    python bench/taught_events.py                  # writes its BENCHMARKS.md section (about 26 min on 2 cores)
+    python bench/taught_events.py --teach cli      # the CLI path alone (about 9 min)
     python bench/taught_events.py --no-write       # print only
     python bench/taught_events.py --keep /tmp/te   # keep the clips, videos, adapters and event logs there
 
-Each new action is taught from 10 examples of 2.5 s, two ways (``--teach``):
+Each new action is taught from 10 examples of 2.5 s, three ways (``--teach``):
 
 - *CLI*: the real command (``python -m workers.teach --checkpoint models/demo.safetensors --clips DIR --out
   ADAPTER``) from 10 clips of each new action and ordinary footage of the demo camera in ``none/`` (10 clips of its
   own actions, 2.5 s each, and 10 across one of its cuts, 2.5 s each side), rendered with teaching seeds;
 - *web*: through the web stage of a running pipeline, from spans of what its cameras showed, against the ordinary
-  windows its store kept (:mod:`bench.web_teaching`).
+  windows its store kept (:mod:`bench.web_teaching`);
+- *shots*: the web's cameras cut into clip folders (the shots, the footage between) and taught through the CLI:
+  the same examples, the other path.
+
+A kept folder that measured other teachings of the same videos before (``--keep``) adds them to the report.
 
 Two scenarios each:
 
@@ -317,7 +321,7 @@ def report(args: argparse.Namespace, scenarios: dict, summary: dict, events: dic
     text = f"""`{command}` on {cpu_name()}, {datetime.date.today()} ({summary["wall_s"] / 60:.1f} min in \
 all: rendering the held-out videos {summary["render_s"]:.0f} s, teaching \
 {", ".join(f"{path} {s:.0f} s" for path, s in teach_s.items())}, held-out pipeline runs {summary["runs_s"]:.0f} s). \
-Each new action taught from {args.examples} examples of {CLIP_S} s, two ways:
+Each new action taught from {args.examples} examples of {CLIP_S} s, three ways:
 
 - **CLI**: `python -m workers.teach --clips DIR` from {args.examples} clips of each new action and ordinary \
 footage of the demo camera in `none/` ({args.none} clips of its own actions, {CLIP_S} s each, and {args.none_cuts} \
@@ -329,6 +333,8 @@ still run, `POST /api/teach` with a span over each shot (its windows wholly insi
 span dragged over it): the examples are the store's windows, the negatives {NEGATIVES} ordinary windows of that \
 camera the store kept. Each label alone (the one before forgotten through `POST /api/teach/forget`), then the \
 others taught beside the last. The store's adapter versions, written out, are what the held-out runs load.
+- **CLI, the cameras' shots**: the same cameras cut into clips for `python -m workers.teach` (each shot of the \
+action a clip in `<label>/`, the footage between them clips in `none/`): the web's examples through the CLI.
 
 Then each adapter runs over held-out videos of {args.seconds:.0f} s that no teaching saw, \
 `run_pipeline.py --offline --headless --adapter ADAPTER` (default events: start 0.7, end 0.5, smoothing 3), and \

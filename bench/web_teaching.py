@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import tomli_w
 
+from bench.teach_live import lines
 from streamer.store import taught
 from streamer.synthetic.files import encode_video, write_plan
 from streamer.synthetic.scenes import CLASSES, segments_for
@@ -108,16 +109,6 @@ def camera_folders(work: Path, labels: tuple[str, ...], together: str) -> dict[s
     return out
 
 
-def read_lines(path: Path) -> list[dict]:
-    out = []
-    for raw in path.read_text().splitlines() if path.exists() else ():
-        try:
-            out.append(json.loads(raw))
-        except ValueError:  # the line being written
-            pass
-    return out
-
-
 def shot_spans(label: str, stream: str, truth: list[dict], predictions: list[dict], window: int) -> list[dict]:
     """The spans the review page sends for each shot of ``label``: from the first to the last window wholly
     inside it (capture times)."""
@@ -164,7 +155,7 @@ def teach_through_web(work: Path, checkpoint: Path, labels: tuple[str, ...], win
         last = {cameras[label].stem: max(s["end_frame"] for s in truth[label] if s["label"] == label) + 2 * window
                 for label in labels}
         _wait(lambda: progress.past(last), proc, log, "every camera past its last shot")
-        predictions = [p for p in read_lines(events) if p["kind"] == "prediction"]
+        predictions = [p for p in lines(events) if p["kind"] == "prediction"]
         spans = {label: shot_spans(label, cameras[label].stem, truth[label], predictions, window) for label in labels}
         versions, said = {}, {}
         for label in labels:  # each alone
