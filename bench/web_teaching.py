@@ -157,15 +157,7 @@ def teach_through_web(work: Path, checkpoint: Path, labels: tuple[str, ...], win
         _wait(lambda: progress.past(last), proc, log, "every camera past its last shot")
         predictions = [p for p in lines(events) if p["kind"] == "prediction"]
         spans = {label: shot_spans(label, cameras[label].stem, truth[label], predictions, window) for label in labels}
-        versions, said = {}, {}
-        for label in labels:  # each alone
-            if versions:
-                call(base, "/api/teach/forget", {"label": labels[labels.index(label) - 1]})
-            answer = call(base, "/api/teach", {"label": label, "spans": spans[label]})
-            versions[label], said[label] = answer["version"], _said(answer)
-        for label in labels[:-1]:  # the last is taught already: the others beside it
-            answer = call(base, "/api/teach", {"label": label, "spans": spans[label]})
-        versions[together], said[together] = answer["version"], _said(answer)
+        versions, said = teach_each(base, labels, spans, together)
         if proc.poll() is not None:
             raise RuntimeError(f"the pipeline ended before the teaching did; see {log}")
         proc.wait(timeout=1800)
@@ -180,6 +172,22 @@ def teach_through_web(work: Path, checkpoint: Path, labels: tuple[str, ...], win
     finally:
         conn.close()
     return adapters, said, time.perf_counter() - began
+
+
+def teach_each(base: str, labels: tuple[str, ...], spans: dict[str, list[dict]], together: str
+               ) -> tuple[dict[str, int], dict[str, str]]:
+    """Each label alone (forgetting the one before), then the others taught beside the last: ({scenario: adapter
+    version}, {scenario: what the teaching answered})."""
+    versions, said = {}, {}
+    for i, label in enumerate(labels):
+        if i:
+            call(base, "/api/teach/forget", {"label": labels[i - 1]})
+        answer = call(base, "/api/teach", {"label": label, "spans": spans[label]})
+        versions[label], said[label] = answer["version"], _said(answer)
+    for label in labels[:-1]:  # the last is taught already
+        answer = call(base, "/api/teach", {"label": label, "spans": spans[label]})
+    versions[together], said[together] = answer["version"], _said(answer)
+    return versions, said
 
 
 def _said(answer: dict) -> str:
