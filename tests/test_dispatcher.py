@@ -225,6 +225,33 @@ def test_a_tracked_actors_track_closes_only_once_its_windows_are_predicted(hub_f
         "and the track's action ends once that window is predicted")
 
 
+def test_results_scored_with_taught_labels_never_handed_out_are_dropped_and_said_once(hub_factory):
+    """A worker whose results name an adapter this dispatcher never handed out (a bug, or another dispatcher's):
+    its classes cannot be read, so no line is written, and the log says so once, not once a result."""
+    from loguru import logger
+
+    said: list[str] = []
+    sink = logger.add(lambda message: said.append(str(message)), level="WARNING")
+    try:
+        hub = hub_factory()
+        for round_ in range(2):
+            hub.send(hub.capture, window("cam0", round_))
+            hub.send(hub.capture, window("cam1", round_))
+            hub.counts(lambda c: c.get(sent("cam0")) == round_ + 1 and c.get(sent("cam1")) == round_ + 1)
+            hub.send(hub.worker, WorkRequest("w0", 4))
+            batch = hub.receive(hub.worker, Batch)
+            hub.send(hub.worker, ResultBatch(tuple(result_of(w) for w in batch.windows), adapter="f" * 16))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any("f" * 16 in line for line in said):
+            time.sleep(0.05)
+        time.sleep(0.3)  # the second batch's results, read after the first's
+    finally:
+        logger.remove(sink)
+    assert sum("f" * 16 in line and "never handed out" in line for line in said) == 1, said
+    written = hub.lines() if hub.events.exists() else []
+    assert not [line for line in written if line["kind"] == "prediction"]
+
+
 def test_kinds_are_written_as_their_plain_strings(tmp_path):
     """A ``StrEnum`` kind reads exactly as the string it replaced, in the event log and on the wire."""
     with EventLog(tmp_path / "a.jsonl") as log:
