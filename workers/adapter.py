@@ -83,12 +83,14 @@ class Adapter:
         return digest.hexdigest()[:16]
 
     @functools.cached_property
-    def _vote(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The neighbours as float32 rows and each row's class (-1: a negative), once an adapter."""
+    def _vote(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The neighbours as float32 rows, each row's class (-1: a negative), and how many of a window's
+        ``NEIGHBOURS`` nearest each label needs (``AGREE`` of as many as it has, if fewer): once an adapter."""
         if self.neighbours is None or len(self.neighbours) < NEIGHBOURS:
             return None
         classes = np.repeat(np.arange(-1, len(self.neighbour_counts) - 1), self.neighbour_counts)
-        return self.neighbours.astype(np.float32), classes
+        needed = np.ceil(AGREE * np.minimum(NEIGHBOURS, self.neighbour_counts[1:]) - 1e-6)
+        return self.neighbours.astype(np.float32), classes, needed
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """``(..., D)`` embeddings → ``(..., K)`` the taught labels' logits, each ``VETOED`` where fewer than
@@ -97,12 +99,10 @@ class Adapter:
         logits = features @ self.weight.T + self.bias
         if self._vote is None or not self.labels:
             return logits
-        rows, classes = self._vote
+        rows, classes, needed = self._vote
         flat = features.reshape(-1, features.shape[-1])
         near = np.argpartition(-(flat @ rows.T), NEIGHBOURS - 1, axis=1)[:, :NEIGHBOURS]  # cosine: rows are unit
         votes = (classes[near][:, :, None] == np.arange(len(self.labels))).sum(axis=1)  # (M, K) rows of each label
-        # of the neighbours a label could have (a label taught from fewer rows than NEIGHBOURS can win fewer)
-        needed = np.ceil(AGREE * np.minimum(NEIGHBOURS, self.neighbour_counts[1:]) - 1e-6)
         keep = (votes >= needed).reshape(logits.shape)
         return np.where(keep, logits, np.float32(VETOED)).astype(np.float32)
 
