@@ -45,7 +45,7 @@ from workers.model import load_model  # noqa: E402
 from workers.training.teaching import clip_windows  # noqa: E402
 from workers.training.data import (WindowSpec, concat, read_frames, synthetic_windows, window_ends,  # noqa: E402
                                   window_indices)
-from workers.training.teaching import Examples, embed, fit  # noqa: E402
+from workers.training.teaching import Examples, by_window, embed, fit  # noqa: E402
 from workers.views import FlipViews  # noqa: E402
 
 HEADING = "Taught actions: the calibration, window by window"
@@ -109,8 +109,8 @@ def embeddings(checkpoint: str, work: Path, media: dict) -> dict[str, np.ndarray
 
 def view_rows(model, windows: np.ndarray) -> np.ndarray:
     """Windows' embeddings as the store keeps them: ``(windows, views, width)``."""
-    views = 1 + len(model.preprocess.flip_views)
-    return embed(model, windows, model.preprocess.flip_views)[0].numpy().reshape(len(windows), views, -1)
+    flips = model.preprocess.flip_views
+    return by_window(embed(model, windows, flips)[0], 1 + len(flips))
 
 
 def camera_footage(model) -> np.ndarray:

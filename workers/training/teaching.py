@@ -69,6 +69,12 @@ def embed(model: torch.nn.Module, frames: np.ndarray, flips: tuple[str, ...] = (
     return torch.cat(features), torch.cat(logits)
 
 
+def by_window(features: torch.Tensor, views: int) -> np.ndarray:
+    """Rows of :func:`embed` (each window's ``views`` adjacent) as the store keeps them: ``(windows, views,
+    width)``."""
+    return features.numpy().reshape(len(features) // views, views, -1)
+
+
 def clip_windows(path: Path, size: int, spec: WindowSpec) -> np.ndarray:
     """The pipeline's windows over a clip (``(n, T, size, size, 3)`` uint8), at most WINDOWS_PER_CLIP; SourceError
     for a clip that is not a video or is shorter than one window."""

@@ -285,11 +285,9 @@ class Teacher:
 
 def _embed_clip(model, path: Path) -> np.ndarray:
     """A clip's windows as the store keeps them: ``(windows, views, width)``."""
-    from workers.training.teaching import embed_clip
+    from workers.training.teaching import by_window, embed_clip
 
-    views = 1 + len(model.preprocess.flip_views)
-    features = embed_clip(model, path)[0].numpy()
-    return features.reshape(len(features) // views, views, -1)
+    return by_window(embed_clip(model, path)[0], 1 + len(model.preprocess.flip_views))
 
 
 def _kept(conn: sqlite3.Connection, span: dict) -> dict[str, Any]:
