@@ -100,10 +100,10 @@ def camera_folders(work: Path, labels: tuple[str, ...], together: str) -> dict[s
             encode_video(path, frames(last - first + 1), FPS, width, height)
         capture.release()
     both = work / "teach-shots" / f"teach-{together}"
+    (both / NONE).mkdir(parents=True, exist_ok=True)
     for label, folder in out.items():
         shutil.copytree(folder / label, both / label, dirs_exist_ok=True)
         for clip in (folder / NONE).glob("*.mp4"):
-            (both / NONE).mkdir(parents=True, exist_ok=True)
             shutil.copy(clip, both / NONE / f"{label}-{clip.name}")
     out[together] = both
     return out
