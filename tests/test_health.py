@@ -93,9 +93,11 @@ def test_roles_become_ready_in_turn_and_the_dispatcher_counts_the_workers_it_nee
         wait_for(lambda: get(urls["worker"] + "/readyz")[0] == 200, 60, "the worker's model loaded")
         wait_for(lambda: metrics(urls["worker"]).get("timesformer_worker_windows_total", 0) > 0, 30,
                  "the worker predicting")
-        seen = wait_for(lambda: (m := metrics(urls["dispatcher"])).get("timesformer_workers_answering") == 1 and m,
-                        15, "the dispatcher counting its worker")
-        assert 0 < seen["timesformer_dispatcher_workers_needed"] < 1  # the demo model keeps up easily
+        # The demo model keeps up easily: once the backlog of windows that waited is served, one worker is a
+        # fraction of what is needed (the first count after it answers may still see that backlog).
+        seen = wait_for(lambda: (m := metrics(urls["dispatcher"])).get("timesformer_workers_answering") == 1
+                        and 0 < m.get("timesformer_dispatcher_workers_needed", 0) < 1 and m,
+                        30, "the dispatcher counting its worker, and one worker enough")
         assert seen["timesformer_stage_ready{stage=dispatcher}"] == 1
         capture = metrics(urls["capture"])
         assert capture["timesformer_frames_captured_total{stream=cam0}"] > 0
