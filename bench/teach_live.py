@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -92,9 +93,12 @@ def base_size(folder: Path) -> Path:
 
 def post(url: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
-    with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST" if data else "GET"),
-                                timeout=120) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST" if data else "GET"),
+                                    timeout=120) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as err:  # what the web stage said, not only its status
+        raise RuntimeError(f"{url}: {err.code} {err.read().decode(errors='replace')}") from None
 
 
 def lines(path: Path) -> list[dict]:
@@ -160,7 +164,7 @@ def teach_to_prediction(checkpoint: Path, folder: Path, warm: bool, port: int) -
                 return answered, min(later) - asked
             time.sleep(0.05)
         raise TimeoutError("no prediction with the taught label")
-    except (OSError, TimeoutError, IndexError):
+    except (OSError, TimeoutError, IndexError, RuntimeError):
         print(f"pipeline log ({checkpoint.name}, warm={warm}):", log.read_text()[-3000:],
               file=sys.stderr)
         raise
