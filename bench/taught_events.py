@@ -301,18 +301,31 @@ def score_run(labels: tuple[str, ...], events: list[dict], truth: dict[str, list
             for label in labels]
 
 
+def truths(summary: dict) -> dict[str, list[dict]]:
+    """Every held-out video's labels (its segments), by stream name."""
+    return {Path(v).stem: read_labels(Path(v).with_suffix(".labels.json"))
+            for videos in summary["videos"].values() for v in videos}
+
+
+def baselines(summary: dict, plain: list[dict], truth: dict[str, list[dict]]) -> dict[str, tuple[int, int, dict]]:
+    """Per scenario: the old labels' right and total predictions over its videos without an adapter (``plain``:
+    the run of every video), and those videos' truth."""
+    out = {}
+    for name, videos in summary["videos"].items():
+        own = {Path(v).stem: truth[Path(v).stem] for v in videos}
+        out[name] = (*old_accuracy([e for e in plain if e.get("stream") in own], own), own)
+    return out
+
+
 def report(args: argparse.Namespace, scenarios: dict, summary: dict, events: dict[str, list[dict]],
            truth: dict[str, list[dict]], demo: dict[str, float]) -> str:
     """The BENCHMARKS.md section: a row per teaching path, scenario and taught label."""
-    plain_events, seeds, said = events["plain"], summary["seeds"], summary["said"]
-    rows, met, bases = [], {}, {}
-    for name in scenarios:
-        own = {Path(v).stem: truth[Path(v).stem] for v in summary["videos"][name]}
-        right, total = old_accuracy([e for e in plain_events if e.get("stream") in own], own)
-        bases[name] = (right / max(1, total), total, own)
+    seeds, said = summary["seeds"], summary["said"]
+    rows, met, bases = [], {}, baselines(summary, events["plain"], truth)
     for key in summary.get("runs", list(scenarios)):
         name = scenario_of(key)
-        base, total, own = bases[name]
+        right, total, own = bases[name]
+        base = right / max(1, total)
         for r in score_run(scenarios[name][0], events[key], own, base):
             recall, false = r["found"] / max(1, r["segments"]), r["elsewhere"] / max(1, r["starts"])
             met[key] = (met.get(key, True) and recall >= 0.9 and false <= 0.05 and abs(r["change"]) <= 0.5
@@ -418,8 +431,7 @@ def main() -> None:
         summary = json.loads((work / SUMMARY).read_text()) if args.rescore else measure(args, work, scenarios)
         runs = summary.get("runs", list(scenarios))
         events = {key: read_events(work / f"events-{key}.jsonl") for key in (*runs, "plain")}
-        truth = {Path(v).stem: read_labels(Path(v).with_suffix(".labels.json"))
-                 for videos in summary["videos"].values() for v in videos}
+        truth = truths(summary)
         demo = held_out_demo(args.checkpoint, {key: work / f"{key}.safetensors" for key in runs})
     finally:
         if cleanup is not None:

@@ -25,9 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.report import cpu_name, publish  # noqa: E402
-from bench.taught_events import (CHECKPOINT, NEW, SUMMARY, held_out_demo, old_accuracy, path_of,  # noqa: E402
-                                 read_events, scenario_of, score_label)
-from streamer.synthetic.files import read_labels  # noqa: E402
+from bench.taught_events import (CHECKPOINT, NEW, SUMMARY, baselines, held_out_demo, old_accuracy,  # noqa: E402
+                                 path_of, read_events, scenario_of, score_label, truths)
 
 HEADING = "Taught actions: events on held-out videos, several sets of seeds"
 READING = (  # what the figures of the last pooling say; written after reading them
@@ -44,13 +43,12 @@ def score_folder(folder: Path) -> dict[str, dict]:
     """One kept folder's runs: per run key, per taught label, its counts (and the old labels' right/total with
     and without the adapter on that scenario's videos)."""
     summary = json.loads((folder / SUMMARY).read_text())
-    plain = read_events(folder / "events-plain.jsonl")
+    bases = baselines(summary, read_events(folder / "events-plain.jsonl"), truths(summary))
     out = {}
     for key in summary["runs"]:
         name = scenario_of(key)
-        truth = {Path(v).stem: read_labels(Path(v).with_suffix(".labels.json")) for v in summary["videos"][name]}
+        *base, truth = bases[name]
         events = read_events(folder / f"events-{key}.jsonl")
-        base = old_accuracy([e for e in plain if e.get("stream") in truth], truth)
         labels = (name,) if name in NEW else NEW
         out[key] = {"labels": {label: score_label(label, events, truth) for label in labels},
                     "old": old_accuracy(events, truth), "base": base,

@@ -142,7 +142,7 @@ def teach_to_prediction(checkpoint: Path, folder: Path, warm: bool, port: int) -
             try:
                 post(base + "/api/teach")
                 break
-            except OSError:
+            except (OSError, RuntimeError):  # not listening yet, or not answering yet
                 time.sleep(0.2)
         while time.monotonic() < deadline:  # past the first shot and the three after it: ordinary windows kept too
             done = [p for p in lines(events) if p["kind"] == "prediction"]
